@@ -1,0 +1,37 @@
+// Shared helpers for the pybind11 layer: checked array views and the registration entry points of
+// each part of the module. Only this folder includes pybind11.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "annforge/common.h"
+
+namespace annforge::py_bindings {
+
+namespace py = pybind11;
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IdArray = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+
+// A C-contiguous float32 matrix with `cols` columns; a 1-D input of length `cols` is one row.
+struct MatrixView {
+  FloatArray owner;  // keeps the buffer alive (and is the same object when no conversion was needed)
+  const float* data = nullptr;
+  std::size_t rows = 0;
+  std::size_t cols = 0;
+};
+
+// Raises ValueError (via annforge::Error) for a wrong rank or dimension; `what` names the argument.
+MatrixView as_matrix(const py::handle& obj, std::size_t cols, const char* what);
+// int64 ids, 1-D, exactly `n` of them (n = SIZE_MAX: any length).
+IdArray as_ids(const py::handle& obj, std::size_t n, const char* what);
+
+void register_errors(py::module_& m);
+void bind_kernels(py::module_& m);
+void bind_kernel_tests(py::module_& m);  // private hooks that run one kernel at a chosen level
+
+}  // namespace annforge::py_bindings

@@ -1,0 +1,16 @@
+// The `annforge._core` extension module: each part of the library registers its own bindings.
+#include "bind_common.h"
+
+PYBIND11_MODULE(_core, m) {
+  namespace b = annforge::py_bindings;
+  m.doc() = "annforge compiled core (private: use the `annforge` package)";
+#ifdef ANNFORGE_VERSION
+  m.attr("__version__") = ANNFORGE_VERSION;
+#endif
+#ifdef ANNFORGE_COMPILER
+  m.attr("compiler") = ANNFORGE_COMPILER;
+#endif
+  b::register_errors(m);
+  b::bind_kernels(m);
+  b::bind_kernel_tests(m);
+}

@@ -1,0 +1,6 @@
+// NEON kernels (to be filled in); returns nullptr until then so the dispatcher skips this level.
+#include "annforge/simd/kernels.h"
+
+namespace annforge::simd {
+const Kernels* neon_kernels() { return nullptr; }
+}  // namespace annforge::simd
