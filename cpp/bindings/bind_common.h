@@ -32,6 +32,8 @@ IdArray as_ids(const py::handle& obj, std::size_t n, const char* what);
 
 void register_errors(py::module_& m);
 void bind_kernels(py::module_& m);
-void bind_kernel_tests(py::module_& m);  // private hooks that run one kernel at a chosen level
+void bind_kernel_tests(py::module_& m);
+void bind_io(py::module_& m);
+void bind_flat(py::module_& m);  // private hooks that run one kernel at a chosen level
 
 }  // namespace annforge::py_bindings

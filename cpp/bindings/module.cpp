@@ -13,4 +13,6 @@ PYBIND11_MODULE(_core, m) {
   b::register_errors(m);
   b::bind_kernels(m);
   b::bind_kernel_tests(m);
+  b::bind_io(m);
+  b::bind_flat(m);
 }

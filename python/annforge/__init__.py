@@ -1,1 +1,62 @@
+"""annforge: approximate-nearest-neighbour index engine with hand-written SIMD kernels.
+
+>>> import annforge as af, numpy as np
+>>> x = np.random.default_rng(1).standard_normal((500, 8)).astype(np.float32)
+>>> index = af.FlatIndex(8, metric="cosine")
+>>> _ = index.add(x)
+>>> ids, dist = index.search(x[:2], k=3)
+>>> ids.shape, dist.dtype
+((2, 3), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
 from . import _core
+from ._base import VectorIndex, load
+from .flat import FlatIndex
+
+__version__: str = getattr(_core, "__version__", "0.0.0")
+
+__all__ = [
+    "FlatIndex",
+    "VectorIndex",
+    "build_info",
+    "load",
+    "set_simd_level",
+    "simd_level",
+    "available_simd_levels",
+]
+
+
+def simd_level() -> str:
+    """The SIMD level the kernels run at: ``"scalar"``, ``"neon"``, ``"avx2"`` or ``"avx512"``.
+
+    The best level the CPU supports is chosen at import; ``ANNFORGE_SIMD=scalar|avx2|avx512`` lowers it.
+    """
+    return str(_core.simd_level())
+
+
+def available_simd_levels() -> List[str]:
+    """Every SIMD level this CPU and build can run, lowest first."""
+    return list(_core.available_simd_levels())
+
+
+def set_simd_level(level: str) -> None:
+    """Switch the kernels at run time (tests, benchmarks); ValueError when the level is unavailable."""
+    _core.set_simd_level(level)
+
+
+def build_info() -> Dict[str, Any]:
+    """Version, compiler, SIMD levels compiled in and selected, and optional-feature status."""
+    return {
+        "version": __version__,
+        "compiler": getattr(_core, "compiler", "unknown"),
+        "simd_detected": str(_core.detected_simd_level()),
+        "simd_selected": simd_level(),
+        "simd_available": available_simd_levels(),
+        "format_version": int(_core.FORMAT_VERSION),
+        "openmp": False,
+        "cuda": False,
+    }

@@ -1,0 +1,40 @@
+#include "bind_index.h"
+
+#include <cmath>
+
+namespace annforge::py_bindings {
+
+std::unique_ptr<IdSelector> make_selector(const py::object& filter) {
+  if (filter.is_none()) return nullptr;
+  if (PyCallable_Check(filter.ptr())) return std::make_unique<PyCallableSelector>(filter);
+  IdArray ids = as_ids(filter, std::numeric_limits<std::size_t>::max(), "filter");
+  return std::make_unique<IdSetSelector>(ids.data(), static_cast<std::size_t>(ids.size()));
+}
+
+SearchKnobs make_knobs(const py::dict& params) {
+  SearchKnobs knobs;
+  for (auto item : params) {
+    const auto name = py::cast<std::string>(item.first);
+    py::handle value = item.second;
+    if (PyBool_Check(value.ptr()) || !(PyLong_Check(value.ptr()) || PyFloat_Check(value.ptr()) ||
+                                       py::hasattr(value, "__index__") || py::hasattr(value, "__float__")))
+      fail(ErrorKind::Type, "search parameter '", name, "' must be a number");
+    knobs.set(name, py::cast<double>(value));
+  }
+  return knobs;
+}
+
+std::shared_ptr<io::FileReader> open_reader(const std::string& path, bool mmap) {
+  py::gil_scoped_release release;
+  return io::FileReader::open(path, mmap);
+}
+
+std::shared_ptr<io::FileReader> bytes_reader(const py::bytes& data) {
+  char* buf = nullptr;
+  py::ssize_t len = 0;
+  if (PYBIND11_BYTES_AS_STRING_AND_SIZE(data.ptr(), &buf, &len) != 0) throw py::error_already_set();
+  py::gil_scoped_release release;
+  return io::FileReader::from_bytes(buf, static_cast<std::size_t>(len));
+}
+
+}  // namespace annforge::py_bindings

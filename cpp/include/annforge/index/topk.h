@@ -1,0 +1,68 @@
+// Bounded "k smallest" selection shared by the index families.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "annforge/common.h"
+
+namespace annforge {
+
+// A max-heap of the k best (distance, label) pairs seen so far; ties broken by the smaller label so
+// results are deterministic. `label` is whatever the caller tracks (slot or id).
+class TopK {
+ public:
+  explicit TopK(std::size_t k = 0) { reset(k); }
+  void reset(std::size_t k) {
+    k_ = k;
+    heap_.clear();
+    heap_.reserve(k);
+  }
+  std::size_t k() const noexcept { return k_; }
+  std::size_t size() const noexcept { return heap_.size(); }
+  bool full() const noexcept { return heap_.size() == k_; }
+  // Anything at or above this cannot enter (until full: +inf).
+  float threshold() const noexcept { return full() ? heap_.front().first : std::numeric_limits<float>::infinity(); }
+
+  void push(float dist, idx_t label) {
+    if (!full()) {
+      heap_.emplace_back(dist, label);
+      std::push_heap(heap_.begin(), heap_.end(), less);
+    } else if (less(Entry(dist, label), heap_.front())) {
+      std::pop_heap(heap_.begin(), heap_.end(), less);
+      heap_.back() = Entry(dist, label);
+      std::push_heap(heap_.begin(), heap_.end(), less);
+    }
+  }
+  // Sorted best first; the heap is emptied.
+  std::vector<std::pair<float, idx_t>>& sorted() {
+    std::sort_heap(heap_.begin(), heap_.end(), less);
+    return heap_;
+  }
+
+ private:
+  using Entry = std::pair<float, idx_t>;
+  static bool less(const Entry& a, const Entry& b) {
+    return a.first < b.first || (a.first == b.first && a.second < b.second);
+  }
+  std::size_t k_ = 0;
+  std::vector<Entry> heap_;
+};
+
+// Writes one result row (ids + distances), padding with -1 / +inf.
+inline void write_row(const std::vector<std::pair<float, idx_t>>& best, std::size_t k, idx_t* ids, float* dist) {
+  std::size_t i = 0;
+  for (; i < best.size() && i < k; ++i) {
+    ids[i] = best[i].second;
+    dist[i] = best[i].first;
+  }
+  for (; i < k; ++i) {
+    ids[i] = -1;
+    dist[i] = std::numeric_limits<float>::infinity();
+  }
+}
+
+}  // namespace annforge

@@ -1,0 +1,94 @@
+// The interface every vector index family implements, and the checks they share.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "annforge/common.h"
+#include "annforge/io/format.h"
+#include "annforge/storage/filter.h"
+
+namespace annforge {
+
+// A family's search knobs by name (ef, nprobe, ...); each family takes the ones it knows and rejects
+// the rest, so a misspelt knob is an error rather than silently ignored.
+class SearchKnobs {
+ public:
+  void set(const std::string& name, double value) { values_[name] = value; }
+  bool empty() const { return values_.empty(); }
+  // Removes and returns the knob, or `fallback` when absent.
+  double take(const std::string& name, double fallback);
+  // Integer knob with a lower bound; ValueError names the knob.
+  long long take_int(const std::string& name, long long fallback, long long min_value);
+  // ValueError naming every knob left over.
+  void reject_unknown(const char* family, const char* known) const;
+
+ private:
+  std::map<std::string, double> values_;
+};
+
+struct SearchOptions {
+  int num_threads = 0;
+  const IdSelector* filter = nullptr;
+  SearchKnobs knobs;
+};
+
+// Per-query results of a range search, concatenated: query i owns [lims[i], lims[i+1]).
+struct RangeResult {
+  std::vector<std::size_t> lims;
+  std::vector<idx_t> ids;
+  std::vector<float> distances;
+};
+
+class VectorIndex {
+ public:
+  VectorIndex(std::size_t dim, Metric metric);
+  virtual ~VectorIndex() = default;
+  VectorIndex(const VectorIndex&) = delete;
+  VectorIndex& operator=(const VectorIndex&) = delete;
+
+  std::size_t dim() const noexcept { return dim_; }
+  Metric metric() const noexcept { return metric_; }
+  virtual io::Kind kind() const = 0;
+
+  virtual std::size_t size() const = 0;
+  // Adds n rows (upsert by id). ids may be null: then next_id(), next_id()+1, ... are used.
+  // The ids used are written to out_ids.
+  virtual void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) = 0;
+  // Writes nq*k ids and distances, best first, padded with -1 / +inf.
+  virtual void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
+                      float* out_dist) const = 0;
+  virtual std::size_t remove(const idx_t* ids, std::size_t n) = 0;
+  virtual bool contains(idx_t id) const = 0;
+  // Live ids in storage order.
+  virtual std::vector<idx_t> ids() const = 0;
+  // Stored (possibly normalised or decoded) vectors for the given ids; ValueError for unknown ids.
+  virtual void reconstruct(const idx_t* ids, std::size_t n, float* out) const = 0;
+  virtual std::size_t memory_bytes() const = 0;
+  virtual void write(io::FileWriter& w) const = 0;
+
+  void save(const std::string& path) const;
+  std::vector<unsigned char> to_bytes() const;
+
+ protected:
+  // Shared input checks (ValueError with the argument named): finite values.
+  static void check_finite(const float* x, std::size_t n, std::size_t dim, const char* what);
+  static void check_k(std::size_t k);
+  // Copies rows into `out`, normalising them for the cosine metric (zero rows stay zero).
+  void prepare_rows(const float* x, std::size_t n, std::vector<float>& out) const;
+  // Distances as users see them, from a raw inner product (ip/cosine: 1 - <q,x>).
+  // Ids for add(): validated given ids, or consecutive new ones; advances next_id_.
+  void assign_ids(const idx_t* ids, std::size_t n, idx_t* out_ids);
+  // The metadata every family writes first and reads back (dim, metric, next id).
+  void write_common(io::ByteWriter& w) const;
+  void read_common(io::ByteReader& r);
+
+  std::size_t dim_;
+  Metric metric_;
+  idx_t next_id_ = 0;
+};
+
+}  // namespace annforge

@@ -1,0 +1,171 @@
+"""The behaviour every vector index family shares: add / search / remove, persistence, pickling."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Tuple, Type, Union
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_float_matrix, as_ids
+
+FilterLike = Union[None, Iterable[int], np.ndarray, Callable[[int], bool]]
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Class name stored in a file -> Python class that loads it (filled by register_family).
+_FAMILIES: Dict[str, Type["VectorIndex"]] = {}
+
+
+def register_family(cls: Type["VectorIndex"]) -> Type["VectorIndex"]:
+    """Class decorator: make ``annforge.load`` and unpickling recognise this family's files."""
+    _FAMILIES[cls.__name__] = cls
+    return cls
+
+
+def family_for(kind: str) -> Type["VectorIndex"]:
+    try:
+        return _FAMILIES[kind]
+    except KeyError:
+        raise OSError(f"this annforge build cannot load a {kind} file") from None
+
+
+class VectorIndex:
+    """Base class of the vector index families (not instantiated directly).
+
+    Distances are always "smaller is closer": ``l2`` is the squared Euclidean distance, ``ip`` is
+    ``1 - <q, x>``, ``cosine`` is ``1 - cos(q, x)``.
+    """
+
+    _impl: Any
+    _core_class: ClassVar[Any]
+
+    @classmethod
+    def _wrap(cls, impl: Any) -> "VectorIndex":
+        obj = cls.__new__(cls)
+        obj._impl = impl
+        return obj
+
+    # -- introspection ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        return int(self._impl.dim)
+
+    @property
+    def metric(self) -> str:
+        """``"l2"``, ``"ip"`` or ``"cosine"``."""
+        return str(self._impl.metric)
+
+    def __len__(self) -> int:
+        return int(len(self._impl))
+
+    def __contains__(self, id: int) -> bool:
+        return bool(self._impl.__contains__(int(id)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, metric={self.metric!r}, size={len(self)})"
+
+    def ids(self) -> np.ndarray:
+        """Every live id (int64), in storage order."""
+        return self._impl.ids()
+
+    def reconstruct(self, ids: Any) -> np.ndarray:
+        """Stored vectors for ``ids`` (normalised for cosine); ValueError for an unknown id."""
+        return self._impl.reconstruct(as_ids(ids))
+
+    def memory_bytes(self) -> int:
+        """Bytes of memory the index holds (vectors, ids, links, codes)."""
+        return int(self._impl.memory_bytes())
+
+    # -- updates ---------------------------------------------------------------------------------
+    def add(self, x: Any, ids: Any = None, *, num_threads: int = 0) -> np.ndarray:
+        """Add vectors (``[n, dim]`` or ``[dim]``); an id that exists is replaced (upsert).
+
+        ``ids=None`` continues from the largest id used so far. Returns the int64 ids.
+
+        >>> import annforge as af, numpy as np
+        >>> index = af.FlatIndex(4)
+        >>> index.add(np.eye(4, dtype=np.float32)).tolist()
+        [0, 1, 2, 3]
+        """
+        return self._impl.add(as_float_matrix(x, "vectors"), as_ids(ids), num_threads)
+
+    def remove(self, ids: Any) -> int:
+        """Remove ``ids``; returns how many of them existed. Removed ids never come back from search."""
+        arr = as_ids(ids)
+        if arr is None:
+            raise TypeError("ids must be an array-like of integers, not None")
+        return int(self._impl.remove(arr))
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(
+        self, q: Any, k: int, *, filter: FilterLike = None, num_threads: int = 0, **params: Any
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
+
+        Best first; rows with fewer than ``k`` hits are padded with id -1 and distance +inf.
+        ``filter`` is an array of allowed ids or a callable ``id -> bool``; ``params`` are the
+        family's search knobs (see the class docstring).
+
+        >>> import annforge as af, numpy as np
+        >>> index = af.FlatIndex(2)
+        >>> _ = index.add(np.array([[0, 0], [1, 0], [5, 5]], dtype=np.float32))
+        >>> ids, dist = index.search([0.9, 0.0], k=2)
+        >>> ids.tolist(), dist.round(2).tolist()
+        ([[1, 0]], [[0.01, 0.81]])
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if filter is not None and not callable(filter):
+            filter = as_ids(filter, "filter")
+            if filter is None:
+                filter = np.empty(0, dtype=np.int64)
+        return self._impl.search(as_float_matrix(q, "queries"), int(k), filter, num_threads, params)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path: PathLike) -> None:
+        """Write the index to one self-describing file (atomically: temporary file, fsync, rename).
+
+        Load it back with ``annforge.load(path)``.
+        """
+        self._impl.save(os.fspath(path))
+
+    def to_bytes(self) -> bytes:
+        """The index in the file format, as bytes (what pickling uses)."""
+        return self._impl.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "VectorIndex":
+        """Rebuild an index from ``to_bytes()`` output."""
+        return cls._wrap(cls._core_class.from_bytes(bytes(data)))
+
+    @classmethod
+    def _load(cls, path: str, mmap: bool) -> "VectorIndex":
+        return cls._wrap(cls._core_class.load(path, mmap))
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"annforge": self.to_bytes()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._impl = self._core_class.from_bytes(state["annforge"])
+
+
+def load(path: PathLike, *, mmap: bool = False) -> Any:
+    """Load any annforge file; returns an instance of the class that saved it.
+
+    ``mmap=True`` maps the file read-only: vectors stay in the page cache instead of being copied into
+    memory (the first modification copies them). Every checksum is verified either way; a truncated,
+    corrupted or foreign file raises OSError.
+
+    >>> import annforge as af, numpy as np, tempfile, os
+    >>> index = af.FlatIndex(3); _ = index.add(np.ones((2, 3), dtype=np.float32))
+    >>> path = os.path.join(tempfile.mkdtemp(), "idx.af"); index.save(path)
+    >>> af.load(path, mmap=True)
+    FlatIndex(dim=3, metric='l2', size=2)
+    """
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    kind = _core.file_kind(p)
+    return family_for(kind)._load(p, bool(mmap))
