@@ -49,8 +49,7 @@ std::vector<idx_t> FlatIndex::ids() const {
 
 std::size_t FlatIndex::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  return vectors_.capacity() * sizeof(float) + sq_norms_.capacity() * sizeof(float) +
-         slot_ids_.capacity() * sizeof(idx_t) + slot_of_.memory_bytes();
+  return vectors_.heap_bytes() + sq_norms_.heap_bytes() + slot_ids_.heap_bytes() + slot_of_.memory_bytes();
 }
 
 void FlatIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
@@ -143,6 +142,7 @@ void FlatIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
 
 void FlatIndex::search_locked(const float* Q, std::size_t nq, std::size_t k, int num_threads,
                               const IdSelector* filter, idx_t* out_ids, float* out_dist) const {
+  if (nq == 0) return;
   const auto& K = simd::kernels();
   const std::size_t n = slot_ids_.size(), d = dim_;
   const float* X = vectors_.data();

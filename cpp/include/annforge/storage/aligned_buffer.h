@@ -61,6 +61,8 @@ class AlignedBuffer {
   std::size_t size() const noexcept { return size_; }
   std::size_t capacity() const noexcept { return is_view() ? size_ : capacity_; }
   bool empty() const noexcept { return size_ == 0; }
+  // Heap memory held (a view of a mapping holds none).
+  std::size_t heap_bytes() const noexcept { return is_view() ? 0 : capacity_ * sizeof(T); }
   const T* data() const noexcept { return data_; }
   T* mutable_data() {
     detach();

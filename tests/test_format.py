@@ -1,0 +1,173 @@
+"""The shared file format: golden files, atomic save, mmap, and refusal of damaged or foreign files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import annforge as af
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def test_golden_flat_v1_still_loads() -> None:
+    sys.path.insert(0, DATA)
+    try:
+        from make_golden import golden_vectors
+    finally:
+        sys.path.pop(0)
+    for mmap in (False, True):
+        index = af.load(os.path.join(DATA, "golden_flat_v1.af"), mmap=mmap)
+        assert isinstance(index, af.FlatIndex)
+        assert (index.dim, index.metric, len(index)) == (6, "l2", 38)
+        expected_ids = [i for i in (np.arange(40) * 5 + 3).tolist() if i not in (8, 13)]
+        assert sorted(index.ids().tolist()) == expected_ids
+        x = golden_vectors()
+        np.testing.assert_array_equal(index.reconstruct([3, 198]), x[[0, 39]])
+        ids, dist = index.search(x[5], 1)
+        assert ids.tolist() == [[28]] and dist.tolist() == [[0.0]]
+        assert index.add(np.zeros((1, 6))).tolist() == [199]  # next id survived
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_save_load_identity(tmp_path, metric: str, mmap: bool) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((777, 19)).astype(np.float32)
+    index = af.FlatIndex(19, metric)
+    index.add(x, ids=rng.permutation(5000)[:777])
+    index.remove(index.ids()[:10])
+    path = tmp_path / "index.af"
+    index.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["index.af"]  # no temporary file left behind
+    loaded = af.load(path, mmap=mmap)
+    assert len(loaded) == len(index) and loaded.metric == metric
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    q = rng.standard_normal((20, 19)).astype(np.float32)
+    for a, b in zip(index.search(q, 9), loaded.search(q, 9)):
+        np.testing.assert_array_equal(a, b)
+    # an mmap'd index is still fully usable: the first write copies the data out of the mapping
+    loaded.add(x[:3], ids=[10_000, 10_001, 10_002])
+    loaded.remove([int(index.ids()[0])])
+    assert len(loaded) == len(index) + 2
+    assert af.load(path).ids().tolist() == index.ids().tolist()  # the file itself is untouched
+
+
+def test_mmap_does_not_copy_vectors(tmp_path) -> None:
+    index = af.FlatIndex(256)
+    index.add(np.ones((4000, 256), dtype=np.float32))
+    path = tmp_path / "big.af"
+    index.save(path)
+    heap = af.load(path).memory_bytes()
+    mapped = af.load(path, mmap=True).memory_bytes()
+    assert mapped < heap
+
+
+def test_overwrite_is_atomic_and_old_readers_keep_working(tmp_path) -> None:
+    path = tmp_path / "idx.af"
+    a = af.FlatIndex(3)
+    a.add(np.eye(3))
+    a.save(path)
+    mapped = af.load(path, mmap=True)
+    b = af.FlatIndex(3)
+    b.add(np.ones((5, 3)))
+    b.save(path)
+    assert len(mapped) == 3 and mapped.search(np.eye(3)[0], 1)[0].tolist() == [[0]]
+    assert len(af.load(path)) == 5
+
+
+def test_save_to_missing_directory_raises_oserror(tmp_path) -> None:
+    index = af.FlatIndex(2)
+    with pytest.raises(OSError, match="cannot create"):
+        index.save(tmp_path / "no" / "such" / "dir.af")
+
+
+def test_named_problems(tmp_path) -> None:
+    index = af.FlatIndex(8)
+    index.add(np.random.default_rng(1).standard_normal((100, 8)))
+    data = index.to_bytes()
+    with pytest.raises(OSError, match="truncated"):
+        af.FlatIndex.from_bytes(data[: len(data) - 100])
+    with pytest.raises(OSError, match="truncated"):
+        af.FlatIndex.from_bytes(data[:40])
+    with pytest.raises(OSError, match="trailing"):
+        af.FlatIndex.from_bytes(data + b"\0" * 64)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    with pytest.raises(OSError, match="checksum"):
+        af.FlatIndex.from_bytes(bytes(flipped))
+    header = bytearray(data)
+    header[9] ^= 1  # format version byte
+    with pytest.raises(OSError, match="corrupted header"):
+        af.FlatIndex.from_bytes(bytes(header))
+    with pytest.raises(OSError, match="not an annforge"):
+        af.FlatIndex.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(OSError, match="not an annforge"):
+        pickle.loads(pickle.dumps(index)).__setstate__({"annforge": b"garbage"})
+
+
+FUZZ_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, random
+    import numpy as np
+    import annforge as af
+
+    rng = np.random.default_rng(int(sys.argv[1]))
+    random.seed(int(sys.argv[1]))
+    index = af.FlatIndex(5, "cosine")
+    index.add(rng.standard_normal((60, 5)), ids=rng.permutation(1000)[:60])
+    data = index.to_bytes()
+    path = sys.argv[2]
+    detected = 0
+    for trial in range(int(sys.argv[3])):
+        buf = bytearray(data)
+        mode = trial % 4
+        if mode == 0:      # one bit flip anywhere
+            pos = random.randrange(len(buf)); buf[pos] ^= 1 << random.randrange(8)
+        elif mode == 1:    # a burst of random bytes
+            pos = random.randrange(len(buf))
+            for i in range(pos, min(len(buf), pos + random.randrange(1, 16))):
+                buf[i] = random.randrange(256)
+        elif mode == 2:    # truncation
+            buf = buf[: random.randrange(len(buf))]
+        else:              # header fields and directory entries rewritten
+            pos = random.randrange(0, min(len(buf), 200)); buf[pos] = random.randrange(256)
+        if bytes(buf) == data:  # a random byte can equal the old one: nothing changed
+            detected += 1
+            continue
+        try:
+            if trial % 3 == 0:
+                with open(path, "wb") as f:
+                    f.write(bytes(buf))
+                loaded = af.load(path, mmap=bool(trial % 2))
+            else:
+                loaded = af.FlatIndex.from_bytes(bytes(buf))
+        except OSError:
+            detected += 1
+            continue
+        # accepted: must be fully usable (only possible if the bytes were unchanged in effect)
+        loaded.search(rng.standard_normal((2, 5)), 3)
+    print("detected", detected)
+    """
+)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_corruption_fuzz_never_crashes(tmp_path, seed: int) -> None:
+    script = tmp_path / "fuzz.py"
+    script.write_text(FUZZ_SCRIPT)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(seed), str(tmp_path / "f.af"), "500"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, f"fuzz subprocess died ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    detected = int(proc.stdout.split()[-1])
+    assert detected == 500, "every mutation of a checksummed file must be refused"
