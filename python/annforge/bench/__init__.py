@@ -240,6 +240,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
     t_start = time.perf_counter()
     ds = load_dataset(s["dataset"], metric=s["metric"], queries=s["queries"], gt=s["gt"], quick=s["quick"])
     console.print(f"dataset [bold]{ds.name}[/]: {len(ds.base):,} x {ds.dim} base, {len(ds.queries):,} queries, "
