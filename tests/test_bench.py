@@ -158,3 +158,18 @@ def test_quick_default_run_via_console_entry(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     merged = json.loads((tmp_path / "c" / "compare.json").read_text())["results"]
     assert len(merged) == 2 * len(data["results"])
+
+
+def test_toml_config_and_sweep_override(tmp_path: Path) -> None:
+    pytest.importorskip("hnswlib")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('dataset = "default"\nquick = true\nalgos = ["hnswlib"]\nk = 5\nrepeats = 1\n'
+                   '[sweep.hnswlib]\nef = [7, 50]\n[build.hnswlib]\nM = 8\n')
+    assert bench_main(["--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert sorted(r["params"]["ef"] for r in data["results"]) == [7, 50]
+    assert all(r["build_params"]["M"] == 8 for r in data["results"]) and data["meta"]["k"] == 5
+    # the command line wins over the file
+    assert bench_main(["--config", str(cfg), "--sweep", "hnswlib.ef=12", "--out", str(tmp_path / "p")]) == 0
+    data = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert [r["params"]["ef"] for r in data["results"]] == [12]
