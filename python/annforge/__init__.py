@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 from . import _core
 from ._base import VectorIndex, load
 from .flat import FlatIndex
+from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_fvecs, write_ivecs
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -27,6 +28,7 @@ __all__ = [
     "set_simd_level",
     "simd_level",
     "available_simd_levels",
+    "read_fvecs", "read_ivecs", "read_bvecs", "write_fvecs", "write_ivecs", "write_bvecs",
 ]
 
 

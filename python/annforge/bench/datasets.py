@@ -1,0 +1,197 @@
+"""Benchmark datasets: the built-in default, ann-benchmarks HDF5, fvecs/ivecs/bvecs, .npy pairs.
+
+Every loader returns a :class:`Dataset` whose metric is ``"l2"`` or ``"ip"`` (cosine data is
+normalised on load and benchmarked as inner product, which ranks identically). Ground truth is
+computed with ``annforge.FlatIndex`` when the source has none, and cached on disk keyed by a hash
+of the vectors, the metric and ``k``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..io_formats import read_bvecs, read_fvecs, read_ivecs
+
+
+@dataclass
+class Dataset:
+    """Base vectors, queries, metric and exact neighbours (``gt_ids`` int64, ``gt_dist`` float32)."""
+
+    name: str
+    base: np.ndarray
+    queries: np.ndarray
+    metric: str
+    gt_ids: Optional[np.ndarray] = None
+    gt_dist: Optional[np.ndarray] = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.base.shape[1])
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-30)).astype(np.float32)
+
+
+def _canonical_metric(metric: str) -> str:
+    m = metric.lower()
+    aliases = {"euclidean": "l2", "l2": "l2", "angular": "cosine", "cosine": "cosine", "ip": "ip",
+               "dot": "ip", "inner_product": "ip"}
+    if m not in aliases:
+        raise ValueError(f"unknown metric {metric!r}; use l2, ip or cosine")
+    return aliases[m]
+
+
+def make_dataset(base: np.ndarray, queries: np.ndarray, metric: str, name: str,
+                 gt_ids: Optional[np.ndarray] = None) -> Dataset:
+    """Wrap arrays as a Dataset: float32, cosine normalised and turned into ip, given gt ids kept."""
+    metric = _canonical_metric(metric)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if base.ndim != 2 or queries.ndim != 2 or base.shape[1] != queries.shape[1]:
+        raise ValueError(f"base {base.shape} and queries {queries.shape} must be 2-d with the same dim")
+    if metric == "cosine":
+        base, queries, metric = _normalise(base), _normalise(queries), "ip"
+    ds = Dataset(name, base, queries, metric)
+    if gt_ids is not None:
+        ds.gt_ids = np.ascontiguousarray(gt_ids, dtype=np.int64)
+        ds.gt_dist = true_distances(ds, ds.gt_ids)
+    return ds
+
+
+def default_dataset(n: int = 20_000, nq: int = 500, dim: int = 128, seed: int = 42) -> Dataset:
+    """Deterministic embedding-like data: a Gaussian mixture on a 16-d manifold, curved, lifted to ``dim``.
+
+    64 clusters of uneven size and spread in a 16-d latent space are passed through a random
+    two-layer map (linear, tanh, linear) into ``dim`` dimensions, get a little isotropic noise and
+    are L2-normalised: clustered, anisotropic and normalised like sentence embeddings.
+    Queries come from the same distribution. Metric: inner product.
+    """
+    rng = np.random.default_rng(seed)
+    latent, n_clusters = 16, 64
+    centres = rng.standard_normal((n_clusters, latent)) * 2.0
+    spreads = rng.uniform(0.3, 1.2, size=n_clusters)
+    weights = rng.dirichlet(np.full(n_clusters, 2.0))
+    w1 = rng.standard_normal((latent, 2 * latent)) / np.sqrt(latent)
+    w2 = rng.standard_normal((2 * latent, dim)) / np.sqrt(2 * latent)
+    bias = rng.standard_normal(dim) * 0.3
+
+    def sample(count: int) -> np.ndarray:
+        labels = rng.choice(n_clusters, size=count, p=weights)
+        z = centres[labels] + rng.standard_normal((count, latent)) * spreads[labels, None]
+        x = np.tanh(z @ w1) @ w2 + bias + rng.standard_normal((count, dim)) * 0.05
+        return _normalise(x.astype(np.float32))
+
+    return make_dataset(sample(n), sample(nq), "ip", name=f"default-clustered-{n}x{dim}")
+
+
+def load_hdf5(path: str) -> Dataset:
+    """ann-benchmarks HDF5: ``train``, ``test``, ``neighbors`` (and ``distances``), metric in attrs."""
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("reading HDF5 datasets needs h5py: pip install h5py (or annforge[bench])") from None
+    with h5py.File(path, "r") as f:
+        metric = f.attrs.get("distance", "euclidean")
+        if isinstance(metric, bytes):
+            metric = metric.decode()
+        base, queries = np.asarray(f["train"]), np.asarray(f["test"])
+        gt = np.asarray(f["neighbors"]) if "neighbors" in f else None
+    return make_dataset(base, queries, str(metric), name=Path(path).stem, gt_ids=gt)
+
+
+def _read_any_vecs(path: str) -> np.ndarray:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".fvecs":
+        return read_fvecs(path)
+    if suffix == ".bvecs":
+        return read_bvecs(path).astype(np.float32)
+    if suffix == ".ivecs":
+        return read_ivecs(path).astype(np.float32)
+    if suffix == ".npy":
+        return np.load(path)
+    raise ValueError(f"unknown vector file type {suffix!r} (use .fvecs, .bvecs, .ivecs or .npy)")
+
+
+def load_files(base: str, queries: str, metric: str = "l2", gt: Optional[str] = None) -> Dataset:
+    """A dataset from separate files (.fvecs/.bvecs/.npy); ``gt`` is .ivecs or .npy neighbour ids."""
+    gt_ids = None
+    if gt is not None:
+        gt_ids = read_ivecs(gt) if gt.endswith(".ivecs") else np.load(gt)
+    name = Path(base).stem
+    return make_dataset(_read_any_vecs(base), _read_any_vecs(queries), metric, name=name, gt_ids=gt_ids)
+
+
+def load_dataset(spec: Optional[str], metric: str = "l2", queries: Optional[str] = None,
+                 gt: Optional[str] = None, quick: bool = False) -> Dataset:
+    """Resolve ``--dataset``: None/"default" → built-in; ``*.hdf5`` → ann-benchmarks; else vector files."""
+    if spec is None or spec == "default":
+        return default_dataset(n=3_000, nq=100) if quick else default_dataset()
+    if spec.endswith((".hdf5", ".h5")):
+        return load_hdf5(spec)
+    if queries is None:
+        raise ValueError("a vector-file dataset needs --queries (and optionally --gt)")
+    return load_files(spec, queries, metric, gt)
+
+
+def true_distances(ds: Dataset, ids: np.ndarray) -> np.ndarray:
+    """Distances (annforge convention: squared L2, or 1 - <q, x>) of ``ids`` [nq, k]; -1 → +inf."""
+    ids = np.asarray(ids, dtype=np.int64)
+    valid = (ids >= 0) & (ids < len(ds.base))
+    rows = ds.base[np.where(valid, ids, 0)]  # [nq, k, dim]
+    q = ds.queries[:, None, :]
+    if ds.metric == "l2":
+        d = np.sum((rows.astype(np.float64) - q) ** 2, axis=2)
+    else:
+        d = 1.0 - np.sum(rows.astype(np.float64) * q, axis=2)
+    return np.where(valid, d, np.inf).astype(np.float32)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ANNFORGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "annforge")
+    return Path(root) / "bench-gt"
+
+
+def dataset_hash(ds: Dataset) -> str:
+    h = hashlib.sha1()
+    for arr in (ds.base, ds.queries):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).data)
+    h.update(ds.metric.encode())
+    return h.hexdigest()[:20]
+
+
+def ensure_ground_truth(ds: Dataset, k: int, num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` ids and distances: from the dataset, else the cache, else computed with FlatIndex."""
+    if ds.gt_ids is not None and ds.gt_ids.shape[1] >= k:
+        return ds.gt_ids[:, :k], ds.gt_dist[:, :k]  # type: ignore[index]
+    path = _cache_dir() / f"{dataset_hash(ds)}-{ds.metric}-k{k}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                ds.gt_ids, ds.gt_dist = z["ids"], z["dist"]
+            return ds.gt_ids, ds.gt_dist
+        except (OSError, KeyError, ValueError):
+            pass  # a broken cache entry is recomputed below
+    from .. import FlatIndex
+
+    index = FlatIndex(ds.dim, metric=ds.metric)
+    index.add(ds.base, num_threads=num_threads)
+    ids, _ = index.search(ds.queries, k, num_threads=num_threads)
+    ds.gt_ids, ds.gt_dist = ids.astype(np.int64), true_distances(ds, ids)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, ids=ds.gt_ids, dist=ds.gt_dist)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # read-only home: ground truth is simply not cached
+    return ds.gt_ids, ds.gt_dist
