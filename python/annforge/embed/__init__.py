@@ -4,10 +4,10 @@ Needs the optional extra: ``pip install annforge[torch]`` (torch + transformers)
 does not import torch; torch is imported when an embedder class or constructor is first touched.
 
 >>> import annforge as af                                                  # doctest: +SKIP
->>> emb = af.embed.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
->>> index = af.FlatIndex(emb.dim, metric="cosine")
->>> ids = af.embed.index_texts(["a cat on a mat", "stock prices fell"], emb, index)
->>> index.search(emb.encode_queries(["kitten"]), k=1)[0]
+>>> emb = af.embed.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+>>> index = af.FlatIndex(emb.dim, metric="cosine")  # doctest: +SKIP
+>>> ids = af.embed.index_texts(["a cat on a mat", "stock prices fell"], emb, index)  # doctest: +SKIP
+>>> index.search(emb.encode_queries(["kitten"]), k=1)[0]  # doctest: +SKIP
 array([[0]])
 """
 

@@ -84,10 +84,10 @@ class TorchEmbedder:
     precision on CUDA only); pooling and normalisation always run in float32.
 
     >>> import annforge as af                                             # doctest: +SKIP
-    >>> emb = af.embed.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
-    >>> index = af.HNSWIndex(emb.dim, metric="cosine")
-    >>> af.embed.index_texts(["a cat", "a dog"], emb, index)
-    >>> index.search(emb.encode_queries(["kitten"]), k=1)
+    >>> emb = af.embed.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> index = af.HNSWIndex(emb.dim, metric="cosine")  # doctest: +SKIP
+    >>> af.embed.index_texts(["a cat", "a dog"], emb, index)  # doctest: +SKIP
+    >>> index.search(emb.encode_queries(["kitten"]), k=1)  # doctest: +SKIP
     """
 
     def __init__(
@@ -306,13 +306,15 @@ def from_sentence_transformers(st_model: Any, **overrides: Any) -> TorchEmbedder
     Dense / LayerNorm / other extra modules are refused with ValueError (their output would differ).
 
     >>> from sentence_transformers import SentenceTransformer              # doctest: +SKIP
-    >>> emb = af.embed.from_sentence_transformers(SentenceTransformer("all-MiniLM-L6-v2"))
+    >>> emb = af.embed.from_sentence_transformers(SentenceTransformer("all-MiniLM-L6-v2"))  # doctest: +SKIP
     """
     modules = list(st_model)
     if not modules:
         raise ValueError("the SentenceTransformer has no modules")
     transformer = modules[0]
-    model = getattr(transformer, "auto_model", None) or getattr(transformer, "model", None)
+    model = getattr(transformer, "auto_model", None)
+    if model is None:
+        model = getattr(transformer, "model", None)
     tokenizer = getattr(transformer, "tokenizer", None)
     if model is None or tokenizer is None:
         raise ValueError("the first module must be a sentence_transformers Transformer with a tokenizer")
