@@ -24,12 +24,22 @@ __all__ = [
     "FlatIndex",
     "VectorIndex",
     "build_info",
+    "embed",
     "load",
     "set_simd_level",
     "simd_level",
     "available_simd_levels",
     "read_fvecs", "read_ivecs", "read_bvecs", "write_fvecs", "write_ivecs", "write_bvecs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `af.embed` loads on first use: the embedder bridge is optional (torch) and must not slow `import annforge`.
+    if name == "embed":
+        import importlib
+
+        return importlib.import_module(".embed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def simd_level() -> str:

@@ -10,9 +10,14 @@ import numpy as np
 
 def _from_torch(x: Any) -> np.ndarray:
     # CPU, float32, contiguous tensors are shared through DLPack (no copy); anything else is converted.
-    if x.device.type == "cpu" and str(x.dtype) == "torch.float32" and x.is_contiguous() and not x.requires_grad:
-        return np.from_dlpack(x)
-    return x.detach().to("cpu", dtype=_torch_float32(x)).contiguous().numpy()
+    # detach() is a view (same storage), so tensors that require grad are shared too.
+    x = x.detach()
+    if x.device.type == "cpu" and str(x.dtype) == "torch.float32" and x.is_contiguous():
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError):  # e.g. a tensor with the lazy conj/neg bit set
+            pass
+    return x.to("cpu", dtype=_torch_float32(x)).resolve_conj().resolve_neg().contiguous().numpy()
 
 
 def _torch_float32(x: Any) -> Any:
