@@ -16,11 +16,17 @@ from typing import Any, Dict, List
 from . import _core
 from ._base import VectorIndex, load
 from .flat import FlatIndex
+from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "FlatIndex",
+    "MinHash",
+    "MinHashLSH",
+    "MinHashLSHForest",
+    "dedup",
+    "minhash_signatures",
     "VectorIndex",
     "build_info",
     "load",
