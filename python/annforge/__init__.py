@@ -17,11 +17,17 @@ from . import _core
 from ._base import VectorIndex, load
 from .flat import FlatIndex
 from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_fvecs, write_ivecs
+from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "FlatIndex",
+    "MinHash",
+    "MinHashLSH",
+    "MinHashLSHForest",
+    "dedup",
+    "minhash_signatures",
     "VectorIndex",
     "build_info",
     "embed",

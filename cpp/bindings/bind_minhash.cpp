@@ -1,0 +1,427 @@
+// MinHash, MinHash LSH and LSH Forest bindings. Python tokens are copied into one C++ byte buffer while
+// the GIL is held; hashing, permutations and index work then run without it.
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <numeric>
+
+#include "annforge/index/minhash.h"
+#include "annforge/index/minhash_lsh.h"
+#include "bind_common.h"
+#include "bind_index.h"
+
+namespace annforge::py_bindings {
+namespace {
+
+using namespace annforge::minhash;
+using SigArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
+
+// One token -> bytes appended to the corpus: str (UTF-8), bytes-like, or an integer (8 bytes, little-endian).
+void add_token(Corpus& c, PyObject* tok) {
+  if (PyUnicode_Check(tok)) {
+    Py_ssize_t n = 0;
+    const char* p = PyUnicode_AsUTF8AndSize(tok, &n);
+    if (!p) throw py::error_already_set();
+    c.add_item(p, static_cast<std::size_t>(n));
+  } else if (PyBytes_Check(tok)) {
+    c.add_item(PyBytes_AS_STRING(tok), static_cast<std::size_t>(PyBytes_GET_SIZE(tok)));
+  } else if (PyByteArray_Check(tok)) {
+    c.add_item(PyByteArray_AS_STRING(tok), static_cast<std::size_t>(PyByteArray_GET_SIZE(tok)));
+  } else if (PyLong_Check(tok) && !PyBool_Check(tok)) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(tok, &overflow);
+    if (overflow) fail(ErrorKind::Value, "integer token out of the int64 range");
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    unsigned char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(static_cast<unsigned long long>(v) >> (8 * i));
+    c.add_item(reinterpret_cast<const char*>(b), 8);
+  } else if (py::isinstance<py::int_>(tok) && !PyBool_Check(tok)) {  // numpy integers
+    add_token(c, py::int_(py::reinterpret_borrow<py::object>(tok)).ptr());
+  } else {
+    fail(ErrorKind::Type, "tokens must be str, bytes or int, got ", Py_TYPE(tok)->tp_name);
+  }
+}
+
+// Integer arrays: every element is one 8-byte little-endian token.
+bool add_int_array(Corpus& c, const py::handle& doc) {
+  if (!py::isinstance<py::array>(doc)) return false;
+  auto arr = py::reinterpret_borrow<py::array>(doc);
+  if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u') return false;
+  auto v = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!v || v.ndim() != 1) fail(ErrorKind::Value, "an integer-array document must be 1-D");
+  const std::int64_t* p = v.data();
+  for (py::ssize_t i = 0; i < v.size(); ++i) {
+    unsigned char b[8];
+    for (int k = 0; k < 8; ++k) b[k] = static_cast<unsigned char>(static_cast<std::uint64_t>(p[i]) >> (8 * k));
+    c.add_item(reinterpret_cast<const char*>(b), 8);
+  }
+  return true;
+}
+
+void add_tokens(Corpus& c, const py::handle& doc) {
+  if (add_int_array(c, doc)) return;
+  if (PyUnicode_Check(doc.ptr()) || PyBytes_Check(doc.ptr()))
+    fail(ErrorKind::Type, "a document is a string: pass shingle='word3' (or 'char5', ...) to shingle raw text, "
+                          "or give a list of tokens");
+  PyObject* seq = PySequence_Fast(doc.ptr(), "each document must be a list of tokens (or raw text with shingle=)");
+  if (!seq) {
+    PyErr_Clear();
+    fail(ErrorKind::Type, "each document must be a list of tokens (str, bytes or int), got ",
+         Py_TYPE(doc.ptr())->tp_name);
+  }
+  py::object guard = py::reinterpret_steal<py::object>(seq);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  for (Py_ssize_t i = 0; i < n; ++i) add_token(c, items[i]);
+}
+
+void add_text(Corpus& c, const py::handle& doc) {
+  if (PyUnicode_Check(doc.ptr()) || PyBytes_Check(doc.ptr()) || PyByteArray_Check(doc.ptr())) {
+    add_token(c, doc.ptr());
+    return;
+  }
+  fail(ErrorKind::Type, "with shingle= each document must be a str (or bytes), got ", Py_TYPE(doc.ptr())->tp_name);
+}
+
+Corpus build_corpus(const py::handle& docs, const Shingle& sh) {
+  Corpus c;
+  if (PyUnicode_Check(docs.ptr()) || PyBytes_Check(docs.ptr()))
+    fail(ErrorKind::Type, "docs must be a list of documents, not a single string");
+  for (const py::handle doc : docs) {
+    if (sh.kind == Shingle::Kind::None)
+      add_tokens(c, doc);
+    else
+      add_text(c, doc);
+    c.end_doc();
+  }
+  return c;
+}
+
+Shingle shingle_of(const py::object& spec) {
+  if (spec.is_none()) return Shingle{};
+  if (!py::isinstance<py::str>(spec)) fail(ErrorKind::Type, "shingle must be a string like 'word3' or None");
+  return parse_shingle(spec.cast<std::string>());
+}
+
+// [n, num_perm] (or one [num_perm] row) of uint64 signatures.
+SigArray as_sigs(const py::handle& obj, std::size_t num_perm, std::size_t& rows) {
+  if (!py::isinstance<py::array>(obj) && !py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
+    fail(ErrorKind::Type, "signatures must be an array of uint64, got ", Py_TYPE(obj.ptr())->tp_name);
+  py::array raw = py::array::ensure(obj);
+  if (!raw) throw py::error_already_set();
+  if (raw.size() > 0 && raw.dtype().kind() != 'u' && raw.dtype().kind() != 'i')
+    fail(ErrorKind::Type, "signatures must be integers (uint64), got dtype ", std::string(py::str(raw.dtype())));
+  SigArray a = SigArray::ensure(raw);
+  if (!a) throw py::error_already_set();
+  if (a.ndim() == 1 && static_cast<std::size_t>(a.shape(0)) == num_perm) {
+    rows = 1;
+  } else if (a.ndim() == 2 && static_cast<std::size_t>(a.shape(1)) == num_perm) {
+    rows = static_cast<std::size_t>(a.shape(0));
+  } else {
+    fail(ErrorKind::Value, "signatures must have num_perm = ", num_perm, " values per row, got shape ",
+         a.ndim() == 1 ? std::to_string(a.shape(0)) : std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))));
+  }
+  return a;
+}
+
+py::tuple query_tuple(const QueryResult& r, bool with_scores) {
+  py::array_t<std::int64_t> lims(static_cast<py::ssize_t>(r.lims.size()));
+  py::array_t<idx_t> keys(static_cast<py::ssize_t>(r.keys.size()));
+  std::copy(r.lims.begin(), r.lims.end(), lims.mutable_data());
+  std::copy(r.keys.begin(), r.keys.end(), keys.mutable_data());
+  if (!with_scores) return py::make_tuple(lims, keys, py::none());
+  py::array_t<float> scores(static_cast<py::ssize_t>(r.scores.size()));
+  std::copy(r.scores.begin(), r.scores.end(), scores.mutable_data());
+  return py::make_tuple(lims, keys, scores);
+}
+
+template <typename T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+template <typename Index>
+void bind_persistence(py::class_<Index>& cls, io::Kind kind) {
+  cls.def_property(
+         "user_meta", [](const Index& self) { return py::bytes(self.user_meta); },
+         [](Index& self, const py::bytes& b) { self.user_meta = std::string(b); })
+      .def(
+          "save",
+          [kind](const Index& self, const std::string& path) {
+            py::gil_scoped_release release;
+            io::FileWriter w(kind);
+            self.write(w);
+            w.write_file(path);
+          },
+          py::arg("path"))
+      .def("to_bytes",
+           [kind](const Index& self) {
+             std::vector<unsigned char> b;
+             {
+               py::gil_scoped_release release;
+               io::FileWriter w(kind);
+               self.write(w);
+               b = w.to_bytes();
+             }
+             return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+           })
+      .def_static(
+          "load",
+          [](const std::string& path, bool mmap) {
+            auto reader = open_reader(path, mmap);
+            py::gil_scoped_release release;
+            return Index::read(reader);
+          },
+          py::arg("path"), py::arg("mmap") = false)
+      .def_static("from_bytes", [](const py::bytes& b) {
+        auto reader = bytes_reader(b);
+        py::gil_scoped_release release;
+        return Index::read(reader);
+      });
+}
+
+}  // namespace
+
+void bind_minhash(py::module_& m) {
+  py::class_<MinHasher, std::shared_ptr<MinHasher>>(m, "MinHasher")
+      .def(py::init([](std::size_t num_perm, std::uint64_t seed, const std::string& hashfunc, const std::string& scheme,
+                       const std::string& method, std::vector<std::uint64_t> a, std::vector<std::uint64_t> b) {
+             return std::make_shared<MinHasher>(num_perm, seed, parse_hashfunc(hashfunc), parse_scheme(scheme),
+                                                parse_method(method), std::move(a), std::move(b));
+           }),
+           py::arg("num_perm"), py::arg("seed"), py::arg("hashfunc"), py::arg("scheme"), py::arg("method"),
+           py::arg("a") = std::vector<std::uint64_t>{}, py::arg("b") = std::vector<std::uint64_t>{})
+      .def_property_readonly("num_perm", &MinHasher::num_perm)
+      .def_property_readonly("seed", &MinHasher::seed)
+      .def_property_readonly("hashfunc", [](const MinHasher& h) { return hashfunc_name(h.hashfunc()); })
+      .def_property_readonly("scheme", [](const MinHasher& h) { return scheme_name(h.scheme()); })
+      .def_property_readonly("method", [](const MinHasher& h) { return method_name(h.method()); })
+      .def_property_readonly("empty_value", &MinHasher::empty_value)
+      .def("a", [](const MinHasher& h) { return to_array(h.a()); })
+      .def("b", [](const MinHasher& h) { return to_array(h.b()); })
+      .def(
+          "empty",
+          [](const MinHasher& h) {
+            py::array_t<std::uint64_t> out(static_cast<py::ssize_t>(h.num_perm()));
+            h.clear(out.mutable_data());
+            return out;
+          })
+      .def(
+          "update",
+          [](const MinHasher& h, py::array_t<std::uint64_t, py::array::c_style> sig, const py::object& tokens,
+             const py::object& shingle) {
+            ANNFORGE_CHECK(sig.ndim() == 1 && static_cast<std::size_t>(sig.shape(0)) == h.num_perm(), ErrorKind::Value,
+                           "state must hold num_perm values");
+            const Shingle sh = shingle_of(shingle);
+            Corpus c;
+            if (sh.kind == Shingle::Kind::None)
+              add_tokens(c, tokens);
+            else
+              add_text(c, tokens);
+            c.end_doc();
+            std::uint64_t* out = sig.mutable_data();
+            py::gil_scoped_release release;
+            h.update_document(c, 0, sh, out);
+          },
+          py::arg("state"), py::arg("tokens"), py::arg("shingle") = py::none())
+      .def("hash_items",
+           [](const MinHasher& h, const py::object& tokens) {
+             Corpus c;
+             add_tokens(c, tokens);
+             c.end_doc();
+             std::vector<std::uint64_t> hv;
+             for (std::size_t i = 0; i + 1 < c.item_bytes.size(); ++i)
+               hv.push_back(h.hash_item(c.bytes.data() + c.item_bytes[i],
+                                        static_cast<std::size_t>(c.item_bytes[i + 1] - c.item_bytes[i])));
+             return to_array(hv);
+           })
+      .def("update_hashes",
+           [](const MinHasher& h, py::array_t<std::uint64_t, py::array::c_style> sig,
+              py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> hv) {
+             ANNFORGE_CHECK(sig.ndim() == 1 && static_cast<std::size_t>(sig.shape(0)) == h.num_perm(), ErrorKind::Value,
+                            "state must hold num_perm values");
+             h.update_hashes(hv.data(), static_cast<std::size_t>(hv.size()), sig.mutable_data());
+           })
+      .def("densify",
+           [](const MinHasher& h, const SigArray& sig) {
+             py::array_t<std::uint64_t> out(static_cast<py::ssize_t>(h.num_perm()));
+             ANNFORGE_CHECK(sig.ndim() == 1 && static_cast<std::size_t>(sig.shape(0)) == h.num_perm(), ErrorKind::Value,
+                            "state must hold num_perm values");
+             std::copy(sig.data(), sig.data() + h.num_perm(), out.mutable_data());
+             h.densify(out.mutable_data());
+             return out;
+           })
+      .def(
+          "signatures",
+          [](const MinHasher& h, const py::object& docs, const py::object& shingle, int num_threads) {
+            const Shingle sh = shingle_of(shingle);
+            Corpus c = build_corpus(docs, sh);
+            py::array_t<std::uint64_t> out({static_cast<py::ssize_t>(c.num_docs()), static_cast<py::ssize_t>(h.num_perm())});
+            std::uint64_t* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              h.signatures(c, sh, o, num_threads);
+            }
+            return out;
+          },
+          py::arg("docs"), py::arg("shingle") = py::none(), py::arg("num_threads") = 0);
+
+  m.def("minhash_hash64", [](const py::bytes& b, std::uint64_t seed) {
+    const std::string s = b;
+    return hash64(s.data(), s.size(), seed);
+  });
+  m.def("minhash_sha1", [](const py::bytes& b) {
+    const std::string s = b;
+    unsigned char d[20];
+    sha1(s.data(), s.size(), d);
+    return py::bytes(reinterpret_cast<const char*>(d), 20);
+  });
+  m.def("optimal_bands_rows", &optimal_bands_rows, py::arg("threshold"), py::arg("num_perm"), py::arg("fp_weight"),
+        py::arg("fn_weight"));
+  m.def("permute_level_check", [](const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& hv,
+                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& a,
+                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& b) {
+    // Test hook: the active kernel on raw (already reduced) hashes, from an all-ones start.
+    const auto k = static_cast<std::size_t>(a.size());
+    std::vector<std::uint64_t> hi(k), lo(k);
+    for (std::size_t j = 0; j < k; ++j) {
+      hi[j] = a.data()[j] >> 32;
+      lo[j] = a.data()[j] & 0xffffffffu;
+    }
+    std::vector<std::uint64_t> sig(k, ~std::uint64_t{0});
+    permute_mersenne_kernel()(hv.data(), static_cast<std::size_t>(hv.size()), hi.data(), lo.data(), b.data(), k,
+                              sig.data());
+    return to_array(sig);
+  });
+  // Union-find over pairs of row numbers: the label of each row is the smallest row of its group.
+  m.def("connected_groups", [](std::size_t n, const IdArray& first, const IdArray& second) {
+    ANNFORGE_CHECK(first.size() == second.size(), ErrorKind::Value, "pair arrays differ in length");
+    std::vector<std::int64_t> parent(n);
+    std::iota(parent.begin(), parent.end(), 0);
+    auto find = [&](std::int64_t x) {
+      while (parent[x] != x) x = parent[x] = parent[parent[x]];
+      return x;
+    };
+    for (py::ssize_t i = 0; i < first.size(); ++i) {
+      const std::int64_t x = first.data()[i], y = second.data()[i];
+      ANNFORGE_CHECK(x >= 0 && y >= 0 && static_cast<std::size_t>(x) < n && static_cast<std::size_t>(y) < n,
+                     ErrorKind::Value, "pair index out of range");
+      const std::int64_t rx = find(x), ry = find(y);
+      if (rx != ry) parent[std::max(rx, ry)] = std::min(rx, ry);
+    }
+    std::vector<std::int64_t> label(n);
+    for (std::size_t i = 0; i < n; ++i) label[i] = find(static_cast<std::int64_t>(i));
+    return to_array(label);
+  });
+
+  py::class_<MinHashLSH> lsh(m, "MinHashLSH");
+  lsh.def(py::init<std::size_t, std::size_t, std::size_t, double>(), py::arg("num_perm"), py::arg("bands"),
+          py::arg("rows"), py::arg("threshold"))
+      .def_property_readonly("num_perm", &MinHashLSH::num_perm)
+      .def_property_readonly("bands", &MinHashLSH::bands)
+      .def_property_readonly("rows", &MinHashLSH::rows)
+      .def_property_readonly("threshold", &MinHashLSH::threshold)
+      .def("__len__", &MinHashLSH::size)
+      .def("__contains__", &MinHashLSH::contains)
+      .def("keys", [](const MinHashLSH& s) { return to_array(s.keys()); })
+      .def("memory_bytes", &MinHashLSH::memory_bytes)
+      .def("signature",
+           [](const MinHashLSH& s, idx_t key) {
+             const long slot = s.store().slot_of(key);
+             ANNFORGE_CHECK(slot >= 0, ErrorKind::Value, "unknown key ", key);
+             const std::uint64_t* p = s.store().sig(static_cast<std::size_t>(slot));
+             return to_array(std::vector<std::uint64_t>(p, p + s.num_perm()));
+           })
+      .def(
+          "insert",
+          [](MinHashLSH& s, const py::object& keys, const py::object& sigs, int num_threads) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sigs, s.num_perm(), rows);
+            IdArray k = as_ids(keys, rows, "keys");
+            py::gil_scoped_release release;
+            s.insert(k.data(), a.data(), rows, num_threads);
+          },
+          py::arg("keys"), py::arg("sigs"), py::arg("num_threads") = 0)
+      .def("remove",
+           [](MinHashLSH& s, const py::object& keys) {
+             IdArray k = as_ids(keys, std::numeric_limits<std::size_t>::max(), "keys");
+             py::gil_scoped_release release;
+             return s.remove(k.data(), static_cast<std::size_t>(k.size()));
+           })
+      .def(
+          "query",
+          [](const MinHashLSH& s, const py::object& sigs, bool with_scores, double min_score, int num_threads) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sigs, s.num_perm(), rows);
+            QueryResult r;
+            {
+              py::gil_scoped_release release;
+              r = s.query(a.data(), rows, with_scores, min_score, num_threads);
+            }
+            return query_tuple(r, with_scores);
+          },
+          py::arg("sigs"), py::arg("with_scores") = false, py::arg("min_score") = -1.0, py::arg("num_threads") = 0)
+      .def(
+          "pairs",
+          [](const MinHashLSH& s, double min_score, int num_threads) {
+            PairResult r;
+            {
+              py::gil_scoped_release release;
+              r = s.pairs(min_score, num_threads);
+            }
+            return py::make_tuple(to_array(r.first), to_array(r.second), to_array(r.scores));
+          },
+          py::arg("min_score") = -1.0, py::arg("num_threads") = 0);
+  bind_persistence(lsh, io::Kind::MinHashLSH);
+
+  py::class_<MinHashLSHForest> forest(m, "MinHashLSHForest");
+  forest.def(py::init<std::size_t, std::size_t>(), py::arg("num_perm"), py::arg("l"))
+      .def_property_readonly("num_perm", &MinHashLSHForest::num_perm)
+      .def_property_readonly("l", &MinHashLSHForest::trees)
+      .def_property_readonly("depth", &MinHashLSHForest::depth)
+      .def("__len__", &MinHashLSHForest::size)
+      .def("__contains__", &MinHashLSHForest::contains)
+      .def("keys", [](const MinHashLSHForest& s) { return to_array(s.keys()); })
+      .def("memory_bytes", &MinHashLSHForest::memory_bytes)
+      .def(
+          "insert",
+          [](MinHashLSHForest& s, const py::object& keys, const py::object& sigs) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sigs, s.num_perm(), rows);
+            IdArray k = as_ids(keys, rows, "keys");
+            py::gil_scoped_release release;
+            s.insert(k.data(), a.data(), rows);
+          },
+          py::arg("keys"), py::arg("sigs"))
+      .def("remove",
+           [](MinHashLSHForest& s, const py::object& keys) {
+             IdArray k = as_ids(keys, std::numeric_limits<std::size_t>::max(), "keys");
+             return s.remove(k.data(), static_cast<std::size_t>(k.size()));
+           })
+      .def(
+          "index",
+          [](MinHashLSHForest& s, int num_threads) {
+            py::gil_scoped_release release;
+            s.index(num_threads);
+          },
+          py::arg("num_threads") = 0)
+      .def(
+          "query",
+          [](MinHashLSHForest& s, const py::object& sigs, std::size_t k, int num_threads) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sigs, s.num_perm(), rows);
+            if (s.dirty()) s.index(num_threads);  // under the GIL: one caller re-sorts
+            QueryResult r;
+            {
+              py::gil_scoped_release release;
+              r = s.query(a.data(), rows, k, num_threads);
+            }
+            return query_tuple(r, true);
+          },
+          py::arg("sigs"), py::arg("k"), py::arg("num_threads") = 0);
+  bind_persistence(forest, io::Kind::MinHashLSHForest);
+}
+
+}  // namespace annforge::py_bindings

@@ -1,0 +1,137 @@
+// MinHash LSH (banding) and LSH Forest (prefix trees) over uint64 signatures with int64 keys.
+//
+// Both keep every live signature (num_perm values per key) so that removal, scored queries and
+// saving need nothing else. Python-side key mappings travel as an opaque "user metadata" section
+// that the Python layer encodes (JSON only, never pickle, so loading a file cannot run code).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "annforge/common.h"
+#include "annforge/io/format.h"
+
+namespace annforge::minhash {
+
+// (bands, rows) minimising fp_weight * FP + fn_weight * FN, where FP = integral over [0, t] and FN =
+// integral over [t, 1] of the banding collision curve (Simpson's rule, no scipy).
+std::pair<std::size_t, std::size_t> optimal_bands_rows(double threshold, std::size_t num_perm, double fp_weight,
+                                                       double fn_weight);
+
+// Candidates of many queries in CSR form: query i owns keys[lims[i]:lims[i+1]] (and scores, if asked).
+struct QueryResult {
+  std::vector<std::int64_t> lims{0};
+  std::vector<idx_t> keys;
+  std::vector<float> scores;
+};
+
+// Pairs of keys (first < second by slot order) with their estimated Jaccard.
+struct PairResult {
+  std::vector<idx_t> first, second;
+  std::vector<float> scores;
+};
+
+// Storage shared by both indexes: signatures per slot, key per slot, key -> slot.
+class SignatureStore {
+ public:
+  explicit SignatureStore(std::size_t num_perm) : num_perm_(num_perm) {}
+  std::size_t num_perm() const noexcept { return num_perm_; }
+  std::size_t size() const noexcept { return slot_of_.size(); }
+  std::size_t slots() const noexcept { return keys_.size(); }
+  bool alive(std::size_t slot) const noexcept { return alive_[slot] != 0; }
+  idx_t key(std::size_t slot) const noexcept { return keys_[slot]; }
+  const std::uint64_t* sig(std::size_t slot) const noexcept { return sigs_.data() + slot * num_perm_; }
+  bool contains(idx_t key) const { return slot_of_.count(key) != 0; }
+  long slot_of(idx_t key) const;  // -1 when absent
+  // Fails with ValueError (changing nothing) when a key exists or repeats inside the batch.
+  void check_new(const idx_t* keys, std::size_t n) const;
+  std::size_t append(idx_t key, const std::uint64_t* sig);
+  void kill(std::size_t slot);
+  std::vector<idx_t> live_keys() const;
+  std::size_t memory_bytes() const noexcept;
+  // Live signatures and keys, compacted (for saving).
+  void compact_live(std::vector<std::uint64_t>& sigs, std::vector<idx_t>& keys) const;
+
+ private:
+  std::size_t num_perm_;
+  std::vector<std::uint64_t> sigs_;
+  std::vector<idx_t> keys_;
+  std::vector<unsigned char> alive_;
+  std::unordered_map<idx_t, std::size_t> slot_of_;
+};
+
+class MinHashLSH {
+ public:
+  MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows, double threshold);
+
+  std::size_t num_perm() const noexcept { return store_.num_perm(); }
+  std::size_t bands() const noexcept { return bands_; }
+  std::size_t rows() const noexcept { return rows_; }
+  double threshold() const noexcept { return threshold_; }
+  std::size_t size() const noexcept { return store_.size(); }
+  bool contains(idx_t key) const { return store_.contains(key); }
+  std::vector<idx_t> keys() const { return store_.live_keys(); }
+  const SignatureStore& store() const noexcept { return store_; }
+  std::size_t memory_bytes() const noexcept;
+
+  void insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n, int num_threads);
+  std::size_t remove(const idx_t* keys, std::size_t n);
+  // Candidates of each query; with_scores adds the estimated Jaccard and sorts best first; min_score
+  // (with scores) drops weaker candidates.
+  QueryResult query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
+                    int num_threads) const;
+  // Every pair of indexed keys sharing a bucket in at least one band (the self-join), optionally only
+  // those whose estimated Jaccard is >= min_score.
+  PairResult pairs(double min_score, int num_threads) const;
+
+  std::string user_meta;  // Python layer's JSON (key mapping, hasher settings), saved verbatim
+  void write(io::FileWriter& w) const;
+  static std::unique_ptr<MinHashLSH> read(const std::shared_ptr<io::FileReader>& reader);
+
+ private:
+  std::uint64_t band_key(const std::uint64_t* sig, std::size_t band) const noexcept;
+  void index_slot(std::size_t slot);
+
+  std::size_t bands_, rows_;
+  double threshold_;
+  SignatureStore store_;
+  std::vector<std::unordered_map<std::uint64_t, std::vector<std::uint32_t>>> tables_;
+};
+
+class MinHashLSHForest {
+ public:
+  MinHashLSHForest(std::size_t num_perm, std::size_t trees);
+
+  std::size_t num_perm() const noexcept { return store_.num_perm(); }
+  std::size_t trees() const noexcept { return trees_; }
+  std::size_t depth() const noexcept { return depth_; }
+  std::size_t size() const noexcept { return store_.size(); }
+  bool contains(idx_t key) const { return store_.contains(key); }
+  std::vector<idx_t> keys() const { return store_.live_keys(); }
+  std::size_t memory_bytes() const noexcept;
+  bool dirty() const noexcept { return dirty_; }
+
+  void insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n);
+  std::size_t remove(const idx_t* keys, std::size_t n);
+  // Sorts every tree (call after inserts; queries call it when needed, under the caller's lock).
+  void index(int num_threads);
+  // Top-k keys by estimated Jaccard per query (fewer when fewer are indexed): CSR with scores.
+  QueryResult query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads) const;
+
+  std::string user_meta;
+  void write(io::FileWriter& w) const;
+  static std::unique_ptr<MinHashLSHForest> read(const std::shared_ptr<io::FileReader>& reader);
+
+ private:
+  std::size_t trees_, depth_;
+  SignatureStore store_;
+  std::vector<std::vector<std::uint32_t>> sorted_;  // per tree: live slots ordered by their prefix
+  bool dirty_ = false;
+};
+
+}  // namespace annforge::minhash

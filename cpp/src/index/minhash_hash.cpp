@@ -1,0 +1,158 @@
+// Hash functions for MinHash, written here: XXH64 (the fast default) and SHA-1 (datasketch's hash).
+#include <cstring>
+
+#include "annforge/index/minhash.h"
+
+namespace annforge::minhash {
+namespace {
+
+constexpr std::uint64_t P1 = 0x9E3779B185EBCA87ULL;
+constexpr std::uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
+constexpr std::uint64_t P3 = 0x165667B19E3779F9ULL;
+constexpr std::uint64_t P4 = 0x85EBCA77C2B2AE63ULL;
+constexpr std::uint64_t P5 = 0x27D4EB2F165667C5ULL;
+
+inline std::uint64_t rotl64(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+inline std::uint32_t rotl32(std::uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+// Little-endian loads regardless of the host (memcpy + byte assembly compiles to one load on LE).
+inline std::uint64_t load64(const unsigned char* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+inline std::uint32_t load32(const unsigned char* p) {
+  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) |
+         (std::uint32_t(p[3]) << 24);
+}
+
+inline std::uint64_t xxh_round(std::uint64_t acc, std::uint64_t input) {
+  acc += input * P2;
+  acc = rotl64(acc, 31);
+  return acc * P1;
+}
+inline std::uint64_t xxh_merge(std::uint64_t acc, std::uint64_t val) {
+  acc ^= xxh_round(0, val);
+  return acc * P1 + P4;
+}
+
+inline std::uint32_t load32_be(const unsigned char* p) {
+  return (std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) | (std::uint32_t(p[2]) << 8) |
+         std::uint32_t(p[3]);
+}
+
+void sha1_block(std::uint32_t state[5], const unsigned char* block) {
+  std::uint32_t w[80];
+  for (int i = 0; i < 16; ++i) w[i] = load32_be(block + 4 * i);
+  for (int i = 16; i < 80; ++i) w[i] = rotl32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+  std::uint32_t a = state[0], b = state[1], c = state[2], d = state[3], e = state[4];
+  for (int i = 0; i < 80; ++i) {
+    std::uint32_t f, k;
+    if (i < 20) {
+      f = (b & c) | (~b & d);
+      k = 0x5A827999u;
+    } else if (i < 40) {
+      f = b ^ c ^ d;
+      k = 0x6ED9EBA1u;
+    } else if (i < 60) {
+      f = (b & c) | (b & d) | (c & d);
+      k = 0x8F1BBCDCu;
+    } else {
+      f = b ^ c ^ d;
+      k = 0xCA62C1D6u;
+    }
+    const std::uint32_t t = rotl32(a, 5) + f + e + k + w[i];
+    e = d;
+    d = c;
+    c = rotl32(b, 30);
+    b = a;
+    a = t;
+  }
+  state[0] += a;
+  state[1] += b;
+  state[2] += c;
+  state[3] += d;
+  state[4] += e;
+}
+
+}  // namespace
+
+std::uint64_t hash64(const void* data, std::size_t n, std::uint64_t seed) noexcept {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const unsigned char* end = p + n;
+  std::uint64_t h;
+  if (n >= 32) {
+    std::uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
+    const unsigned char* limit = end - 32;
+    do {
+      v1 = xxh_round(v1, load64(p));
+      v2 = xxh_round(v2, load64(p + 8));
+      v3 = xxh_round(v3, load64(p + 16));
+      v4 = xxh_round(v4, load64(p + 24));
+      p += 32;
+    } while (p <= limit);
+    h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+    h = xxh_merge(h, v1);
+    h = xxh_merge(h, v2);
+    h = xxh_merge(h, v3);
+    h = xxh_merge(h, v4);
+  } else {
+    h = seed + P5;
+  }
+  h += static_cast<std::uint64_t>(n);
+  while (end - p >= 8) {
+    h ^= xxh_round(0, load64(p));
+    h = rotl64(h, 27) * P1 + P4;
+    p += 8;
+  }
+  if (end - p >= 4) {
+    h ^= static_cast<std::uint64_t>(load32(p)) * P1;
+    h = rotl64(h, 23) * P2 + P3;
+    p += 4;
+  }
+  while (p < end) {
+    h ^= static_cast<std::uint64_t>(*p) * P5;
+    h = rotl64(h, 11) * P1;
+    ++p;
+  }
+  h ^= h >> 33;
+  h *= P2;
+  h ^= h >> 29;
+  h *= P3;
+  h ^= h >> 32;
+  return h;
+}
+
+void sha1(const void* data, std::size_t n, unsigned char digest[20]) noexcept {
+  std::uint32_t state[5] = {0x67452301u, 0xEFCDAB89u, 0x98BADCFEu, 0x10325476u, 0xC3D2E1F0u};
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::size_t left = n;
+  while (left >= 64) {
+    sha1_block(state, p);
+    p += 64;
+    left -= 64;
+  }
+  // Final block(s): the rest, 0x80, zeros, then the bit length big-endian.
+  unsigned char tail[128] = {0};
+  if (left) std::memcpy(tail, p, left);
+  tail[left] = 0x80;
+  const std::size_t tail_len = left + 1 + 8 <= 64 ? 64 : 128;
+  const std::uint64_t bits = static_cast<std::uint64_t>(n) * 8;
+  for (int i = 0; i < 8; ++i) tail[tail_len - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
+  sha1_block(state, tail);
+  if (tail_len == 128) sha1_block(state, tail + 64);
+  for (int i = 0; i < 5; ++i) {
+    digest[4 * i] = static_cast<unsigned char>(state[i] >> 24);
+    digest[4 * i + 1] = static_cast<unsigned char>(state[i] >> 16);
+    digest[4 * i + 2] = static_cast<unsigned char>(state[i] >> 8);
+    digest[4 * i + 3] = static_cast<unsigned char>(state[i]);
+  }
+}
+
+std::uint32_t sha1_hash32(const void* data, std::size_t n) noexcept {
+  unsigned char d[20];
+  sha1(data, n, d);
+  return load32(d);
+}
+
+}  // namespace annforge::minhash

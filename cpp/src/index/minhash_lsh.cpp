@@ -1,0 +1,450 @@
+// MinHash LSH (banding), LSH Forest (sorted prefixes), their parameters and their files.
+#include "annforge/index/minhash_lsh.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "annforge/index/minhash.h"
+#include "annforge/parallel/executor.h"
+
+namespace annforge::minhash {
+namespace {
+
+constexpr std::uint32_t kTagParams = io::make_tag("MHLP");
+constexpr std::uint32_t kTagForestParams = io::make_tag("MHFP");
+constexpr std::uint32_t kTagSigs = io::make_tag("MHSG");
+constexpr std::uint32_t kTagKeys = io::make_tag("MHKY");
+constexpr std::uint32_t kTagUserMeta = io::make_tag("MHUM");
+
+// Simpson's rule with an even number of intervals; the integrands are smooth polynomials in s.
+template <typename F>
+double simpson(F f, double lo, double hi, int intervals = 256) {
+  if (hi <= lo) return 0.0;
+  const double h = (hi - lo) / intervals;
+  double sum = f(lo) + f(hi);
+  for (int i = 1; i < intervals; ++i) sum += f(lo + i * h) * (i % 2 ? 4.0 : 2.0);
+  return sum * h / 3.0;
+}
+
+// Sorted, de-duplicated candidates -> (keys, scores) appended to `out`.
+void emit_candidates(const SignatureStore& store, const std::uint64_t* query, std::vector<std::uint32_t>& cand,
+                     bool with_scores, double min_score, std::size_t top_k, std::vector<idx_t>& keys,
+                     std::vector<float>& scores) {
+  std::sort(cand.begin(), cand.end());
+  cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
+  if (!with_scores) {
+    for (std::uint32_t s : cand) keys.push_back(store.key(s));
+    return;
+  }
+  std::vector<std::pair<float, std::uint32_t>> scored;
+  scored.reserve(cand.size());
+  for (std::uint32_t s : cand) {
+    const double j = jaccard(query, store.sig(s), store.num_perm());
+    if (j >= min_score) scored.emplace_back(static_cast<float>(j), s);
+  }
+  auto better = [](const std::pair<float, std::uint32_t>& x, const std::pair<float, std::uint32_t>& y) {
+    return x.first != y.first ? x.first > y.first : x.second < y.second;
+  };
+  if (top_k < scored.size()) {
+    std::partial_sort(scored.begin(), scored.begin() + static_cast<std::ptrdiff_t>(top_k), scored.end(), better);
+    scored.resize(top_k);
+  } else {
+    std::sort(scored.begin(), scored.end(), better);
+  }
+  for (const auto& p : scored) {
+    keys.push_back(store.key(p.second));
+    scores.push_back(p.first);
+  }
+}
+
+// Runs `per_query(i, keys, scores)` in parallel and stitches the per-query outputs into CSR.
+template <typename Fn>
+QueryResult run_queries(std::size_t n, int num_threads, Fn per_query) {
+  std::vector<std::vector<idx_t>> keys(n);
+  std::vector<std::vector<float>> scores(n);
+  parallel::parallel_for(n, num_threads, [&](std::size_t i, std::size_t) { per_query(i, keys[i], scores[i]); });
+  QueryResult r;
+  r.lims.resize(n + 1);
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    r.lims[i] = static_cast<std::int64_t>(total);
+    total += keys[i].size();
+  }
+  r.lims[n] = static_cast<std::int64_t>(total);
+  r.keys.reserve(total);
+  for (std::size_t i = 0; i < n; ++i) {
+    r.keys.insert(r.keys.end(), keys[i].begin(), keys[i].end());
+    r.scores.insert(r.scores.end(), scores[i].begin(), scores[i].end());
+  }
+  return r;
+}
+
+// Reads signatures, keys and user metadata after the caller validated num_perm and the count.
+void read_store(const io::FileReader& r, std::size_t num_perm, std::size_t count, std::string& meta,
+                std::vector<std::uint64_t>& sigs, std::vector<idx_t>& keys) {
+  io::Bytes sb = r.section(kTagSigs);
+  io::Bytes kb = r.section(kTagKeys);
+  if (count != 0 && num_perm > std::numeric_limits<std::size_t>::max() / 8 / count)
+    fail(ErrorKind::IO, r.origin(), ": signature count overflows");
+  if (sb.size != count * num_perm * 8 || kb.size != count * 8)
+    fail(ErrorKind::IO, r.origin(), ": signature or key section size does not match ", count, " entries of ",
+         num_perm, " values");
+  sigs.resize(count * num_perm);
+  keys.resize(count);
+  if (count) {
+    std::memcpy(sigs.data(), sb.data, sb.size);
+    std::memcpy(keys.data(), kb.data, kb.size);
+  }
+  io::Bytes mb = r.section(kTagUserMeta);
+  meta.assign(reinterpret_cast<const char*>(mb.data), mb.size);
+}
+
+}  // namespace
+
+std::pair<std::size_t, std::size_t> optimal_bands_rows(double threshold, std::size_t num_perm, double fp_weight,
+                                                       double fn_weight) {
+  ANNFORGE_CHECK(threshold >= 0.0 && threshold <= 1.0, ErrorKind::Value, "threshold must be in [0, 1], got ",
+                 threshold);
+  ANNFORGE_CHECK(fp_weight >= 0.0 && fn_weight >= 0.0 && std::isfinite(fp_weight) && std::isfinite(fn_weight) &&
+                     std::abs(fp_weight + fn_weight - 1.0) < 1e-9,
+                 ErrorKind::Value, "weights must be two non-negative numbers that sum to 1, got (", fp_weight, ", ",
+                 fn_weight, ")");
+  ANNFORGE_CHECK(num_perm >= 1, ErrorKind::Value, "num_perm must be >= 1, got ", num_perm);
+  double best = std::numeric_limits<double>::infinity();
+  std::pair<std::size_t, std::size_t> opt{1, 1};
+  for (std::size_t b = 1; b <= num_perm; ++b) {
+    for (std::size_t r = 1; r <= num_perm / b; ++r) {
+      const double bd = static_cast<double>(b), rd = static_cast<double>(r);
+      auto collide = [&](double s) { return 1.0 - std::pow(1.0 - std::pow(s, rd), bd); };
+      const double fp = simpson(collide, 0.0, threshold);
+      const double fn = simpson([&](double s) { return 1.0 - collide(s); }, threshold, 1.0);
+      const double err = fp * fp_weight + fn * fn_weight;
+      if (err < best) {
+        best = err;
+        opt = {b, r};
+      }
+    }
+  }
+  return opt;
+}
+
+// --- SignatureStore ---------------------------------------------------------------------------------
+long SignatureStore::slot_of(idx_t key) const {
+  auto it = slot_of_.find(key);
+  return it == slot_of_.end() ? -1 : static_cast<long>(it->second);
+}
+
+void SignatureStore::check_new(const idx_t* keys, std::size_t n) const {
+  std::vector<idx_t> sorted(keys, keys + n);
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 1; i < n; ++i)
+    ANNFORGE_CHECK(sorted[i] != sorted[i - 1], ErrorKind::Value, "key ", sorted[i], " appears twice in one call");
+  for (std::size_t i = 0; i < n; ++i)
+    ANNFORGE_CHECK(!contains(keys[i]), ErrorKind::Value, "key ", keys[i], " is already in the index (remove it first)");
+  ANNFORGE_CHECK(keys_.size() + n < std::numeric_limits<std::uint32_t>::max(), ErrorKind::Value,
+                 "too many entries (limit 2^32 - 1)");
+}
+
+std::size_t SignatureStore::append(idx_t key, const std::uint64_t* sig) {
+  const std::size_t slot = keys_.size();
+  sigs_.insert(sigs_.end(), sig, sig + num_perm_);
+  keys_.push_back(key);
+  alive_.push_back(1);
+  slot_of_[key] = slot;
+  return slot;
+}
+
+void SignatureStore::kill(std::size_t slot) {
+  slot_of_.erase(keys_[slot]);
+  alive_[slot] = 0;
+}
+
+std::vector<idx_t> SignatureStore::live_keys() const {
+  std::vector<idx_t> out;
+  out.reserve(size());
+  for (std::size_t s = 0; s < keys_.size(); ++s)
+    if (alive_[s]) out.push_back(keys_[s]);
+  return out;
+}
+
+std::size_t SignatureStore::memory_bytes() const noexcept {
+  return sigs_.capacity() * 8 + keys_.capacity() * 8 + alive_.capacity() + slot_of_.size() * 32;
+}
+
+void SignatureStore::compact_live(std::vector<std::uint64_t>& sigs, std::vector<idx_t>& keys) const {
+  sigs.clear();
+  keys.clear();
+  sigs.reserve(size() * num_perm_);
+  keys.reserve(size());
+  for (std::size_t s = 0; s < keys_.size(); ++s) {
+    if (!alive_[s]) continue;
+    sigs.insert(sigs.end(), sig(s), sig(s) + num_perm_);
+    keys.push_back(keys_[s]);
+  }
+}
+
+// --- MinHashLSH -------------------------------------------------------------------------------------
+MinHashLSH::MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows, double threshold)
+    : bands_(bands), rows_(rows), threshold_(threshold), store_(num_perm) {
+  ANNFORGE_CHECK(num_perm >= 1, ErrorKind::Value, "num_perm must be >= 1, got ", num_perm);
+  ANNFORGE_CHECK(bands >= 1 && rows >= 1 && bands * rows <= num_perm, ErrorKind::Value,
+                 "bands * rows must be between 1 and num_perm (", num_perm, "), got ", bands, " * ", rows);
+  tables_.resize(bands);
+}
+
+std::uint64_t MinHashLSH::band_key(const std::uint64_t* sig, std::size_t band) const noexcept {
+  return hash64(sig + band * rows_, rows_ * sizeof(std::uint64_t), band);
+}
+
+std::size_t MinHashLSH::memory_bytes() const noexcept {
+  std::size_t bytes = store_.memory_bytes();
+  for (const auto& t : tables_) bytes += t.size() * 48 + store_.size() * 4;
+  return bytes;
+}
+
+void MinHashLSH::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n, int num_threads) {
+  store_.check_new(keys, n);
+  const std::size_t first = store_.slots();
+  for (std::size_t i = 0; i < n; ++i) store_.append(keys[i], sigs + i * num_perm());
+  // Bands are independent tables: one task per band.
+  parallel::parallel_for(bands_, num_threads, [&](std::size_t band, std::size_t) {
+    auto& table = tables_[band];
+    if (table.empty()) table.reserve(n);
+    for (std::size_t s = first; s < first + n; ++s)
+      table[band_key(store_.sig(s), band)].push_back(static_cast<std::uint32_t>(s));
+  });
+}
+
+std::size_t MinHashLSH::remove(const idx_t* keys, std::size_t n) {
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const long slot = store_.slot_of(keys[i]);
+    if (slot < 0) continue;
+    for (std::size_t band = 0; band < bands_; ++band) {
+      auto it = tables_[band].find(band_key(store_.sig(static_cast<std::size_t>(slot)), band));
+      if (it == tables_[band].end()) continue;
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), static_cast<std::uint32_t>(slot)), v.end());
+      if (v.empty()) tables_[band].erase(it);
+    }
+    store_.kill(static_cast<std::size_t>(slot));
+    ++removed;
+  }
+  return removed;
+}
+
+QueryResult MinHashLSH::query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
+                              int num_threads) const {
+  return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
+    const std::uint64_t* q = sigs + i * num_perm();
+    std::vector<std::uint32_t> cand;
+    for (std::size_t band = 0; band < bands_; ++band) {
+      auto it = tables_[band].find(band_key(q, band));
+      if (it != tables_[band].end()) cand.insert(cand.end(), it->second.begin(), it->second.end());
+    }
+    emit_candidates(store_, q, cand, with_scores, min_score, cand.size(), keys, scores);
+  });
+}
+
+PairResult MinHashLSH::pairs(double min_score, int num_threads) const {
+  const bool filter = min_score > 0.0;
+  std::vector<std::vector<std::uint64_t>> per_band(bands_);  // (low slot << 32) | high slot
+  parallel::parallel_for(bands_, num_threads, [&](std::size_t band, std::size_t) {
+    auto& out = per_band[band];
+    for (const auto& bucket : tables_[band]) {
+      const auto& v = bucket.second;
+      for (std::size_t x = 0; x < v.size(); ++x)
+        for (std::size_t y = x + 1; y < v.size(); ++y) {
+          const std::uint64_t lo = std::min(v[x], v[y]), hi = std::max(v[x], v[y]);
+          out.push_back((lo << 32) | hi);
+        }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  });
+  std::vector<std::uint64_t> all;
+  for (auto& v : per_band) {
+    all.insert(all.end(), v.begin(), v.end());
+    std::vector<std::uint64_t>().swap(v);
+  }
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  std::vector<float> score(all.size());
+  parallel::parallel_for((all.size() + 4095) / 4096, num_threads, [&](std::size_t task, std::size_t) {
+    const std::size_t end = std::min(all.size(), (task + 1) * 4096);
+    for (std::size_t i = task * 4096; i < end; ++i)
+      score[i] = static_cast<float>(jaccard(store_.sig(all[i] >> 32), store_.sig(all[i] & 0xffffffffu), num_perm()));
+  });
+  PairResult r;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (filter && score[i] < min_score) continue;
+    r.first.push_back(store_.key(all[i] >> 32));
+    r.second.push_back(store_.key(all[i] & 0xffffffffu));
+    r.scores.push_back(score[i]);
+  }
+  return r;
+}
+
+void MinHashLSH::index_slot(std::size_t slot) {
+  for (std::size_t band = 0; band < bands_; ++band)
+    tables_[band][band_key(store_.sig(slot), band)].push_back(static_cast<std::uint32_t>(slot));
+}
+
+void MinHashLSH::write(io::FileWriter& w) const {
+  io::ByteWriter p;
+  p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(bands_).put<std::uint64_t>(rows_).put<double>(threshold_);
+  p.put<std::uint64_t>(size());
+  w.add_owned(kTagParams, p.take());
+  // The compacted copies must outlive the writer's emit: keep them in owned sections.
+  std::vector<std::uint64_t> sigs;
+  std::vector<idx_t> keys;
+  store_.compact_live(sigs, keys);
+  const auto* sb = reinterpret_cast<const unsigned char*>(sigs.data());
+  const auto* kb = reinterpret_cast<const unsigned char*>(keys.data());
+  w.add_owned(kTagSigs, std::vector<unsigned char>(sb, sb + sigs.size() * 8));
+  w.add_owned(kTagKeys, std::vector<unsigned char>(kb, kb + keys.size() * 8));
+  w.add_owned(kTagUserMeta, std::vector<unsigned char>(user_meta.begin(), user_meta.end()));
+}
+
+std::unique_ptr<MinHashLSH> MinHashLSH::read(const std::shared_ptr<io::FileReader>& reader) {
+  reader->expect_kind(io::Kind::MinHashLSH);
+  io::ByteReader p(reader->section(kTagParams), "MinHashLSH parameters");
+  const auto num_perm = p.read<std::uint64_t>();
+  const auto bands = p.read<std::uint64_t>();
+  const auto rows = p.read<std::uint64_t>();
+  const auto threshold = p.read<double>();
+  const auto count = p.read<std::uint64_t>();
+  p.expect_end();
+  if (num_perm < 1 || num_perm > (1u << 20) || bands < 1 || rows < 1 || bands > num_perm || rows > num_perm ||
+      bands * rows > num_perm || !(threshold >= 0.0 && threshold <= 1.0) || count >= (1ull << 32))
+    fail(ErrorKind::IO, reader->origin(), ": inconsistent MinHashLSH parameters");
+  auto lsh = std::make_unique<MinHashLSH>(num_perm, bands, rows, threshold);
+  std::vector<std::uint64_t> sigs;
+  std::vector<idx_t> keys;
+  read_store(*reader, num_perm, count, lsh->user_meta, sigs, keys);
+  try {
+    lsh->store_.check_new(keys.data(), keys.size());
+  } catch (const Error& e) {
+    fail(ErrorKind::IO, reader->origin(), ": corrupted keys: ", e.what());
+  }
+  for (std::size_t i = 0; i < count; ++i) lsh->index_slot(lsh->store_.append(keys[i], sigs.data() + i * num_perm));
+  return lsh;
+}
+
+// --- MinHashLSHForest -------------------------------------------------------------------------------
+MinHashLSHForest::MinHashLSHForest(std::size_t num_perm, std::size_t trees)
+    : trees_(trees), depth_(trees ? num_perm / trees : 0), store_(num_perm) {
+  ANNFORGE_CHECK(num_perm >= 1, ErrorKind::Value, "num_perm must be >= 1, got ", num_perm);
+  ANNFORGE_CHECK(trees >= 1 && trees <= num_perm, ErrorKind::Value, "l (number of trees) must be in 1..num_perm (",
+                 num_perm, "), got ", trees);
+  sorted_.resize(trees);
+}
+
+std::size_t MinHashLSHForest::memory_bytes() const noexcept {
+  return store_.memory_bytes() + trees_ * store_.slots() * sizeof(std::uint32_t);
+}
+
+void MinHashLSHForest::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n) {
+  store_.check_new(keys, n);
+  for (std::size_t i = 0; i < n; ++i) store_.append(keys[i], sigs + i * num_perm());
+  if (n) dirty_ = true;
+}
+
+std::size_t MinHashLSHForest::remove(const idx_t* keys, std::size_t n) {
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const long slot = store_.slot_of(keys[i]);
+    if (slot < 0) continue;
+    store_.kill(static_cast<std::size_t>(slot));
+    ++removed;
+  }
+  if (removed) dirty_ = true;
+  return removed;
+}
+
+void MinHashLSHForest::index(int num_threads) {
+  if (!dirty_) return;
+  parallel::parallel_for(trees_, num_threads, [&](std::size_t t, std::size_t) {
+    auto& order = sorted_[t];
+    order.clear();
+    for (std::size_t s = 0; s < store_.slots(); ++s)
+      if (store_.alive(s)) order.push_back(static_cast<std::uint32_t>(s));
+    const std::size_t off = t * depth_;
+    std::sort(order.begin(), order.end(), [&](std::uint32_t x, std::uint32_t y) {
+      const std::uint64_t* a = store_.sig(x) + off;
+      const std::uint64_t* b = store_.sig(y) + off;
+      return std::lexicographical_compare(a, a + depth_, b, b + depth_);
+    });
+  });
+  dirty_ = false;
+}
+
+QueryResult MinHashLSHForest::query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads) const {
+  ANNFORGE_CHECK(k >= 1, ErrorKind::Value, "k must be >= 1, got ", k);
+  ANNFORGE_CHECK(!dirty_, ErrorKind::State, "call index() after inserting or removing before querying");
+  return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
+    const std::uint64_t* q = sigs + i * num_perm();
+    std::vector<std::uint32_t> cand;
+    // Longest shared prefix first; shorten it until the trees together give k distinct candidates.
+    for (std::size_t r = depth_; r >= 1; --r) {
+      cand.clear();
+      for (std::size_t t = 0; t < trees_; ++t) {
+        const std::size_t off = t * depth_;
+        const auto& order = sorted_[t];
+        auto lower = std::lower_bound(order.begin(), order.end(), q + off, [&](std::uint32_t s, const std::uint64_t* key) {
+          const std::uint64_t* a = store_.sig(s) + off;
+          return std::lexicographical_compare(a, a + r, key, key + r);
+        });
+        auto upper = std::upper_bound(lower, order.end(), q + off, [&](const std::uint64_t* key, std::uint32_t s) {
+          const std::uint64_t* a = store_.sig(s) + off;
+          return std::lexicographical_compare(key, key + r, a, a + r);
+        });
+        cand.insert(cand.end(), lower, upper);
+      }
+      std::sort(cand.begin(), cand.end());
+      cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
+      if (cand.size() >= k) break;
+    }
+    emit_candidates(store_, q, cand, true, -1.0, k, keys, scores);
+  });
+}
+
+void MinHashLSHForest::write(io::FileWriter& w) const {
+  io::ByteWriter p;
+  p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(trees_).put<std::uint64_t>(size());
+  w.add_owned(kTagForestParams, p.take());
+  std::vector<std::uint64_t> sigs;
+  std::vector<idx_t> keys;
+  store_.compact_live(sigs, keys);
+  const auto* sb = reinterpret_cast<const unsigned char*>(sigs.data());
+  const auto* kb = reinterpret_cast<const unsigned char*>(keys.data());
+  w.add_owned(kTagSigs, std::vector<unsigned char>(sb, sb + sigs.size() * 8));
+  w.add_owned(kTagKeys, std::vector<unsigned char>(kb, kb + keys.size() * 8));
+  w.add_owned(kTagUserMeta, std::vector<unsigned char>(user_meta.begin(), user_meta.end()));
+}
+
+std::unique_ptr<MinHashLSHForest> MinHashLSHForest::read(const std::shared_ptr<io::FileReader>& reader) {
+  reader->expect_kind(io::Kind::MinHashLSHForest);
+  io::ByteReader p(reader->section(kTagForestParams), "MinHashLSHForest parameters");
+  const auto num_perm = p.read<std::uint64_t>();
+  const auto trees = p.read<std::uint64_t>();
+  const auto count = p.read<std::uint64_t>();
+  p.expect_end();
+  if (num_perm < 1 || num_perm > (1u << 20) || trees < 1 || trees > num_perm || count >= (1ull << 32))
+    fail(ErrorKind::IO, reader->origin(), ": inconsistent MinHashLSHForest parameters");
+  auto forest = std::make_unique<MinHashLSHForest>(num_perm, trees);
+  std::vector<std::uint64_t> sigs;
+  std::vector<idx_t> keys;
+  read_store(*reader, num_perm, count, forest->user_meta, sigs, keys);
+  try {
+    forest->insert(keys.data(), sigs.data(), count);
+  } catch (const Error& e) {
+    fail(ErrorKind::IO, reader->origin(), ": corrupted keys: ", e.what());
+  }
+  forest->index(0);
+  return forest;
+}
+
+}  // namespace annforge::minhash

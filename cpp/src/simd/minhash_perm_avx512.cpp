@@ -1,0 +1,17 @@
+// The MinHash permutation loop compiled for AVX-512 (this file alone gets -mavx512f -mavx512dq -mavx512vl).
+#include <cstddef>
+#include <cstdint>
+
+#include "annforge/index/minhash.h"
+
+#if defined(ANNFORGE_HAVE_AVX512)
+#include "minhash_perm.inc"
+
+namespace annforge::minhash {
+void permute_mersenne_avx512(const std::uint64_t* hv, std::size_t n, const std::uint64_t* a_hi,
+                           const std::uint64_t* a_lo, const std::uint64_t* b, std::size_t num_perm,
+                           std::uint64_t* sig) {
+  permute_mersenne_body(hv, n, a_hi, a_lo, b, num_perm, sig);
+}
+}  // namespace annforge::minhash
+#endif

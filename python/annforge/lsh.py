@@ -1,0 +1,327 @@
+"""MinHash signatures and MinHash LSH for Jaccard near-duplicate search (compiled core).
+
+>>> import annforge as af
+>>> docs = ["the quick brown fox jumps over the lazy dog", "the quick brown fox jumps over the lazy cat"]
+>>> sigs = af.minhash_signatures(docs, num_perm=128, shingle="word1")
+>>> sigs.shape
+(2, 128)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from ._base import register_family
+
+_P61 = (1 << 61) - 1
+
+
+@functools.lru_cache(maxsize=64)
+def _hasher(num_perm: int, seed: int, hashfunc: str, scheme: Optional[str], method: str) -> Any:
+    if isinstance(num_perm, bool) or not isinstance(num_perm, (int, np.integer)):
+        raise TypeError(f"num_perm must be an integer, got {type(num_perm).__name__}")
+    if num_perm < 1:
+        raise ValueError(f"num_perm must be >= 1, got {num_perm}")
+    if hashfunc not in ("xxh64", "sha1_32"):
+        raise ValueError(f"unknown hashfunc {hashfunc!r} (expected 'xxh64' or 'sha1_32')")
+    if scheme is None:
+        scheme = "affine32" if hashfunc == "sha1_32" else "mersenne61"
+    if scheme in ("affine32", "legacy"):
+        # datasketch draws its permutations with numpy's RandomState; reproduce the draws exactly.
+        gen = np.random.RandomState(seed)
+        if scheme == "legacy":
+            ab = np.array(
+                [(gen.randint(1, _P61, dtype=np.uint64), gen.randint(0, _P61, dtype=np.uint64)) for _ in range(num_perm)],
+                dtype=np.uint64,
+            ).T
+            a, b = ab[0], ab[1]
+        else:
+            a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+            b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return _core.MinHasher(int(num_perm), int(seed), hashfunc, scheme, method, [int(x) for x in a], [int(x) for x in b])
+    return _core.MinHasher(int(num_perm), int(seed) & (2**64 - 1), hashfunc, scheme, method)
+
+
+def minhash_signatures(
+    docs: Sequence[Any],
+    num_perm: int = 128,
+    seed: int = 1,
+    shingle: Optional[str] = None,
+    num_threads: int = 0,
+    *,
+    hashfunc: str = "xxh64",
+    scheme: Optional[str] = None,
+    method: str = "perm",
+) -> np.ndarray:
+    """Signatures of many sets at once: ``uint64 [len(docs), num_perm]``, parallel, GIL released.
+
+    ``docs``: lists of tokens (str → UTF-8, bytes, int → 8 bytes little-endian) or raw strings with
+    ``shingle="word3"`` / ``"char5"`` (words split on ASCII whitespace and joined by one space).
+    ``hashfunc="sha1_32"`` reproduces ``datasketch.MinHash(num_perm, seed)`` bit for bit (its default
+    ``scheme="affine32"``; ``scheme="legacy"`` for datasketch < 2.0). ``method="oph"``: densified
+    one-permutation hashing (one hash per token; much faster, same estimator).
+
+    >>> import annforge as af
+    >>> s = af.minhash_signatures([["a", "b", "c"], ["a", "b", "d"]], num_perm=64)
+    >>> s.dtype, s.shape
+    (dtype('uint64'), (2, 64))
+    """
+    return _hasher(num_perm, seed, hashfunc, scheme, method).signatures(docs, shingle, int(num_threads))
+
+
+class MinHash:
+    """One set's MinHash signature (``hashfunc="sha1_32"`` matches ``datasketch.MinHash``).
+
+    >>> import annforge as af
+    >>> m1, m2 = af.MinHash(num_perm=256), af.MinHash(num_perm=256)
+    >>> m1.update_batch([b"a", b"b", b"c", b"d"]); m2.update_batch([b"a", b"b", b"c", b"e"])
+    >>> 0.3 < m1.jaccard(m2) < 0.9
+    True
+    """
+
+    def __init__(self, num_perm: int = 128, seed: int = 1, hashfunc: str = "xxh64", *,
+                 scheme: Optional[str] = None, method: str = "perm") -> None:
+        self._h = _hasher(num_perm, seed, hashfunc, scheme, method)
+        self.seed = seed
+        self._state = self._h.empty()
+
+    @property
+    def num_perm(self) -> int:
+        return int(self._h.num_perm)
+
+    @property
+    def hashvalues(self) -> np.ndarray:
+        """The signature (uint64; densified for ``method="oph"``)."""
+        return self._h.densify(self._state) if self._h.method == "oph" else self._state.copy()
+
+    def update(self, token: Any) -> None:
+        """Add one token (str, bytes or int)."""
+        self._h.update(self._state, [token], None)
+
+    def update_batch(self, tokens: Iterable[Any]) -> None:
+        """Add many tokens."""
+        self._h.update(self._state, list(tokens), None)
+
+    def update_text(self, text: str, shingle: str = "word3") -> None:
+        """Add the shingles of raw text."""
+        self._h.update(self._state, text, shingle)
+
+    def jaccard(self, other: "MinHash") -> float:
+        """Estimated Jaccard similarity (fraction of equal signature values)."""
+        if self._h.num_perm != other._h.num_perm or self.seed != other.seed or self._h.scheme != other._h.scheme \
+                or self._h.method != other._h.method:
+            raise ValueError("cannot compare MinHash with different num_perm, seed, scheme or method")
+        return float(np.mean(self.hashvalues == other.hashvalues))
+
+    def __len__(self) -> int:
+        return self.num_perm
+
+    def to_datasketch(self) -> Any:
+        """A ``datasketch.MinHash`` with the same values (sha1_32 schemes only)."""
+        import datasketch
+
+        if self._h.scheme not in ("affine32", "legacy"):
+            raise ValueError("only hashfunc='sha1_32' signatures are datasketch-compatible")
+        return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme=self._h.scheme,
+                                  hashvalues=self._state.copy())
+
+    @classmethod
+    def from_datasketch(cls, m: Any) -> "MinHash":
+        """Wrap a ``datasketch.MinHash`` (its default sha1 hash, scheme affine32 or legacy)."""
+        scheme = getattr(m, "scheme", "legacy")
+        if scheme not in ("affine32", "legacy"):
+            raise ValueError(f"unsupported datasketch scheme {scheme!r}")
+        out = cls(num_perm=len(m), seed=int(m.seed), hashfunc="sha1_32", scheme=scheme)
+        out._state = np.asarray(m.hashvalues, dtype=np.uint64).copy()
+        return out
+
+
+def _as_sig(sig: Any) -> Any:
+    return sig.hashvalues if isinstance(sig, MinHash) else sig
+
+
+def _as_int_key(key: Any) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+        raise TypeError(f"keys must be integers (int64), got {type(key).__name__}")
+    return int(key)
+
+
+@register_family  # type: ignore[arg-type]
+class MinHashLSH:
+    """Banded LSH over MinHash signatures; keys are int64.
+
+    (bands, rows) minimise ``weights[0] * FP + weights[1] * FN`` integrated around ``threshold``.
+
+    >>> import annforge as af
+    >>> sigs = af.minhash_signatures([["a", "b", "c", "d"], ["a", "b", "c", "d"], ["x", "y"]], num_perm=128)
+    >>> lsh = af.MinHashLSH(threshold=0.8, num_perm=128)
+    >>> lsh.insert_batch([0, 1, 2], sigs)
+    >>> sorted(lsh.query(sigs[0]))
+    [0, 1]
+    """
+
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128, weights: Tuple[float, float] = (0.5, 0.5),
+                 params: Optional[Tuple[int, int]] = None) -> None:
+        if not isinstance(threshold, (int, float, np.floating)) or isinstance(threshold, bool):
+            raise TypeError("threshold must be a number")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if isinstance(num_perm, bool) or not isinstance(num_perm, (int, np.integer)):
+            raise TypeError("num_perm must be an integer")
+        if num_perm < 1:
+            raise ValueError(f"num_perm must be >= 1, got {num_perm}")
+        if params is None:
+            w = tuple(float(x) for x in weights)
+            if len(w) != 2:
+                raise ValueError("weights must be two numbers (false positive, false negative)")
+            bands, rows = _core.optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
+        else:
+            bands, rows = params
+        self._impl = _core.MinHashLSH(int(num_perm), int(bands), int(rows), float(threshold))
+
+    bands = property(lambda self: int(self._impl.bands))
+    rows = property(lambda self: int(self._impl.rows))
+    num_perm = property(lambda self: int(self._impl.num_perm))
+
+    def __len__(self) -> int:
+        return len(self._impl)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._impl.__contains__(_as_int_key(key))
+
+    def insert(self, key: Any, sig: Any) -> None:
+        """Index one signature under ``key`` (ValueError when the key exists)."""
+        self._impl.insert([_as_int_key(key)], _as_sig(sig))
+
+    def insert_batch(self, keys: Any, sigs: Any, *, num_threads: int = 0) -> None:
+        """Index many signatures ``[n, num_perm]`` at once."""
+        self._impl.insert(np.asarray(keys, dtype=np.int64), sigs, num_threads)
+
+    def remove(self, key: Any) -> None:
+        """Remove ``key`` (ValueError when absent)."""
+        if self._impl.remove([_as_int_key(key)]) == 0:
+            raise ValueError(f"key {key!r} is not in the index")
+
+    def query(self, sig: Any) -> List[int]:
+        """Keys whose signature shares a band with ``sig``."""
+        _, keys, _ = self._impl.query(_as_sig(sig))
+        return keys.tolist()
+
+    def query_with_scores(self, sig: Any, min_score: float = -1.0) -> List[Tuple[int, float]]:
+        """Candidates with their estimated Jaccard, best first."""
+        _, keys, scores = self._impl.query(_as_sig(sig), True, float(min_score))
+        return list(zip(keys.tolist(), scores.tolist()))
+
+    def query_batch(self, sigs: Any, *, num_threads: int = 0) -> List[np.ndarray]:
+        """Candidates of many queries (a list of int64 arrays)."""
+        lims, keys, _ = self._impl.query(sigs, False, -1.0, num_threads)
+        return [keys[lims[i]:lims[i + 1]] for i in range(len(lims) - 1)]
+
+    def candidate_pairs(self, min_score: float = -1.0, *, num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of indexed keys sharing a bucket: ``(first, second, estimated_jaccard)``."""
+        return self._impl.pairs(float(min_score), num_threads)
+
+    def save(self, path: Any) -> None:
+        import os
+        self._impl.save(os.fspath(path))
+
+    @classmethod
+    def _load(cls, path: str, mmap: bool) -> "MinHashLSH":
+        obj = cls.__new__(cls)
+        obj._impl = _core.MinHashLSH.load(path, mmap)
+        return obj
+
+    def to_bytes(self) -> bytes:
+        return self._impl.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MinHashLSH":
+        obj = cls.__new__(cls)
+        obj._impl = _core.MinHashLSH.from_bytes(bytes(data))
+        return obj
+
+    def __getstate__(self) -> dict:
+        return {"annforge": self.to_bytes()}
+
+    def __setstate__(self, state: dict) -> None:
+        self._impl = _core.MinHashLSH.from_bytes(state["annforge"])
+
+
+@register_family  # type: ignore[arg-type]
+class MinHashLSHForest:
+    """LSH Forest: top-k by estimated Jaccard. ``l`` prefix trees of ``num_perm // l`` values each.
+
+    >>> import annforge as af
+    >>> sigs = af.minhash_signatures([["a", "b", "c"], ["a", "b", "d"], ["x", "y"]], num_perm=64)
+    >>> f = af.MinHashLSHForest(num_perm=64, l=8); f.insert_batch([0, 1, 2], sigs)
+    >>> [k for k, _ in f.query(sigs[0], 1)]
+    [0]
+    """
+
+    def __init__(self, num_perm: int = 128, l: int = 8) -> None:
+        self._impl = _core.MinHashLSHForest(int(num_perm), int(l))
+
+    def __len__(self) -> int:
+        return len(self._impl)
+
+    def add(self, key: Any, sig: Any) -> None:
+        self._impl.insert([_as_int_key(key)], _as_sig(sig))
+
+    def insert_batch(self, keys: Any, sigs: Any) -> None:
+        self._impl.insert(np.asarray(keys, dtype=np.int64), sigs)
+
+    def index(self) -> None:
+        self._impl.index()
+
+    def query(self, sig: Any, k: int) -> List[Tuple[int, float]]:
+        """Top-k ``(key, estimated_jaccard)``, best first."""
+        _, keys, scores = self._impl.query(_as_sig(sig), int(k))
+        return list(zip(keys.tolist(), scores.tolist()))
+
+    def save(self, path: Any) -> None:
+        import os
+        self._impl.save(os.fspath(path))
+
+    @classmethod
+    def _load(cls, path: str, mmap: bool) -> "MinHashLSHForest":
+        obj = cls.__new__(cls)
+        obj._impl = _core.MinHashLSHForest.load(path, mmap)
+        return obj
+
+    def to_bytes(self) -> bytes:
+        return self._impl.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MinHashLSHForest":
+        obj = cls.__new__(cls)
+        obj._impl = _core.MinHashLSHForest.from_bytes(bytes(data))
+        return obj
+
+    def __getstate__(self) -> dict:
+        return {"annforge": self.to_bytes()}
+
+    def __setstate__(self, state: dict) -> None:
+        self._impl = _core.MinHashLSHForest.from_bytes(state["annforge"])
+
+
+def dedup(docs: Sequence[Any], threshold: float = 0.8, *, num_perm: int = 128, seed: int = 1,
+          shingle: Optional[str] = None, num_threads: int = 0) -> List[List[int]]:
+    """Near-duplicate groups (lists of document indices, size >= 2) via LSH + estimated Jaccard + union-find.
+
+    >>> import annforge as af
+    >>> af.dedup([["a", "b", "c"], ["x"], ["a", "b", "c"]], threshold=0.8)
+    [[0, 2]]
+    """
+    sigs = minhash_signatures(docs, num_perm=num_perm, seed=seed, shingle=shingle, num_threads=num_threads)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh.insert_batch(np.arange(len(sigs), dtype=np.int64), sigs, num_threads=num_threads)
+    first, second, _ = lsh.candidate_pairs(min_score=float(threshold), num_threads=num_threads)
+    labels = _core.connected_groups(len(sigs), first, second)
+    groups: dict = {}
+    for i, lab in enumerate(labels.tolist()):
+        groups.setdefault(lab, []).append(i)
+    return [g for g in groups.values() if len(g) > 1]

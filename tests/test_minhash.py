@@ -1,0 +1,202 @@
+"""MinHash signatures, datasketch compatibility, LSH / Forest recall, persistence and bad input."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import annforge as af
+
+datasketch = pytest.importorskip("datasketch")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tokens=st.lists(st.binary(min_size=0, max_size=80), min_size=0, max_size=30),
+    num_perm=st.integers(1, 70),
+    seed=st.integers(0, 2**31 - 1),
+    scheme=st.sampled_from(["affine32", "legacy"]),
+)
+def test_sha1_32_bit_identical_to_datasketch(tokens, num_perm, seed, scheme):
+    ours = af.MinHash(num_perm=num_perm, seed=seed, hashfunc="sha1_32", scheme=scheme)
+    ours.update_batch(tokens)
+    ref = datasketch.MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+    ref.update_batch(tokens)
+    assert np.array_equal(ours.hashvalues, ref.hashvalues.astype(np.uint64))
+    many = af.minhash_signatures([tokens], num_perm=num_perm, seed=seed, hashfunc="sha1_32", scheme=scheme)
+    assert np.array_equal(many[0], ours.hashvalues)
+    back = af.MinHash.from_datasketch(ref)
+    assert np.array_equal(back.hashvalues, ours.hashvalues)
+    assert ours.to_datasketch() == ref
+
+
+def test_own_sha1_matches_hashlib():
+    import hashlib
+
+    for n in (0, 1, 55, 56, 63, 64, 65, 200):
+        assert af._core.minhash_sha1(b"q" * n) == hashlib.sha1(b"q" * n).digest()
+
+
+def test_permutation_kernel_exact():
+    rng = np.random.default_rng(0)
+    p = (1 << 61) - 1
+    a = rng.integers(1, p, 40, dtype=np.uint64)
+    b = rng.integers(0, p, 40, dtype=np.uint64)
+    hv = np.concatenate([rng.integers(0, p, 30, dtype=np.uint64), np.array([0, p - 1], dtype=np.uint64)])
+    got = af._core.permute_level_check(hv, a, b)
+    assert [int(x) for x in got] == [min((int(x) * int(h) + int(y)) % p for h in hv) for x, y in zip(a, b)]
+
+
+def _sets(rng, n, size, vocab):
+    return [set(rng.choice(vocab, size, replace=False).tolist()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["perm", "oph"])
+def test_jaccard_estimates_within_tolerance(method):
+    rng = np.random.default_rng(1)
+    errs = []
+    for _ in range(30):
+        a = set(rng.choice(5000, 300, replace=False).tolist())
+        b = set(list(a)[: int(rng.integers(50, 300))]) | set(rng.choice(5000, 100).tolist())
+        true = len(a & b) / len(a | b)
+        s = af.minhash_signatures([sorted(a), sorted(b)], num_perm=256, method=method)
+        errs.append(np.mean(s[0] == s[1]) - true)
+    errs = np.array(errs)
+    assert abs(errs.mean()) < 0.03 and np.abs(errs).max() < 0.15
+
+
+def test_shingling_and_token_kinds():
+    text = "alpha beta  gamma\tdelta"
+    s_text = af.minhash_signatures([text], num_perm=32, shingle="word2", hashfunc="sha1_32")
+    s_tok = af.minhash_signatures([[b"alpha beta", b"beta gamma", b"gamma delta"]], num_perm=32, hashfunc="sha1_32")
+    assert np.array_equal(s_text, s_tok)
+    s_char = af.minhash_signatures(["héllo"], num_perm=16, shingle="char3")
+    s_char_tok = af.minhash_signatures([["hél", "éll", "llo"]], num_perm=16)
+    assert np.array_equal(s_char, s_char_tok)
+    ints = af.minhash_signatures([[1, 2, 3], np.array([1, 2, 3])], num_perm=16)
+    assert np.array_equal(ints[0], ints[1])
+    par = af.minhash_signatures([[str(i), str(i + 1)] for i in range(500)], num_perm=64, num_threads=2)
+    one = af.minhash_signatures([[str(i), str(i + 1)] for i in range(500)], num_perm=64, num_threads=1)
+    assert np.array_equal(par, one)
+
+
+def _near_duplicates(rng, n_base=300, copies=2, size=60):
+    docs = []
+    for _ in range(n_base):
+        base = rng.choice(100000, size, replace=False).tolist()
+        docs.append(base)
+        for _ in range(copies):
+            d = list(base)
+            for _ in range(int(rng.integers(0, 6))):
+                d[int(rng.integers(0, size))] = int(rng.integers(100000, 200000))
+            docs.append(d)
+    return docs
+
+
+def _exact_pairs(docs, threshold):
+    sets = [set(d) for d in docs]
+    out = set()
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= threshold:
+                out.add((i, j))
+    return out
+
+
+def test_lsh_recall_at_threshold():
+    rng = np.random.default_rng(2)
+    docs = _near_duplicates(rng)
+    sigs = af.minhash_signatures(docs, num_perm=128)
+    lsh = af.MinHashLSH(threshold=0.7, num_perm=128)
+    lsh.insert_batch(np.arange(len(docs)), sigs)
+    truth = _exact_pairs(docs, 0.7)
+    first, second, scores = lsh.candidate_pairs()
+    found = set(zip(first.tolist(), second.tolist()))
+    recall = len(truth & found) / len(truth)
+    assert recall >= 0.95
+    # single queries agree with the self-join
+    for i in range(0, len(docs), 97):
+        cands = set(lsh.query(sigs[i]))
+        assert i in cands
+        assert all(((min(i, j), max(i, j)) in found) for j in cands if j != i)
+    scored = lsh.query_with_scores(sigs[0])
+    assert scored[0] == (0, 1.0) and all(s1 >= s2 for (_, s1), (_, s2) in zip(scored, scored[1:]))
+    groups = af.dedup(docs, threshold=0.7)
+    assert sum(len(g) for g in groups) >= 0.9 * len(docs)
+
+
+def test_lsh_remove_and_duplicates():
+    sigs = af.minhash_signatures([["a", "b"], ["a", "b"], ["c"]], num_perm=64)
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    lsh.insert_batch([10, 11, 12], sigs)
+    with pytest.raises(ValueError):
+        lsh.insert(10, sigs[0])
+    lsh.remove(10)
+    assert 10 not in lsh and sorted(lsh.query(sigs[0])) == [11]
+    with pytest.raises(ValueError):
+        lsh.remove(10)
+
+
+def test_forest_top_k():
+    rng = np.random.default_rng(3)
+    docs = _near_duplicates(rng, n_base=100, copies=2)
+    sigs = af.minhash_signatures(docs, num_perm=128)
+    forest = af.MinHashLSHForest(num_perm=128, l=8)
+    forest.insert_batch(np.arange(len(docs)), sigs)
+    hits = 0
+    for i in range(0, len(docs), 3):
+        top = forest.query(sigs[i], 3)
+        assert top[0][0] == i and len(top) == 3
+        hits += {i + 1, i + 2} <= {k for k, _ in top}
+    assert hits >= 0.9 * (len(docs) // 3)
+
+
+def test_save_load_pickle(tmp_path):
+    sigs = af.minhash_signatures([[str(i), str(i + 1), str(i + 2)] for i in range(200)], num_perm=64)
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    lsh.insert_batch(np.arange(200) * 3, sigs)
+    forest = af.MinHashLSHForest(num_perm=64, l=4)
+    forest.insert_batch(np.arange(200), sigs)
+    for obj in (lsh, forest):
+        path = os.path.join(tmp_path, type(obj).__name__ + ".af")
+        obj.save(path)
+        for loaded in (af.load(path), af.load(path, mmap=True), pickle.loads(pickle.dumps(obj))):
+            assert type(loaded) is type(obj) and len(loaded) == 200
+            assert loaded.query(sigs[5], 3) == obj.query(sigs[5], 3) if isinstance(obj, af.MinHashLSHForest) \
+                else sorted(loaded.query(sigs[5])) == sorted(obj.query(sigs[5]))
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        bad = os.path.join(tmp_path, "bad.af")
+        open(bad, "wb").write(bytes(data))
+        with pytest.raises(OSError):
+            af.load(bad)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        af.MinHash(num_perm=0)
+    with pytest.raises(ValueError):
+        af.minhash_signatures([["a"]], num_perm=0)
+    with pytest.raises(ValueError):
+        af.minhash_signatures(["some text"], shingle="word0")
+    with pytest.raises(ValueError):
+        af.minhash_signatures(["some text"], shingle="tri3")
+    with pytest.raises(TypeError):
+        af.minhash_signatures(["raw text without shingle"])
+    with pytest.raises(TypeError):
+        af.minhash_signatures([[1.5]])
+    with pytest.raises(ValueError):
+        af.minhash_signatures([["a"]], hashfunc="md5")
+    with pytest.raises(ValueError):
+        af.MinHashLSH(threshold=1.5)
+    with pytest.raises(ValueError):
+        af.MinHashLSH(threshold=0.5, weights=(0.9, 0.9))
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    with pytest.raises(ValueError):
+        lsh.insert(1, np.zeros(63, dtype=np.uint64))
+    with pytest.raises(TypeError):
+        lsh.insert("key", np.zeros(64, dtype=np.uint64))
+    with pytest.raises(ValueError):
+        af.MinHashLSHForest(num_perm=8, l=9)
