@@ -102,23 +102,64 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
   const std::size_t d = d_, k = k_, panel = K.panel_rows;
   const std::size_t block = std::max(panel, kPackedBytes / (sizeof(float) * d) / panel * panel);
   const std::size_t chunks = div_up(n, kPointChunk);
-  parallel::parallel_for(chunks, num_threads, [&](std::size_t chunk, std::size_t) {
+  const std::size_t ldo = std::min(block, k);
+  // Per-worker scratch, allocated once per call (not per chunk: small-d calls are dominated by it).
+  struct Scratch {
+    std::vector<float> dots, best;
+    std::vector<std::int32_t> best_label;
+    std::vector<TopK> heaps;
+  };
+  std::vector<Scratch> scratch(parallel::resolve_threads(num_threads));
+  parallel::parallel_for(chunks, num_threads, [&](std::size_t chunk, std::size_t worker) {
     const std::size_t i0 = chunk * kPointChunk, ni = std::min(kPointChunk, n - i0);
-    std::vector<float> dots(ni * std::min(block, k));
-    const std::size_t ldo = std::min(block, k);
-    std::vector<float> best(m == 1 ? ni : 0, std::numeric_limits<float>::infinity());
-    std::vector<std::int32_t> best_label(m == 1 ? ni : 0, -1);
-    std::vector<TopK> heaps(m == 1 ? 0 : ni, TopK(m));
+    Scratch& s = scratch[worker];
+    if (s.dots.size() < kPointChunk * ldo) s.dots.resize(kPointChunk * ldo);
+    std::vector<float>& dots = s.dots;
+    std::vector<float>& best = s.best;
+    std::vector<std::int32_t>& best_label = s.best_label;
+    std::vector<TopK>& heaps = s.heaps;
+    if (m == 1) {
+      best.assign(ni, std::numeric_limits<float>::infinity());
+      best_label.assign(ni, -1);
+    } else {
+      heaps.resize(ni);
+      for (auto& h : heaps) h.reset(m);
+    }
     for (std::size_t b = 0; b < k; b += block) {
       const std::size_t nb = std::min(block, k - b);
       K.dot_packed(x + i0 * ldx, ni, ldx, packed_.data() + b * d, nb, d, dots.data(), ldo);
       for (std::size_t i = 0; i < ni; ++i) {
         const float* dot = dots.data() + i * ldo;
         if (m == 1) {
+          // Eight independent running minima (vectorisable), each keeping its first minimum; merging
+          // them by (value, index) gives exactly the sequential "first minimum" answer.
+          constexpr std::size_t kLanes = 8;
+          float lane_best[kLanes];
+          std::int32_t lane_label[kLanes];
+          for (std::size_t t = 0; t < kLanes; ++t) {
+            lane_best[t] = std::numeric_limits<float>::infinity();
+            lane_label[t] = -1;
+          }
+          const float* cn = sq_norms_.data() + b;
+          const float sign = inner_product ? 0.0f : 1.0f, scale = inner_product ? -1.0f : -2.0f;
+          std::size_t j = 0;
+          for (; j + kLanes <= nb; j += kLanes) {
+            for (std::size_t t = 0; t < kLanes; ++t) {
+              const float s = sign * cn[j + t] + scale * dot[j + t];
+              const bool lower = s < lane_best[t];
+              lane_best[t] = lower ? s : lane_best[t];
+              lane_label[t] = lower ? static_cast<std::int32_t>(b + j + t) : lane_label[t];
+            }
+          }
           float bs = best[i];
           std::int32_t bl = best_label[i];
-          for (std::size_t j = 0; j < nb; ++j) {
-            const float s = inner_product ? -dot[j] : sq_norms_[b + j] - 2.0f * dot[j];
+          for (std::size_t t = 0; t < kLanes; ++t)
+            if (lane_label[t] >= 0 && (lane_best[t] < bs || (lane_best[t] == bs && lane_label[t] < bl))) {
+              bs = lane_best[t];
+              bl = lane_label[t];
+            }
+          for (; j < nb; ++j) {
+            const float s = sign * cn[j] + scale * dot[j];
             if (s < bs) {
               bs = s;
               bl = static_cast<std::int32_t>(b + j);
