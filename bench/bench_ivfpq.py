@@ -21,8 +21,8 @@ from typing import Dict, List
 
 import numpy as np
 
-NPROBES = [1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128]
-REFINE_FACTORS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+NPROBES = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+REFINE_FACTORS = [1, 2, 3, 4, 6, 8, 12, 16]
 
 
 def load(data: str, limit: int):

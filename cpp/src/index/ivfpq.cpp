@@ -67,6 +67,7 @@ struct IVFPQIndex::QueryScratch {
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   TopK heap;
   codec::pq4::ScanFn scan = nullptr;
+  const codec::pq4::LutKernels* lut_kernels = nullptr;
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
@@ -473,15 +474,21 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
       if (dist < thr) consider(dist, i);
     }
   } else {
-    codec::pq4::quantize_lut(lut, m_, s.qlut);
+    codec::pq4::quantize_lut(lut, m_, s.qlut, s.lut_kernels);
     const std::size_t nblocks = codec::pq4::blocks_for(n);
     s.acc.resize(nblocks * codec::pq4::kBlock);
     s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
-    // Compare in the integer domain first: acc <= (thr - offset) * scale, with slack for rounding.
+    const float offset = base + s.qlut.bias, scale = s.qlut.scale, inv_scale = 1.0f / scale;
+    // Cheap pre-test in the accumulator domain (one unit of slack for rounding), exact test after.
+    const std::uint16_t* acc = s.acc.data();
+    float acc_limit = (thr - offset) * scale + 1.0f;
     for (std::size_t i = 0; i < n; ++i) {
-      const float dist = offset + static_cast<float>(s.acc[i]) * inv_scale;
-      if (dist < thr) consider(dist, i);
+      if (static_cast<float>(acc[i]) > acc_limit) continue;
+      const float dist = offset + static_cast<float>(acc[i]) * inv_scale;
+      if (dist < thr) {
+        consider(dist, i);
+        acc_limit = (thr - offset) * scale + 1.0f;
+      }
     }
   }
 }
@@ -538,6 +545,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
+  const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
   parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
     QueryScratch& s = scratch[worker];
     if (s.lut.size() != entries) {
@@ -548,6 +556,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       s.q_scaled.resize(d);
     }
     s.scan = scan;
+    s.lut_kernels = lut_kernels;
     const float* qv = Q.data() + qi * d;
     pq_.inner_product_table(qv, s.ip_table.data());
     s.heap.reset(candidates);

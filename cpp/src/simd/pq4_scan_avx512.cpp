@@ -54,13 +54,36 @@ void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t pa
   }
 }
 
+void lut_min_max(const float* lut, std::size_t m, float* mins, float* maxs) {
+  for (std::size_t j = 0; j < m; ++j) {
+    const __m512 t = _mm512_loadu_ps(lut + j * 16);
+    mins[j] = _mm512_reduce_min_ps(t);
+    maxs[j] = _mm512_reduce_max_ps(t);
+  }
+}
+
+void lut_encode(const float* lut, std::size_t m, const float* mins, float scale, std::uint8_t* out) {
+  const __m512 vscale = _mm512_set1_ps(scale), half = _mm512_set1_ps(0.5f), cap = _mm512_set1_ps(255.0f);
+  for (std::size_t j = 0; j < m; ++j) {
+    const __m512 t = _mm512_loadu_ps(lut + j * 16);
+    // Same operation order as the portable loop: subtract, multiply, add (no FMA: -ffp-contract=off).
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(t, _mm512_set1_ps(mins[j])), vscale), half);
+    v = _mm512_min_ps(v, cap);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j * 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+  }
+}
+
+const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
+
 }  // namespace
 
 codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
+const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
+const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
 }  // namespace annforge::simd
 #endif

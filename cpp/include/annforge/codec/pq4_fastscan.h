@@ -43,8 +43,19 @@ struct QuantizedLut {
   std::vector<std::uint8_t> table;
   float scale = 1.0f;
   float bias = 0.0f;
+  std::vector<float> mins, maxs;  // scratch (per-table offsets and maxima)
 };
-void quantize_lut(const float* lut, std::size_t m, QuantizedLut& out);
+// Vectorised pieces of quantize_lut (they give the same bits as the portable loops).
+struct LutKernels {
+  // mins[j], maxs[j] of table j (16 floats each), j < m.
+  void (*min_max)(const float* lut, std::size_t m, float* mins, float* maxs);
+  // out[j*16+c] = truncate(min(255, (lut[j*16+c] - mins[j]) * scale + 0.5)), no fused multiply-add.
+  void (*encode)(const float* lut, std::size_t m, const float* mins, float scale, std::uint8_t* out);
+};
+// `kernels` may be null (portable loops); search code passes lut_kernels() once per call.
+void quantize_lut(const float* lut, std::size_t m, QuantizedLut& out, const LutKernels* kernels = nullptr);
+// The LUT kernels for scan_level(), or null when that level has none.
+const LutKernels* lut_kernels();
 
 // out[b * 32 + i] = sum_j table[j * 16 + code_j(block b, vector i)]  for b < nblocks.
 using ScanFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
@@ -68,4 +79,5 @@ namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_scalar();
 codec::pq4::ScanFn pq4_scan_avx2();
 codec::pq4::ScanFn pq4_scan_avx512();
+const codec::pq4::LutKernels* pq4_lut_avx512();
 }  // namespace annforge::simd
