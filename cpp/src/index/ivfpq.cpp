@@ -27,9 +27,6 @@ constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
 constexpr int kCoarseIterations = 20;
 constexpr std::size_t kCoarsePointsPerCentroid = 256;
-// Above this the faiss-style precomputed l2 table (nlist * m * ksub floats) is not kept; each probed
-// list then computes its own terms (m * ksub * dsub flops instead of m * ksub additions).
-constexpr std::size_t kMaxPrecomputedBytes = std::size_t(256) << 20;
 
 inline idx_t pack_location(std::size_t list, std::size_t offset) {
   return static_cast<idx_t>((static_cast<std::uint64_t>(list) << 32) | offset);
@@ -61,9 +58,9 @@ const char* refine_name(RefineKind kind) {
 struct IVFPQIndex::QueryScratch {
   std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
   std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
-  std::vector<float> terms;      // m x ksub: per-list l2 terms when they are not precomputed
   codec::pq4::QuantizedLut qlut;
   std::vector<std::uint16_t> acc;
+  std::vector<float> dist;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   TopK heap;
   codec::pq4::ScanFn scan = nullptr;
@@ -153,16 +150,13 @@ void IVFPQIndex::unrotate(float* row) const {
   std::copy(out.begin(), out.end(), row);
 }
 
-void IVFPQIndex::derive_tables() {
-  coarse_ = cluster::PackedCentroids(centroids_.data(), nlist_, dim_);
-  precomputed_.clear();
-  const std::size_t per_list = m_ * pq_.ksub();
-  if (metric_ == Metric::L2 && nlist_ * per_list * sizeof(float) <= kMaxPrecomputedBytes) {
-    precomputed_.resize(nlist_ * per_list);
-    parallel::parallel_for(nlist_, 0, [&](std::size_t l, std::size_t) {
-      pq_.residual_l2_terms(centroids_.data() + l * dim_, precomputed_.data() + l * per_list);
-    });
-  }
+void IVFPQIndex::derive_tables() { coarse_ = cluster::PackedCentroids(centroids_.data(), nlist_, dim_); }
+
+float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
+  std::vector<float> r(dim_);
+  pq_.decode(code, r.data());
+  const auto& K = simd::kernels();
+  return K.dot(r.data(), r.data(), dim_) + 2.0f * K.dot(centroids_.data() + list * dim_, r.data(), dim_);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -284,6 +278,7 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
     for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
   }
   L.ids.push_back(id);
+  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(list, code));
   if (refine_ != RefineKind::None) {
     const std::size_t rb = refine_bytes();
     L.refine.resize(L.refine.size() + rb);
@@ -299,6 +294,7 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     const idx_t moved = L.ids[last];
     L.ids.at_mut(off) = moved;
     where_.set(moved, pack_location(list, off));
+    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
     if (nbits_ == 8) {
       std::uint8_t* c = L.codes.mutable_data();
       std::memcpy(c + off * m_, c + last * m_, m_);
@@ -313,6 +309,7 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     }
   }
   L.ids.shrink(last);
+  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
   if (nbits_ == 8) {
     L.codes.shrink(last * m_);
   } else {
@@ -412,10 +409,11 @@ void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const 
 
 std::size_t IVFPQIndex::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  std::size_t bytes = where_.memory_bytes() + (centroids_.size() + precomputed_.size() + rotation_.size() +
-                                               pq_.codebooks().size()) * sizeof(float);
+  std::size_t bytes =
+      where_.memory_bytes() + (centroids_.size() + rotation_.size() + pq_.codebooks().size()) * sizeof(float);
   bytes += centroids_.size() * sizeof(float);  // packed copy for the GEMM kernel
-  for (const auto& L : lists_) bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes();
+  for (const auto& L : lists_)
+    bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
   return bytes;
 }
 
@@ -434,21 +432,10 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   const InvertedList& L = lists_[list];
   const std::size_t n = L.size();
   if (n == 0) return;
-  const std::size_t ksub = pq_.ksub(), entries = m_ * ksub;
-  float base;
-  float* lut = s.lut.data();
-  if (metric_ == Metric::L2) {
-    base = coarse_dist;
-    const float* terms = precomputed_.empty() ? nullptr : precomputed_.data() + list * entries;
-    if (!terms) {
-      pq_.residual_l2_terms(centroids_.data() + list * dim_, s.terms.data());
-      terms = s.terms.data();
-    }
-    for (std::size_t i = 0; i < entries; ++i) lut[i] = terms[i] - 2.0f * s.ip_table[i];
-  } else {
-    base = 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
-    for (std::size_t i = 0; i < entries; ++i) lut[i] = -s.ip_table[i];
-  }
+  const bool l2 = metric_ == Metric::L2;
+  // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
+  const float base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
   TopK& heap = s.heap;
   float thr = heap.threshold();
   auto consider = [&](float dist, std::size_t offset) {
@@ -457,11 +444,12 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
     thr = heap.threshold();
   };
   if (nbits_ == 8) {
+    const float* lut = s.lut.data();
     const std::uint8_t* codes = L.codes.data();
     const std::size_t m = m_;
     for (std::size_t i = 0; i < n; ++i) {
       const std::uint8_t* c = codes + i * m;
-      float d0 = base, d1 = 0, d2 = 0, d3 = 0;
+      float d0 = base, d1 = l2 ? norm_terms[i] : 0.0f, d2 = 0, d3 = 0;
       std::size_t j = 0;
       for (; j + 4 <= m; j += 4) {
         d0 += lut[j * 256 + c[j]];
@@ -474,22 +462,20 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
       if (dist < thr) consider(dist, i);
     }
   } else {
-    codec::pq4::quantize_lut(lut, m_, s.qlut, s.lut_kernels);
     const std::size_t nblocks = codec::pq4::blocks_for(n);
     s.acc.resize(nblocks * codec::pq4::kBlock);
+    s.dist.resize(nblocks * codec::pq4::kBlock);
     s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-    const float offset = base + s.qlut.bias, scale = s.qlut.scale, inv_scale = 1.0f / scale;
-    // Cheap pre-test in the accumulator domain (one unit of slack for rounding), exact test after.
+    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
     const std::uint16_t* acc = s.acc.data();
-    float acc_limit = (thr - offset) * scale + 1.0f;
-    for (std::size_t i = 0; i < n; ++i) {
-      if (static_cast<float>(acc[i]) > acc_limit) continue;
-      const float dist = offset + static_cast<float>(acc[i]) * inv_scale;
-      if (dist < thr) {
-        consider(dist, i);
-        acc_limit = (thr - offset) * scale + 1.0f;
-      }
+    float* dist = s.dist.data();
+    if (l2) {
+      for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
+    } else {
+      for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
     }
+    for (std::size_t i = 0; i < n; ++i)
+      if (dist[i] < thr) consider(dist[i], i);
   }
 }
 
@@ -551,7 +537,6 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     if (s.lut.size() != entries) {
       s.ip_table.resize(entries);
       s.lut.resize(entries);
-      s.terms.resize(entries);
       s.q_shifted.resize(d);
       s.q_scaled.resize(d);
     }
@@ -559,6 +544,9 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     s.lut_kernels = lut_kernels;
     const float* qv = Q.data() + qi * d;
     pq_.inner_product_table(qv, s.ip_table.data());
+    const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
+    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
     s.heap.reset(candidates);
     for (std::size_t p = 0; p < nprobe; ++p) {
       const std::int32_t list = probe[qi * nprobe + p];
@@ -730,6 +718,18 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   }
   index->trained_ = true;
   index->derive_tables();
+  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
+    std::vector<std::uint8_t> code(m);
+    for (std::size_t l = 0; l < nlist; ++l) {
+      InvertedList& L = index->lists_[l];
+      L.norm_terms.reserve(L.size());
+      for (std::size_t i = 0; i < L.size(); ++i) {
+        for (std::size_t j = 0; j < m; ++j)
+          code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
+        L.norm_terms.push_back(index->norm_term(l, code.data()));
+      }
+    }
+  }
   return index;
 }
 

@@ -5,9 +5,11 @@
 //                     nlist >= 16384 would want an HNSW graph over the centroids: probe_lists() is the
 //                     single place to plug it in once the HNSW family lands (flat is used meanwhile).
 //   codec             residual x - c_list encoded by a ProductQuantizer; nbits = 8 scans codes with float
-//                     tables (l2: faiss-style precomputed per-list terms, so a probed list costs m * 256
-//                     additions instead of a table recomputation), nbits = 4 uses the fast-scan layout
-//                     (codec/pq4_fastscan.h) with 8-bit tables and 16-bit SIMD accumulation.
+//                     tables, nbits = 4 uses the fast-scan layout (codec/pq4_fastscan.h) with 8-bit tables
+//                     and 16-bit SIMD accumulation. For l2 the decomposition
+//                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
+//                     stores the middle term per vector (4 bytes), so the look-up table (-2 <q_j, centre>)
+//                     depends on the query only: it is built and quantised once per query, not per list.
 //   lists             per list: codes, ids and the re-ranking copy, kept dense; a global id -> (list,
 //                     offset) map makes remove/upsert O(1) (the last entry of the list moves into the hole).
 //   re-ranking        refine_factor * k candidates rescored exactly from the stored copy.
@@ -74,6 +76,7 @@ class IVFPQIndex final : public VectorIndex {
     AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
     AlignedBuffer<idx_t> ids;            // external id per entry
     AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
+    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
@@ -81,7 +84,8 @@ class IVFPQIndex final : public VectorIndex {
   void check_trained() const;
   // Cosine normalisation, then the OPQ rotation.
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
-  void derive_tables();  // packed coarse centroids + precomputed l2 terms (after train / load)
+  void derive_tables();  // packed coarse centroids (after train / load)
+  float norm_term(std::size_t list, const std::uint8_t* code) const;
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
@@ -104,7 +108,6 @@ class IVFPQIndex final : public VectorIndex {
   std::vector<float> centroids_;         // nlist x d (rotated space)
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
-  std::vector<float> precomputed_;       // l2: nlist x m x ksub, ||c_pq||^2 + 2 <centroid_j, c_pq>
   std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
   std::vector<InvertedList> lists_;
   IdMap where_;                          // id -> (list << 32) | offset
