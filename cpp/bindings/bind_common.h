@@ -32,9 +32,10 @@ IdArray as_ids(const py::handle& obj, std::size_t n, const char* what);
 
 void register_errors(py::module_& m);
 void bind_kernels(py::module_& m);
-void bind_kernel_tests(py::module_& m);
+void bind_kernel_tests(py::module_& m);  // private hooks that run one kernel at a chosen level
 void bind_io(py::module_& m);
-void bind_flat(py::module_& m);  // private hooks that run one kernel at a chosen level
+void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);
+void bind_ivfpq(py::module_& m);
 
 }  // namespace annforge::py_bindings

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   b::bind_io(m);
   b::bind_flat(m);
   b::bind_minhash(m);
+  b::bind_ivfpq(m);
 }

@@ -18,6 +18,7 @@ from ._base import VectorIndex, load
 from .flat import FlatIndex
 from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_fvecs, write_ivecs
 from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
+from .ivfpq import IVFPQIndex, kmeans
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -28,6 +29,8 @@ __all__ = [
     "MinHashLSHForest",
     "dedup",
     "minhash_signatures",
+    "IVFPQIndex",
+    "kmeans",
     "VectorIndex",
     "build_info",
     "embed",

@@ -30,24 +30,26 @@ class TopK {
   void push(float dist, idx_t label) {
     if (!full()) {
       heap_.emplace_back(dist, label);
-      std::push_heap(heap_.begin(), heap_.end(), less);
-    } else if (less(Entry(dist, label), heap_.front())) {
-      std::pop_heap(heap_.begin(), heap_.end(), less);
+      std::push_heap(heap_.begin(), heap_.end(), Less());
+    } else if (Less()(Entry(dist, label), heap_.front())) {
+      std::pop_heap(heap_.begin(), heap_.end(), Less());
       heap_.back() = Entry(dist, label);
-      std::push_heap(heap_.begin(), heap_.end(), less);
+      std::push_heap(heap_.begin(), heap_.end(), Less());
     }
   }
   // Sorted best first; the heap is emptied.
   std::vector<std::pair<float, idx_t>>& sorted() {
-    std::sort_heap(heap_.begin(), heap_.end(), less);
+    std::sort_heap(heap_.begin(), heap_.end(), Less());
     return heap_;
   }
 
  private:
   using Entry = std::pair<float, idx_t>;
-  static bool less(const Entry& a, const Entry& b) {
-    return a.first < b.first || (a.first == b.first && a.second < b.second);
-  }
+  struct Less {  // a function object (not a function pointer) so the heap algorithms inline it
+    bool operator()(const Entry& a, const Entry& b) const {
+      return a.first < b.first || (a.first == b.first && a.second < b.second);
+    }
+  };
   std::size_t k_ = 0;
   std::vector<Entry> heap_;
 };

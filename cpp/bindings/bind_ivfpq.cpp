@@ -1,0 +1,176 @@
+// IVFPQIndex bindings, plus the k-means / product-quantizer helpers the Python layer uses (annforge.kmeans,
+// OPQ training) and private hooks that pin the fast-scan SIMD level for tests.
+#include "annforge/cluster/kmeans.h"
+#include "annforge/codec/pq.h"
+#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/ivfpq.h"
+#include "annforge/parallel/executor.h"
+#include "bind_index.h"
+
+#include <cmath>
+
+namespace annforge::py_bindings {
+
+namespace {
+
+RefineKind refine_from_py(const py::object& refine) {
+  if (refine.is_none()) return RefineKind::None;
+  if (!py::isinstance<py::str>(refine)) fail(ErrorKind::Type, "refine must be a string or None");
+  const auto name = py::cast<std::string>(refine);
+  if (name == "none") fail(ErrorKind::Value, "refine='none' is spelt refine=None");
+  return parse_refine(name);
+}
+
+py::array_t<float> float_matrix(const std::vector<float>& v, std::size_t rows, std::size_t cols) {
+  py::array_t<float> out({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+void bind_kmeans(py::module_& m) {
+  m.def(
+      "kmeans",
+      [](const py::object& x, long long k, int niter, std::uint64_t seed, const std::string& init,
+         long long max_points_per_centroid, bool spherical, int num_threads) {
+        if (k < 1) fail(ErrorKind::Value, "k must be >= 1, got ", k);
+        if (niter < 0) fail(ErrorKind::Value, "niter must be >= 0, got ", niter);
+        if (max_points_per_centroid < 0)
+          fail(ErrorKind::Value, "max_points_per_centroid must be >= 0, got ", max_points_per_centroid);
+        py::array arr = py::array::ensure(x);
+        if (!arr || arr.ndim() != 2) fail(ErrorKind::Value, "x must be a 2-D array [n, dim]");
+        const auto d = static_cast<std::size_t>(arr.shape(1));
+        if (d == 0) fail(ErrorKind::Value, "x must have at least one column");
+        MatrixView v = as_matrix(x, d, "x");
+        cluster::KMeansOptions opt;
+        opt.niter = niter;
+        opt.seed = seed;
+        if (init == "kmeans++") opt.init = cluster::KMeansInit::KMeansPlusPlus;
+        else if (init == "random") opt.init = cluster::KMeansInit::Random;
+        else fail(ErrorKind::Value, "init must be 'kmeans++' or 'random', got '", init, "'");
+        opt.max_points_per_centroid = static_cast<std::size_t>(max_points_per_centroid);
+        opt.spherical = spherical;
+        opt.num_threads = num_threads;
+        (void)parallel::resolve_threads(num_threads);
+        for (std::size_t i = 0; i < v.rows * d; ++i)
+          if (!std::isfinite(v.data[i])) fail(ErrorKind::Value, "x contains NaN or infinity at row ", i / d);
+        cluster::KMeansResult res;
+        {
+          py::gil_scoped_release release;
+          res = cluster::kmeans(v.data, v.rows, d, static_cast<std::size_t>(k), opt);
+        }
+        py::array_t<std::int32_t> assignment(static_cast<py::ssize_t>(res.assignment.size()));
+        std::copy(res.assignment.begin(), res.assignment.end(), assignment.mutable_data());
+        py::array_t<double> objective(static_cast<py::ssize_t>(res.objective.size()));
+        std::copy(res.objective.begin(), res.objective.end(), objective.mutable_data());
+        return py::make_tuple(float_matrix(res.centroids, static_cast<std::size_t>(k), d), assignment, objective,
+                              res.empty_splits);
+      },
+      py::arg("x"), py::arg("k"), py::arg("niter") = 20, py::arg("seed") = 0, py::arg("init") = "kmeans++",
+      py::arg("max_points_per_centroid") = 256, py::arg("spherical") = false, py::arg("num_threads") = 0);
+
+  // Trains a product quantizer and returns (codebooks [m, ksub, dsub], reconstruction of x): OPQ's inner step.
+  m.def(
+      "_pq_fit_reconstruct",
+      [](const py::object& x, std::size_t m_sub, std::size_t nbits, std::uint64_t seed, int num_threads) {
+        py::array arr = py::array::ensure(x);
+        if (!arr || arr.ndim() != 2) fail(ErrorKind::Value, "x must be a 2-D array [n, dim]");
+        const auto d = static_cast<std::size_t>(arr.shape(1));
+        MatrixView v = as_matrix(x, d, "x");
+        codec::ProductQuantizer pq(d, m_sub, nbits);
+        std::vector<float> recon(v.rows * d);
+        {
+          py::gil_scoped_release release;
+          pq.train(v.data, v.rows, seed, num_threads);
+          std::vector<std::uint8_t> codes(v.rows * m_sub);
+          pq.encode(v.data, v.rows, codes.data(), num_threads);
+          for (std::size_t i = 0; i < v.rows; ++i) pq.decode(codes.data() + i * m_sub, recon.data() + i * d);
+        }
+        py::array_t<float> cb({static_cast<py::ssize_t>(m_sub), static_cast<py::ssize_t>(pq.ksub()),
+                               static_cast<py::ssize_t>(pq.dsub())});
+        std::copy(pq.codebooks().begin(), pq.codebooks().end(), cb.mutable_data());
+        return py::make_tuple(cb, float_matrix(recon, v.rows, d));
+      },
+      py::arg("x"), py::arg("m"), py::arg("nbits"), py::arg("seed") = 0, py::arg("num_threads") = 0);
+
+  m.def("_pq4_scan_levels", [] {
+    py::list out;
+    for (auto l : {simd::Level::Scalar, simd::Level::AVX2, simd::Level::AVX512})
+      if (codec::pq4::scan_kernel_for(l)) out.append(simd::level_name(l));
+    return out;
+  }, "SIMD levels the 4-bit fast-scan kernel can run at here.");
+  m.def("_pq4_scan_level", [] { return std::string(simd::level_name(codec::pq4::scan_level())); });
+  m.def(
+      "_set_pq4_scan_level",
+      [](const py::object& level) {
+        codec::pq4::set_scan_level_override(
+            level.is_none() ? -1 : static_cast<int>(simd::parse_level(py::cast<std::string>(level).c_str())));
+      },
+      py::arg("level"), "Pin the fast-scan kernel to a level (tests); None follows the active level again.");
+}
+
+}  // namespace
+
+void bind_ivfpq(py::module_& m) {
+  bind_kmeans(m);
+  py::class_<IVFPQIndex> cls(m, "IVFPQIndex");
+  cls.def(py::init([](std::size_t dim, std::size_t nlist, std::size_t m_sub, std::size_t nbits,
+                      const std::string& metric, const py::object& refine, std::uint64_t seed) {
+            const RefineKind kind = refine_from_py(refine);
+            const Metric met = parse_metric(metric);
+            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed);
+          }),
+          py::arg("dim"), py::arg("nlist"), py::arg("m"), py::arg("nbits") = 8, py::arg("metric") = "l2",
+          py::arg("refine") = "f32", py::arg("seed") = 0);
+  bind_vector_index_methods<IVFPQIndex>(cls);
+  cls.def(
+         "train",
+         [](IVFPQIndex& self, const py::object& x, int num_threads) {
+           MatrixView v = as_matrix(x, self.dim(), "training vectors");
+           py::gil_scoped_release release;
+           self.train(v.data, v.rows, num_threads);
+         },
+         py::arg("x"), py::arg("num_threads") = 0)
+      .def_property_readonly("is_trained", &IVFPQIndex::is_trained)
+      .def_property_readonly("nlist", &IVFPQIndex::nlist)
+      .def_property_readonly("m", &IVFPQIndex::m)
+      .def_property_readonly("nbits", &IVFPQIndex::nbits)
+      .def_property_readonly("refine",
+                             [](const IVFPQIndex& self) -> py::object {
+                               if (self.refine() == RefineKind::None) return py::none();
+                               return py::str(refine_name(self.refine()));
+                             })
+      .def_property_readonly("code_bytes", &IVFPQIndex::code_bytes)
+      .def_property_readonly("refine_bytes", &IVFPQIndex::refine_bytes)
+      .def("list_sizes",
+           [](const IVFPQIndex& self) {
+             const auto s = self.list_sizes();
+             py::array_t<std::int64_t> out(static_cast<py::ssize_t>(s.size()));
+             std::copy(s.begin(), s.end(), out.mutable_data());
+             return out;
+           })
+      .def("coarse_centroids",
+           [](const IVFPQIndex& self) {
+             const auto c = self.coarse_centroids();
+             return float_matrix(c, c.size() / self.dim(), self.dim());
+           })
+      .def("rotation",
+           [](const IVFPQIndex& self) -> py::object {
+             const auto r = self.rotation();
+             if (r.empty()) return py::none();
+             return float_matrix(r, self.dim(), self.dim());
+           })
+      .def(
+          "set_rotation",
+          [](IVFPQIndex& self, const py::object& r) {
+            MatrixView v = as_matrix(r, self.dim(), "rotation");
+            if (v.rows != self.dim()) fail(ErrorKind::Value, "rotation must be a [dim, dim] matrix");
+            self.set_rotation(v.data);
+          },
+          py::arg("rotation"))
+      .def_static(
+          "load", [](const std::string& path, bool mmap) { return IVFPQIndex::read(open_reader(path, mmap)); },
+          py::arg("path"), py::arg("mmap") = false)
+      .def_static("from_bytes", [](const py::bytes& b) { return IVFPQIndex::read(bytes_reader(b)); });
+}
+
+}  // namespace annforge::py_bindings

@@ -1,0 +1,92 @@
+// k-means clustering and "nearest centroids for many points", shared by IVF-PQ (coarse quantizer and
+// product-quantizer codebooks) and the ScaNN partition tree.
+//
+// Assignment goes through the packed many-to-many kernel (K.pack_rows + K.dot_packed) with centroid
+// norms: ||x - c||^2 = ||x||^2 + ||c||^2 - 2<x, c>. Work is split into fixed chunks of points whose
+// size does not depend on the thread count, and every reduction runs in a fixed order, so results for a
+// seed are bit-identical whatever num_threads is.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "annforge/simd/kernels.h"
+#include "annforge/storage/aligned_buffer.h"
+
+namespace annforge::cluster {
+
+// Small, fast, portable PRNG (identical streams on every platform, unlike std:: distributions).
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n) (n > 0); the modulo bias is negligible for n << 2^64.
+  std::uint64_t below(std::uint64_t n) { return next() % n; }
+  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+
+ private:
+  std::uint64_t state_;
+};
+
+// A fixed set of centroids, packed once for the many-to-many kernel, answering "which m centroids are
+// nearest" for batches of points. Remembers the kernel table it was packed with (panel sizes differ
+// between SIMD levels), so a level switch between construction and use stays correct.
+class PackedCentroids {
+ public:
+  PackedCentroids() = default;
+  // `centroids`: k x d row-major. The data is copied.
+  PackedCentroids(const float* centroids, std::size_t k, std::size_t d);
+
+  std::size_t k() const noexcept { return k_; }
+  std::size_t d() const noexcept { return d_; }
+  const float* sq_norms() const noexcept { return sq_norms_.data(); }
+
+  // For each of the n points (rows of x, stride ldx floats), the m nearest centroids, nearest first:
+  // labels[i*m + r] and score[i*m + r]. With `inner_product` false the score is the squared L2
+  // distance; with it true the score is -<x, c> (so "smaller is closer" either way). Ties go to the
+  // lower centroid index; rows with m > k are padded with label -1 and score +inf.
+  void nearest(const float* x, std::size_t n, std::size_t ldx, std::size_t m, bool inner_product, int num_threads,
+               std::int32_t* labels, float* score) const;
+
+ private:
+  const simd::Kernels* kernels_ = nullptr;
+  std::size_t k_ = 0, d_ = 0;
+  AlignedBuffer<float> packed_;
+  std::vector<float> sq_norms_;
+};
+
+enum class KMeansInit : std::uint8_t { KMeansPlusPlus = 0, Random = 1 };
+
+struct KMeansOptions {
+  int niter = 20;
+  std::uint64_t seed = 0;
+  KMeansInit init = KMeansInit::KMeansPlusPlus;
+  // Train on at most this many points per centroid (a seeded random subsample); 0 = use all points.
+  std::size_t max_points_per_centroid = 256;
+  // Spherical k-means (ip / cosine): centroids are renormalised to unit length after every update and
+  // points are assigned by largest inner product.
+  bool spherical = false;
+  // Compute KMeansResult::assignment for every input point (one more pass over all n points).
+  bool assign_all = true;
+  int num_threads = 0;
+};
+
+struct KMeansResult {
+  std::vector<float> centroids;          // k x d
+  std::vector<std::int32_t> assignment;  // n: nearest centroid of every input point (empty: !assign_all)
+  // Sum over the training sample of the squared distance to the assigned centroid (spherical: sum of
+  // 1 - <x, c>), measured at each iteration's assignment step: non-increasing apart from splits.
+  std::vector<double> objective;
+  std::size_t empty_splits = 0;  // how many empty clusters were re-seeded by splitting a large one
+};
+
+// Lloyd's k-means. Throws ValueError when k < 1, k > n, or n == 0.
+KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k, const KMeansOptions& options);
+
+}  // namespace annforge::cluster

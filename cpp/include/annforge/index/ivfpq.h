@@ -1,0 +1,116 @@
+// IVF-PQ: an inverted file over a k-means coarse quantizer, with product-quantized residuals in each
+// list, optional OPQ rotation, and exact re-ranking from a full-precision (f32 / f16 / sq8) copy.
+//
+//   coarse quantizer  nlist centroids (k-means, cluster/kmeans.h), probed with the packed GEMM kernel.
+//                     nlist >= 16384 would want an HNSW graph over the centroids: probe_lists() is the
+//                     single place to plug it in once the HNSW family lands (flat is used meanwhile).
+//   codec             residual x - c_list encoded by a ProductQuantizer; nbits = 8 scans codes with float
+//                     tables, nbits = 4 uses the fast-scan layout (codec/pq4_fastscan.h) with 8-bit tables
+//                     and 16-bit SIMD accumulation. For l2 the decomposition
+//                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
+//                     stores the middle term per vector (4 bytes), so the look-up table (-2 <q_j, centre>)
+//                     depends on the query only: it is built and quantised once per query, not per list.
+//   lists             per list: codes, ids and the re-ranking copy, kept dense; a global id -> (list,
+//                     offset) map makes remove/upsert O(1) (the last entry of the list moves into the hole).
+//   re-ranking        refine_factor * k candidates rescored exactly from the stored copy.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "annforge/cluster/kmeans.h"
+#include "annforge/codec/pq.h"
+#include "annforge/index/vector_index.h"
+#include "annforge/storage/aligned_buffer.h"
+#include "annforge/storage/id_map.h"
+
+namespace annforge {
+
+enum class RefineKind : std::uint8_t { None = 0, F32 = 1, F16 = 2, SQ8 = 3 };
+RefineKind parse_refine(const std::string& name);  // "f32" | "f16" | "sq8" | "none"
+const char* refine_name(RefineKind kind);
+
+class IVFPQIndex final : public VectorIndex {
+ public:
+  IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
+             RefineKind refine, std::uint64_t seed);
+  static std::unique_ptr<IVFPQIndex> read(const std::shared_ptr<io::FileReader>& reader);
+
+  // Learns the coarse centroids, the PQ codebooks (on residuals) and the sq8 ranges. Needs
+  // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector.
+  void train(const float* x, std::size_t n, int num_threads);
+  bool is_trained() const;
+  // An orthonormal d x d matrix R (row-major) applied as x -> R x before everything else (OPQ). Only
+  // before training; the Python layer learns R (alternating Procrustes).
+  void set_rotation(const float* rotation);
+  std::vector<float> rotation() const;
+  std::vector<float> coarse_centroids() const;
+  std::vector<std::size_t> list_sizes() const;
+  std::size_t nlist() const noexcept { return nlist_; }
+  std::size_t m() const noexcept { return m_; }
+  std::size_t nbits() const noexcept { return nbits_; }
+  RefineKind refine() const noexcept { return refine_; }
+  // Bytes of PQ code per vector (nbits * m / 8) and of the re-ranking copy.
+  std::size_t code_bytes() const noexcept;
+  std::size_t refine_bytes() const noexcept;
+
+  io::Kind kind() const override { return io::Kind::IVFPQ; }
+  std::size_t size() const override;
+  void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
+  // Knobs: nprobe (default min(nlist, 16)), refine_factor (default 4; ignored when refine is none).
+  void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
+              float* out_dist) const override;
+  std::size_t remove(const idx_t* ids, std::size_t n) override;
+  bool contains(idx_t id) const override;
+  std::vector<idx_t> ids() const override;
+  // The re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded residual).
+  void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
+  std::size_t memory_bytes() const override;
+  void write(io::FileWriter& w) const override;
+
+ private:
+  struct InvertedList {
+    AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
+    AlignedBuffer<idx_t> ids;            // external id per entry
+    AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
+    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
+    std::size_t size() const noexcept { return ids.size(); }
+  };
+  struct QueryScratch;
+
+  void check_trained() const;
+  // Cosine normalisation, then the OPQ rotation.
+  void transform(const float* x, std::size_t n, std::vector<float>& out) const;
+  void derive_tables();  // packed coarse centroids (after train / load)
+  float norm_term(std::size_t list, const std::uint8_t* code) const;
+  // The nprobe lists to visit per query, with ||q - c||^2.
+  void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
+                   float* dist) const;
+  void append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row);
+  void erase_at(std::size_t list, std::size_t offset);
+  void encode_refine(const float* row, std::uint8_t* out) const;
+  float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
+                        const float* q_scaled, float q_dot_offset) const;
+  void decode_refine(const std::uint8_t* stored, float* out) const;
+  void unrotate(float* row) const;
+  void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, const IdSelector* filter) const;
+
+  std::size_t nlist_, m_, nbits_;
+  RefineKind refine_;
+  std::uint64_t seed_;
+  bool trained_ = false;
+
+  mutable std::shared_mutex mutex_;
+  std::vector<float> rotation_;          // d x d, empty = identity
+  std::vector<float> centroids_;         // nlist x d (rotated space)
+  cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
+  codec::ProductQuantizer pq_;
+  std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
+  std::vector<InvertedList> lists_;
+  IdMap where_;                          // id -> (list << 32) | offset
+};
+
+}  // namespace annforge

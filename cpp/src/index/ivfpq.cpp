@@ -1,0 +1,736 @@
+#include "annforge/index/ivfpq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/topk.h"
+#include "annforge/parallel/executor.h"
+#include "annforge/simd/kernels.h"
+
+namespace annforge {
+
+namespace {
+
+constexpr std::uint32_t kTagMeta = io::make_tag("META");
+constexpr std::uint32_t kTagCentroids = io::make_tag("CENT");
+constexpr std::uint32_t kTagCodebooks = io::make_tag("PQCB");
+constexpr std::uint32_t kTagRotation = io::make_tag("ROTM");
+constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
+constexpr std::uint32_t kTagListSizes = io::make_tag("LSIZ");
+constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
+constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
+constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
+
+constexpr int kCoarseIterations = 20;
+constexpr std::size_t kCoarsePointsPerCentroid = 256;
+
+inline idx_t pack_location(std::size_t list, std::size_t offset) {
+  return static_cast<idx_t>((static_cast<std::uint64_t>(list) << 32) | offset);
+}
+inline std::size_t location_list(idx_t loc) { return static_cast<std::size_t>(static_cast<std::uint64_t>(loc) >> 32); }
+inline std::size_t location_offset(idx_t loc) { return static_cast<std::size_t>(loc & 0xffffffffll); }
+
+}  // namespace
+
+RefineKind parse_refine(const std::string& name) {
+  if (name == "f32") return RefineKind::F32;
+  if (name == "f16") return RefineKind::F16;
+  if (name == "sq8") return RefineKind::SQ8;
+  if (name == "none" || name.empty()) return RefineKind::None;
+  fail(ErrorKind::Value, "unknown refine storage '", name, "': expected 'f32', 'f16', 'sq8' or None");
+}
+
+const char* refine_name(RefineKind kind) {
+  switch (kind) {
+    case RefineKind::F32: return "f32";
+    case RefineKind::F16: return "f16";
+    case RefineKind::SQ8: return "sq8";
+    case RefineKind::None: return "none";
+  }
+  return "none";
+}
+
+// Per-worker buffers reused across the queries of one search call.
+struct IVFPQIndex::QueryScratch {
+  std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
+  std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
+  codec::pq4::QuantizedLut qlut;
+  std::vector<std::uint16_t> acc;
+  std::vector<float> dist;
+  std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
+  TopK heap;
+  codec::pq4::ScanFn scan = nullptr;
+  const codec::pq4::LutKernels* lut_kernels = nullptr;
+};
+
+IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
+                       RefineKind refine, std::uint64_t seed)
+    : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
+      pq_(dim, m, nbits) {
+  ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
+                 "nlist must be in [1, 16777216], got ", nlist);
+}
+
+bool IVFPQIndex::is_trained() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return trained_;
+}
+
+void IVFPQIndex::check_trained() const {
+  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
+}
+
+std::size_t IVFPQIndex::code_bytes() const noexcept { return (nbits_ * m_ + 7) / 8; }
+
+std::size_t IVFPQIndex::refine_bytes() const noexcept {
+  switch (refine_) {
+    case RefineKind::F32: return dim_ * 4;
+    case RefineKind::F16: return dim_ * 2;
+    case RefineKind::SQ8: return dim_;
+    case RefineKind::None: return 0;
+  }
+  return 0;
+}
+
+void IVFPQIndex::set_rotation(const float* rotation) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  ANNFORGE_CHECK(!trained_, ErrorKind::State, "the rotation must be set before train()");
+  const std::size_t d = dim_;
+  for (std::size_t i = 0; i < d * d; ++i)
+    ANNFORGE_CHECK(std::isfinite(rotation[i]), ErrorKind::Value, "rotation contains NaN or infinity");
+  // Orthonormal rows: R R^T = I (otherwise distances would change).
+  for (std::size_t i = 0; i < d; ++i)
+    for (std::size_t j = i; j < d; ++j) {
+      double s = 0;
+      for (std::size_t t = 0; t < d; ++t) s += static_cast<double>(rotation[i * d + t]) * rotation[j * d + t];
+      ANNFORGE_CHECK(std::fabs(s - (i == j ? 1.0 : 0.0)) < 1e-3, ErrorKind::Value,
+                     "rotation must be an orthonormal matrix");
+    }
+  rotation_.assign(rotation, rotation + d * d);
+}
+
+std::vector<float> IVFPQIndex::rotation() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return rotation_;
+}
+
+std::vector<float> IVFPQIndex::coarse_centroids() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return centroids_;
+}
+
+std::vector<std::size_t> IVFPQIndex::list_sizes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::vector<std::size_t> out(lists_.size());
+  for (std::size_t l = 0; l < lists_.size(); ++l) out[l] = lists_[l].size();
+  return out;
+}
+
+void IVFPQIndex::transform(const float* x, std::size_t n, std::vector<float>& out) const {
+  prepare_rows(x, n, out);
+  if (rotation_.empty()) return;
+  const auto& K = simd::kernels();
+  std::vector<float> row(dim_);
+  for (std::size_t i = 0; i < n; ++i) {
+    float* r = out.data() + i * dim_;
+    K.dot_rows(r, rotation_.data(), dim_, dim_, row.data());  // (R x)_i = <R_i, x>
+    std::copy(row.begin(), row.end(), r);
+  }
+}
+
+void IVFPQIndex::unrotate(float* row) const {
+  if (rotation_.empty()) return;
+  std::vector<float> out(dim_, 0.0f);
+  for (std::size_t i = 0; i < dim_; ++i)  // x = R^T y
+    for (std::size_t j = 0; j < dim_; ++j) out[j] += rotation_[i * dim_ + j] * row[i];
+  std::copy(out.begin(), out.end(), row);
+}
+
+void IVFPQIndex::derive_tables() { coarse_ = cluster::PackedCentroids(centroids_.data(), nlist_, dim_); }
+
+float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
+  std::vector<float> r(dim_);
+  pq_.decode(code, r.data());
+  const auto& K = simd::kernels();
+  return K.dot(r.data(), r.data(), dim_) + 2.0f * K.dot(centroids_.data() + list * dim_, r.data(), dim_);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Training
+
+void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
+  (void)parallel::resolve_threads(num_threads);
+  check_finite(x, n, dim_, "training vectors");
+  ANNFORGE_CHECK(n >= nlist_, ErrorKind::Value, "training needs at least nlist = ", nlist_, " vectors, got ", n);
+  ANNFORGE_CHECK(n >= pq_.ksub(), ErrorKind::Value, "training needs at least 2^nbits = ", pq_.ksub(),
+                 " vectors, got ", n);
+  std::vector<float> rotation;
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    rotation = rotation_;
+  }
+  std::vector<float> xt;
+  transform(x, n, xt);
+  const std::size_t d = dim_;
+
+  cluster::KMeansOptions opt;
+  opt.niter = kCoarseIterations;
+  opt.seed = seed_;
+  opt.max_points_per_centroid = kCoarsePointsPerCentroid;
+  opt.num_threads = num_threads;
+  opt.assign_all = false;
+  auto coarse = cluster::kmeans(xt.data(), n, d, nlist_, opt);
+  cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
+
+  // PQ codebooks on the residuals of an evenly spaced sample (at most 256 rows per PQ centre).
+  const std::size_t ns = std::min(n, pq_.ksub() * 256);
+  std::vector<float> residuals(ns * d);
+  for (std::size_t i = 0; i < ns; ++i) {
+    const std::size_t row = i * n / ns;
+    std::copy(xt.data() + row * d, xt.data() + (row + 1) * d, residuals.data() + i * d);
+  }
+  std::vector<std::int32_t> labels(ns);
+  std::vector<float> scores(ns);
+  packed.nearest(residuals.data(), ns, d, 1, false, num_threads, labels.data(), scores.data());
+  for (std::size_t i = 0; i < ns; ++i) {
+    const float* c = coarse.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
+    for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] -= c[j];
+  }
+  codec::ProductQuantizer pq(d, m_, nbits_);
+  pq.train(residuals.data(), ns, seed_ + 17, num_threads);
+
+  std::vector<float> sq8_offset, sq8_scale;
+  if (refine_ == RefineKind::SQ8) {
+    sq8_offset.assign(d, std::numeric_limits<float>::infinity());
+    std::vector<float> hi(d, -std::numeric_limits<float>::infinity());
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < d; ++j) {
+        sq8_offset[j] = std::min(sq8_offset[j], xt[i * d + j]);
+        hi[j] = std::max(hi[j], xt[i * d + j]);
+      }
+    sq8_scale.resize(d);
+    for (std::size_t j = 0; j < d; ++j) sq8_scale[j] = (hi[j] - sq8_offset[j]) / 255.0f;
+  }
+
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  centroids_ = std::move(coarse.centroids);
+  pq_ = std::move(pq);
+  sq8_offset_ = std::move(sq8_offset);
+  sq8_scale_ = std::move(sq8_scale);
+  lists_.assign(nlist_, InvertedList());
+  where_.clear();
+  trained_ = true;
+  derive_tables();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Updates
+
+void IVFPQIndex::encode_refine(const float* row, std::uint8_t* out) const {
+  const auto& K = simd::kernels();
+  switch (refine_) {
+    case RefineKind::F32: std::memcpy(out, row, dim_ * sizeof(float)); break;
+    case RefineKind::F16: {
+      std::vector<std::uint16_t> h(dim_);
+      K.f32_to_f16(row, h.data(), dim_);
+      std::memcpy(out, h.data(), dim_ * sizeof(std::uint16_t));
+      break;
+    }
+    case RefineKind::SQ8:
+      for (std::size_t j = 0; j < dim_; ++j) {
+        const float s = sq8_scale_[j];
+        const float v = s > 0 ? std::nearbyint((row[j] - sq8_offset_[j]) / s) : 0.0f;
+        out[j] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v)));
+      }
+      break;
+    case RefineKind::None: break;
+  }
+}
+
+void IVFPQIndex::decode_refine(const std::uint8_t* stored, float* out) const {
+  switch (refine_) {
+    case RefineKind::F32: std::memcpy(out, stored, dim_ * sizeof(float)); break;
+    case RefineKind::F16: {
+      std::vector<std::uint16_t> h(dim_);
+      std::memcpy(h.data(), stored, dim_ * sizeof(std::uint16_t));
+      simd::kernels().f16_to_f32(h.data(), out, dim_);
+      break;
+    }
+    case RefineKind::SQ8:
+      for (std::size_t j = 0; j < dim_; ++j) out[j] = sq8_offset_[j] + stored[j] * sq8_scale_[j];
+      break;
+    case RefineKind::None: break;
+  }
+}
+
+void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row) {
+  InvertedList& L = lists_[list];
+  const std::size_t off = L.size();
+  if (nbits_ == 8) {
+    L.codes.append(code, m_);
+  } else {
+    if (off % codec::pq4::kBlock == 0) L.codes.resize(L.codes.size() + codec::pq4::block_bytes(m_));
+    std::uint8_t* blocks = L.codes.mutable_data();
+    for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
+  }
+  L.ids.push_back(id);
+  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(list, code));
+  if (refine_ != RefineKind::None) {
+    const std::size_t rb = refine_bytes();
+    L.refine.resize(L.refine.size() + rb);
+    encode_refine(row, L.refine.mutable_data() + off * rb);
+  }
+  where_.set(id, pack_location(list, off));
+}
+
+void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
+  InvertedList& L = lists_[list];
+  const std::size_t last = L.size() - 1, rb = refine_bytes();
+  if (off != last) {  // move the last entry into the hole
+    const idx_t moved = L.ids[last];
+    L.ids.at_mut(off) = moved;
+    where_.set(moved, pack_location(list, off));
+    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
+    if (nbits_ == 8) {
+      std::uint8_t* c = L.codes.mutable_data();
+      std::memcpy(c + off * m_, c + last * m_, m_);
+    } else {
+      std::uint8_t* blocks = L.codes.mutable_data();
+      for (std::size_t j = 0; j < m_; ++j)
+        codec::pq4::set_code(blocks, m_, off, j, codec::pq4::get_code(blocks, m_, last, j));
+    }
+    if (rb) {
+      std::uint8_t* r = L.refine.mutable_data();
+      std::memcpy(r + off * rb, r + last * rb, rb);
+    }
+  }
+  L.ids.shrink(last);
+  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
+  if (nbits_ == 8) {
+    L.codes.shrink(last * m_);
+  } else {
+    std::uint8_t* blocks = L.codes.mutable_data();
+    for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, last, j, 0);  // keep padding zero
+    L.codes.shrink(codec::pq4::blocks_for(last) * codec::pq4::block_bytes(m_));
+  }
+  if (rb) L.refine.shrink(last * rb);
+}
+
+void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
+  (void)parallel::resolve_threads(num_threads);
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    check_trained();
+  }
+  check_finite(x, n, dim_, "vectors");
+  if (ids) validate_new_ids(ids, n);
+  std::vector<float> rows;
+  transform(x, n, rows);
+  const std::size_t d = dim_;
+
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  check_trained();  // (train() may not run concurrently with the encoding below)
+  std::vector<std::int32_t> lists(n);
+  std::vector<float> scores(n);
+  coarse_.nearest(rows.data(), n, d, 1, false, num_threads, lists.data(), scores.data());
+  std::vector<float> residuals(n * d);
+  parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
+    for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
+      const float* c = centroids_.data() + static_cast<std::size_t>(lists[i]) * d;
+      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
+    }
+  });
+  std::vector<std::uint8_t> codes(n * m_);
+  pq_.encode(residuals.data(), n, codes.data(), num_threads);
+
+  assign_ids(ids, n, out_ids);
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.erase(out_ids[i]);
+    if (loc != IdMap::kMissing) erase_at(location_list(loc), location_offset(loc));  // upsert
+    append(static_cast<std::size_t>(lists[i]), out_ids[i], codes.data() + i * m_, rows.data() + i * d);
+  }
+}
+
+std::size_t IVFPQIndex::remove(const idx_t* ids, std::size_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.erase(ids[i]);
+    if (loc == IdMap::kMissing) continue;
+    erase_at(location_list(loc), location_offset(loc));
+    ++removed;
+  }
+  return removed;
+}
+
+std::size_t IVFPQIndex::size() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return where_.size();
+}
+
+bool IVFPQIndex::contains(idx_t id) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return where_.contains(id);
+}
+
+std::vector<idx_t> IVFPQIndex::ids() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::vector<idx_t> out;
+  out.reserve(where_.size());
+  for (const auto& L : lists_) out.insert(out.end(), L.ids.data(), L.ids.data() + L.size());
+  return out;
+}
+
+void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::vector<std::uint8_t> code(m_);
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.find(ids[i]);
+    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
+    const std::size_t l = location_list(loc), off = location_offset(loc);
+    const InvertedList& L = lists_[l];
+    float* row = out + i * dim_;
+    if (refine_ != RefineKind::None) {
+      decode_refine(L.refine.data() + off * refine_bytes(), row);
+    } else {
+      for (std::size_t j = 0; j < m_; ++j)
+        code[j] = nbits_ == 8 ? L.codes[off * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, off, j);
+      pq_.decode(code.data(), row);
+      const float* c = centroids_.data() + l * dim_;
+      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+    }
+    unrotate(row);
+  }
+}
+
+std::size_t IVFPQIndex::memory_bytes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::size_t bytes =
+      where_.memory_bytes() + (centroids_.size() + rotation_.size() + pq_.codebooks().size()) * sizeof(float);
+  bytes += centroids_.size() * sizeof(float);  // packed copy for the GEMM kernel
+  for (const auto& L : lists_)
+    bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Search
+
+void IVFPQIndex::probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads,
+                             std::int32_t* lists, float* dist) const {
+  // Hook for an HNSW coarse quantizer (nlist >= 16384); flat GEMM scan of the centroids for now.
+  // Lists are ranked by l2 for every metric: vectors were assigned to their l2-nearest centroid.
+  coarse_.nearest(q, nq, dim_, nprobe, false, num_threads, lists, dist);
+}
+
+void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s,
+                           const IdSelector* filter) const {
+  const InvertedList& L = lists_[list];
+  const std::size_t n = L.size();
+  if (n == 0) return;
+  const bool l2 = metric_ == Metric::L2;
+  // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
+  const float base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
+  TopK& heap = s.heap;
+  float thr = heap.threshold();
+  auto consider = [&](float dist, std::size_t offset) {
+    if (filter && !filter->contains(L.ids[offset])) return;
+    heap.push(dist, pack_location(list, offset));
+    thr = heap.threshold();
+  };
+  if (nbits_ == 8) {
+    const float* lut = s.lut.data();
+    const std::uint8_t* codes = L.codes.data();
+    const std::size_t m = m_;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint8_t* c = codes + i * m;
+      float d0 = base, d1 = l2 ? norm_terms[i] : 0.0f, d2 = 0, d3 = 0;
+      std::size_t j = 0;
+      for (; j + 4 <= m; j += 4) {
+        d0 += lut[j * 256 + c[j]];
+        d1 += lut[(j + 1) * 256 + c[j + 1]];
+        d2 += lut[(j + 2) * 256 + c[j + 2]];
+        d3 += lut[(j + 3) * 256 + c[j + 3]];
+      }
+      for (; j < m; ++j) d0 += lut[j * 256 + c[j]];
+      const float dist = (d0 + d1) + (d2 + d3);
+      if (dist < thr) consider(dist, i);
+    }
+  } else {
+    const std::size_t nblocks = codec::pq4::blocks_for(n);
+    s.acc.resize(nblocks * codec::pq4::kBlock);
+    s.dist.resize(nblocks * codec::pq4::kBlock);
+    s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
+    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
+    const std::uint16_t* acc = s.acc.data();
+    float* dist = s.dist.data();
+    if (l2) {
+      for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
+    } else {
+      for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
+    }
+    for (std::size_t i = 0; i < n; ++i)
+      if (dist[i] < thr) consider(dist[i], i);
+  }
+}
+
+float IVFPQIndex::refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
+                                  const float* q_scaled, float q_dot_offset) const {
+  const auto& K = simd::kernels();
+  const bool l2 = metric_ == Metric::L2;
+  switch (refine_) {
+    case RefineKind::F32: {
+      const auto* v = reinterpret_cast<const float*>(stored);
+      return l2 ? K.l2_sqr(q, v, dim_) : 1.0f - K.dot(q, v, dim_);
+    }
+    case RefineKind::F16: {
+      const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
+      return l2 ? K.l2_sqr_f16(q, v, dim_) : 1.0f - K.dot_f16(q, v, dim_);
+    }
+    case RefineKind::SQ8:
+      return l2 ? K.l2_sqr_sq8(q_shifted, stored, sq8_scale_.data(), dim_)
+                : 1.0f - (q_dot_offset + K.dot_u8(q_scaled, stored, dim_));
+    case RefineKind::None: break;
+  }
+  return 0.0f;
+}
+
+void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
+                        float* out_dist) const {
+  check_k(k);
+  const auto nprobe_knob = opt.knobs.take_int("nprobe", static_cast<long long>(std::min<std::size_t>(nlist_, 16)), 1);
+  const auto refine_factor = opt.knobs.take_int("refine_factor", 4, 1);
+  opt.knobs.reject_unknown("IVFPQIndex", "nprobe, refine_factor");
+  check_finite(q, nq, dim_, "queries");
+  std::size_t threads = parallel::resolve_threads(opt.num_threads);
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    check_trained();
+  }
+  std::vector<float> Q;
+  transform(q, nq, Q);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  check_trained();
+  if (nq == 0) return;
+  const std::size_t nprobe = std::min<std::size_t>(nlist_, static_cast<std::size_t>(nprobe_knob));
+  const bool rerank = refine_ != RefineKind::None;
+  const std::size_t candidates =
+      rerank ? std::min<std::size_t>(k * static_cast<std::size_t>(refine_factor), std::size_t(1) << 24) : k;
+  const IdSelector* filter = opt.filter;
+  if (filter && !filter->thread_safe()) threads = 1;
+
+  std::vector<std::int32_t> probe(nq * nprobe);
+  std::vector<float> probe_dist(nq * nprobe);
+  probe_lists(Q.data(), nq, nprobe, static_cast<int>(threads), probe.data(), probe_dist.data());
+
+  const std::size_t entries = m_ * pq_.ksub(), d = dim_;
+  std::vector<QueryScratch> scratch(threads);
+  const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
+  const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
+  parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
+    QueryScratch& s = scratch[worker];
+    if (s.lut.size() != entries) {
+      s.ip_table.resize(entries);
+      s.lut.resize(entries);
+      s.q_shifted.resize(d);
+      s.q_scaled.resize(d);
+    }
+    s.scan = scan;
+    s.lut_kernels = lut_kernels;
+    const float* qv = Q.data() + qi * d;
+    pq_.inner_product_table(qv, s.ip_table.data());
+    const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
+    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
+    s.heap.reset(candidates);
+    for (std::size_t p = 0; p < nprobe; ++p) {
+      const std::int32_t list = probe[qi * nprobe + p];
+      if (list < 0) continue;
+      scan_list(qv, static_cast<std::size_t>(list), probe_dist[qi * nprobe + p], s, filter);
+    }
+    auto& found = s.heap.sorted();
+    if (rerank) {
+      float q_dot_offset = 0;
+      if (refine_ == RefineKind::SQ8) {
+        for (std::size_t j = 0; j < d; ++j) {
+          s.q_shifted[j] = qv[j] - sq8_offset_[j];
+          s.q_scaled[j] = qv[j] * sq8_scale_[j];
+          q_dot_offset += qv[j] * sq8_offset_[j];
+        }
+      }
+      const std::size_t rb = refine_bytes();
+      TopK best(k);
+      for (const auto& e : found) {
+        const InvertedList& L = lists_[location_list(e.second)];
+        const std::size_t off = location_offset(e.second);
+        const float dist = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
+                                           q_dot_offset);
+        best.push(dist, L.ids[off]);
+      }
+      write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);
+    } else {
+      for (auto& e : found) e.second = lists_[location_list(e.second)].ids[location_offset(e.second)];
+      std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+        return a.first < b.first || (a.first == b.first && a.second < b.second);
+      });
+      write_row(found, k, out_ids + qi * k, out_dist + qi * k);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Serialization
+
+void IVFPQIndex::write(io::FileWriter& w) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  io::ByteWriter meta;
+  write_common(meta);
+  meta.put(static_cast<std::uint64_t>(nlist_))
+      .put(static_cast<std::uint64_t>(m_))
+      .put(static_cast<std::uint64_t>(nbits_))
+      .put(static_cast<std::uint8_t>(refine_))
+      .put(seed_)
+      .put(static_cast<std::uint8_t>(trained_ ? 1 : 0))
+      .put(static_cast<std::uint8_t>(rotation_.empty() ? 0 : 1));
+  w.add_owned(kTagMeta, meta.take());
+  if (!rotation_.empty()) w.add(kTagRotation, rotation_.data(), rotation_.size() * sizeof(float));
+  if (!trained_) return;
+  w.add(kTagCentroids, centroids_.data(), centroids_.size() * sizeof(float));
+  w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
+  if (refine_ == RefineKind::SQ8) {
+    io::ByteWriter sq;
+    for (float v : sq8_offset_) sq.put(v);
+    for (float v : sq8_scale_) sq.put(v);
+    w.add_owned(kTagSq8, sq.take());
+  }
+  io::ByteWriter sizes;
+  for (const auto& L : lists_) sizes.put(static_cast<std::uint64_t>(L.size()));
+  w.add_owned(kTagListSizes, sizes.take());
+  w.add(kTagCodes, nullptr, 0);
+  for (const auto& L : lists_) w.add_chunk(L.codes.data(), L.codes.size());
+  w.add(kTagIds, nullptr, 0);
+  for (const auto& L : lists_) w.add_chunk(L.ids.data(), L.ids.size() * sizeof(idx_t));
+  w.add(kTagRefine, nullptr, 0);
+  for (const auto& L : lists_) w.add_chunk(L.refine.data(), L.refine.size());
+}
+
+std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReader>& reader) {
+  reader->expect_kind(io::Kind::IVFPQ);
+  const std::string& origin = reader->origin();
+  auto corrupt = [&](const char* why) { fail(ErrorKind::IO, origin, ": corrupted IVFPQIndex: ", why); };
+  const io::Bytes meta_bytes = reader->section(kTagMeta);
+  io::ByteReader meta(meta_bytes, "IVFPQIndex metadata");
+  const auto dim = meta.read<std::uint64_t>();
+  const auto metric = meta.read<std::uint8_t>();
+  (void)meta.read<idx_t>();
+  const auto nlist = meta.read<std::uint64_t>(), m = meta.read<std::uint64_t>(), nbits = meta.read<std::uint64_t>();
+  const auto refine = meta.read<std::uint8_t>();
+  const auto seed = meta.read<std::uint64_t>();
+  const auto trained = meta.read<std::uint8_t>(), has_rotation = meta.read<std::uint8_t>();
+  meta.expect_end();
+  if (dim < 1 || dim > (1u << 20) || metric > 2) corrupt("dimension or metric out of range");
+  if (nlist < 1 || nlist > (std::uint64_t(1) << 24)) corrupt("nlist out of range");
+  if (m < 1 || m > dim || dim % m != 0 || (nbits != 4 && nbits != 8)) corrupt("invalid product quantizer shape");
+  if (refine > 3 || trained > 1 || has_rotation > 1) corrupt("invalid flags");
+
+  auto index = std::make_unique<IVFPQIndex>(dim, nlist, m, nbits, static_cast<Metric>(metric),
+                                            static_cast<RefineKind>(refine), seed);
+  io::ByteReader common(meta_bytes, "IVFPQIndex metadata");
+  index->read_common(common);
+  const std::size_t d = dim;
+  auto floats = [&](std::uint32_t tag, std::size_t count, std::vector<float>& out) {
+    const io::Bytes b = reader->section(tag);
+    if (b.size != count * sizeof(float)) fail(ErrorKind::IO, origin, ": corrupted IVFPQIndex: section ",
+                                              io::tag_name(tag), " does not hold ", count, " floats");
+    out.resize(count);
+    std::memcpy(out.data(), b.data, b.size);
+    for (float v : out)
+      if (!std::isfinite(v)) corrupt("non-finite parameter");
+  };
+  if (has_rotation) floats(kTagRotation, d * d, index->rotation_);
+  if (!trained) return index;
+
+  floats(kTagCentroids, nlist * d, index->centroids_);
+  std::vector<float> codebooks;
+  floats(kTagCodebooks, m * index->pq_.ksub() * (d / m), codebooks);
+  index->pq_.set_codebooks(codebooks.data());
+  if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
+    std::vector<float> both;
+    floats(kTagSq8, 2 * d, both);
+    index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
+    index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
+  }
+
+  io::ByteReader sizes(reader->section(kTagListSizes), "IVFPQIndex list sizes");
+  std::vector<std::size_t> list_size(nlist);
+  std::size_t total = 0, code_total = 0;
+  for (std::size_t l = 0; l < nlist; ++l) {
+    const auto sz = sizes.read<std::uint64_t>();
+    if (sz >= (std::uint64_t(1) << 32)) corrupt("list size out of range");
+    list_size[l] = sz;
+    total += sz;
+    code_total += nbits == 8 ? sz * m : codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
+  }
+  sizes.expect_end();
+  const std::size_t rb = index->refine_bytes();
+  const io::Bytes codes = reader->section(kTagCodes), ids = reader->section(kTagIds),
+                  refv = reader->section(kTagRefine);
+  if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
+  if (codes.size != code_total) corrupt("code section size mismatch");
+  if (refv.size != total * rb) corrupt("re-ranking section size mismatch");
+
+  index->lists_.assign(nlist, InvertedList());
+  index->where_.reserve(total);
+  const bool mapped = reader->mapped();
+  std::size_t entry = 0, code_off = 0;
+  for (std::size_t l = 0; l < nlist; ++l) {
+    InvertedList& L = index->lists_[l];
+    const std::size_t sz = list_size[l];
+    const std::size_t cb = nbits == 8 ? sz * m : codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
+    const auto* id_ptr = reinterpret_cast<const idx_t*>(ids.data) + entry;
+    for (std::size_t i = 0; i < sz; ++i) {
+      idx_t id;
+      std::memcpy(&id, id_ptr + i, sizeof id);
+      if (id < 0 || id >= index->next_id_ || index->where_.contains(id)) corrupt("invalid or repeated id");
+      index->where_.set(id, pack_location(l, i));
+    }
+    if (mapped) {
+      L.codes = AlignedBuffer<std::uint8_t>::view(codes.data + code_off, cb, reader->keepalive());
+      L.ids = AlignedBuffer<idx_t>::view(id_ptr, sz, reader->keepalive());
+      if (rb) L.refine = AlignedBuffer<std::uint8_t>::view(refv.data + entry * rb, sz * rb, reader->keepalive());
+    } else {
+      L.codes.append(codes.data + code_off, cb);
+      L.ids.reserve(sz);
+      for (std::size_t i = 0; i < sz; ++i) {
+        idx_t id;
+        std::memcpy(&id, id_ptr + i, sizeof id);
+        L.ids.push_back(id);
+      }
+      if (rb) L.refine.append(refv.data + entry * rb, sz * rb);
+    }
+    entry += sz;
+    code_off += cb;
+  }
+  index->trained_ = true;
+  index->derive_tables();
+  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
+    std::vector<std::uint8_t> code(m);
+    for (std::size_t l = 0; l < nlist; ++l) {
+      InvertedList& L = index->lists_[l];
+      L.norm_terms.reserve(L.size());
+      for (std::size_t i = 0; i < L.size(); ++i) {
+        for (std::size_t j = 0; j < m; ++j)
+          code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
+        L.norm_terms.push_back(index->norm_term(l, code.data()));
+      }
+    }
+  }
+  return index;
+}
+
+}  // namespace annforge

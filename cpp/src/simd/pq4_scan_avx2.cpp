@@ -1,0 +1,47 @@
+// 4-bit fast-scan accumulation with AVX2: two sub-quantizers per 256-bit register (one per 128-bit
+// lane, as _mm256_shuffle_epi8 looks up within lanes), 16-bit accumulators, lanes summed at the end.
+#include "annforge/codec/pq4_fastscan.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+namespace annforge::simd {
+namespace {
+
+void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m, const std::uint8_t* table,
+               std::uint16_t* out) {
+  const std::size_t bytes = padded_m * 16;
+  const __m256i low_nibble = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* blk = blocks + b * bytes;
+    __m256i acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;  // vectors 0-7, 8-15, 16-23, 24-31
+    for (std::size_t j = 0; j < padded_m; j += 2) {
+      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 16));
+      const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + j * 16));
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low_nibble));
+      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low_nibble));
+      acc0 = _mm256_add_epi16(acc0, _mm256_unpacklo_epi8(lo, zero));
+      acc1 = _mm256_add_epi16(acc1, _mm256_unpackhi_epi8(lo, zero));
+      acc2 = _mm256_add_epi16(acc2, _mm256_unpacklo_epi8(hi, zero));
+      acc3 = _mm256_add_epi16(acc3, _mm256_unpackhi_epi8(hi, zero));
+    }
+    std::uint16_t* o = out + b * 32;
+    const __m256i accs[4] = {acc0, acc1, acc2, acc3};
+    for (int a = 0; a < 4; ++a) {
+      const __m128i sum = _mm_add_epi16(_mm256_castsi256_si128(accs[a]), _mm256_extracti128_si256(accs[a], 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + a * 8), sum);
+    }
+  }
+}
+
+}  // namespace
+
+codec::pq4::ScanFn pq4_scan_avx2() { return &scan_avx2; }
+
+}  // namespace annforge::simd
+#else
+namespace annforge::simd {
+codec::pq4::ScanFn pq4_scan_avx2() { return nullptr; }
+}  // namespace annforge::simd
+#endif

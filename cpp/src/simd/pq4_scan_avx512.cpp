@@ -1,0 +1,89 @@
+// 4-bit fast-scan accumulation with AVX-512BW: four sub-quantizers per 512-bit register (one per
+// 128-bit lane), a 256-bit step for a trailing pair, 16-bit accumulators, lanes summed at the end.
+#include "annforge/codec/pq4_fastscan.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+namespace annforge::simd {
+namespace {
+
+void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                 const std::uint8_t* table, std::uint16_t* out) {
+  const std::size_t bytes = padded_m * 16;
+  const std::size_t quads = padded_m / 4 * 4;
+  const __m512i low_nibble = _mm512_set1_epi8(0x0f);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m256i low_nibble_256 = _mm256_set1_epi8(0x0f);
+  const __m256i zero_256 = _mm256_setzero_si256();
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* blk = blocks + b * bytes;
+    __m512i acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;  // vectors 0-7, 8-15, 16-23, 24-31
+    for (std::size_t j = 0; j < quads; j += 4) {
+      const __m512i codes = _mm512_loadu_si512(blk + j * 16);
+      const __m512i lut = _mm512_loadu_si512(table + j * 16);
+      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, low_nibble));
+      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_nibble));
+      acc0 = _mm512_add_epi16(acc0, _mm512_unpacklo_epi8(lo, zero));
+      acc1 = _mm512_add_epi16(acc1, _mm512_unpackhi_epi8(lo, zero));
+      acc2 = _mm512_add_epi16(acc2, _mm512_unpacklo_epi8(hi, zero));
+      acc3 = _mm512_add_epi16(acc3, _mm512_unpackhi_epi8(hi, zero));
+    }
+    // Fold the four 128-bit lanes into two, then handle a trailing pair of sub-quantizers at 256 bits.
+    __m256i s0 = _mm256_add_epi16(_mm512_castsi512_si256(acc0), _mm512_extracti64x4_epi64(acc0, 1));
+    __m256i s1 = _mm256_add_epi16(_mm512_castsi512_si256(acc1), _mm512_extracti64x4_epi64(acc1, 1));
+    __m256i s2 = _mm256_add_epi16(_mm512_castsi512_si256(acc2), _mm512_extracti64x4_epi64(acc2, 1));
+    __m256i s3 = _mm256_add_epi16(_mm512_castsi512_si256(acc3), _mm512_extracti64x4_epi64(acc3, 1));
+    if (quads < padded_m) {
+      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + quads * 16));
+      const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + quads * 16));
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low_nibble_256));
+      const __m256i hi =
+          _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low_nibble_256));
+      s0 = _mm256_add_epi16(s0, _mm256_unpacklo_epi8(lo, zero_256));
+      s1 = _mm256_add_epi16(s1, _mm256_unpackhi_epi8(lo, zero_256));
+      s2 = _mm256_add_epi16(s2, _mm256_unpacklo_epi8(hi, zero_256));
+      s3 = _mm256_add_epi16(s3, _mm256_unpackhi_epi8(hi, zero_256));
+    }
+    std::uint16_t* o = out + b * 32;
+    const __m256i sums[4] = {s0, s1, s2, s3};
+    for (int a = 0; a < 4; ++a) {
+      const __m128i sum = _mm_add_epi16(_mm256_castsi256_si128(sums[a]), _mm256_extracti128_si256(sums[a], 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + a * 8), sum);
+    }
+  }
+}
+
+void lut_min_max(const float* lut, std::size_t m, float* mins, float* maxs) {
+  for (std::size_t j = 0; j < m; ++j) {
+    const __m512 t = _mm512_loadu_ps(lut + j * 16);
+    mins[j] = _mm512_reduce_min_ps(t);
+    maxs[j] = _mm512_reduce_max_ps(t);
+  }
+}
+
+void lut_encode(const float* lut, std::size_t m, const float* mins, float scale, std::uint8_t* out) {
+  const __m512 vscale = _mm512_set1_ps(scale), half = _mm512_set1_ps(0.5f), cap = _mm512_set1_ps(255.0f);
+  for (std::size_t j = 0; j < m; ++j) {
+    const __m512 t = _mm512_loadu_ps(lut + j * 16);
+    // Same operation order as the portable loop: subtract, multiply, add (no FMA: -ffp-contract=off).
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(t, _mm512_set1_ps(mins[j])), vscale), half);
+    v = _mm512_min_ps(v, cap);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j * 16), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+  }
+}
+
+const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
+
+}  // namespace
+
+codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
+const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
+
+}  // namespace annforge::simd
+#else
+namespace annforge::simd {
+codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
+const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
+}  // namespace annforge::simd
+#endif

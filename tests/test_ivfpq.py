@@ -1,0 +1,351 @@
+"""IVFPQIndex: recall, ADC / fast-scan consistency, SIMD levels, updates, persistence, bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import annforge as af
+from annforge import _core
+from conftest import brute_force, clustered
+
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple:
+    x = clustered(6000, DIM, seed=11, clusters=64)
+    q = clustered(60, DIM, seed=12, clusters=64)
+    return x, q
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
+
+
+def build(x: np.ndarray, **kw) -> af.IVFPQIndex:
+    params = dict(nlist=32, m=8)
+    params.update(kw)
+    index = af.IVFPQIndex(DIM, **params)
+    index.train(x)
+    index.add(x)
+    return index
+
+
+@pytest.fixture(scope="module")
+def fast4(data) -> af.IVFPQIndex:
+    return build(data[0], nbits=4, refine=None)
+
+
+# -- accuracy -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_recall_with_refine(data, nbits: int, metric: str) -> None:
+    x, q = data
+    truth = np.argsort(brute_force(x, q, metric), axis=1)[:, :10]
+    index = build(x, nbits=nbits, metric=metric, m=16)
+    ids, dist = index.search(q, 10, nprobe=32, refine_factor=10)
+    assert recall(ids, truth) >= 0.95
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    # Few cells visited: lower but still sensible recall.
+    ids1, _ = index.search(q, 10, nprobe=4, refine_factor=10)
+    assert recall(ids1, truth) >= 0.6
+
+
+@pytest.mark.parametrize("refine", ["f32", "f16", "sq8"])
+def test_refined_distances_are_exact(data, refine: str) -> None:
+    x, q = data
+    index = build(x, refine=refine)
+    ids, dist = index.search(q[:10], 5, nprobe=32)
+    ref = brute_force(x, q[:10], "l2")
+    exact = np.take_along_axis(ref, ids, axis=1)
+    tol = {"f32": 1e-4, "f16": 2e-3, "sq8": 3e-2}[refine]
+    np.testing.assert_allclose(dist, exact, rtol=tol, atol=tol * float(np.median(ref)))
+
+
+def adc_reference(index: af.IVFPQIndex, q: np.ndarray) -> tuple:
+    """||q - (centroid + decoded residual)||^2 for every stored id (refine=None reconstructs that)."""
+    ids = index.ids()
+    rec = index.reconstruct(ids).astype(np.float64)
+    d = ((q[:, None, :].astype(np.float64) - rec[None]) ** 2).sum(-1)
+    return ids, d
+
+
+def test_8bit_adc_distances_match_decoded_vectors(data) -> None:
+    x, q = data
+    index = build(x, nbits=8, refine=None)
+    ids, dist = index.search(q, 10, nprobe=32)
+    all_ids, ref = adc_reference(index, q)
+    order = np.argsort(all_ids)
+    pos = order[np.searchsorted(all_ids[order], ids)]
+    expected = np.take_along_axis(ref, pos, axis=1)
+    np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-3)
+    # The ranking is exactly the ADC ranking (up to float ties).
+    kth = np.sort(ref, axis=1)[:, 9]
+    assert np.all(expected.max(1) <= kth * (1 + 1e-5) + 1e-4)
+
+
+def test_fast_scan_equals_adc_up_to_lut_quantization(data, fast4) -> None:
+    _, q = data
+    ids, dist = fast4.search(q, 10, nprobe=32)
+    all_ids, ref = adc_reference(fast4, q)
+    order = np.argsort(all_ids)
+    pos = order[np.searchsorted(all_ids[order], ids)]
+    expected = np.take_along_axis(ref, pos, axis=1)
+    # 8-bit tables: each of the m table entries is off by at most half a quantization step, where a
+    # step is (largest table range) / 255. Bound it generously by m * spread / 255.
+    spread = float(np.median(ref.max(1) - ref.min(1)))
+    tol = fast4.m * spread / 255.0
+    assert np.abs(dist - expected).max() <= tol
+    assert np.abs(dist - expected).max() > 0  # it really is the quantized path
+    kth = np.sort(ref, axis=1)[:, 9]
+    assert np.all(expected.max(1) <= kth + 2 * tol)
+    # ...and that is tight enough to agree with the float-table ranking on most neighbours.
+    truth = np.take(all_ids, np.argsort(ref, axis=1)[:, :10])
+    assert recall(ids, truth) >= 0.9
+
+
+def test_every_fast_scan_level_agrees_with_scalar(data, fast4) -> None:
+    _, q = data
+    levels = _core._pq4_scan_levels()
+    assert "scalar" in levels
+    results = {}
+    try:
+        for level in levels:
+            _core._set_pq4_scan_level(level)
+            results[level] = fast4.search(q, 20, nprobe=32)
+    finally:
+        _core._set_pq4_scan_level(None)
+    for level, (ids, dist) in results.items():
+        np.testing.assert_array_equal(ids, results["scalar"][0], err_msg=level)
+        np.testing.assert_array_equal(dist, results["scalar"][1], err_msg=level)
+
+
+def test_every_kernel_level_gives_same_neighbours(data) -> None:
+    x, q = data
+    index = build(x, nbits=8, refine="f32")
+    expected = None
+    try:
+        for level in af.available_simd_levels():
+            af.set_simd_level(level)
+            ids, dist = index.search(q, 10, nprobe=32)
+            if expected is None:
+                expected = (ids, dist)
+            else:
+                np.testing.assert_array_equal(ids, expected[0])
+                np.testing.assert_allclose(dist, expected[1], rtol=1e-5, atol=1e-5)
+    finally:
+        af.set_simd_level(_core.detected_simd_level())
+
+
+def test_odd_m_fast_scan_layout() -> None:
+    # m = 3 pads the fast-scan blocks to an even number of sub-quantizers; every level must agree.
+    x = clustered(1500, 12, seed=4)
+    index = af.IVFPQIndex(12, 4, 3, nbits=4, refine=None)
+    index.train(x)
+    index.add(x)
+    out = []
+    try:
+        for level in _core._pq4_scan_levels():
+            _core._set_pq4_scan_level(level)
+            out.append(index.search(x[:20], 5, nprobe=4))
+    finally:
+        _core._set_pq4_scan_level(None)
+    for ids, dist in out[1:]:
+        np.testing.assert_array_equal(ids, out[0][0])
+        np.testing.assert_array_equal(dist, out[0][1])
+
+
+def test_opq_rotation(data) -> None:
+    x, q = data
+    index = af.IVFPQIndex(DIM, 32, 8, nbits=4, refine="f32", opq=True)
+    index.train(x)
+    index.add(x)
+    r = index.rotation()
+    assert r is not None and index.opq
+    np.testing.assert_allclose(r @ r.T, np.eye(DIM), atol=1e-4)
+    np.testing.assert_allclose(index.reconstruct([5, 17]), x[[5, 17]], atol=1e-4)  # back in input space
+    truth = np.argsort(brute_force(x, q, "l2"), axis=1)[:, :10]
+    assert recall(index.search(q, 10, nprobe=32, refine_factor=20)[0], truth) >= 0.9
+
+
+def test_opq_lowers_quantization_error() -> None:
+    # Variance concentrated in a few directions mixed over all dimensions: plain PQ splits it badly.
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((4000, DIM)) * np.geomspace(10, 0.1, DIM)
+    mix, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    x = (z @ mix).astype(np.float32)
+    errors = []
+    for opq in (False, True):
+        index = af.IVFPQIndex(DIM, 8, 8, nbits=4, refine=None, opq=opq)
+        index.train(x)
+        index.add(x)
+        errors.append(float(((index.reconstruct(index.ids()) - x[index.ids()]) ** 2).sum(1).mean()))
+    assert errors[1] < 0.9 * errors[0], errors
+
+
+# -- updates --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_remove_and_upsert(data, nbits: int) -> None:
+    x, _ = data
+    index = build(x[:2000], nbits=nbits, refine="f32")
+    gone = np.arange(0, 2000, 3)
+    assert index.remove(gone) == len(gone)
+    assert index.remove(gone) == 0
+    assert len(index) == 2000 - len(gone)
+    assert 3 not in index and 4 in index
+    ids, _ = index.search(x[:200], 5, nprobe=32)
+    assert not np.isin(ids, gone).any()
+    # Survivors moved inside their lists; each is still its own nearest neighbour.
+    keep = np.setdiff1d(np.arange(2000), gone)[:150]
+    ids, dist = index.search(x[keep], 1, nprobe=32)
+    np.testing.assert_array_equal(ids[:, 0], keep)
+    # Upsert: same ids, new vectors.
+    new = x[3000:3010]
+    index.add(new, ids=keep[:10])
+    assert len(index) == 2000 - len(gone)
+    np.testing.assert_allclose(index.reconstruct(keep[:10]), new)
+    ids, _ = index.search(new, 1, nprobe=32)
+    np.testing.assert_array_equal(ids[:, 0], keep[:10])
+    assert sorted(index.ids().tolist()) == sorted(set(range(2000)) - set(gone.tolist()))
+    # Re-add removed ids: they are live again.
+    index.add(x[gone[:5]], ids=gone[:5])
+    assert all(int(i) in index for i in gone[:5])
+
+
+def test_add_in_several_batches_and_auto_ids(data) -> None:
+    x, q = data
+    index = af.IVFPQIndex(DIM, 32, 8)
+    index.train(x)
+    assert index.add(x[:100]).tolist() == list(range(100))
+    assert index.add(x[100:200]).tolist() == list(range(100, 200))
+    index.add(x[200:300], ids=np.arange(1000, 1100))
+    assert index.add(x[300:301]).tolist() == [1100]
+    assert len(index) == 301
+    assert int(index.list_sizes().sum()) == 301
+
+
+def test_filter(data) -> None:
+    x, q = data
+    index = build(x, nbits=4)
+    allowed = np.arange(0, 6000, 7)
+    ids, _ = index.search(q, 10, nprobe=32, filter=allowed)
+    assert np.isin(ids[ids >= 0], allowed).all()
+    assert (ids >= 0).all()
+    ids2, _ = index.search(q[:5], 10, nprobe=32, filter=lambda i: i % 7 == 0)
+    np.testing.assert_array_equal(ids2, ids[:5])
+
+
+def test_fewer_results_than_k_are_padded() -> None:
+    x = clustered(300, 8, seed=1)
+    index = af.IVFPQIndex(8, 4, 2, nbits=8)
+    index.train(x)
+    index.add(x[:3])
+    ids, dist = index.search(x[:2], 5, nprobe=4)
+    assert (ids[:, 3:] == -1).all() and np.isinf(dist[:, 3:]).all()
+
+
+# -- persistence ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbits,refine", [(8, "f32"), (4, None), (4, "sq8"), (8, "f16")])
+def test_save_load_mmap_pickle(tmp_path, data, nbits: int, refine) -> None:
+    x, q = data
+    index = build(x[:3000], nbits=nbits, refine=refine)
+    index.remove(np.arange(0, 3000, 5))
+    expected = index.search(q, 10, nprobe=8)
+    path = os.fspath(tmp_path / "ivf.af")
+    index.save(path)
+    for loaded in (af.load(path), af.load(path, mmap=True), pickle.loads(pickle.dumps(index))):
+        assert isinstance(loaded, af.IVFPQIndex)
+        assert (loaded.nlist, loaded.m, loaded.nbits, loaded.refine) == (32, 8, nbits, refine)
+        got = loaded.search(q, 10, nprobe=8)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    mapped = af.load(path, mmap=True)
+    mapped.remove([1, 2, 3])
+    mapped.add(x[3000:3010])
+    assert len(mapped) == len(index) - 3 + 10
+    assert len(af.load(path)) == len(index)  # the file did not change
+
+
+def test_untrained_index_round_trips(tmp_path) -> None:
+    index = af.IVFPQIndex(16, 4, 4, nbits=4, refine="sq8")
+    path = os.fspath(tmp_path / "u.af")
+    index.save(path)
+    loaded = af.load(path)
+    assert not loaded.is_trained and loaded.refine == "sq8"
+    x = clustered(500, 16)
+    loaded.train(x)
+    loaded.add(x)
+    assert len(loaded) == 500
+
+
+def test_corrupted_file_is_refused(tmp_path, data) -> None:
+    x, _ = data
+    index = build(x[:500], nbits=4)
+    path = tmp_path / "c.af"
+    index.save(os.fspath(path))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OSError):
+        af.load(os.fspath(path))
+    with pytest.raises(OSError):
+        af.IVFPQIndex.from_bytes(index.to_bytes()[:-100])
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_untrained_index_refuses_add_and_search() -> None:
+    index = af.IVFPQIndex(8, 4, 2)
+    with pytest.raises(ValueError, match="index is not trained"):
+        index.add(np.zeros((2, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="index is not trained"):
+        index.search(np.zeros((1, 8), dtype=np.float32), 1)
+
+
+def test_bad_parameters(data) -> None:
+    x, q = data
+    with pytest.raises(ValueError, match="multiple of m"):
+        af.IVFPQIndex(10, 4, 3)
+    with pytest.raises(ValueError, match="nbits"):
+        af.IVFPQIndex(8, 4, 2, nbits=5)
+    with pytest.raises(ValueError, match="refine"):
+        af.IVFPQIndex(8, 4, 2, refine="f64")
+    with pytest.raises(ValueError, match="metric"):
+        af.IVFPQIndex(8, 4, 2, metric="hamming")
+    with pytest.raises(ValueError):
+        af.IVFPQIndex(8, 0, 2)
+    with pytest.raises(TypeError):
+        af.IVFPQIndex(8, 4, 2, refine=3)  # type: ignore[arg-type]
+    small = af.IVFPQIndex(DIM, 100, 8)
+    with pytest.raises(ValueError, match="at least"):
+        small.train(x[:50])
+    index = build(x[:1000], nbits=4)
+    with pytest.raises(ValueError, match="nprobe"):
+        index.search(q, 5, nprobe=0)
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        index.search(q, 5, ef=10)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(q, 0)
+    with pytest.raises(ValueError):
+        index.search(np.zeros((1, DIM + 1), dtype=np.float32), 5)
+    bad = x[:3].copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        index.add(bad)
+    with pytest.raises(ValueError):
+        index.add(x[:2], ids=[5, 5])
+    with pytest.raises(ValueError):
+        index.add(x[:2], ids=[-1, 4])
+    with pytest.raises(ValueError, match="not in the index"):
+        index.reconstruct([10**9])
