@@ -35,5 +35,6 @@ void bind_kernels(py::module_& m);
 void bind_kernel_tests(py::module_& m);
 void bind_io(py::module_& m);
 void bind_flat(py::module_& m);  // private hooks that run one kernel at a chosen level
+void bind_hnsw(py::module_& m);
 
 }  // namespace annforge::py_bindings

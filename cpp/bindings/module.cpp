@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   b::bind_kernel_tests(m);
   b::bind_io(m);
   b::bind_flat(m);
+  b::bind_hnsw(m);
 }

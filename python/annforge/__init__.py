@@ -16,11 +16,13 @@ from typing import Any, Dict, List
 from . import _core
 from ._base import VectorIndex, load
 from .flat import FlatIndex
+from .hnsw import HNSWIndex
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "FlatIndex",
+    "HNSWIndex",
     "VectorIndex",
     "build_info",
     "load",
