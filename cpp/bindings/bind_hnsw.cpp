@@ -2,6 +2,8 @@
 #include "annforge/index/hnsw.h"
 #include "bind_index.h"
 
+#include <cstring>
+
 namespace annforge::py_bindings {
 
 void bind_hnsw(py::module_& m) {
@@ -33,6 +35,29 @@ void bind_hnsw(py::module_& m) {
           "load", [](const std::string& path, bool mmap) { return HNSWIndex::read(open_reader(path, mmap)); },
           py::arg("path"), py::arg("mmap") = false)
       .def_static("from_bytes", [](const py::bytes& b) { return HNSWIndex::read(bytes_reader(b)); });
+
+  // Test hook: rewrites one u32 inside a section and re-seals the file with valid checksums, so tests
+  // can check that loading validates the graph itself (not only the checksums).
+  m.def("_hnsw_patch_u32_for_tests", [](const py::bytes& data, const std::string& tag, std::size_t word,
+                                        std::uint32_t value) {
+    auto reader = bytes_reader(data);
+    io::FileWriter w(io::Kind::HNSW);
+    std::vector<std::vector<unsigned char>> copies;
+    for (const char* t : {"META", "REC0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P"}) {
+      char name[5] = {t[0], t[1], t[2], t[3], 0};
+      const std::uint32_t code = io::make_tag(name);
+      if (!reader->has(code)) continue;
+      const io::Bytes b = reader->section(code);
+      std::vector<unsigned char> bytes(b.data, b.data + b.size);
+      if (tag == t) {
+        if ((word + 1) * 4 > bytes.size()) fail(ErrorKind::Value, "word out of range");
+        std::memcpy(bytes.data() + word * 4, &value, 4);
+      }
+      w.add_owned(code, std::move(bytes));
+    }
+    const auto out = w.to_bytes();
+    return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+  });
 }
 
 }  // namespace annforge::py_bindings
