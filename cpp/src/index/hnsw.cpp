@@ -96,6 +96,7 @@ struct HNSWIndex::Scratch {
   std::vector<std::uint16_t> visited;
   std::uint16_t epoch = 0;
   std::vector<Cand> candidates, top, results, pruned;
+  std::vector<std::uint32_t> batch;
   std::vector<float> decoded_a, decoded_b;
   Query query;
   std::uint16_t next_epoch(std::size_t n) {
@@ -124,8 +125,11 @@ HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t 
     case HnswStorage::SQ8: code_bytes_ = dim; break;
   }
   links_bytes_ = sizeof(std::uint32_t) * (1 + 2 * M_);
-  vector_offset_ = (links_bytes_ + 15) / 16 * 16;
-  record_bytes_ = (vector_offset_ + code_bytes_ + 15) / 16 * 16;
+  // Vectors of a cache line or more start on a cache line (the records are 64-byte aligned then),
+  // so a visit touches the fewest lines; small vectors pack tightly instead.
+  const std::size_t align = code_bytes_ >= 256 ? 64 : 16;
+  vector_offset_ = (links_bytes_ + align - 1) / align * align;
+  record_bytes_ = (vector_offset_ + code_bytes_ + align - 1) / align * align;
   node_locks_ = std::make_unique<std::mutex[]>(kLockStripes);
 }
 
@@ -333,6 +337,7 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
   const std::size_t limit = max_links(level);
   const std::size_t nslots = slot_count_;
 
+  if (scratch.batch.size() < limit) scratch.batch.resize(limit);
   const float d0 = distance(q, entry);
   visited[entry] = epoch;
   cand.emplace_back(d0, entry);
@@ -347,29 +352,27 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
     std::pop_heap(cand.begin(), cand.end(), CandGreater());
     cand.pop_back();
 
+    // Gather the unvisited neighbours first and prefetch all their vectors, then compute the
+    // distances: the memory loads overlap instead of being paid one after another.
     const std::uint32_t* list = link_list(current.second, level);
     const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
     const std::uint32_t* links = list + 1;
-    if (count) {
-      prefetch(visited + links[0]);
-      if (level == 0) prefetch(vec(links[0]));
-    }
+    Slot* batch = scratch.batch.data();
+    std::size_t fresh = 0;
     for (std::size_t i = 0; i < count; ++i) {
       const Slot n = links[i];
-      if (i + 1 < count) {
-        const Slot next = links[i + 1];
-        if (next < nslots) {
-          prefetch(visited + next);
-          prefetch(vec(next));
-        }
-      }
       if (n >= nslots || visited[n] == epoch) continue;
       visited[n] = epoch;
+      batch[fresh++] = n;
+      const unsigned char* v = vec(n);
+      for (std::size_t off = 0; off < prefetch_bytes_; off += 64) prefetch(v + off);
+    }
+    for (std::size_t i = 0; i < fresh; ++i) {
+      const Slot n = batch[i];
       const float d = distance(q, n);
       if (top.size() < ef || d < lower) {
         cand.emplace_back(d, n);
         std::push_heap(cand.begin(), cand.end(), CandGreater());
-        prefetch(record(cand.front().second));
         if (accept(n)) {
           top.emplace_back(d, n);
           std::push_heap(top.begin(), top.end(), CandLess());
@@ -381,6 +384,7 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
         }
       }
     }
+    if (!cand.empty()) prefetch(record(cand.front().second));
   }
   results.assign(top.begin(), top.end());
   std::sort(results.begin(), results.end(), CandLess());
@@ -595,6 +599,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     std::unique_lock<std::shared_mutex> lock(rw_mutex_);
     ANNFORGE_CHECK(slot_count_ + n < kNoSlot - 1, ErrorKind::Value, "HNSWIndex holds at most 4294967293 vectors");
     assign_ids(ids, n, out_ids);
+    has_tombstones_.store(true, std::memory_order_release);  // new slots are hidden until inserted
     if (storage_ == HnswStorage::SQ8 && !sq8_trained_) train_sq8(rows.data(), n);
     // Upsert: the old slot is removed now (never returned again) and becomes reusable.
     for (std::size_t i = 0; i < n; ++i) {
@@ -666,6 +671,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     slot_of_.reserve(live_ + n);
     for (std::size_t i = 0; i < n; ++i) slot_of_.set(out_ids[i], static_cast<idx_t>(slots[i]));
     live_ += n;
+    has_tombstones_.store(!free_slots_.empty(), std::memory_order_release);
   }
 }
 
@@ -684,6 +690,7 @@ std::size_t HNSWIndex::remove(const idx_t* ids, std::size_t n) {
     --live_;
     ++removed;
   }
+  if (removed) has_tombstones_.store(true, std::memory_order_release);
   return removed;
 }
 
@@ -734,11 +741,16 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     const int top = static_cast<int>(e >> 32);
     const Slot start = greedy_descent(q, entry, top, 0);
     scratch.next_epoch(slot_count_);
+    // Without tombstones (no removed or half-inserted slot) the deleted bit needs no look-up.
+    const bool tombstones = has_tombstones_.load(std::memory_order_acquire);
     if (filter) {
       search_layer(q, start, std::max(ef, k), 0,
-                   [&](Slot n) { return !is_deleted(n) && filter->contains(slot_ids_[n]); }, scratch, results);
-    } else {
+                   [&](Slot n) { return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]); },
+                   scratch, results);
+    } else if (tombstones) {
       search_layer(q, start, std::max(ef, k), 0, [&](Slot n) { return !is_deleted(n); }, scratch, results);
+    } else {
+      search_layer(q, start, std::max(ef, k), 0, [](Slot) { return true; }, scratch, results);
     }
     if (results.size() < std::min(k, live_)) {
       // The graph did not reach k acceptable nodes (very selective filter, or removals cut it):
@@ -989,6 +1001,7 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
     index->slot_of_.set(id, static_cast<idx_t>(s));
     ++index->live_;
   }
+  index->has_tombstones_.store(!index->free_slots_.empty());
   return index;
 }
 

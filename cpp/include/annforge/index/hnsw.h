@@ -124,6 +124,7 @@ class HNSWIndex final : public VectorIndex {
   double level_mult_;
   std::atomic<std::size_t> default_ef_{64};
   std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;
+  std::size_t prefetch_bytes_ = 128;  // leading bytes of a neighbour's vector prefetched before use
 
   // --- data -----------------------------------------------------------------------------------
   AlignedBuffer<unsigned char> records_;       // slot_count_ records of record_bytes_
@@ -138,6 +139,8 @@ class HNSWIndex final : public VectorIndex {
   std::size_t slot_count_ = 0, live_ = 0;
   // Entry point and top level, packed so searches read them consistently: (level << 32) | slot.
   std::atomic<std::uint64_t> entry_{kNoSlot};
+  // False only when no slot carries the deleted bit, so searches can skip reading it.
+  std::atomic<bool> has_tombstones_{false};
 
   mutable std::mutex update_mutex_;
   mutable std::shared_mutex rw_mutex_;
