@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 LIBS = ("annforge", "hnswlib", "faiss", "usearch")
+# annforge with a compressed traversal storage is benchmarked as "annforge-f16" / "annforge-sq8".
 DEFAULT_EFS = [10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256, 320, 400]
 
 
@@ -84,6 +85,8 @@ class Lib:
     """Uniform build / save / load / search over the four libraries."""
 
     def __init__(self, name: str, dim: int, metric: str, M: int, efc: int) -> None:
+        self.storage = name.split("-", 1)[1] if name.startswith("annforge-") else "f32"
+        name = "annforge" if name.startswith("annforge") else name
         self.name, self.dim, self.metric, self.M, self.efc = name, dim, metric, M, efc
         self.index: Any = None
 
@@ -92,7 +95,8 @@ class Lib:
         if self.name == "annforge":
             import annforge as af
 
-            self.index = af.HNSWIndex(self.dim, self.metric, M=self.M, ef_construction=self.efc)
+            self.index = af.HNSWIndex(self.dim, self.metric, M=self.M, ef_construction=self.efc,
+                                      storage=self.storage)
             self.index.add(x, num_threads=threads)
         elif self.name == "hnswlib":
             import hnswlib
@@ -178,7 +182,7 @@ def worker_build(args: argparse.Namespace) -> Dict[str, Any]:
     build_s = time.perf_counter() - t0
     rss1 = rss_bytes()
     size = lib.save(args.index_path)
-    own = lib.index.memory_bytes() if args.worker == "annforge" else None
+    own = lib.index.memory_bytes() if lib.name == "annforge" else None
     return {"lib": args.worker, "build_s": build_s, "file_bytes_per_vector": size / len(base),
             "rss_bytes_per_vector": (rss1 - rss0) / len(base),
             "memory_bytes_per_vector": None if own is None else own / len(base)}
@@ -293,12 +297,13 @@ def main() -> None:
     print()
     for target in (0.95, 0.99):
         row = {lib: qps_at(results["search"][lib], target) for lib in args.libs}
-        peers = [v for lib, v in row.items() if lib != "annforge" and v]
-        ours = row.get("annforge")
-        ratio = (ours / max(peers)) if ours and peers else None
-        print(f"recall {target}: " + "  ".join(f"{lib}={v:.0f}" if v else f"{lib}=n/a" for lib, v in row.items())
-              + (f"   annforge/best-peer = {ratio:.2f}x" if ratio else ""))
-        results[f"ratio_at_{target}"] = ratio
+        peers = [v for lib, v in row.items() if not lib.startswith("annforge") and v]
+        print(f"recall {target}: " + "  ".join(f"{lib}={v:.0f}" if v else f"{lib}=n/a" for lib, v in row.items()))
+        for lib, ours in row.items():
+            if lib.startswith("annforge") and ours and peers:
+                ratio = ours / max(peers)
+                print(f"   {lib}/best-peer = {ratio:.2f}x")
+                results[f"ratio_{lib}_at_{target}"] = ratio
 
     if args.filtered:
         rng = np.random.default_rng(1)
@@ -308,7 +313,7 @@ def main() -> None:
             np.save(fpath, allowed)
             fgt = ground_truth(base, queries, metric, 10, work / f"gt-{tag}-f{sel}.npy", allowed)
             res = {}
-            for lib in ("annforge", "hnswlib"):
+            for lib in [name for name in args.libs if name.startswith("annforge")] + ["hnswlib"]:
                 if lib not in args.libs:
                     continue
                 bestf: Dict[int, Dict[str, float]] = {}
@@ -323,11 +328,12 @@ def main() -> None:
                 print(f"filtered {sel:.0%} {lib}: " + "  ".join(
                     f"ef={p['ef']}:{p['recall']:.3f}/{p['qps']:.0f}" for p in res[lib]))
             results["filtered"][str(sel)] = res
-            if "annforge" in res and "hnswlib" in res:
-                ours = qps_at(res["annforge"], 0.95)
-                theirs = qps_at(res["hnswlib"], 0.95)
-                print(f"filtered {sel:.0%} at recall 0.95: annforge={ours} hnswlib={theirs}"
-                      + (f"  ratio {ours / theirs:.2f}x" if ours and theirs else ""))
+            theirs = qps_at(res.get("hnswlib", []), 0.95)
+            for lib in res:
+                if lib.startswith("annforge"):
+                    ours = qps_at(res[lib], 0.95)
+                    print(f"filtered {sel:.0%} at recall 0.95: {lib}={ours} hnswlib={theirs}"
+                          + (f"  ratio {ours / theirs:.2f}x" if ours and theirs else ""))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

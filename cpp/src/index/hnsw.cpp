@@ -98,7 +98,7 @@ struct HNSWIndex::Scratch {
   std::vector<Cand> candidates, top, results, pruned;
   std::vector<std::uint32_t> batch;
   std::vector<float> decoded_a, decoded_b;
-  Query query;
+  Query query, node_query;
   std::uint16_t next_epoch(std::size_t n) {
     if (visited.size() < n) visited.resize(n + n / 4 + 1024, 0);
     if (++epoch == 0) {
@@ -244,6 +244,13 @@ void HNSWIndex::decode(Slot s, float* out) const {
     case HnswStorage::F16: simd::kernels().f16_to_f32(reinterpret_cast<const std::uint16_t*>(v), out, dim_); break;
     case HnswStorage::SQ8: std::memcpy(out, exact_.data() + static_cast<std::size_t>(s) * dim_, dim_ * sizeof(float));
   }
+}
+
+const float* HNSWIndex::node_as_query(Slot s, std::vector<float>& buffer) const {
+  if (storage_ == HnswStorage::F32) return reinterpret_cast<const float*>(vec(s));  // no copy needed
+  buffer.resize(dim_);
+  decode(s, buffer.data());
+  return buffer.data();
 }
 
 void HNSWIndex::prepare_query(const float* q, Query& out) const {
@@ -456,10 +463,8 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
     // Full: re-select n's links among its current ones plus s, by distance to n.
     auto& pool = scratch.pruned;
     pool.clear();
-    std::vector<float> nv(dim_);
-    decode(n, nv.data());
-    Query qn;
-    prepare_query(nv.data(), qn);
+    Query& qn = scratch.node_query;
+    prepare_query(node_as_query(n, scratch.decoded_a), qn);
     pool.emplace_back(nb.first, s);
     for (std::size_t i = 0; i < count; ++i) {
       const Slot o = list[1 + i];
@@ -485,12 +490,10 @@ void HNSWIndex::repair_before_reuse(Slot s, Scratch& scratch) {
       const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
       old.assign(list + 1, list + 1 + count);
     }
-    std::vector<float> nv(dim_);
     for (Slot n : old) {
       if (n == s || n >= slot_count_ || levels_[n] < level) continue;
-      decode(n, nv.data());
-      Query qn;
-      prepare_query(nv.data(), qn);
+      Query& qn = scratch.node_query;
+      prepare_query(node_as_query(n, scratch.decoded_a), qn);
       std::lock_guard<std::mutex> lock(node_lock(n));
       std::uint32_t* list = link_list(n, level);
       const std::uint32_t header = load_acquire(list);
@@ -558,7 +561,11 @@ void HNSWIndex::insert(Slot s, const float* row, Scratch& scratch) {
     for (int l = std::min(level, top); l >= 0; --l) {
       scratch.next_epoch(slot_count_);
       scratch.visited[s] = scratch.epoch;  // never traverse s itself
-      search_layer(q, cur, ef_construction_, l, [&](Slot n) { return !is_deleted(n); }, scratch, found);
+      if (skip_removed_in_build_) {
+        search_layer(q, cur, ef_construction_, l, [&](Slot n) { return !is_deleted(n); }, scratch, found);
+      } else {  // only nodes of this batch carry the deleted bit, and they are fine to link to
+        search_layer(q, cur, ef_construction_, l, [](Slot) { return true; }, scratch, found);
+      }
       if (found.empty()) {  // only removed nodes nearby: link to them rather than to nothing
         scratch.next_epoch(slot_count_);
         scratch.visited[s] = scratch.epoch;
@@ -631,6 +638,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
       }
     }
     free_slots_.insert(free_slots_.end(), kept_free.begin(), kept_free.end());
+    skip_removed_in_build_ = !free_slots_.empty();
     grow_to(slot_count_ + fresh);
     slot_count_ += fresh;
     (void)records_.mutable_data();  // detach an mmap view before writing
@@ -708,18 +716,35 @@ void HNSWIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
 
 void HNSWIndex::brute_force(const Query& q, const float* raw, std::size_t k, const std::vector<Slot>& slots,
                             const IdSelector* filter, std::vector<Cand>& out) const {
+  // Exact scan of `slots` (known live: resolved from the id map under the shared lock, which no
+  // remove can take meanwhile) or, when empty, of every live slot that passes `filter`.
   TopK heap(k);
-  auto consider = [&](Slot s) {
-    if (is_deleted(s)) return;
-    const float d = exact_distance(raw, s);
-    if (d > heap.threshold()) return;
-    if (filter && !filter->contains(slot_ids_[s])) return;
-    heap.push(d, static_cast<idx_t>(s));
-  };
+  constexpr std::size_t kAhead = 8;  // slots are scattered: prefetch a few vectors ahead
   if (!slots.empty()) {
-    for (Slot s : slots) consider(s);
+    const std::size_t n = slots.size();
+    auto exact_row = [&](Slot s) -> const unsigned char* {
+      return storage_ == HnswStorage::SQ8
+                 ? reinterpret_cast<const unsigned char*>(exact_.data() + static_cast<std::size_t>(s) * dim_)
+                 : vec(s);
+    };
+    for (std::size_t i = 0; i < std::min(n, kAhead); ++i) prefetch(exact_row(slots[i]));
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) {
+        const unsigned char* v = exact_row(slots[i + kAhead]);
+        prefetch(v);
+        prefetch(v + 64);
+      }
+      const float d = exact_distance(raw, slots[i]);
+      if (d <= heap.threshold()) heap.push(d, static_cast<idx_t>(slots[i]));
+    }
   } else {
-    for (std::size_t s = 0; s < slot_count_; ++s) consider(static_cast<Slot>(s));
+    for (std::size_t s = 0; s < slot_count_; ++s) {
+      if (is_deleted(static_cast<Slot>(s))) continue;
+      const float d = exact_distance(raw, static_cast<Slot>(s));
+      if (d > heap.threshold()) continue;
+      if (filter && !filter->contains(slot_ids_[s])) continue;
+      heap.push(d, static_cast<idx_t>(s));
+    }
   }
   (void)q;
   out.clear();

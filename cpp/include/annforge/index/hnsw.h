@@ -93,6 +93,8 @@ class HNSWIndex final : public VectorIndex {
   float distance(const Query& q, Slot s) const;  // in the stored representation
   float exact_distance(const float* q, Slot s) const;  // against the f32 copy / best available
   void decode(Slot s, float* out) const;
+  // The stored vector of `s` as f32: a pointer into the record for f32 storage, else decoded.
+  const float* node_as_query(Slot s, std::vector<float>& buffer) const;
   void encode(const float* row, unsigned char* out) const;
   void train_sq8(const float* rows, std::size_t n);
 
@@ -141,6 +143,8 @@ class HNSWIndex final : public VectorIndex {
   std::atomic<std::uint64_t> entry_{kNoSlot};
   // False only when no slot carries the deleted bit, so searches can skip reading it.
   std::atomic<bool> has_tombstones_{false};
+  // Set by add() before its insertion phase: whether removed (not merely pending) slots exist.
+  bool skip_removed_in_build_ = false;
 
   mutable std::mutex update_mutex_;
   mutable std::shared_mutex rw_mutex_;
