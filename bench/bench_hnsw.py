@@ -320,7 +320,7 @@ def main() -> None:
                 for rnd in range(args.rounds):
                     r = run_worker(args, "search", lib, common + [
                         "--index-path", str(work / f"{lib}-{tag}.idx"), "--gt-path", str(work / f"gt-{tag}-f{sel}.npy"),
-                        "--filter-path", str(fpath), "--efs", "16,32,64,128,256"])
+                        "--filter-path", str(fpath), "--efs", "10,12,16,20,24,32,48,64,128"])
                     for p in r["points"]:
                         if p["ef"] not in bestf or p["qps"] > bestf[p["ef"]]["qps"]:
                             bestf[p["ef"]] = p

@@ -25,6 +25,9 @@ constexpr std::uint32_t kTagUpper = io::make_tag("UPPR");
 constexpr std::uint32_t kTagExact = io::make_tag("EXAC");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 constexpr int kMaxLevel = 31;
+// Below this fraction of allowed vectors a filtered graph walk expands two hops through filtered-out
+// nodes (measured on 384-d embeddings: at 10% it beats the plain walk, at 50% it does not matter).
+constexpr double kTwoHopSelectivity = 0.3;
 
 // Portable prefetch (no SIMD intrinsics needed: a hint the compiler understands).
 inline void prefetch(const void* p) {
@@ -96,7 +99,7 @@ struct HNSWIndex::Scratch {
   std::vector<std::uint16_t> visited;
   std::uint16_t epoch = 0;
   std::vector<Cand> candidates, top, results, pruned;
-  std::vector<std::uint32_t> batch;
+  std::vector<std::uint32_t> batch, hops;
   std::vector<float> decoded_a, decoded_b;
   Query query, node_query;
   std::uint16_t next_epoch(std::size_t n) {
@@ -389,6 +392,86 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
           }
           lower = top.front().first;
         }
+      }
+    }
+    if (!cand.empty()) prefetch(record(cand.front().second));
+  }
+  results.assign(top.begin(), top.end());
+  std::sort(results.begin(), results.end(), CandLess());
+}
+
+template <typename Allowed>
+void HNSWIndex::search_layer_filtered(const Query& q, Slot entry, std::size_t ef, Allowed&& allowed,
+                                      Scratch& scratch, std::vector<Cand>& results) const {
+  // Level-0 search for selective filters (ACORN-style two-hop expansion): distances are computed only
+  // for allowed nodes; a filtered-out neighbour is not measured but its allowed neighbours are taken
+  // in, so the walk stays on the allowed subgraph without losing connectivity through the rest.
+  auto& cand = scratch.candidates;
+  auto& top = scratch.top;
+  cand.clear();
+  top.clear();
+  const std::uint16_t epoch = scratch.epoch;
+  std::uint16_t* visited = scratch.visited.data();
+  const std::size_t limit = 2 * M_;
+  const std::size_t nslots = slot_count_;
+  if (scratch.batch.size() < limit * (limit + 1)) scratch.batch.resize(limit * (limit + 1));
+  if (scratch.hops.size() < limit) scratch.hops.resize(limit);
+
+  const float d0 = distance(q, entry);
+  visited[entry] = epoch;
+  cand.emplace_back(d0, entry);
+  float lower = std::numeric_limits<float>::infinity();
+  if (allowed(entry)) {
+    top.emplace_back(d0, entry);
+    lower = d0;
+  }
+  while (!cand.empty()) {
+    const Cand current = cand.front();
+    if (current.first > lower && top.size() >= ef) break;
+    std::pop_heap(cand.begin(), cand.end(), CandGreater());
+    cand.pop_back();
+
+    const std::uint32_t* list = links0(current.second);
+    const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
+    Slot* batch = scratch.batch.data();
+    Slot* hops = scratch.hops.data();
+    std::size_t fresh = 0, nhops = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      const Slot n = list[1 + i];
+      if (n >= nslots || visited[n] == epoch) continue;
+      visited[n] = epoch;
+      if (allowed(n)) {
+        batch[fresh++] = n;
+        prefetch(vec(n));
+      } else {
+        hops[nhops++] = n;
+        prefetch(record(n));
+      }
+    }
+    for (std::size_t h = 0; h < nhops; ++h) {
+      const std::uint32_t* second = links0(hops[h]);
+      const std::size_t c2 = std::min<std::size_t>(load_acquire(second) & kCountMask, limit);
+      for (std::size_t j = 0; j < c2; ++j) {
+        const Slot m = second[1 + j];
+        if (m >= nslots || visited[m] == epoch || !allowed(m)) continue;
+        visited[m] = epoch;
+        batch[fresh++] = m;
+        prefetch(vec(m));
+      }
+    }
+    for (std::size_t i = 0; i < fresh; ++i) {
+      const Slot n = batch[i];
+      const float d = distance(q, n);
+      if (top.size() < ef || d < lower) {
+        cand.emplace_back(d, n);
+        std::push_heap(cand.begin(), cand.end(), CandGreater());
+        top.emplace_back(d, n);
+        std::push_heap(top.begin(), top.end(), CandLess());
+        if (top.size() > ef) {
+          std::pop_heap(top.begin(), top.end(), CandLess());
+          top.pop_back();
+        }
+        lower = top.front().first;
       }
     }
     if (!cand.empty()) prefetch(record(cand.front().second));
@@ -752,7 +835,7 @@ void HNSWIndex::brute_force(const Query& q, const float* raw, std::size_t k, con
 }
 
 void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const IdSelector* filter,
-                           const std::vector<Slot>* allowed, idx_t* out_ids, float* out_dist,
+                           const std::vector<Slot>* allowed, bool two_hop, idx_t* out_ids, float* out_dist,
                            Scratch& scratch) const {
   auto& results = scratch.results;
   results.clear();
@@ -768,7 +851,11 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     scratch.next_epoch(slot_count_);
     // Without tombstones (no removed or half-inserted slot) the deleted bit needs no look-up.
     const bool tombstones = has_tombstones_.load(std::memory_order_acquire);
-    if (filter) {
+    if (filter && two_hop) {
+      search_layer_filtered(q, start, std::max(ef, k),
+                            [&](Slot n) { return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]); },
+                            scratch, results);
+    } else if (filter) {
       search_layer(q, start, std::max(ef, k), 0,
                    [&](Slot n) { return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]); },
                    scratch, results);
@@ -821,6 +908,7 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
   // distance evaluations, scanning the allowed set costs one per allowed vector: pick the cheaper.
   std::vector<Slot> allowed;
   bool use_allowed = false;
+  bool two_hop = false;  // callables stay on the plain walk: two hops would call them far more often
   if (filter && live_ > 0) {
     const double graph_cost = static_cast<double>(std::max(ef, k)) * 2.0 * static_cast<double>(M_);
     if (const auto* list = filter->id_list()) {
@@ -829,7 +917,11 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
         if (s != IdMap::kMissing) allowed.push_back(static_cast<Slot>(s));
       }
       const double count = static_cast<double>(allowed.size());
-      use_allowed = count * count <= graph_cost * static_cast<double>(live_) || allowed.size() <= k;
+      two_hop = count < kTwoHopSelectivity * static_cast<double>(live_);
+      // The two-hop walk measures only allowed nodes: its cost hardly depends on the selectivity
+      // (about ef * 2M * 3 distance-equivalents with the link reads, measured on 384-d embeddings).
+      const double walk_cost = two_hop ? 3.0 * graph_cost : graph_cost * static_cast<double>(live_) / std::max(count, 1.0);
+      use_allowed = count <= walk_cost || allowed.size() <= k;
       if (!use_allowed) allowed.clear();
       std::sort(allowed.begin(), allowed.end());
     } else {
@@ -863,7 +955,7 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
   }
   auto run = [&](std::size_t qi, std::size_t) {
     thread_local Scratch scratch;
-    search_one(queries + qi * dim_, k, ef, use_allowed ? nullptr : filter, allowed_ptr, out_ids + qi * k,
+    search_one(queries + qi * dim_, k, ef, use_allowed ? nullptr : filter, allowed_ptr, two_hop, out_ids + qi * k,
                out_dist + qi * k, scratch);
   };
   if (nq == 1 || threads == 1) {

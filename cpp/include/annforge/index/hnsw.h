@@ -105,6 +105,9 @@ class HNSWIndex final : public VectorIndex {
   template <typename Accept>
   void search_layer(const Query& q, Slot entry, std::size_t ef, int level, Accept&& accept, Scratch& scratch,
                     std::vector<Cand>& results) const;
+  template <typename Allowed>
+  void search_layer_filtered(const Query& q, Slot entry, std::size_t ef, Allowed&& allowed, Scratch& scratch,
+                             std::vector<Cand>& results) const;
   void select_heuristic(std::vector<Cand>& candidates, std::size_t m) const;
   void insert(Slot s, const float* row, Scratch& scratch);
   void repair_before_reuse(Slot s, Scratch& scratch);
@@ -113,7 +116,8 @@ class HNSWIndex final : public VectorIndex {
   std::mutex& node_lock(Slot s) const { return node_locks_[s % kLockStripes]; }
   void grow_to(std::size_t slots);
   void search_one(const float* q, std::size_t k, std::size_t ef, const IdSelector* filter,
-                  const std::vector<Slot>* allowed, idx_t* out_ids, float* out_dist, Scratch& scratch) const;
+                  const std::vector<Slot>* allowed, bool two_hop, idx_t* out_ids, float* out_dist,
+                  Scratch& scratch) const;
   void brute_force(const Query& q, const float* raw, std::size_t k, const std::vector<Slot>& slots,
                    const IdSelector* filter, std::vector<Cand>& out) const;
   void validate_loaded() const;
