@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   b::bind_flat(m);
   b::bind_minhash(m);
   b::bind_ivfpq(m);
+  b::bind_hnsw(m);
 }

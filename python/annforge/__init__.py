@@ -19,6 +19,7 @@ from .flat import FlatIndex
 from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_fvecs, write_ivecs
 from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 from .ivfpq import IVFPQIndex, kmeans
+from .hnsw import HNSWIndex
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -31,6 +32,7 @@ __all__ = [
     "minhash_signatures",
     "IVFPQIndex",
     "kmeans",
+    "HNSWIndex",
     "VectorIndex",
     "build_info",
     "embed",

@@ -1,0 +1,159 @@
+// Hierarchical navigable small-world graph (HNSW) over a vector store.
+//
+// Layout (for locality, as hnswlib does): level 0 is one contiguous record per slot,
+//   [u32 header: link count | deleted bit][u32 links[2M]][padding to 16 bytes][stored vector],
+// so a visit touches one record; upper levels live apart (per slot: level x [count, M links]).
+// Stored vectors are f32, f16 or sq8. With sq8 an f32 copy is kept beside the graph and the final
+// candidates are re-ranked with it (faiss "refine"); f16 re-ranks with the f16 vectors themselves
+// (exact to the stored precision), so f16 halves the vector bytes and sq8 does not save memory — it
+// speeds up traversal by reading 4x fewer bytes.
+//
+// Concurrency: `update_mutex_` serialises writers (add/remove/save) against each other; `rw_mutex_`
+// is held shared by searches and by the parallel insertion phase, and exclusively only for the short
+// moments that grow storage or change the id map / deleted bits. During insertion, links are written
+// under striped per-node locks (never two held at once) and read lock-free by searches, which only
+// ever see valid slot numbers (< capacity). New and reused slots carry the deleted bit until their
+// insertion completes, so a search never returns a half-written vector, and remove() completes only
+// after in-flight searches left (exclusive lock), so a removed id is never returned afterwards.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <vector>
+
+#include "annforge/index/vector_index.h"
+#include "annforge/storage/aligned_buffer.h"
+#include "annforge/storage/id_map.h"
+
+namespace annforge {
+
+enum class HnswStorage : std::uint8_t { F32 = 0, F16 = 1, SQ8 = 2 };
+HnswStorage parse_hnsw_storage(const std::string& name);
+const char* hnsw_storage_name(HnswStorage s);
+
+class HNSWIndex final : public VectorIndex {
+ public:
+  HNSWIndex(std::size_t dim, Metric metric, std::size_t M = 16, std::size_t ef_construction = 200,
+            std::uint64_t seed = 0, HnswStorage storage = HnswStorage::F32);
+  static std::unique_ptr<HNSWIndex> read(const std::shared_ptr<io::FileReader>& reader);
+
+  io::Kind kind() const override { return io::Kind::HNSW; }
+  std::size_t size() const override;
+  void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
+  void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
+              float* out_dist) const override;
+  std::size_t remove(const idx_t* ids, std::size_t n) override;
+  bool contains(idx_t id) const override;
+  std::vector<idx_t> ids() const override;
+  void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
+  std::size_t memory_bytes() const override;
+  void write(io::FileWriter& w) const override;
+  // Hide the base versions: these hold the writer lock until the bytes are out (write() references
+  // the index's arrays, which a concurrent add could otherwise reallocate).
+  void save(const std::string& path) const;
+  std::vector<unsigned char> to_bytes() const;
+
+  std::size_t M() const noexcept { return M_; }
+  std::size_t ef_construction() const noexcept { return ef_construction_; }
+  std::uint64_t seed() const noexcept { return seed_; }
+  HnswStorage storage() const noexcept { return storage_; }
+  std::size_t default_ef() const noexcept { return default_ef_.load(); }
+  void set_default_ef(std::size_t ef);
+  // Slots in use (live + removed awaiting reuse) and the top level, for introspection and tests.
+  std::size_t slot_count() const;
+  int max_level() const;
+
+ private:
+  struct Query;
+  struct Scratch;
+  using Slot = std::uint32_t;
+  static constexpr std::uint32_t kDeletedBit = 1u << 31;
+  static constexpr std::uint32_t kCountMask = 0xffffu;
+  static constexpr Slot kNoSlot = 0xffffffffu;
+  static constexpr std::size_t kLockStripes = 4096;
+
+  // --- record access --------------------------------------------------------------------------
+  unsigned char* record(Slot s) { return records_.mutable_data() + static_cast<std::size_t>(s) * record_bytes_; }
+  const unsigned char* record(Slot s) const { return records_.data() + static_cast<std::size_t>(s) * record_bytes_; }
+  std::uint32_t* links0(Slot s) { return reinterpret_cast<std::uint32_t*>(record(s)); }
+  const std::uint32_t* links0(Slot s) const { return reinterpret_cast<const std::uint32_t*>(record(s)); }
+  const unsigned char* vec(Slot s) const { return record(s) + vector_offset_; }
+  // Link list of `s` at `level`: element 0 is the header (count), then the links.
+  std::uint32_t* link_list(Slot s, int level);
+  const std::uint32_t* link_list(Slot s, int level) const;
+  std::size_t max_links(int level) const { return level == 0 ? 2 * M_ : M_; }
+  bool is_deleted(Slot s) const;
+
+  // --- distances --------------------------------------------------------------------------------
+  void prepare_query(const float* q, Query& out) const;
+  float distance(const Query& q, Slot s) const;  // in the stored representation
+  float exact_distance(const float* q, Slot s) const;  // against the f32 copy / best available
+  void decode(Slot s, float* out) const;
+  // The stored vector of `s` as f32: a pointer into the record for f32 storage, else decoded.
+  const float* node_as_query(Slot s, std::vector<float>& buffer) const;
+  void encode(const float* row, unsigned char* out) const;
+  void train_sq8(const float* rows, std::size_t n);
+
+  // --- graph ---------------------------------------------------------------------------------------
+  using Cand = std::pair<float, Slot>;
+  Slot greedy_descent(const Query& q, Slot entry, int top_level, int stop_level) const;
+  // Best-first search at one level. `results` gets up to ef (distance, slot) pairs that pass `accept`.
+  template <typename Accept>
+  void search_layer(const Query& q, Slot entry, std::size_t ef, int level, Accept&& accept, Scratch& scratch,
+                    std::vector<Cand>& results) const;
+  template <typename Allowed>
+  void search_layer_filtered(const Query& q, Slot entry, std::size_t ef, Allowed&& allowed, Scratch& scratch,
+                             std::vector<Cand>& results) const;
+  void select_heuristic(std::vector<Cand>& candidates, std::size_t m) const;
+  void insert(Slot s, const float* row, Scratch& scratch);
+  void repair_before_reuse(Slot s, Scratch& scratch);
+  void connect(Slot s, int level, const std::vector<Cand>& neighbours, Scratch& scratch);
+  int draw_level(std::uint64_t salt) const;
+  std::mutex& node_lock(Slot s) const { return node_locks_[s % kLockStripes]; }
+  void grow_to(std::size_t slots);
+  void search_one(const float* q, std::size_t k, std::size_t ef, const IdSelector* filter,
+                  const std::vector<Slot>* allowed, bool two_hop, idx_t* out_ids, float* out_dist,
+                  Scratch& scratch) const;
+  void brute_force(const Query& q, const float* raw, std::size_t k, const std::vector<Slot>& slots,
+                   const IdSelector* filter, std::vector<Cand>& out) const;
+  void validate_loaded() const;
+  void check_query_k(std::size_t k) const;
+
+  // --- parameters ---------------------------------------------------------------------------------
+  std::size_t M_, ef_construction_;
+  std::uint64_t seed_;
+  HnswStorage storage_;
+  double level_mult_;
+  std::atomic<std::size_t> default_ef_{64};
+  std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;
+  std::size_t prefetch_bytes_ = 128;  // leading bytes of a neighbour's vector prefetched before use
+
+  // --- data -----------------------------------------------------------------------------------
+  AlignedBuffer<unsigned char> records_;       // slot_count_ records of record_bytes_
+  AlignedBuffer<float> exact_;                 // sq8 only: f32 copy per slot for re-ranking
+  AlignedBuffer<float> sq8_offset_, sq8_scale_;  // sq8 only: per-dimension min and step
+  bool sq8_trained_ = false;
+  std::vector<std::vector<std::uint32_t>> upper_;  // per slot: level x (1 + M) words
+  std::vector<std::uint8_t> levels_;
+  AlignedBuffer<idx_t> slot_ids_;  // external id per slot (-1 when free)
+  IdMap slot_of_;
+  std::vector<Slot> free_slots_;
+  std::size_t slot_count_ = 0, live_ = 0;
+  // Entry point and top level, packed so searches read them consistently: (level << 32) | slot.
+  std::atomic<std::uint64_t> entry_{kNoSlot};
+  // False only when no slot carries the deleted bit, so searches can skip reading it.
+  std::atomic<bool> has_tombstones_{false};
+  // Set by add() before its insertion phase: whether removed (not merely pending) slots exist.
+  bool skip_removed_in_build_ = false;
+
+  mutable std::mutex update_mutex_;
+  mutable std::shared_mutex rw_mutex_;
+  std::mutex entry_mutex_;
+  mutable std::unique_ptr<std::mutex[]> node_locks_;
+};
+
+}  // namespace annforge
