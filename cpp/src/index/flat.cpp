@@ -33,22 +33,22 @@ inline float from_dot(float dot) { return 1.0f - dot; }
 FlatIndex::FlatIndex(std::size_t dim, Metric metric) : VectorIndex(dim, metric) {}
 
 std::size_t FlatIndex::size() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return slot_ids_.size();
 }
 
 bool FlatIndex::contains(idx_t id) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return slot_of_.contains(id);
 }
 
 std::vector<idx_t> FlatIndex::ids() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return std::vector<idx_t>(slot_ids_.data(), slot_ids_.data() + slot_ids_.size());
 }
 
 std::size_t FlatIndex::memory_bytes() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return vectors_.heap_bytes() + sq_norms_.heap_bytes() + slot_ids_.heap_bytes() + slot_of_.memory_bytes();
 }
 
@@ -59,7 +59,7 @@ void FlatIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
   std::vector<float> rows;
   prepare_rows(x, n, rows);
   const auto& K = simd::kernels();
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   assign_ids(ids, n, out_ids);
   std::size_t fresh = 0;
   for (std::size_t i = 0; i < n; ++i) fresh += slot_of_.contains(out_ids[i]) ? 0 : 1;
@@ -84,7 +84,7 @@ void FlatIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
 }
 
 std::size_t FlatIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const idx_t slot = slot_of_.erase(ids[i]);
@@ -107,7 +107,7 @@ std::size_t FlatIndex::remove(const idx_t* ids, std::size_t n) {
 }
 
 void FlatIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   for (std::size_t i = 0; i < n; ++i) {
     const idx_t slot = slot_of_.find(ids[i]);
     ANNFORGE_CHECK(slot != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
@@ -136,7 +136,7 @@ void FlatIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
     prepare_rows(q, nq, prepared);
     queries = prepared.data();
   }
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   search_locked(queries, nq, k, opt.num_threads, opt.filter, out_ids, out_dist);
 }
 
@@ -310,7 +310,7 @@ RangeResult FlatIndex::search_range(const float* q, std::size_t nq, float radius
     prepare_rows(q, nq, prepared);
     Q = prepared.data();
   }
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   const auto& K = simd::kernels();
   const std::size_t n = slot_ids_.size(), d = dim_;
   const bool l2 = metric_ == Metric::L2;
@@ -355,7 +355,7 @@ RangeResult FlatIndex::search_range(const float* q, std::size_t nq, float radius
 // Serialization
 
 void FlatIndex::write(io::FileWriter& w) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(slot_ids_.size()));

@@ -76,7 +76,7 @@ IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::s
 }
 
 bool IVFPQIndex::is_trained() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return trained_;
 }
 
@@ -97,7 +97,7 @@ std::size_t IVFPQIndex::refine_bytes() const noexcept {
 }
 
 void IVFPQIndex::set_rotation(const float* rotation) {
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   ANNFORGE_CHECK(!trained_, ErrorKind::State, "the rotation must be set before train()");
   const std::size_t d = dim_;
   for (std::size_t i = 0; i < d * d; ++i)
@@ -114,17 +114,17 @@ void IVFPQIndex::set_rotation(const float* rotation) {
 }
 
 std::vector<float> IVFPQIndex::rotation() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return rotation_;
 }
 
 std::vector<float> IVFPQIndex::coarse_centroids() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return centroids_;
 }
 
 std::vector<std::size_t> IVFPQIndex::list_sizes() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::vector<std::size_t> out(lists_.size());
   for (std::size_t l = 0; l < lists_.size(); ++l) out[l] = lists_[l].size();
   return out;
@@ -170,7 +170,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
                  " vectors, got ", n);
   std::vector<float> rotation;
   {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     rotation = rotation_;
   }
   std::vector<float> xt;
@@ -216,7 +216,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
     for (std::size_t j = 0; j < d; ++j) sq8_scale[j] = (hi[j] - sq8_offset[j]) / 255.0f;
   }
 
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   centroids_ = std::move(coarse.centroids);
   pq_ = std::move(pq);
   sq8_offset_ = std::move(sq8_offset);
@@ -323,7 +323,7 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
 void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);
   {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     check_trained();
   }
   check_finite(x, n, dim_, "vectors");
@@ -332,7 +332,7 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
   transform(x, n, rows);
   const std::size_t d = dim_;
 
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   check_trained();  // (train() may not run concurrently with the encoding below)
   std::vector<std::int32_t> lists(n);
   std::vector<float> scores(n);
@@ -356,7 +356,7 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
 }
 
 std::size_t IVFPQIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<std::shared_mutex> lock(mutex_);
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const idx_t loc = where_.erase(ids[i]);
@@ -368,17 +368,17 @@ std::size_t IVFPQIndex::remove(const idx_t* ids, std::size_t n) {
 }
 
 std::size_t IVFPQIndex::size() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return where_.size();
 }
 
 bool IVFPQIndex::contains(idx_t id) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return where_.contains(id);
 }
 
 std::vector<idx_t> IVFPQIndex::ids() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::vector<idx_t> out;
   out.reserve(where_.size());
   for (const auto& L : lists_) out.insert(out.end(), L.ids.data(), L.ids.data() + L.size());
@@ -386,7 +386,7 @@ std::vector<idx_t> IVFPQIndex::ids() const {
 }
 
 void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::vector<std::uint8_t> code(m_);
   for (std::size_t i = 0; i < n; ++i) {
     const idx_t loc = where_.find(ids[i]);
@@ -408,7 +408,7 @@ void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const 
 }
 
 std::size_t IVFPQIndex::memory_bytes() const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t bytes =
       where_.memory_bytes() + (centroids_.size() + rotation_.size() + pq_.codebooks().size()) * sizeof(float);
   bytes += centroids_.size() * sizeof(float);  // packed copy for the GEMM kernel
@@ -509,12 +509,12 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   check_finite(q, nq, dim_, "queries");
   std::size_t threads = parallel::resolve_threads(opt.num_threads);
   {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     check_trained();
   }
   std::vector<float> Q;
   transform(q, nq, Q);
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   check_trained();
   if (nq == 0) return;
   const std::size_t nprobe = std::min<std::size_t>(nlist_, static_cast<std::size_t>(nprobe_knob));
@@ -587,7 +587,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 // Serialization
 
 void IVFPQIndex::write(io::FileWriter& w) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(nlist_))

@@ -10,6 +10,7 @@
 #include <shared_mutex>
 #include <vector>
 
+#include "annforge/parallel/shared_mutex.h"
 #include "annforge/index/vector_index.h"
 #include "annforge/storage/aligned_buffer.h"
 #include "annforge/storage/id_map.h"
@@ -43,7 +44,7 @@ class FlatIndex final : public VectorIndex {
   void search_locked(const float* q, std::size_t nq, std::size_t k, int num_threads, const IdSelector* filter,
                      idx_t* out_ids, float* out_dist) const;
 
-  mutable std::shared_mutex mutex_;  // searches share it; add/remove take it exclusively
+  mutable parallel::WriterPreferringMutex mutex_;  // searches share it; add/remove take it exclusively
   AlignedBuffer<float> vectors_;     // size() * dim, row-major (normalised for cosine)
   AlignedBuffer<float> sq_norms_;    // ||x||^2 per row (used by the l2 expansion)
   AlignedBuffer<idx_t> slot_ids_;    // external id of each row

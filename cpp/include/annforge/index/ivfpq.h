@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "annforge/parallel/shared_mutex.h"
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/index/vector_index.h"
@@ -103,7 +104,7 @@ class IVFPQIndex final : public VectorIndex {
   std::uint64_t seed_;
   bool trained_ = false;
 
-  mutable std::shared_mutex mutex_;
+  mutable parallel::WriterPreferringMutex mutex_;
   std::vector<float> rotation_;          // d x d, empty = identity
   std::vector<float> centroids_;         // nlist x d (rotated space)
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
