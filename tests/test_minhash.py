@@ -200,3 +200,66 @@ def test_bad_input():
         lsh.insert("key", np.zeros(64, dtype=np.uint64))
     with pytest.raises(ValueError):
         af.MinHashLSHForest(num_perm=8, l=9)
+
+
+def test_lsh_candidates_equal_datasketch_for_identical_signatures():
+    """Same signatures (sha1_32 mode) and the same (bands, rows): exactly datasketch's candidate sets."""
+    rng = np.random.default_rng(3)
+    vocab = [f"w{i}".encode() for i in range(300)]
+    base = [list(rng.choice(vocab, 12, replace=False)) for _ in range(150)]
+    docs = base + [b[:-1] + [b"edit%d" % i] for i, b in enumerate(base[:100])]
+    sigs = af.minhash_signatures(docs, num_perm=64, hashfunc="sha1_32")
+    ours = af.MinHashLSH(threshold=0.6, num_perm=64)
+    ours.insert_batch(np.arange(len(docs)), sigs)
+    ref = datasketch.MinHashLSH(threshold=0.6, num_perm=64)
+    assert (ours.bands, ours.rows) == (ref.b, ref.r)
+    ref_mh = []
+    for i, d in enumerate(docs):
+        m = datasketch.MinHash(num_perm=64, seed=1)
+        m.update_batch(d)
+        ref.insert(i, m)
+        ref_mh.append(m)
+    for i in range(len(docs)):
+        assert sorted(ours.query(sigs[i])) == sorted(ref.query(ref_mh[i]))
+
+
+@pytest.mark.sanitize
+def test_concurrent_queries_with_inserts_and_removes():
+    import threading
+
+    sigs = af.minhash_signatures([[f"t{i // 3}_{j}" for j in range(20)] for i in range(3000)], num_perm=64)
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    forest = af.MinHashLSHForest(num_perm=64)
+    lsh.insert_batch(np.arange(1000), sigs[:1000])
+    forest.insert_batch(np.arange(1000), sigs[:1000])
+    forest.index()
+    errors: list = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                i = int(rng.integers(0, 999))
+                assert i in lsh.query(sigs[i])  # keys below 1000 are never removed
+                assert forest.query(sigs[i], 3)[0][1] == 1.0
+                lsh.query_batch(sigs[i:i + 8], num_threads=2)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for start in range(1000, 3000, 100):
+            keys = np.arange(start, start + 100)
+            lsh.insert_batch(keys, sigs[start:start + 100])
+            forest.insert_batch(keys, sigs[start:start + 100])
+            lsh.remove(int(keys[0]))
+            forest.remove(int(keys[0]))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(timeout=60)
+    assert not errors, errors[0]
+    assert len(lsh) == len(forest) == 3000 - 20

@@ -105,6 +105,14 @@ Shingle shingle_of(const py::object& spec) {
 
 // [n, num_perm] (or one [num_perm] row) of uint64 signatures.
 SigArray as_sigs(const py::handle& obj, std::size_t num_perm, std::size_t& rows) {
+  // Fast path: already a C-contiguous uint64 row of the right length (one-at-a-time queries).
+  if (SigArray::check_(obj)) {
+    auto a = py::reinterpret_borrow<SigArray>(obj);
+    if (a.ndim() == 1 && static_cast<std::size_t>(a.shape(0)) == num_perm) {
+      rows = 1;
+      return a;
+    }
+  }
   if (!py::isinstance<py::array>(obj) && !py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
     fail(ErrorKind::Type, "signatures must be an array of uint64, got ", Py_TYPE(obj.ptr())->tp_name);
   py::array raw = py::array::ensure(obj);
@@ -328,12 +336,7 @@ void bind_minhash(py::module_& m) {
       .def("keys", [](const MinHashLSH& s) { return to_array(s.keys()); })
       .def("memory_bytes", &MinHashLSH::memory_bytes)
       .def("signature",
-           [](const MinHashLSH& s, idx_t key) {
-             const long slot = s.store().slot_of(key);
-             ANNFORGE_CHECK(slot >= 0, ErrorKind::Value, "unknown key ", key);
-             const std::uint64_t* p = s.store().sig(static_cast<std::size_t>(slot));
-             return to_array(std::vector<std::uint64_t>(p, p + s.num_perm()));
-           })
+           [](const MinHashLSH& s, idx_t key) { return to_array(s.signature(key)); })
       .def(
           "insert",
           [](MinHashLSH& s, const py::object& keys, const py::object& sigs, int num_threads) {
@@ -363,6 +366,26 @@ void bind_minhash(py::module_& m) {
             return query_tuple(r, with_scores);
           },
           py::arg("sigs"), py::arg("with_scores") = false, py::arg("min_score") = -1.0, py::arg("num_threads") = 0)
+      .def(
+          "query_keys",
+          // One query, keys straight into a Python list: no CSR arrays, no thread hand-off. This is the
+          // path of MinHashLSH.query(), called once per document in typical dedup loops.
+          [](const MinHashLSH& s, const py::object& sig) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sig, s.num_perm(), rows);
+            ANNFORGE_CHECK(rows == 1, ErrorKind::Value, "query() takes one signature; use query_batch() for ", rows);
+            thread_local std::vector<std::uint32_t> scratch;
+            std::vector<idx_t> keys;
+            {
+              py::gil_scoped_release release;
+              s.query_one(a.data(), scratch, keys);
+            }
+            py::list out(keys.size());
+            for (std::size_t i = 0; i < keys.size(); ++i)
+              PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), PyLong_FromLongLong(keys[i]));
+            return out;
+          },
+          py::arg("sig"))
       .def(
           "pairs",
           [](const MinHashLSH& s, double min_score, int num_threads) {
@@ -412,7 +435,6 @@ void bind_minhash(py::module_& m) {
           [](MinHashLSHForest& s, const py::object& sigs, std::size_t k, int num_threads) {
             std::size_t rows = 0;
             SigArray a = as_sigs(sigs, s.num_perm(), rows);
-            if (s.dirty()) s.index(num_threads);  // under the GIL: one caller re-sorts
             QueryResult r;
             {
               py::gil_scoped_release release;

@@ -208,8 +208,7 @@ class MinHashLSH:
 
     def query(self, sig: Any) -> List[int]:
         """Keys whose signature shares a band with ``sig``."""
-        _, keys, _ = self._impl.query(_as_sig(sig))
-        return keys.tolist()
+        return self._impl.query_keys(_as_sig(sig))
 
     def query_with_scores(self, sig: Any, min_score: float = -1.0) -> List[Tuple[int, float]]:
         """Candidates with their estimated Jaccard, best first."""
@@ -274,7 +273,16 @@ class MinHashLSHForest:
     def insert_batch(self, keys: Any, sigs: Any) -> None:
         self._impl.insert(np.asarray(keys, dtype=np.int64), sigs)
 
+    def remove(self, key: Any) -> None:
+        """Remove ``key`` (ValueError when absent); the next query re-sorts the trees."""
+        if self._impl.remove([_as_int_key(key)]) == 0:
+            raise ValueError(f"key {key!r} is not in the index")
+
+    def __contains__(self, key: Any) -> bool:
+        return int(key) in self._impl
+
     def index(self) -> None:
+        """Sort the trees now (queries also do it on demand after inserts or removals)."""
         self._impl.index()
 
     def query(self, sig: Any, k: int) -> List[Tuple[int, float]]:

@@ -198,13 +198,23 @@ std::uint64_t MinHashLSH::band_key(const std::uint64_t* sig, std::size_t band) c
   return hash64(sig + band * rows_, rows_ * sizeof(std::uint64_t), band);
 }
 
-std::size_t MinHashLSH::memory_bytes() const noexcept {
+std::size_t MinHashLSH::memory_bytes() const {
+  Shared lock(mutex_);
   std::size_t bytes = store_.memory_bytes();
   for (const auto& t : tables_) bytes += t.size() * 48 + store_.size() * 4;
   return bytes;
 }
 
+std::vector<std::uint64_t> MinHashLSH::signature(idx_t key) const {
+  Shared lock(mutex_);
+  const long slot = store_.slot_of(key);
+  ANNFORGE_CHECK(slot >= 0, ErrorKind::Value, "unknown key ", key);
+  const std::uint64_t* p = store_.sig(static_cast<std::size_t>(slot));
+  return std::vector<std::uint64_t>(p, p + num_perm());
+}
+
 void MinHashLSH::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n, int num_threads) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   store_.check_new(keys, n);
   const std::size_t first = store_.slots();
   for (std::size_t i = 0; i < n; ++i) store_.append(keys[i], sigs + i * num_perm());
@@ -218,6 +228,7 @@ void MinHashLSH::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_
 }
 
 std::size_t MinHashLSH::remove(const idx_t* keys, std::size_t n) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const long slot = store_.slot_of(keys[i]);
@@ -237,18 +248,34 @@ std::size_t MinHashLSH::remove(const idx_t* keys, std::size_t n) {
 
 QueryResult MinHashLSH::query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
                               int num_threads) const {
+  Shared lock(mutex_);
   return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
     const std::uint64_t* q = sigs + i * num_perm();
     std::vector<std::uint32_t> cand;
-    for (std::size_t band = 0; band < bands_; ++band) {
-      auto it = tables_[band].find(band_key(q, band));
-      if (it != tables_[band].end()) cand.insert(cand.end(), it->second.begin(), it->second.end());
-    }
+    collect_candidates(q, cand);
     emit_candidates(store_, q, cand, with_scores, min_score, cand.size(), keys, scores);
   });
 }
 
+void MinHashLSH::collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const {
+  for (std::size_t band = 0; band < bands_; ++band) {
+    auto it = tables_[band].find(band_key(q, band));
+    if (it != tables_[band].end()) cand.insert(cand.end(), it->second.begin(), it->second.end());
+  }
+}
+
+void MinHashLSH::query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
+                           std::vector<idx_t>& out) const {
+  Shared lock(mutex_);
+  scratch.clear();
+  collect_candidates(sig, scratch);
+  std::sort(scratch.begin(), scratch.end());
+  scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
+  for (std::uint32_t slot : scratch) out.push_back(store_.key(slot));
+}
+
 PairResult MinHashLSH::pairs(double min_score, int num_threads) const {
+  Shared lock(mutex_);
   const bool filter = min_score > 0.0;
   std::vector<std::vector<std::uint64_t>> per_band(bands_);  // (low slot << 32) | high slot
   parallel::parallel_for(bands_, num_threads, [&](std::size_t band, std::size_t) {
@@ -293,6 +320,7 @@ void MinHashLSH::index_slot(std::size_t slot) {
 }
 
 void MinHashLSH::write(io::FileWriter& w) const {
+  Shared lock(mutex_);
   io::ByteWriter p;
   p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(bands_).put<std::uint64_t>(rows_).put<double>(threshold_);
   p.put<std::uint64_t>(size());
@@ -342,17 +370,20 @@ MinHashLSHForest::MinHashLSHForest(std::size_t num_perm, std::size_t trees)
   sorted_.resize(trees);
 }
 
-std::size_t MinHashLSHForest::memory_bytes() const noexcept {
+std::size_t MinHashLSHForest::memory_bytes() const {
+  Shared lock(mutex_);
   return store_.memory_bytes() + trees_ * store_.slots() * sizeof(std::uint32_t);
 }
 
 void MinHashLSHForest::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   store_.check_new(keys, n);
   for (std::size_t i = 0; i < n; ++i) store_.append(keys[i], sigs + i * num_perm());
   if (n) dirty_ = true;
 }
 
 std::size_t MinHashLSHForest::remove(const idx_t* keys, std::size_t n) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const long slot = store_.slot_of(keys[i]);
@@ -365,6 +396,11 @@ std::size_t MinHashLSHForest::remove(const idx_t* keys, std::size_t n) {
 }
 
 void MinHashLSHForest::index(int num_threads) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  index_locked(num_threads);
+}
+
+void MinHashLSHForest::index_locked(int num_threads) {
   if (!dirty_) return;
   parallel::parallel_for(trees_, num_threads, [&](std::size_t t, std::size_t) {
     auto& order = sorted_[t];
@@ -381,9 +417,16 @@ void MinHashLSHForest::index(int num_threads) {
   dirty_ = false;
 }
 
-QueryResult MinHashLSHForest::query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads) const {
+QueryResult MinHashLSHForest::query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads) {
   ANNFORGE_CHECK(k >= 1, ErrorKind::Value, "k must be >= 1, got ", k);
-  ANNFORGE_CHECK(!dirty_, ErrorKind::State, "call index() after inserting or removing before querying");
+  Shared lock(mutex_, std::defer_lock);
+  // Re-sort after inserts or removals; retry if another thread changed the forest in between.
+  for (;;) {
+    if (dirty_) index(num_threads);
+    lock.lock();
+    if (!dirty_) break;
+    lock.unlock();
+  }
   return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
     const std::uint64_t* q = sigs + i * num_perm();
     std::vector<std::uint32_t> cand;
@@ -412,6 +455,7 @@ QueryResult MinHashLSHForest::query(const std::uint64_t* sigs, std::size_t n, st
 }
 
 void MinHashLSHForest::write(io::FileWriter& w) const {
+  Shared lock(mutex_);
   io::ByteWriter p;
   p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(trees_).put<std::uint64_t>(size());
   w.add_owned(kTagForestParams, p.take());

@@ -5,6 +5,7 @@
 // that the Python layer encodes (JSON only, never pickle, so loading a file cannot run code).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "annforge/common.h"
 #include "annforge/io/format.h"
+#include "annforge/parallel/shared_mutex.h"
 
 namespace annforge::minhash {
 
@@ -65,6 +67,8 @@ class SignatureStore {
   std::unordered_map<idx_t, std::size_t> slot_of_;
 };
 
+using Shared = std::shared_lock<parallel::WriterPreferringMutex>;
+
 class MinHashLSH {
  public:
   MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows, double threshold);
@@ -73,11 +77,21 @@ class MinHashLSH {
   std::size_t bands() const noexcept { return bands_; }
   std::size_t rows() const noexcept { return rows_; }
   double threshold() const noexcept { return threshold_; }
-  std::size_t size() const noexcept { return store_.size(); }
-  bool contains(idx_t key) const { return store_.contains(key); }
-  std::vector<idx_t> keys() const { return store_.live_keys(); }
-  const SignatureStore& store() const noexcept { return store_; }
-  std::size_t memory_bytes() const noexcept;
+  std::size_t size() const {
+    Shared lock(mutex_);
+    return store_.size();
+  }
+  bool contains(idx_t key) const {
+    Shared lock(mutex_);
+    return store_.contains(key);
+  }
+  std::vector<idx_t> keys() const {
+    Shared lock(mutex_);
+    return store_.live_keys();
+  }
+  std::size_t memory_bytes() const;
+  // The stored signature of `key` (ValueError when absent).
+  std::vector<std::uint64_t> signature(idx_t key) const;
 
   void insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n, int num_threads);
   std::size_t remove(const idx_t* keys, std::size_t n);
@@ -85,6 +99,8 @@ class MinHashLSH {
   // (with scores) drops weaker candidates.
   QueryResult query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
                     int num_threads) const;
+  // Candidate keys of one query, appended to `out` (the allocation-light path for one-at-a-time queries).
+  void query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
   // Every pair of indexed keys sharing a bucket in at least one band (the self-join), optionally only
   // those whose estimated Jaccard is >= min_score.
   PairResult pairs(double min_score, int num_threads) const;
@@ -95,8 +111,11 @@ class MinHashLSH {
 
  private:
   std::uint64_t band_key(const std::uint64_t* sig, std::size_t band) const noexcept;
+  void collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const;
   void index_slot(std::size_t slot);
 
+  // Queries share it; insert/remove take it exclusively (queries run with the GIL released).
+  mutable parallel::WriterPreferringMutex mutex_;
   std::size_t bands_, rows_;
   double threshold_;
   SignatureStore store_;
@@ -110,28 +129,40 @@ class MinHashLSHForest {
   std::size_t num_perm() const noexcept { return store_.num_perm(); }
   std::size_t trees() const noexcept { return trees_; }
   std::size_t depth() const noexcept { return depth_; }
-  std::size_t size() const noexcept { return store_.size(); }
-  bool contains(idx_t key) const { return store_.contains(key); }
-  std::vector<idx_t> keys() const { return store_.live_keys(); }
-  std::size_t memory_bytes() const noexcept;
-  bool dirty() const noexcept { return dirty_; }
+  std::size_t size() const {
+    Shared lock(mutex_);
+    return store_.size();
+  }
+  bool contains(idx_t key) const {
+    Shared lock(mutex_);
+    return store_.contains(key);
+  }
+  std::vector<idx_t> keys() const {
+    Shared lock(mutex_);
+    return store_.live_keys();
+  }
+  std::size_t memory_bytes() const;
+  bool dirty() const noexcept { return dirty_.load(); }
 
   void insert(const idx_t* keys, const std::uint64_t* sigs, std::size_t n);
   std::size_t remove(const idx_t* keys, std::size_t n);
-  // Sorts every tree (call after inserts; queries call it when needed, under the caller's lock).
+  // Sorts every tree (after inserts or removals; query() does it itself when needed).
   void index(int num_threads);
   // Top-k keys by estimated Jaccard per query (fewer when fewer are indexed): CSR with scores.
-  QueryResult query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads) const;
+  QueryResult query(const std::uint64_t* sigs, std::size_t n, std::size_t k, int num_threads);
 
   std::string user_meta;
   void write(io::FileWriter& w) const;
   static std::unique_ptr<MinHashLSHForest> read(const std::shared_ptr<io::FileReader>& reader);
 
  private:
+  void index_locked(int num_threads);
+
+  mutable parallel::WriterPreferringMutex mutex_;
   std::size_t trees_, depth_;
   SignatureStore store_;
   std::vector<std::vector<std::uint32_t>> sorted_;  // per tree: live slots ordered by their prefix
-  bool dirty_ = false;
+  std::atomic<bool> dirty_{false};
 };
 
 }  // namespace annforge::minhash

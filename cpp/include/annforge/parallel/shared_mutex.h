@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <mutex>
+#include <shared_mutex>  // std::shared_lock for users of this lock
 
 namespace annforge::parallel {
 
