@@ -311,7 +311,7 @@ def test_second_open_is_refused_and_index_must_match(tmp_path: Any) -> None:
     folder = str(tmp_path / "c")
     col = Collection(folder, index=af.FlatIndex(3))
     col.upsert(["a"], embeddings=[[1, 2, 3]])
-    with pytest.raises(OSError, match="another process"):
+    with pytest.raises(OSError, match="already open"):
         Collection(folder)
     col.close()
     with pytest.raises(ValueError, match="FlatIndex"):

@@ -138,7 +138,7 @@ class _FolderLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._file.close()
-            raise OSError(f"collection {folder!r} is open in another process") from None
+            raise OSError(f"collection {folder!r} is already open (in another process or another Collection object)") from None
 
     def release(self) -> None:
         self._file.close()  # closing the descriptor drops the lock
