@@ -124,3 +124,20 @@ def test_from_documents_ids_and_duplicates_in_one_call() -> None:
     assert store.get_by_ids(["x"]) == [Document("c", id="x")]  # the last occurrence wins, as repeated upserts
     with pytest.raises(ValueError):
         store.add_texts(["a", "b"], metadatas=[{}])
+
+
+def test_annforge_embeddings_adapter_uses_encode_queries_for_queries() -> None:
+    from annforge.integrations.langchain import AnnforgeEmbeddings
+
+    class Embedder:
+        def encode(self, texts: List[str]) -> np.ndarray:
+            return np.array([[1.0, float(len(t))] for t in texts], dtype=np.float32)
+
+        def encode_queries(self, texts: List[str]) -> np.ndarray:
+            return np.array([[0.0, float(len(t))] for t in texts], dtype=np.float32)
+
+    emb = AnnforgeEmbeddings(Embedder())
+    assert emb.embed_documents(["ab", "c"]) == [[1.0, 2.0], [1.0, 1.0]]
+    assert emb.embed_query("abc") == [0.0, 3.0]
+    store = AnnforgeVectorStore.from_texts(["x", "yyyy"], emb)
+    assert [d.page_content for d in store.similarity_search("yyy", k=1)] == ["yyyy"]

@@ -45,9 +45,31 @@ from ..flat import FlatIndex
 from ..store import Collection, Hit
 from ..store._collection import IndexSpec, WhereLike
 
-__all__ = ["AnnforgeVectorStore"]
+__all__ = ["AnnforgeEmbeddings", "AnnforgeVectorStore"]
 
 VST = TypeVar("VST", bound="AnnforgeVectorStore")
+
+
+class AnnforgeEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` over an annforge embedder (``annforge.embed.from_pretrained(...)`` or any
+    object with ``encode(list_of_str) -> [n, dim]``; ``encode_queries`` is used for queries when present).
+
+    >>> import numpy as np
+    >>> class Lengths:
+    ...     def encode(self, texts): return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+    >>> AnnforgeEmbeddings(Lengths()).embed_query("abc")
+    [3.0, 1.0]
+    """
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+
+    def embed_documents(self, texts: List[str]) -> List[List[float]]:
+        return np.asarray(self.embedder.encode(list(texts)), dtype=np.float32).tolist()
+
+    def embed_query(self, text: str) -> List[float]:
+        encode = getattr(self.embedder, "encode_queries", None) or self.embedder.encode
+        return np.asarray(encode([text]), dtype=np.float32)[0].tolist()
 
 
 def _flat_l2(dim: int) -> VectorIndex:
