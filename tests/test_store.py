@@ -436,3 +436,53 @@ def test_process_death_at_each_step_of_a_write(tmp_path: Any, mode: str) -> None
     if mode == "exit-mid-snapshot":
         assert "index.2.af" in os.listdir(folder)
     col.close()
+
+
+def test_snapshot_policy_waits_for_a_tenth_of_the_collection(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    x = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
+    col = Collection(folder, index=af.FlatIndex(4), snapshot_every=5)
+    col.upsert([str(i) for i in range(100)], embeddings=x)  # 100 changes: snapshot at generation 1
+    assert "index.1.af" in os.listdir(folder)
+    col.upsert([str(i) for i in range(6)], embeddings=x[:6] + 1)  # 6 >= 5 but < 100 // 10: no snapshot
+    assert "index.2.af" not in os.listdir(folder)
+    col.upsert([str(i) for i in range(6, 10)], embeddings=x[6:10] + 1)  # 10 changes in all
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".af")) == ["index.3.af", "index.base.af"]
+    col.close()
+
+
+def test_concurrent_writers_and_readers_keep_the_store_consistent(tmp_path: Any) -> None:
+    import threading
+
+    folder = str(tmp_path / "c")
+    col = Collection(folder, index=af.HNSWIndex(8), snapshot_every=50)
+    errors: List[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for step in range(30):
+                ids = [f"w{seed}-{i}" for i in rng.choice(40, size=5, replace=False)]
+                col.upsert(ids, metadatas=[{"w": seed}] * 5, embeddings=rng.standard_normal((5, 8)))
+                if step % 4 == 3:
+                    col.delete(ids[:2])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        rng = np.random.default_rng(99)
+        try:
+            for _ in range(60):
+                for hit in col.search(rng.standard_normal(8), k=5, where={"w": {"$in": [0, 1]}}):
+                    assert hit.metadata["w"] in (0, 1)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    col.close()
+    _assert_consistent(folder).close()

@@ -160,8 +160,9 @@ class Collection:
         Anything with ``encode(list_of_str) -> [n, dim]`` (and optionally ``encode_queries``), e.g.
         ``annforge.embed.from_pretrained(...)``; needed only to pass texts instead of vectors.
     snapshot_every:
-        Write an index snapshot after this many changed records (``None``: only on ``persist``/``close``).
-        Between snapshots, reopening replays the changes from SQLite.
+        Write an index snapshot once this many records changed since the last one, and at least a tenth
+        of the collection did (so a large index is not rewritten for every small batch); ``None``: only
+        on ``persist`` / ``close``. Reopening replays the changes a snapshot misses from SQLite.
 
     Filters (``where=``) are dicts such as ``{"lang": "en", "year": {"$gte": 2020}}`` (see
     :mod:`annforge.store` for the operators) or a callable ``metadata -> bool``.
@@ -495,7 +496,9 @@ class Collection:
 
     def _after_write(self, changed: int) -> None:
         self._changed_since_snapshot += changed
-        if self.snapshot_every is not None and self._changed_since_snapshot >= self.snapshot_every:
+        if self.snapshot_every is None or self._folder is None:
+            return
+        if self._changed_since_snapshot >= max(self.snapshot_every, len(self) // 10):
             self.persist()
 
     # -- reads -----------------------------------------------------------------------------------
