@@ -3,7 +3,6 @@ recovery after a killed process, MMR."""
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 import signal
@@ -327,15 +326,21 @@ def _nonempty_flat() -> af.FlatIndex:
     return index
 
 
-def test_damaged_or_future_snapshots_fall_back_to_a_rebuild(tmp_path: Any) -> None:
+@pytest.mark.parametrize("damage", ["flipped-bytes", "foreign-index"])
+def test_damaged_or_future_snapshots_fall_back_to_a_rebuild(tmp_path: Any, damage: str) -> None:
     folder = str(tmp_path / "c")
     x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
     with Collection(folder, index=af.FlatIndex(4)) as col:
         col.upsert([str(i) for i in range(20)], embeddings=x)
     snap = os.path.join(folder, "index.1.af")
-    with open(snap, "r+b") as fh:  # flip bytes in the middle: the checksum refuses it
-        fh.seek(os.path.getsize(snap) // 2)
-        fh.write(b"\xff\xff\xff\xff")
+    if damage == "flipped-bytes":  # the checksum refuses it
+        with open(snap, "r+b") as fh:
+            fh.seek(os.path.getsize(snap) // 2)
+            fh.write(b"\xff\xff\xff\xff")
+    else:  # a valid file, but of another index (same ids): must not be taken for this collection's
+        other = af.FlatIndex(4, metric="cosine")
+        other.add(x, np.arange(20))
+        other.save(snap)
     open(os.path.join(folder, "index.1.af.tmp-123"), "wb").close()  # an interrupted save
     with open(os.path.join(folder, "index.9.af"), "wb") as fh:  # newer than the database: ignored
         fh.write(b"garbage")

@@ -23,7 +23,6 @@ Files in the collection folder: ``collection.sqlite`` (+ its WAL), ``index.base.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sqlite3
@@ -341,9 +340,11 @@ class Collection:
         for gen, full in sorted(snapshots, reverse=True):
             try:
                 index = load(full)
-            except OSError:
+                if (type(index).__name__, index.dim, index.metric) != (self._setting("index_class"), self.dim, self.metric):
+                    continue
+                self._replay(index, since=gen)
+            except (OSError, ValueError):  # damaged, or not the index this database describes
                 continue
-            self._replay(index, since=gen)
             if self._consistent(index):
                 self._snapshot_gen = gen if gen == db_gen else -1
                 self._changed_since_snapshot = 0 if gen == db_gen else 1
