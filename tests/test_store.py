@@ -491,3 +491,21 @@ def test_concurrent_writers_and_readers_keep_the_store_consistent(tmp_path: Any)
     assert not errors, errors
     col.close()
     _assert_consistent(folder).close()
+
+
+def test_trained_ivfpq_index_works_and_an_untrained_one_is_refused(tmp_path: Any) -> None:
+    x = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)
+    ivf = af.IVFPQIndex(8, nlist=4, m=2, nbits=4)
+    with pytest.raises(ValueError, match="trained"):
+        Collection(None, index=ivf)
+    ivf.train(x)
+    folder = str(tmp_path / "c")
+    col = Collection(folder, index=ivf)
+    col.upsert([str(i) for i in range(600)], metadatas=[{"i": i} for i in range(600)], embeddings=x)
+    assert col.search(x[3], k=1, nprobe=4)[0].id == "3"
+    assert all(int(h.id) > 300 for h in col.search(x[3], k=5, where={"i": {"$gt": 300}}, nprobe=4))
+    col.upsert(["extra"], embeddings=x[:1] + 0.5)
+    col._close_handles()  # no snapshot of the last write: reopening replays it
+    col = Collection(folder)
+    assert type(col.index).__name__ == "IVFPQIndex" and len(col.index) == len(col) == 601
+    col.close()
