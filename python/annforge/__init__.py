@@ -36,6 +36,7 @@ __all__ = [
     "VectorIndex",
     "build_info",
     "embed",
+    "store",
     "load",
     "set_simd_level",
     "simd_level",
@@ -45,11 +46,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # `af.embed` loads on first use: the embedder bridge is optional (torch) and must not slow `import annforge`.
-    if name == "embed":
+    # `af.embed` / `af.store` load on first use: optional layers that must not slow `import annforge`.
+    if name in ("embed", "store"):
         import importlib
 
-        return importlib.import_module(".embed", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,0 +1,774 @@
+"""An embedded collection: documents, JSON metadata and vectors in SQLite, searched through an annforge index.
+
+Crash safety (why the layout is what it is)
+-------------------------------------------
+SQLite is the source of truth: every record row holds its vector (float32 bytes, as given) and the
+*generation* of the write that last touched it; deletions leave a tombstone row with their generation.
+Each write (``upsert`` / ``delete``) is one SQLite transaction that bumps the collection generation; the
+in-memory index is changed inside that transaction, before ``COMMIT``, so an error from the index rolls
+the transaction back.
+
+The index is written to disk only as snapshots, ``index.<generation>.af``, each saved atomically
+(temporary file, fsync, rename) while no write is in progress, so the number in the name is exactly the
+generation the file reflects. ``index.base.af`` is the empty (possibly trained) index the collection was
+created with. On open, the newest snapshot not newer than the database is loaded and brought forward by
+replaying rows and tombstones with a larger generation; the result is checked against the ids in SQLite
+and, if anything disagrees (a damaged snapshot, tombstones already pruned), rebuilt from the base and
+every row. A process killed at any point therefore reopens to exactly the last committed transaction.
+
+Files in the collection folder: ``collection.sqlite`` (+ its WAL), ``index.base.af``,
+``index.<generation>.af``. One process at a time may open a folder (an advisory lock is taken).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .._base import VectorIndex, family_for, load
+from ._filters import compile_where
+from ._mmr import maximal_marginal_relevance
+
+PathLike = Union[str, "os.PathLike[str]"]
+IndexSpec = Union[None, VectorIndex, Callable[[int], VectorIndex]]
+WhereLike = Union[None, Mapping[str, Any], Callable[[Dict[str, Any]], bool]]
+
+SCHEMA_VERSION = 1
+DB_NAME = "collection.sqlite"
+BASE_NAME = "index.base.af"
+_SNAPSHOT_RE = re.compile(r"^index\.(\d+)\.af$")
+_TMP_RE = re.compile(r"^index\.(?:\d+|base)\.af\.tmp-\d+$")
+_SQL_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's parameter limit
+_REPLAY_CHUNK = 8192  # vectors per index.add while replaying
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    num INTEGER PRIMARY KEY,      -- the int64 id the index knows the record by (never reused)
+    id TEXT NOT NULL UNIQUE,      -- the caller's string id
+    document TEXT,
+    metadata TEXT NOT NULL,       -- JSON object
+    embedding BLOB NOT NULL,      -- float32 x dim, as given (before any cosine normalisation)
+    gen INTEGER NOT NULL          -- generation of the write that last set this row
+);
+CREATE INDEX IF NOT EXISTS records_by_gen ON records (gen);
+CREATE TABLE IF NOT EXISTS tombstones (num INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored item. ``embedding`` is filled only when asked for (``include_embeddings=True``)."""
+
+    id: str
+    document: Optional[str]
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    embedding: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: the record and its distance to the query (smaller is closer, the index's metric)."""
+
+    id: str
+    document: Optional[str]
+    metadata: Dict[str, Any]
+    distance: float
+    embedding: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+
+def default_index(dim: int) -> VectorIndex:
+    """The index a collection creates when given none: HNSW over cosine distance."""
+    from ..hnsw import HNSWIndex
+
+    return HNSWIndex(dim, metric="cosine")
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def _as_matrix(x: Any, what: str) -> np.ndarray:
+    from .._arrays import as_float_matrix
+
+    arr = as_float_matrix(x, what)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a [n, dim] matrix, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinity")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _metadata_json(metadata: Any, position: int) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata #{position} must be a dict, got {type(metadata).__name__}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise TypeError(f"metadata #{position} has a non-string key {key!r}")
+    try:
+        return json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"metadata #{position} is not JSON-serialisable: {exc}") from None
+
+
+class _FolderLock:
+    """Advisory exclusive lock on the collection folder (POSIX fcntl; a no-op where unavailable)."""
+
+    def __init__(self, folder: str) -> None:
+        self._file = open(os.path.join(folder, "LOCK"), "a+b")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise OSError(f"collection {folder!r} is already open (in another process or another Collection object)") from None
+
+    def release(self) -> None:
+        self._file.close()  # closing the descriptor drops the lock
+
+
+class Collection:
+    """Documents + JSON metadata + vectors, searched by any annforge index, persisted in one folder.
+
+    Parameters
+    ----------
+    path:
+        Folder of the collection (created if missing), or ``None`` for an in-memory collection.
+    index:
+        For a new collection: an empty annforge index (trained already, for the families that need it),
+        or a callable ``dim -> index`` called at the first write; ``None`` means ``HNSWIndex(dim,
+        metric="cosine")``. For an existing folder the saved index is used; passing one of a
+        different family, dimension or metric raises ValueError.
+    embedder:
+        Anything with ``encode(list_of_str) -> [n, dim]`` (and optionally ``encode_queries``), e.g.
+        ``annforge.embed.from_pretrained(...)``; needed only to pass texts instead of vectors.
+    snapshot_every:
+        Write an index snapshot once this many records changed since the last one, and at least a tenth
+        of the collection did (so a large index is not rewritten for every small batch); ``None``: only
+        on ``persist`` / ``close``. Reopening replays the changes a snapshot misses from SQLite.
+
+    Filters (``where=``) are dicts such as ``{"lang": "en", "year": {"$gte": 2020}}`` (see
+    :mod:`annforge.store` for the operators) or a callable ``metadata -> bool``.
+
+    >>> import annforge as af, numpy as np
+    >>> col = af.store.Collection(None, index=af.FlatIndex(3, metric="cosine"))
+    >>> col.upsert(["a", "b", "c"], documents=["x", "y", "z"],
+    ...            metadatas=[{"n": 1}, {"n": 2}, {"n": 3}], embeddings=np.eye(3))
+    ['a', 'b', 'c']
+    >>> [h.id for h in col.search([1.0, 0.1, 0.0], k=2)]
+    ['a', 'b']
+    >>> [h.id for h in col.search([1.0, 0.1, 0.0], k=2, where={"n": {"$gte": 2}})]
+    ['b', 'c']
+    """
+
+    def __init__(
+        self,
+        path: Optional[PathLike] = None,
+        index: IndexSpec = None,
+        embedder: Any = None,
+        *,
+        snapshot_every: Optional[int] = 10_000,
+    ) -> None:
+        if snapshot_every is not None and (isinstance(snapshot_every, bool) or int(snapshot_every) < 1):
+            raise ValueError(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
+        self.embedder = embedder
+        self.snapshot_every = None if snapshot_every is None else int(snapshot_every)
+        self._lock = threading.RLock()
+        self._folder: Optional[str] = None
+        self._folder_lock: Optional[_FolderLock] = None
+        self._index: Optional[VectorIndex] = None
+        self._template: Optional[bytes] = None  # the empty index, to rebuild from
+        self._factory: Optional[Callable[[int], VectorIndex]] = None
+        self._changed_since_snapshot = 0
+        self._snapshot_gen = -1
+
+        if path is None:
+            self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        else:
+            folder = os.fspath(path)
+            os.makedirs(folder, exist_ok=True)
+            self._folder_lock = _FolderLock(folder)
+            self._folder = folder
+            self._conn = sqlite3.connect(
+                os.path.join(folder, DB_NAME), isolation_level=None, check_same_thread=False
+            )
+            # WAL + NORMAL: a killed process loses nothing committed; after a power cut the database may
+            # step back a few transactions, and snapshots newer than it are then ignored (see _open_index).
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._conn.executescript(_SCHEMA)
+            self._init_settings()
+            if self._setting("index_class") is not None:
+                self._check_given_index(index)
+                self._index = self._open_index()
+            elif isinstance(index, VectorIndex):
+                self._adopt_index(index)
+            elif index is None or callable(index):
+                self._factory = index if index is not None else default_index
+            else:
+                raise TypeError(f"index must be an annforge index or a callable dim -> index, got {type(index).__name__}")
+        except BaseException:
+            self._close_handles()
+            raise
+
+    # -- settings --------------------------------------------------------------------------------
+    def _init_settings(self) -> None:
+        with self._transaction():
+            version = self._setting("schema_version")
+            if version is None:
+                self._set("schema_version", SCHEMA_VERSION)
+                self._set("generation", 0)
+                self._set("next_num", 0)
+            elif int(version) != SCHEMA_VERSION:
+                raise OSError(f"collection schema version {version} is not supported (this build: {SCHEMA_VERSION})")
+
+    def _setting(self, key: str) -> Optional[str]:
+        row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set(self, key: str, value: Any) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, str(value)))
+
+    @property
+    def generation(self) -> int:
+        """Number of committed writes so far (what an index snapshot is stamped with)."""
+        with self._lock:
+            return int(self._setting("generation") or 0)
+
+    @property
+    def path(self) -> Optional[str]:
+        """The collection folder, or None for an in-memory collection."""
+        return self._folder
+
+    @property
+    def index(self) -> Optional[VectorIndex]:
+        """The annforge index (None until the first write when it is created lazily). Read-only use:
+        changing it directly puts it out of step with the records."""
+        return self._index
+
+    @property
+    def dim(self) -> Optional[int]:
+        value = self._setting("dim")
+        return None if value is None else int(value)
+
+    @property
+    def metric(self) -> Optional[str]:
+        return self._setting("metric")
+
+    class _Txn:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def _transaction(self) -> "Collection._Txn":
+        return Collection._Txn(self._conn)
+
+    # -- index lifecycle -------------------------------------------------------------------------
+    def _adopt_index(self, index: VectorIndex) -> None:
+        if len(index) != 0:
+            raise ValueError("a new collection needs an empty index (its ids are managed by the collection)")
+        if getattr(index, "is_trained", True) is False:
+            raise ValueError(f"{type(index).__name__} must be trained before it is given to a collection")
+        template = index.to_bytes()
+        if self._folder is not None:
+            _write_atomic(os.path.join(self._folder, BASE_NAME), template)
+        with self._transaction():
+            self._set("index_class", type(index).__name__)
+            self._set("dim", index.dim)
+            self._set("metric", index.metric)
+        self._template = template
+        self._index = index
+        self._snapshot_gen = -1
+
+    def _check_given_index(self, index: IndexSpec) -> None:
+        if not isinstance(index, VectorIndex):
+            return  # None or a factory: the saved index wins
+        expected = (self._setting("index_class"), self.dim, self.metric)
+        given = (type(index).__name__, index.dim, index.metric)
+        if given != expected:
+            raise ValueError(
+                f"collection {self._folder!r} holds a {expected[0]}(dim={expected[1]}, metric={expected[2]!r}); "
+                f"got a {given[0]}(dim={given[1]}, metric={given[2]!r})"
+            )
+
+    def _open_index(self) -> VectorIndex:
+        """Newest usable snapshot + replay of later generations, verified against SQLite; else a rebuild."""
+        if self._folder is None:  # pragma: no cover - in-memory collections never reopen
+            raise OSError("in-memory collection has no saved index")
+        db_gen = self.generation
+        snapshots: List[Tuple[int, str]] = []
+        for name in os.listdir(self._folder):
+            full = os.path.join(self._folder, name)
+            if _TMP_RE.match(name):
+                os.remove(full)  # left by a save that was interrupted
+                continue
+            match = _SNAPSHOT_RE.match(name)
+            if match:
+                gen = int(match.group(1))
+                if gen > db_gen:  # the database stepped back (power loss): this snapshot is from its future
+                    os.remove(full)
+                else:
+                    snapshots.append((gen, full))
+        with open(os.path.join(self._folder, BASE_NAME), "rb") as fh:
+            self._template = fh.read()
+        for gen, full in sorted(snapshots, reverse=True):
+            try:
+                index = load(full)
+                if (type(index).__name__, index.dim, index.metric) != (self._setting("index_class"), self.dim, self.metric):
+                    continue
+                self._replay(index, since=gen)
+            except (OSError, ValueError):  # damaged, or not the index this database describes
+                continue
+            if self._consistent(index):
+                self._snapshot_gen = gen if gen == db_gen else -1
+                self._changed_since_snapshot = 0 if gen == db_gen else 1
+                return index
+        index = self._rebuild()
+        self._changed_since_snapshot = 1
+        return index
+
+    def _rebuild(self) -> VectorIndex:
+        """A fresh index from the empty template and every row in SQLite."""
+        assert self._template is not None
+        cls = family_for(str(self._setting("index_class")))
+        index = cls.from_bytes(self._template)
+        self._replay(index, since=-1)
+        if not self._consistent(index):
+            raise OSError("collection index could not be rebuilt consistently from its records")
+        self._snapshot_gen = -1
+        return index
+
+    def _replay(self, index: VectorIndex, since: int) -> None:
+        gone = [row[0] for row in self._conn.execute("SELECT num FROM tombstones WHERE gen > ?", (since,))]
+        if gone:
+            index.remove(np.asarray(gone, dtype=np.int64))
+        dim = int(self._setting("dim") or 0)
+        cursor = self._conn.execute("SELECT num, embedding FROM records WHERE gen > ? ORDER BY num", (since,))
+        while True:
+            rows = cursor.fetchmany(_REPLAY_CHUNK)
+            if not rows:
+                break
+            nums = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            index.add(vectors, nums)
+
+    def _consistent(self, index: VectorIndex) -> bool:
+        stored = np.fromiter((r[0] for r in self._conn.execute("SELECT num FROM records ORDER BY num")), dtype=np.int64)
+        return bool(np.array_equal(np.sort(np.asarray(index.ids(), dtype=np.int64)), stored))
+
+    def _ensure_index(self, dim: int) -> VectorIndex:
+        if self._index is None:
+            assert self._factory is not None
+            index = self._factory(dim)
+            if not isinstance(index, VectorIndex):
+                raise TypeError(f"the index factory returned {type(index).__name__}, not an annforge index")
+            self._adopt_index(index)
+        assert self._index is not None
+        if self._index.dim != dim:
+            raise ValueError(f"embeddings have dimension {dim}, the collection holds dimension {self._index.dim}")
+        return self._index
+
+    # -- writes ----------------------------------------------------------------------------------
+    def upsert(
+        self,
+        ids: Optional[Sequence[Optional[str]]] = None,
+        documents: Optional[Sequence[Optional[str]]] = None,
+        metadatas: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
+        embeddings: Any = None,
+    ) -> List[str]:
+        """Insert or replace records; returns their ids (generated UUID hex strings where ``None``).
+
+        Without ``embeddings``, ``documents`` are embedded with the collection's embedder. Replacing a
+        record replaces its document, metadata and vector. All-or-nothing: on any error nothing changes.
+        """
+        n = _count(ids, documents, metadatas, embeddings)
+        if n == 0:
+            return []
+        id_list = [uuid.uuid4().hex if i is None else i for i in (ids if ids is not None else [None] * n)]
+        for i in id_list:
+            if not isinstance(i, str) or not i:
+                raise TypeError(f"ids must be non-empty strings, got {i!r}")
+        if len(set(id_list)) != n:
+            raise ValueError("duplicate ids in one upsert")
+        docs = list(documents) if documents is not None else [None] * n
+        for d in docs:
+            if d is not None and not isinstance(d, str):
+                raise TypeError(f"documents must be strings or None, got {type(d).__name__}")
+        metas = [_metadata_json(m, i) for i, m in enumerate(metadatas if metadatas is not None else [None] * n)]
+        if embeddings is None:
+            if self.embedder is None:
+                raise ValueError("no embeddings given and the collection has no embedder")
+            if any(d is None for d in docs):
+                raise ValueError("every record needs a document to be embedded")
+            embeddings = self.embedder.encode(list(docs))
+        vectors = _as_matrix(embeddings, "embeddings")
+        if vectors.shape[0] != n:
+            raise ValueError(f"{vectors.shape[0]} embeddings for {n} records")
+
+        with self._lock:
+            index = self._ensure_index(vectors.shape[1])
+            mutated = False
+            try:
+                with self._transaction() as conn:
+                    gen = self.generation + 1
+                    existing = self._nums_for(id_list)
+                    next_num = int(self._setting("next_num") or 0)
+                    nums = np.empty(n, dtype=np.int64)
+                    for pos, sid in enumerate(id_list):
+                        num = existing.get(sid)
+                        if num is None:
+                            num, next_num = next_num, next_num + 1
+                        nums[pos] = num
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO records (num, id, document, metadata, embedding, gen) VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (int(nums[p]), id_list[p], docs[p], metas[p], vectors[p].tobytes(), gen)
+                            for p in range(n)
+                        ],
+                    )
+                    self._set("generation", gen)
+                    self._set("next_num", next_num)
+                    mutated = True
+                    index.add(vectors, nums)
+            except BaseException:
+                if mutated:
+                    self._index = self._rebuild()  # the index may hold part of a write that was rolled back
+                raise
+            self._after_write(n)
+        return id_list
+
+    add = upsert
+
+    def delete(self, ids: Optional[Iterable[str]] = None, *, where: WhereLike = None) -> int:
+        """Delete records by id and/or filter (both given: those ids that match); returns how many.
+        Unknown ids are ignored."""
+        if ids is None and where is None:
+            raise ValueError("delete needs ids or a where filter (use where={} to delete everything)")
+        with self._lock:
+            nums = self._select_nums(ids, where)
+            if not nums or self._index is None:
+                return 0
+            mutated = False
+            try:
+                with self._transaction() as conn:
+                    gen = self.generation + 1
+                    for chunk in _chunks(nums, _SQL_CHUNK):
+                        conn.execute(
+                            f"DELETE FROM records WHERE num IN ({','.join('?' * len(chunk))})", list(chunk)
+                        )
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO tombstones (num, gen) VALUES (?, ?)", [(num, gen) for num in nums]
+                    )
+                    self._set("generation", gen)
+                    mutated = True
+                    self._index.remove(np.asarray(nums, dtype=np.int64))
+            except BaseException:
+                if mutated:
+                    self._index = self._rebuild()
+                raise
+            self._after_write(len(nums))
+            return len(nums)
+
+    def _after_write(self, changed: int) -> None:
+        self._changed_since_snapshot += changed
+        if self.snapshot_every is None or self._folder is None:
+            return
+        if self._changed_since_snapshot >= max(self.snapshot_every, len(self) // 10):
+            self.persist()
+
+    # -- reads -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def count(self, where: WhereLike = None) -> int:
+        """Number of records (matching ``where`` when given)."""
+        if where is None:
+            return len(self)
+        with self._lock:
+            return len(self._select_nums(None, where))
+
+    def __contains__(self, id: object) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM records WHERE id = ?", (str(id),)).fetchone() is not None
+
+    def get(
+        self,
+        ids: Optional[Iterable[str]] = None,
+        *,
+        where: WhereLike = None,
+        limit: Optional[int] = None,
+        include_embeddings: bool = False,
+    ) -> List[Record]:
+        """Records by id (in the order asked, unknown ids skipped) and/or by filter (in insertion order).
+
+        >>> import annforge as af
+        >>> col = af.store.Collection(None, index=af.FlatIndex(2))
+        >>> _ = col.upsert(["p", "q"], documents=["one", "two"], embeddings=[[0, 1], [1, 0]])
+        >>> [r.document for r in col.get(["q", "missing", "p"])]
+        ['two', 'one']
+        """
+        with self._lock:
+            if ids is None and where is None:
+                rows = self._conn.execute(
+                    "SELECT num, id, document, metadata, embedding FROM records ORDER BY num"
+                ).fetchall()
+                records = [self._record(r, include_embeddings) for r in rows]
+            else:
+                nums = self._select_nums(ids, where)
+                by_num = self._fetch(nums, include_embeddings)
+                records = [by_num[num] for num in nums if num in by_num]
+        return records[:limit] if limit is not None else records
+
+    def search(
+        self,
+        query: Any,
+        k: int = 4,
+        *,
+        where: WhereLike = None,
+        include_embeddings: bool = False,
+        **params: Any,
+    ) -> List[Hit]:
+        """The ``k`` records nearest to ``query`` (a string, embedded with the embedder, or a vector),
+        best first, among those matching ``where``. ``params`` go to the index (e.g. ``ef=128``)."""
+        return self.search_batch([query] if isinstance(query, str) else _as_matrix(query, "query"), k,
+                                 where=where, include_embeddings=include_embeddings, **params)[0]
+
+    def search_batch(
+        self,
+        queries: Any,
+        k: int = 4,
+        *,
+        where: WhereLike = None,
+        include_embeddings: bool = False,
+        **params: Any,
+    ) -> List[List[Hit]]:
+        """``search`` for many queries at once (a list of strings or an ``[nq, dim]`` matrix)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = self._embed_queries(queries)
+        with self._lock:
+            if self._index is None or len(self._index) == 0:
+                return [[] for _ in range(q.shape[0])]
+            allowed = None
+            if where is not None:
+                allowed = np.asarray(self._select_nums(None, where), dtype=np.int64)
+                if allowed.size == 0:
+                    return [[] for _ in range(q.shape[0])]
+            kk = int(min(k, len(self._index) if allowed is None else allowed.size))
+            nums, dists = self._index.search(q, kk, filter=allowed, **params)
+            wanted = sorted({int(v) for v in nums.ravel() if v >= 0})
+            by_num = self._fetch(wanted, include_embeddings)
+        out: List[List[Hit]] = []
+        for row_nums, row_dists in zip(nums, dists):
+            hits = []
+            for num, dist in zip(row_nums.tolist(), row_dists.tolist()):
+                rec = by_num.get(num)
+                if num < 0 or rec is None:
+                    continue
+                hits.append(Hit(rec.id, rec.document, rec.metadata, float(dist), rec.embedding))
+            out.append(hits)
+        return out
+
+    def mmr_search(
+        self,
+        query: Any,
+        k: int = 4,
+        *,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        where: WhereLike = None,
+        include_embeddings: bool = False,
+        **params: Any,
+    ) -> List[Hit]:
+        """Maximal marginal relevance: fetch the ``fetch_k`` nearest records, then pick ``k`` of them that
+        are relevant and diverse (``lambda_mult`` 1 = relevance only, 0 = diversity only)."""
+        q = self._embed_queries([query] if isinstance(query, str) else query)
+        candidates = self.search(q[0], max(int(fetch_k), int(k)), where=where, include_embeddings=True, **params)
+        if not candidates:
+            return []
+        vectors = np.stack([h.embedding for h in candidates])
+        order = maximal_marginal_relevance(q[0], vectors, k=int(k), lambda_mult=lambda_mult)
+        picked = [candidates[i] for i in order]
+        if not include_embeddings:
+            picked = [Hit(h.id, h.document, h.metadata, h.distance) for h in picked]
+        return picked
+
+    def _embed_queries(self, queries: Any) -> np.ndarray:
+        if isinstance(queries, (list, tuple)) and queries and all(isinstance(t, str) for t in queries):
+            if self.embedder is None:
+                raise ValueError("text queries need an embedder")
+            encode = getattr(self.embedder, "encode_queries", None) or self.embedder.encode
+            return _as_matrix(encode(list(queries)), "query embeddings")
+        return _as_matrix(queries, "queries")
+
+    # -- id and filter resolution ----------------------------------------------------------------
+    def _nums_for(self, ids: Sequence[str]) -> Dict[str, int]:
+        found: Dict[str, int] = {}
+        for chunk in _chunks(list(ids), _SQL_CHUNK):
+            q = f"SELECT id, num FROM records WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update((str(sid), int(num)) for sid, num in self._conn.execute(q, list(chunk)))
+        return found
+
+    def _select_nums(self, ids: Optional[Iterable[str]], where: WhereLike) -> List[int]:
+        """Index ids of the records named by ``ids`` (in that order, unknown skipped, no duplicates)
+        that also match ``where``; all matches of ``where`` in num order when ``ids`` is None."""
+        if ids is not None:
+            if isinstance(ids, str):
+                raise TypeError("ids must be a list of strings, not one string")
+            id_list = list(dict.fromkeys(ids))
+            mapping = self._nums_for(id_list)
+            nums = [mapping[i] for i in id_list if i in mapping]
+            if where is None:
+                return nums
+            allowed = set(self._select_nums(None, where))
+            return [n for n in nums if n in allowed]
+        if where is None:
+            return [int(r[0]) for r in self._conn.execute("SELECT num FROM records ORDER BY num")]
+        if callable(where):
+            return [
+                int(num)
+                for num, meta in self._conn.execute("SELECT num, metadata FROM records ORDER BY num")
+                if where(json.loads(meta))
+            ]
+        sql, params = compile_where(where)
+        return [int(r[0]) for r in self._conn.execute(f"SELECT num FROM records WHERE {sql} ORDER BY num", params)]
+
+    def _fetch(self, nums: Sequence[int], include_embeddings: bool) -> Dict[int, Record]:
+        out: Dict[int, Record] = {}
+        cols = "num, id, document, metadata" + (", embedding" if include_embeddings else "")
+        for chunk in _chunks(list(nums), _SQL_CHUNK):
+            q = f"SELECT {cols} FROM records WHERE num IN ({','.join('?' * len(chunk))})"
+            for row in self._conn.execute(q, list(chunk)):
+                out[int(row[0])] = self._record(row, include_embeddings)
+        return out
+
+    @staticmethod
+    def _record(row: Tuple[Any, ...], include_embeddings: bool) -> Record:
+        embedding = np.frombuffer(row[4], dtype=np.float32).copy() if include_embeddings else None
+        return Record(str(row[1]), row[2], json.loads(row[3]), embedding)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def persist(self) -> None:
+        """Write an index snapshot for the current generation (no-op in memory or when already saved)."""
+        with self._lock:
+            if self._folder is None or self._index is None:
+                self._changed_since_snapshot = 0
+                return
+            gen = self.generation
+            if gen != self._snapshot_gen:
+                self._index.save(os.path.join(self._folder, f"index.{gen}.af"))
+                self._snapshot_gen = gen
+                for name in os.listdir(self._folder):
+                    match = _SNAPSHOT_RE.match(name)
+                    if match and int(match.group(1)) != gen:
+                        os.remove(os.path.join(self._folder, name))
+                with self._transaction() as conn:
+                    conn.execute("DELETE FROM tombstones WHERE gen <= ?", (gen,))
+            self._changed_since_snapshot = 0
+
+    def save_to(self, path: PathLike) -> None:
+        """Copy the collection into a new (or empty) folder; open it later with ``Collection(path)``."""
+        dest = os.fspath(path)
+        if self._folder is not None and os.path.abspath(dest) == os.path.abspath(self._folder):
+            self.persist()
+            return
+        if os.path.isdir(dest) and os.listdir(dest):
+            raise ValueError(f"{dest!r} exists and is not empty")
+        os.makedirs(dest, exist_ok=True)
+        with self._lock:
+            if self._index is None:
+                raise ValueError("nothing to save: the collection has no index yet (add something first)")
+            assert self._template is not None
+            _write_atomic(os.path.join(dest, BASE_NAME), self._template)
+            gen = self.generation
+            self._index.save(os.path.join(dest, f"index.{gen}.af"))
+            target = sqlite3.connect(os.path.join(dest, DB_NAME))
+            try:
+                self._conn.backup(target)
+                target.execute("DELETE FROM tombstones")
+                target.commit()
+            finally:
+                target.close()
+
+    def close(self) -> None:
+        """Snapshot the index (on disk) and release the folder. Safe to call twice."""
+        if getattr(self, "_conn", None) is None:
+            return
+        try:
+            if self._changed_since_snapshot:
+                self.persist()
+        finally:
+            self._close_handles()
+
+    def _close_handles(self) -> None:
+        conn, self._conn = getattr(self, "_conn", None), None  # type: ignore[assignment]
+        if conn is not None:
+            conn.close()
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "memory" if self._folder is None else repr(self._folder)
+        idx = "no index yet" if self._index is None else repr(self._index)
+        return f"Collection({where}, {idx}, records={len(self) if self._conn else 'closed'})"
+
+
+def _count(*columns: Any) -> int:
+    sizes = set()
+    for column in columns:
+        if column is None:
+            continue
+        if isinstance(column, str):
+            raise TypeError("pass lists (one entry per record), not a single string")
+        try:
+            sizes.add(len(column))
+        except TypeError:
+            raise TypeError(f"expected a sequence, got {type(column).__name__}") from None
+    if not sizes:
+        raise ValueError("upsert needs ids, documents or embeddings")
+    if len(sizes) > 1:
+        raise ValueError(f"ids, documents, metadatas and embeddings have different lengths: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,143 @@
+"""AnnforgeVectorStore: LangChain's standard VectorStore integration suite, plus FAISS-like behaviour
+(filters, MMR, scores and relevance, retrievers, save_local/load_local)."""
+
+from __future__ import annotations
+
+from typing import Any, Generator, List
+
+import numpy as np
+import pytest
+
+pytest.importorskip("langchain_core")
+langchain_tests = pytest.importorskip("langchain_tests.integration_tests")
+
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings  # noqa: E402
+from langchain_core.vectorstores import VectorStore  # noqa: E402
+
+import annforge as af  # noqa: E402
+from annforge.integrations.langchain import AnnforgeVectorStore  # noqa: E402
+
+
+class TestAnnforgeStandard(langchain_tests.VectorStoreIntegrationTests):
+    @pytest.fixture()
+    def vectorstore(self) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        store = AnnforgeVectorStore(self.get_embeddings())
+        try:
+            yield store
+        finally:
+            store.collection.close()
+
+
+class TestAnnforgeStandardOnDiskHNSW(langchain_tests.VectorStoreIntegrationTests):
+    """The same suite over an HNSW index persisted in a folder."""
+
+    @pytest.fixture()
+    def vectorstore(self, tmp_path: Any) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        store = AnnforgeVectorStore(
+            self.get_embeddings(), path=str(tmp_path / "kb"), index=lambda d: af.HNSWIndex(d, metric="cosine")
+        )
+        try:
+            yield store
+        finally:
+            store.collection.close()
+
+
+class AxisEmbeddings(Embeddings):
+    """Texts "x,y" embed to the 2-d point (x, y): geometry the tests can reason about."""
+
+    def embed_documents(self, texts: List[str]) -> List[List[float]]:
+        return [self.embed_query(t) for t in texts]
+
+    def embed_query(self, text: str) -> List[float]:
+        return [float(v) for v in text.split(",")]
+
+
+@pytest.fixture
+def points() -> AnnforgeVectorStore:
+    texts = ["1,0", "0.99,0.05", "0.7,0.7", "0,1", "-1,0"]
+    metas = [{"group": "a", "rank": 1}, {"group": "a", "rank": 2}, {"group": "b", "rank": 3},
+             {"group": "b", "rank": 4}, {"group": "c", "rank": 5}]
+    return AnnforgeVectorStore.from_texts(texts, AxisEmbeddings(), metas, ids=["p0", "p1", "p2", "p3", "p4"],
+                                          index=lambda d: af.FlatIndex(d, metric="cosine"))
+
+
+def test_scores_filters_and_relevance(points: AnnforgeVectorStore) -> None:
+    pairs = points.similarity_search_with_score("1,0", k=3)
+    assert [d.id for d, _ in pairs] == ["p0", "p1", "p2"]
+    np.testing.assert_allclose([s for _, s in pairs], [0.0, 1 - 0.99 / np.hypot(0.99, 0.05), 1 - 0.7 / np.hypot(0.7, 0.7)],
+                               atol=1e-6)
+    assert [d.id for d in points.similarity_search("1,0", k=2, filter={"group": "b"})] == ["p2", "p3"]
+    assert [d.id for d in points.similarity_search("1,0", k=9, filter={"rank": {"$gte": 4}})] == ["p3", "p4"]
+    assert [d.id for d in points.similarity_search("1,0", k=2, filter=lambda m: m["rank"] % 2 == 1)] == ["p0", "p2"]
+    assert [d.id for d, _ in points.similarity_search_with_score("1,0", k=5, score_threshold=0.1)] == ["p0", "p1"]
+    rel = points.similarity_search_with_relevance_scores("1,0", k=3, score_threshold=0.75)
+    assert [d.id for d, _ in rel] == ["p0", "p1"]
+    np.testing.assert_allclose(rel[0][1], 1.0, atol=1e-6)
+    assert [d.id for d in points.similarity_search_by_vector([0, 1], k=1)] == ["p3"]
+
+
+def test_mmr_and_retrievers(points: AnnforgeVectorStore) -> None:
+    assert [d.id for d in points.max_marginal_relevance_search("1,0", k=2, fetch_k=5, lambda_mult=0.2)] == ["p0", "p4"]
+    assert [d.id for d in points.max_marginal_relevance_search("1,0", k=2, fetch_k=5, lambda_mult=1.0)] == ["p0", "p1"]
+    sim = points.as_retriever(search_kwargs={"k": 2, "filter": {"group": "a"}})
+    assert [d.id for d in sim.invoke("0,1")] == ["p1", "p0"]
+    mmr = points.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 5, "lambda_mult": 0.2})
+    assert [d.id for d in mmr.invoke("1,0")] == ["p0", "p4"]  # the opposite point is the most diverse
+    thr = points.as_retriever(search_type="similarity_score_threshold",
+                              search_kwargs={"k": 3, "score_threshold": 0.9})
+    assert [d.id for d in thr.invoke("1,0")] == ["p0", "p1"]
+
+
+def test_l2_default_relevance_and_delete_by_filter() -> None:
+    store = AnnforgeVectorStore.from_texts(["0.6,0.8", "1,0"], AxisEmbeddings(), [{"k": 1}, {"k": 2}])
+    assert store.collection.metric == "l2"
+    rel = store.similarity_search_with_relevance_scores("1,0", k=2)
+    # squared L2 between the unit vectors (1,0) and (0.6,0.8) is 0.8; relevance 1 - sqrt(0.8)/sqrt(2)
+    np.testing.assert_allclose([s for _, s in rel], [1.0, 1 - np.sqrt(0.8) / np.sqrt(2)], atol=1e-6)
+    assert store.delete(filter={"k": 2}) is True
+    assert [d.page_content for d in store.similarity_search("1,0", k=5)] == ["0.6,0.8"]
+    with pytest.raises(ValueError):
+        store.delete()
+
+
+def test_save_local_load_local_round_trip(points: AnnforgeVectorStore, tmp_path: Any) -> None:
+    points.save_local(str(tmp_path), index_name="kb")
+    loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="kb",
+                                            allow_dangerous_deserialization=False)
+    assert loaded.get_by_ids(["p2", "p0"]) == points.get_by_ids(["p2", "p0"])
+    assert loaded.similarity_search_with_score("0.5,0.5", k=5) == points.similarity_search_with_score("0.5,0.5", k=5)
+    loaded.add_texts(["0,-1"], [{"group": "d"}], ids=["p5"])
+    loaded.collection.close()
+    again = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="kb")
+    assert [d.id for d in again.similarity_search("0,-1", k=1)] == ["p5"]
+    with pytest.raises(OSError):
+        AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="missing")
+    again.collection.close()
+
+
+def test_from_documents_ids_and_duplicates_in_one_call() -> None:
+    emb = DeterministicFakeEmbedding(size=8)
+    docs = [Document("a", metadata={"n": 1}, id="x"), Document("b", metadata={"n": 2}), Document("c", id="x")]
+    store = AnnforgeVectorStore.from_documents(docs, emb)
+    assert len(store) == 2
+    assert store.get_by_ids(["x"]) == [Document("c", id="x")]  # the last occurrence wins, as repeated upserts
+    with pytest.raises(ValueError):
+        store.add_texts(["a", "b"], metadatas=[{}])
+
+
+def test_annforge_embeddings_adapter_uses_encode_queries_for_queries() -> None:
+    from annforge.integrations.langchain import AnnforgeEmbeddings
+
+    class Embedder:
+        def encode(self, texts: List[str]) -> np.ndarray:
+            return np.array([[1.0, float(len(t))] for t in texts], dtype=np.float32)
+
+        def encode_queries(self, texts: List[str]) -> np.ndarray:
+            return np.array([[0.0, float(len(t))] for t in texts], dtype=np.float32)
+
+    emb = AnnforgeEmbeddings(Embedder())
+    assert emb.embed_documents(["ab", "c"]) == [[1.0, 2.0], [1.0, 1.0]]
+    assert emb.embed_query("abc") == [0.0, 3.0]
+    store = AnnforgeVectorStore.from_texts(["x", "yyyy"], emb)
+    assert [d.page_content for d in store.similarity_search("yyy", k=1)] == ["yyyy"]
