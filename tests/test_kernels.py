@@ -255,6 +255,26 @@ def test_sq8_kernels(level: str, d: int):
         assert_close(_core._kernel(level, "dot_u8_rows", q, codes), p.sum(-1), np.abs(p).sum(-1))
 
 
+# --- selection ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_indices_at_least(level: str):
+    rng = np.random.default_rng(6)
+    for n in (0, 1, 7, 8, 15, 16, 17, 33, 256, 1000):
+        x = rand(rng, max(n, 1))[:n]
+        if n > 3:
+            x[2] = np.nan  # never selected
+        for bound in (-np.inf, -0.5, 0.0, 1.0, 2.5, np.inf, np.nan):
+            got = _core._kernel(level, "indices_at_least", x, np.array([bound], np.float32))
+            with np.errstate(invalid="ignore"):
+                want = np.flatnonzero(x >= np.float32(bound))
+            np.testing.assert_array_equal(got, want, err_msg=f"n={n} bound={bound}")
+    x = np.arange(100, dtype=np.float32)
+    np.testing.assert_array_equal(_core._kernel(level, "indices_at_least", x, np.array([42.0], np.float32)),
+                                  np.arange(42, 100))
+
+
 # --- dispatch -----------------------------------------------------------------------------------------
 
 

@@ -241,6 +241,17 @@ py::object run_kernel(const std::string& level, const std::string& name, const p
     K.pack_rows(x.ptr, x.rows, x.cols, out.ptr);
     return out.to_numpy();
   }
+  if (name == "indices_at_least") {  // (x, bound) with bound a one-element array
+    need(args, 2, name);
+    auto x = input<float>(args[0], "x", guard), bound = input<float>(args[1], "bound", false);
+    ANNFORGE_CHECK(bound.size() == 1, ErrorKind::Value, "bound must hold one value");
+    Out<std::uint32_t> out(x.size(), guard, 0xdeadbeefu);
+    const std::size_t count = K.indices_at_least(x.ptr, x.size(), bound.ptr[0], out.ptr);
+    ANNFORGE_CHECK(count <= x.size(), ErrorKind::Value, "indices_at_least returned ", count, " > n");
+    py::array_t<std::uint32_t> res(static_cast<py::ssize_t>(count));
+    if (count) std::memcpy(res.mutable_data(), out.ptr, count * sizeof(std::uint32_t));
+    return res;
+  }
   fail(ErrorKind::Value, "unknown kernel '", name, "'");
 }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <random>
 #include <vector>
+#include <algorithm>
 #include <cstring>
 #include "annforge/simd/kernels.h"
 using namespace annforge::simd;
@@ -71,6 +72,18 @@ int main() {
   std::vector<std::uint16_t> all(65536); for (size_t i = 0; i < 65536; ++i) all[i] = (std::uint16_t)i;
   std::vector<float> a(65536), b(65536); S.f16_to_f32(all.data(), a.data(), 65536); N.f16_to_f32(all.data(), b.data(), 65536);
   for (size_t i = 0; i < 65536; ++i) if (std::memcmp(&a[i], &b[i], 4) && bad++ < 20) std::printf("f16_to_f32 %zu\n", i);
+  // selection: indices_at_least against a plain loop, every length up to 40 and a few bounds
+  for (size_t n = 0; n <= 40; ++n) {
+    std::vector<float> v(n + 1);
+    for (auto& e : v) e = nd(rng);
+    if (n > 5) v[5] = NAN;
+    for (float bound : {-INFINITY, -0.3f, 0.0f, 0.7f, INFINITY}) {
+      std::vector<std::uint32_t> got(n + 1), want;
+      for (size_t j = 0; j < n; ++j) if (v[j] >= bound) want.push_back((std::uint32_t)j);
+      const size_t c = N.indices_at_least(v.data(), n, bound, got.data());
+      if (c != want.size() || !std::equal(want.begin(), want.end(), got.begin())) { if (bad++ < 20) std::printf("indices_at_least n=%zu\n", n); }
+    }
+  }
   std::printf("%s (%d mismatches)\n", bad ? "FAIL" : "OK", bad);
   return bad != 0;
 }

@@ -22,6 +22,7 @@ namespace {
 using std::size_t;
 using std::uint16_t;
 using std::uint8_t;
+using std::uint32_t;
 
 // --- small helpers ----------------------------------------------------------------------------------
 
@@ -204,24 +205,24 @@ static inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __
   r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Panel p holds rows p*16 .. p*16+15 as packed[p*16*d + k*16 + r]. Full groups of 8 rows x 8 dimensions
-// are transposed in registers; a partial group (rows past n, the last d % 8 dimensions) goes element
-// by element, with missing rows written as zeros.
+// Panel p holds rows p*16 .. p*16+15 as packed[p*16*d + k*16 + r]. In a full panel, blocks of 8 rows x 8
+// dimensions are transposed in registers; a partial panel and the last d % 8 dimensions go element by
+// element, with missing rows written as zeros.
 void pack_rows(const float* x, size_t n, size_t d, float* packed) {
   const size_t panels = (n + kPanelRows - 1) / kPanelRows;
   for (size_t p = 0; p < panels; ++p) {
     float* dst = packed + p * kPanelRows * d;
-    for (size_t h = 0; h < 2; ++h) {
-      const size_t row0 = p * kPanelRows + h * 8;
-      const size_t valid = row0 < n ? min_size(8, n - row0) : 0;
-      size_t k = 0;
-      if (valid == 8) {
-        const float* s = x + row0 * d;
-        for (; k + 8 <= d; k += 8) {
-          __m256 r0 = _mm256_loadu_ps(s + k), r1 = _mm256_loadu_ps(s + d + k), r2 = _mm256_loadu_ps(s + 2 * d + k),
-                 r3 = _mm256_loadu_ps(s + 3 * d + k), r4 = _mm256_loadu_ps(s + 4 * d + k),
-                 r5 = _mm256_loadu_ps(s + 5 * d + k), r6 = _mm256_loadu_ps(s + 6 * d + k),
-                 r7 = _mm256_loadu_ps(s + 7 * d + k);
+    const size_t row0 = p * kPanelRows, valid = min_size(kPanelRows, n - row0);
+    size_t k = 0;
+    if (valid == kPanelRows) {
+      // Every group of 8 rows for one block of 8 dimensions before moving on, so that each packed
+      // cache line is completed while it is still in L1.
+      for (; k + 8 <= d; k += 8) {
+        for (size_t h = 0; h < kPanelRows / 8; ++h) {
+          const float* s = x + (row0 + h * 8) * d + k;
+          __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + d), r2 = _mm256_loadu_ps(s + 2 * d),
+                 r3 = _mm256_loadu_ps(s + 3 * d), r4 = _mm256_loadu_ps(s + 4 * d), r5 = _mm256_loadu_ps(s + 5 * d),
+                 r6 = _mm256_loadu_ps(s + 6 * d), r7 = _mm256_loadu_ps(s + 7 * d);
           transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
           float* o = dst + k * kPanelRows + h * 8;
           _mm256_storeu_ps(o, r0);
@@ -234,9 +235,9 @@ void pack_rows(const float* x, size_t n, size_t d, float* packed) {
           _mm256_storeu_ps(o + 7 * kPanelRows, r7);
         }
       }
-      for (; k < d; ++k)
-        for (size_t r = 0; r < 8; ++r) dst[k * kPanelRows + h * 8 + r] = r < valid ? x[(row0 + r) * d + k] : 0.0f;
     }
+    for (; k < d; ++k)
+      for (size_t r = 0; r < kPanelRows; ++r) dst[k * kPanelRows + r] = r < valid ? x[(row0 + r) * d + k] : 0.0f;
   }
 }
 
@@ -448,11 +449,33 @@ void l2_sqr_sq8_rows(const float* q, const uint8_t* codes, const float* scale, s
   for (; i < n; ++i) out[i] = l2_sqr_sq8(q, codes + i * d, scale, d);
 }
 
+// --- selection --------------------------------------------------------------------------------------
+
+// One compare per 8 scores; the rare chunk with a hit writes its indices branch-free.
+size_t indices_at_least(const float* x, size_t n, float bound, uint32_t* out) {
+  const __m256 b = _mm256_set1_ps(bound);
+  size_t c = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), b, _CMP_GE_OQ)));
+    if (m) {
+      for (unsigned t = 0; t < 8; ++t) {
+        out[c] = static_cast<uint32_t>(j + t);
+        c += (m >> t) & 1u;
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    out[c] = static_cast<uint32_t>(j);
+    c += x[j] >= bound ? 1 : 0;
+  }
+  return c;
+}
+
 const Kernels kTable = {
     Level::AVX2,     l2_sqr,        dot,          l2_sqr_rows,     dot_rows,    kPanelRows,
     packed_size,     pack_rows,     dot_packed,   l2_sqr_f16,      dot_f16,     l2_sqr_f16_rows,
     dot_f16_rows,    f32_to_f16,    f16_to_f32,   l2_sqr_sq8,      dot_u8,      l2_sqr_sq8_rows,
-    dot_u8_rows,
+    dot_u8_rows,     indices_at_least,
 };
 
 }  // namespace

@@ -25,6 +25,7 @@ namespace {
 using std::size_t;
 using std::uint16_t;
 using std::uint8_t;
+using std::uint32_t;
 
 // --- small helpers ----------------------------------------------------------------------------------
 
@@ -182,29 +183,60 @@ void dot_rows(const float* q, const float* x, size_t n, size_t d, float* out) {
 
 size_t packed_size(size_t n, size_t d) { return (n + kPanelRows - 1) / kPanelRows * kPanelRows * d; }
 
-// Panel p holds rows p*32 .. p*32+31 as packed[p*32*d + k*32 + r]. Each k step gathers one column of
-// 16 rows (masked for a partial panel, whose missing rows are written as zeros).
+// 8 x 8 transpose of rows r0..r7 (each 8 floats) in ymm registers.
+static inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5, __m256& r6,
+                              __m256& r7) {
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Panel p holds rows p*32 .. p*32+31 as packed[p*32*d + k*32 + r]. In a full panel, blocks of 8 rows x 8
+// dimensions are transposed in registers (faster than gathering columns); a partial panel and the last
+// d % 8 dimensions go element by element, with missing rows written as zeros.
 void pack_rows(const float* x, size_t n, size_t d, float* packed) {
   const size_t panels = (n + kPanelRows - 1) / kPanelRows;
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (size_t p = 0; p < panels; ++p) {
     float* dst = packed + p * kPanelRows * d;
-    for (size_t h = 0; h < 2; ++h) {
-      const size_t row0 = p * kPanelRows + h * 16;
-      const size_t valid = row0 < n ? min_size(16, n - row0) : 0;
-      const __mmask16 m = tail_mask(valid);
-      if (d <= 0x7fffffffu / 16) {
-        const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(d)));
-        const float* src = x + (valid ? row0 * d : 0);
-        for (size_t k = 0; k < d; ++k) {
-          const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, src + k, 4);
-          _mm512_storeu_ps(dst + k * kPanelRows + h * 16, v);
+    const size_t row0 = p * kPanelRows, valid = min_size(kPanelRows, n - row0);
+    size_t k = 0;
+    if (valid == kPanelRows) {
+      // Every group of 8 rows for one block of 8 dimensions before moving on, so that each packed
+      // cache line is completed while it is still in L1.
+      for (; k + 8 <= d; k += 8) {
+        for (size_t h = 0; h < kPanelRows / 8; ++h) {
+          const float* s = x + (row0 + h * 8) * d + k;
+          __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + d), r2 = _mm256_loadu_ps(s + 2 * d),
+                 r3 = _mm256_loadu_ps(s + 3 * d), r4 = _mm256_loadu_ps(s + 4 * d), r5 = _mm256_loadu_ps(s + 5 * d),
+                 r6 = _mm256_loadu_ps(s + 6 * d), r7 = _mm256_loadu_ps(s + 7 * d);
+          transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+          float* o = dst + k * kPanelRows + h * 8;
+          _mm256_storeu_ps(o, r0);
+          _mm256_storeu_ps(o + kPanelRows, r1);
+          _mm256_storeu_ps(o + 2 * kPanelRows, r2);
+          _mm256_storeu_ps(o + 3 * kPanelRows, r3);
+          _mm256_storeu_ps(o + 4 * kPanelRows, r4);
+          _mm256_storeu_ps(o + 5 * kPanelRows, r5);
+          _mm256_storeu_ps(o + 6 * kPanelRows, r6);
+          _mm256_storeu_ps(o + 7 * kPanelRows, r7);
         }
-      } else {  // row stride too large for 32-bit gather offsets
-        for (size_t k = 0; k < d; ++k)
-          for (size_t r = 0; r < 16; ++r) dst[k * kPanelRows + h * 16 + r] = r < valid ? x[(row0 + r) * d + k] : 0.0f;
       }
     }
+    for (; k < d; ++k)
+      for (size_t r = 0; r < kPanelRows; ++r) dst[k * kPanelRows + r] = r < valid ? x[(row0 + r) * d + k] : 0.0f;
   }
 }
 
@@ -421,11 +453,43 @@ void l2_sqr_sq8_rows(const float* q, const uint8_t* codes, const float* scale, s
   for (; i < n; ++i) out[i] = l2_sqr_sq8(q, codes + i * d, scale, d);
 }
 
+// --- selection --------------------------------------------------------------------------------------
+
+static inline unsigned popcount16(unsigned m) {  // portable (no -mpopcnt needed)
+  m = m - ((m >> 1) & 0x5555u);
+  m = (m & 0x3333u) + ((m >> 2) & 0x3333u);
+  m = (m + (m >> 4)) & 0x0f0fu;
+  return (m + (m >> 8)) & 0x1fu;
+}
+
+// One compare per 16 scores; hits are compressed straight into out[].
+size_t indices_at_least(const float* x, size_t n, float bound, uint32_t* out) {
+  const __m512 b = _mm512_set1_ps(bound);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  size_t c = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + j), b, _CMP_GE_OQ);
+    if (m) {
+      _mm512_mask_compressstoreu_epi32(out + c, m, idx);
+      c += popcount16(m);
+    }
+    idx = _mm512_add_epi32(idx, step);
+  }
+  if (j < n) {
+    const __mmask16 m = _mm512_mask_cmp_ps_mask(tail_mask(n - j), _mm512_maskz_loadu_ps(tail_mask(n - j), x + j), b,
+                                                _CMP_GE_OQ);
+    _mm512_mask_compressstoreu_epi32(out + c, m, idx);
+    c += popcount16(m);
+  }
+  return c;
+}
+
 const Kernels kTable = {
     Level::AVX512,   l2_sqr,        dot,          l2_sqr_rows,     dot_rows,    kPanelRows,
     packed_size,     pack_rows,     dot_packed,   l2_sqr_f16,      dot_f16,     l2_sqr_f16_rows,
     dot_f16_rows,    f32_to_f16,    f16_to_f32,   l2_sqr_sq8,      dot_u8,      l2_sqr_sq8_rows,
-    dot_u8_rows,
+    dot_u8_rows,     indices_at_least,
 };
 
 }  // namespace

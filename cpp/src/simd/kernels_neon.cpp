@@ -294,11 +294,32 @@ void l2_sqr_sq8_rows(const float* q, const uint8_t* codes, const float* scale, s
   for (size_t i = 0; i < n; ++i) out[i] = l2_sqr_sq8(q, codes + i * d, scale, d);
 }
 
+// --- selection --------------------------------------------------------------------------------------
+
+// One compare per 8 scores; the rare chunk with a hit writes its indices branch-free.
+size_t indices_at_least(const float* x, size_t n, float bound, std::uint32_t* out) {
+  const float32x4_t b = vdupq_n_f32(bound);
+  size_t c = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const uint32x4_t m = vorrq_u32(vcgeq_f32(vld1q_f32(x + j), b), vcgeq_f32(vld1q_f32(x + j + 4), b));
+    if (vmaxvq_u32(m) == 0) continue;
+    for (size_t t = 0; t < 8; ++t) {
+      out[c] = static_cast<std::uint32_t>(j + t);
+      c += x[j + t] >= bound ? 1 : 0;
+    }
+  }
+  for (; j < n; ++j) {
+    out[c] = static_cast<std::uint32_t>(j);
+    c += x[j] >= bound ? 1 : 0;
+  }
+  return c;
+}
+
 const Kernels kTable = {
     Level::NEON,     l2_sqr,        dot,          l2_sqr_rows,     dot_rows,    kPanelRows,
     packed_size,     pack_rows,     dot_packed,   l2_sqr_f16,      dot_f16,     l2_sqr_f16_rows,
     dot_f16_rows,    f32_to_f16,    f16_to_f32,   l2_sqr_sq8,      dot_u8,      l2_sqr_sq8_rows,
-    dot_u8_rows,
+    dot_u8_rows,     indices_at_least,
 };
 
 }  // namespace
