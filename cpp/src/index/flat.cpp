@@ -28,6 +28,11 @@ std::size_t div_up(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 // Distance from a raw score: l2 kernels already give squared distances; ip/cosine are 1 - <q, x>.
 inline float from_dot(float dot) { return 1.0f - dot; }
 
+// A pre-test bound lowered by 2^-20 of the magnitude of the terms involved (-inf stays -inf): the
+// pre-tests compare rearranged expressions, whose rounding differs from that of the exact distance by
+// far less than this, so they can never drop a row the exact test would keep.
+inline float loosen(float bound, float magnitude) { return bound - magnitude * 0x1p-20f - 0x1p-100f; }
+
 }  // namespace
 
 FlatIndex::FlatIndex(std::size_t dim, Metric metric) : VectorIndex(dim, metric) {}
@@ -235,6 +240,8 @@ void FlatIndex::search_locked(const float* Q, std::size_t nq, std::size_t k, int
     } else {
       AlignedBuffer<float> packed(K.packed_size(block_rows, d));
       std::vector<float> dots(kQuerySubBlock * block_rows);
+      std::vector<float> score(block_rows);  // l2: dot - |x|^2 / 2, so that "closer" is "larger" as for ip
+      std::vector<std::uint32_t> hits(block_rows);
       std::vector<float> qnorm(q1 - q0);
       for (std::size_t qi = q0; qi < q1; ++qi) qnorm[qi - q0] = l2 ? K.dot(Q + qi * d, Q + qi * d, d) : 0.0f;
       for (std::size_t b = r0; b < r1; b += block_rows) {
@@ -247,31 +254,23 @@ void FlatIndex::search_locked(const float* Q, std::size_t nq, std::size_t k, int
           for (std::size_t i = 0; i < ns; ++i) {
             TopK& heap = heaps[s0 + i - q0];
             const float* dot = dots.data() + i * block_rows;
+            // Vector pre-test against the bound the heap had before this block (a superset of what the
+            // heap will take: every hit is still checked against the current threshold), then the exact
+            // distances of the few hits.
+            const float thr = heap.threshold();
+            std::size_t count;
             if (l2) {
-              // dist = qn + xn - 2 dot; test 16 at a time against the current bound before touching the heap.
               const float qn = qnorm[s0 + i - q0];
-              float bound = heap.threshold() - qn;
-              for (std::size_t j0 = 0; j0 < nb; j0 += 16) {
-                const std::size_t j1 = std::min(nb, j0 + 16);
-                bool any = false;
-                for (std::size_t j = j0; j < j1; ++j) any |= (xn[j] - 2.0f * dot[j]) <= bound;
-                if (!any) continue;
-                for (std::size_t j = j0; j < j1; ++j) {
-                  const float dist = std::max(0.0f, qn + xn[j] - 2.0f * dot[j]);
-                  accept(heap, dist, b + j);
-                }
-                bound = heap.threshold() - qn;
+              for (std::size_t j = 0; j < nb; ++j) score[j] = dot[j] - 0.5f * xn[j];
+              const float bound = loosen(0.5f * (qn - thr), qn + std::fabs(thr));  // dist <= thr
+              count = K.indices_at_least(score.data(), nb, bound, hits.data());
+              for (std::size_t h = 0; h < count; ++h) {
+                const std::size_t j = hits[h];
+                accept(heap, std::max(0.0f, qn + xn[j] - 2.0f * dot[j]), b + j);
               }
             } else {
-              float bound = 1.0f - heap.threshold();  // dist < thr  <=>  dot > 1 - thr
-              for (std::size_t j0 = 0; j0 < nb; j0 += 16) {
-                const std::size_t j1 = std::min(nb, j0 + 16);
-                bool any = false;
-                for (std::size_t j = j0; j < j1; ++j) any |= dot[j] >= bound;
-                if (!any) continue;
-                for (std::size_t j = j0; j < j1; ++j) accept(heap, from_dot(dot[j]), b + j);
-                bound = 1.0f - heap.threshold();
-              }
+              count = K.indices_at_least(dot, nb, loosen(1.0f - thr, 1.0f + std::fabs(thr)), hits.data());
+              for (std::size_t h = 0; h < count; ++h) accept(heap, from_dot(dot[hits[h]]), b + hits[h]);
             }
           }
         }

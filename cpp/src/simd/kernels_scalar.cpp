@@ -143,11 +143,22 @@ void dot_u8_rows(const float* w, const std::uint8_t* codes, std::size_t n, std::
   for (std::size_t i = 0; i < n; ++i) out[i] = dot_u8(w, codes + i * d, d);
 }
 
+// --- selection --------------------------------------------------------------------------------------
+
+std::size_t indices_at_least(const float* x, std::size_t n, float bound, std::uint32_t* out) {
+  std::size_t c = 0;
+  for (std::size_t j = 0; j < n; ++j) {  // branch-free: always write, advance only on a hit
+    out[c] = static_cast<std::uint32_t>(j);
+    c += x[j] >= bound ? 1 : 0;
+  }
+  return c;
+}
+
 const Kernels kTable = {
     Level::Scalar,   l2_sqr,        dot,          l2_sqr_rows,     dot_rows,    kPanelRows,
     packed_size,     pack_rows,     dot_packed,   l2_sqr_f16,      dot_f16,     l2_sqr_f16_rows,
     dot_f16_rows,    f32_to_f16,    f16_to_f32,   l2_sqr_sq8,      dot_u8,      l2_sqr_sq8_rows,
-    dot_u8_rows,
+    dot_u8_rows,     indices_at_least,
 };
 
 }  // namespace

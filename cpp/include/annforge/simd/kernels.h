@@ -56,6 +56,11 @@ struct Kernels {
   void (*l2_sqr_sq8_rows)(const float* q_shifted, const std::uint8_t* codes, const float* scale, std::size_t n,
                           std::size_t d, float* out);
   void (*dot_u8_rows)(const float* w, const std::uint8_t* codes, std::size_t n, std::size_t d, float* out);
+
+  // --- selection ------------------------------------------------------------------------------------
+  // Writes the indices j < n with x[j] >= bound (NaN never qualifies), in increasing order, to out (room
+  // for n) and returns their count: the vector pre-test of top-k scans over a block of scores.
+  std::size_t (*indices_at_least)(const float* x, std::size_t n, float bound, std::uint32_t* out);
 };
 
 // Tables compiled into this binary; each returns nullptr when the level was not compiled in.
