@@ -717,7 +717,7 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
     });
     for (const Cand& c : found) {
       const Slot t = c.second;
-      if (t == o || !reached[t]) continue;
+      if (t == o || !reached[t] || is_deleted(t)) continue;  // a removed t may soon be reused
       Query& qt = scratch.node_query;
       prepare_query(node_as_query(t, scratch.decoded_a), qt);
       std::lock_guard<std::mutex> lock(node_lock(t));
