@@ -31,6 +31,15 @@ void bind_hnsw(py::module_& m) {
                     })
       .def("slot_count", &HNSWIndex::slot_count)
       .def("max_level", &HNSWIndex::max_level)
+      .def("unreachable_ids",
+           [](const HNSWIndex& self) {
+             std::vector<idx_t> ids;
+             {
+               py::gil_scoped_release release;
+               ids = self.unreachable_ids();
+             }
+             return py::array_t<idx_t>(static_cast<py::ssize_t>(ids.size()), ids.data());
+           })
       .def_static(
           "load", [](const std::string& path, bool mmap) { return HNSWIndex::read(open_reader(path, mmap)); },
           py::arg("path"), py::arg("mmap") = false)

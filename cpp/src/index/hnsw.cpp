@@ -156,6 +156,33 @@ int HNSWIndex::max_level() const {
   return (e & 0xffffffffu) == kNoSlot ? -1 : static_cast<int>(e >> 32);
 }
 
+std::vector<idx_t> HNSWIndex::unreachable_ids() const {
+  std::lock_guard<std::mutex> writer(update_mutex_);  // a settled graph: no insertion in flight
+  std::shared_lock<std::shared_mutex> lock(rw_mutex_);
+  std::vector<idx_t> out;
+  const Slot entry = static_cast<Slot>(entry_.load() & 0xffffffffu);
+  if (entry == kNoSlot) return out;
+  std::vector<char> seen(slot_count_, 0);
+  std::vector<Slot> stack{entry};
+  seen[entry] = 1;
+  while (!stack.empty()) {
+    const Slot s = stack.back();
+    stack.pop_back();
+    const std::uint32_t* list = links0(s);
+    const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, 2 * M_);
+    for (std::size_t i = 0; i < count; ++i) {
+      const Slot n = list[1 + i];
+      if (n < slot_count_ && !seen[n]) {
+        seen[n] = 1;
+        stack.push_back(n);
+      }
+    }
+  }
+  for (std::size_t s = 0; s < slot_count_; ++s)
+    if (!seen[s] && !is_deleted(static_cast<Slot>(s))) out.push_back(slot_ids_[s]);
+  return out;
+}
+
 bool HNSWIndex::contains(idx_t id) const {
   std::shared_lock<std::shared_mutex> lock(rw_mutex_);
   return slot_of_.contains(id);
@@ -525,9 +552,32 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
   {
     std::lock_guard<std::mutex> lock(node_lock(s));
     std::uint32_t* list = link_list(s, level);
-    const std::size_t count = std::min(limit, neighbours.size());
-    for (std::size_t i = 0; i < count; ++i) list[1 + i] = neighbours[i].second;
-    store_release(list, (load_acquire(list) & ~kCountMask) | static_cast<std::uint32_t>(count));
+    const std::uint32_t header = load_acquire(list);
+    const std::size_t existing = std::min<std::size_t>(header & kCountMask, limit);
+    if (existing == 0) {
+      const std::size_t count = std::min(limit, neighbours.size());
+      for (std::size_t i = 0; i < count; ++i) list[1 + i] = neighbours[i].second;
+      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(count));
+    } else {
+      // s became reachable on an upper level before this one was connected, so a concurrent insertion
+      // already linked itself here (its back-link to s). Overwriting would drop that link and could
+      // leave the other node with no in-link at all: merge it with s's own choice instead.
+      auto& pool = scratch.pruned;
+      pool.assign(neighbours.begin(), neighbours.end());
+      Query& qs = scratch.node_query;
+      prepare_query(node_as_query(s, scratch.decoded_a), qs);
+      for (std::size_t i = 0; i < existing; ++i) {
+        const Slot o = list[1 + i];
+        if (o >= slot_count_ || o == s) continue;
+        bool present = false;
+        for (const Cand& c : neighbours) present = present || c.second == o;
+        if (!present) pool.emplace_back(distance(qs, o), o);
+      }
+      std::sort(pool.begin(), pool.end(), CandLess());
+      select_heuristic(pool, limit);
+      for (std::size_t i = 0; i < pool.size(); ++i) list[1 + i] = pool[i].second;
+      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+    }
   }
   for (const Cand& nb : neighbours) {
     const Slot n = nb.second;
@@ -597,6 +647,109 @@ void HNSWIndex::repair_before_reuse(Slot s, Scratch& scratch) {
       store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
     }
   }
+  // s's old links describe another place: start empty, so connect() only merges links that concurrent
+  // insertions add to s from now on.
+  std::lock_guard<std::mutex> lock(node_lock(s));
+  for (int level = 0; level <= top; ++level) {
+    std::uint32_t* list = link_list(s, level);
+    store_release(list, load_acquire(list) & ~kCountMask);
+  }
+}
+
+void HNSWIndex::reconnect_unreachable(Scratch& scratch) {
+  // The neighbour heuristic can prune a node out of every list that pointed to it: on strongly
+  // anisotropic data (embeddings whose pairwise cosines are all near 1) outlying nodes often end up
+  // with no in-link on level 0, and no search can return them at any ef. Give each such node one
+  // in-link from its nearest reachable node; a full list gives up its farthest link whose target
+  // keeps another in-link, so the repair never orphans anything else.
+  const Slot entry = static_cast<Slot>(entry_.load() & 0xffffffffu);
+  if (entry == kNoSlot) return;
+  const int top = static_cast<int>(entry_.load() >> 32);
+  // A replaced link may have been a target's only in-link from the reachable part: repeat until a
+  // pass finds nothing to fix (each pass is one scan of the links; usually one or two suffice).
+  for (int pass = 0; pass < 8 && reconnect_pass(entry, top, scratch) > 0; ++pass) {
+  }
+}
+
+std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
+  const std::size_t n = slot_count_, limit = 2 * M_;
+  std::size_t fixed = 0;
+  // in_degree counts links from reached nodes only: a target with two of them stays reachable when
+  // one is given up.
+  std::vector<std::uint32_t> in_degree(n, 0);
+  std::vector<char> reached(n, 0);
+  std::vector<Slot> stack;
+  auto walk = [&](Slot from) {
+    reached[from] = 1;
+    stack.assign(1, from);
+    while (!stack.empty()) {
+      const Slot s = stack.back();
+      const std::uint32_t* list = links0(s);
+      stack.pop_back();
+      const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
+      for (std::size_t i = 0; i < count; ++i) {
+        const Slot m = list[1 + i];
+        if (m >= n || m == s) continue;
+        ++in_degree[m];
+        if (!reached[m]) {
+          reached[m] = 1;
+          stack.push_back(m);
+        }
+      }
+    }
+  };
+  walk(entry);
+  std::vector<Cand> found;
+  for (Slot o = 0; o < n; ++o) {
+    if (reached[o] || is_deleted(o)) continue;
+    Query& q = scratch.query;
+    prepare_query(node_as_query(o, scratch.decoded_b), q);
+    Slot start = greedy_descent(q, entry, top, 0);
+    if (!reached[start]) start = entry;  // the descent may pass through o's unreachable part
+    scratch.next_epoch(n);
+    scratch.visited[o] = scratch.epoch;
+    // Every node this walk visits is reachable: it starts at a reachable node and follows links.
+    search_layer(q, start, ef_construction_, 0, [](Slot) { return true; }, scratch, found);
+    // Prefer the nearest node with a free link, which needs no replacement: a replaced link might
+    // have been on the only path to the target's other in-link (the next pass catches that).
+    std::stable_partition(found.begin(), found.end(), [&](const Cand& c) {
+      return (load_acquire(links0(c.second)) & kCountMask) < limit;
+    });
+    for (const Cand& c : found) {
+      const Slot t = c.second;
+      if (t == o || !reached[t] || is_deleted(t)) continue;  // a removed t may soon be reused
+      Query& qt = scratch.node_query;
+      prepare_query(node_as_query(t, scratch.decoded_a), qt);
+      std::lock_guard<std::mutex> lock(node_lock(t));
+      std::uint32_t* list = links0(t);
+      const std::uint32_t header = load_acquire(list);
+      const std::size_t count = std::min<std::size_t>(header & kCountMask, limit);
+      if (count < limit) {
+        list[1 + count] = o;
+        store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
+      } else {
+        std::size_t victim = limit;
+        float farthest = -std::numeric_limits<float>::infinity();
+        for (std::size_t i = 0; i < count; ++i) {
+          const Slot m = list[1 + i];
+          if (m >= n || in_degree[m] < 2) continue;
+          const float d = distance(qt, m);
+          if (d > farthest) {
+            farthest = d;
+            victim = i;
+          }
+        }
+        if (victim == limit) continue;  // every target depends on this link: try the next candidate
+        --in_degree[list[1 + victim]];
+        __atomic_store_n(&list[1 + victim], o, __ATOMIC_RELEASE);
+      }
+      ++in_degree[o];
+      ++fixed;
+      walk(o);
+      break;
+    }
+  }
+  return fixed;
 }
 
 void HNSWIndex::insert(Slot s, const float* row, Scratch& scratch) {
@@ -756,6 +909,12 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
       if (reused[i]) repair_before_reuse(slots[i], scratch);
       insert(slots[i], rows.data() + i * dim_, scratch);
     });
+    inserts_since_repair_ += n;
+    if (inserts_since_repair_ * 8 >= slot_count_) {
+      Scratch scratch;
+      reconnect_unreachable(scratch);
+      inserts_since_repair_ = 0;
+    }
   }
   {
     std::unique_lock<std::shared_mutex> lock(rw_mutex_);

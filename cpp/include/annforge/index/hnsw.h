@@ -66,6 +66,9 @@ class HNSWIndex final : public VectorIndex {
   // Slots in use (live + removed awaiting reuse) and the top level, for introspection and tests.
   std::size_t slot_count() const;
   int max_level() const;
+  // Ids of live vectors that a level-0 walk from the entry point cannot reach (following every link,
+  // removed nodes included, as a search does). Empty for a healthy graph; for tests and diagnostics.
+  std::vector<idx_t> unreachable_ids() const;
 
  private:
   struct Query;
@@ -111,6 +114,8 @@ class HNSWIndex final : public VectorIndex {
   void select_heuristic(std::vector<Cand>& candidates, std::size_t m) const;
   void insert(Slot s, const float* row, Scratch& scratch);
   void repair_before_reuse(Slot s, Scratch& scratch);
+  void reconnect_unreachable(Scratch& scratch);
+  std::size_t reconnect_pass(Slot entry, int top, Scratch& scratch);  // returns the nodes it linked
   void connect(Slot s, int level, const std::vector<Cand>& neighbours, Scratch& scratch);
   int draw_level(std::uint64_t salt) const;
   std::mutex& node_lock(Slot s) const { return node_locks_[s % kLockStripes]; }
@@ -149,6 +154,9 @@ class HNSWIndex final : public VectorIndex {
   std::atomic<bool> has_tombstones_{false};
   // Set by add() before its insertion phase: whether removed (not merely pending) slots exist.
   bool skip_removed_in_build_ = false;
+  // Insertions since the last reachability repair (reconnect_unreachable), which runs once they reach
+  // an eighth of the slots: amortised O(links) per insertion however add() is batched.
+  std::size_t inserts_since_repair_ = 0;
 
   mutable std::mutex update_mutex_;
   mutable std::shared_mutex rw_mutex_;
