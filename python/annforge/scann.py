@@ -38,11 +38,12 @@ class ScaNNIndex(VectorIndex):
     exactly (``None``: no copy, distances are the code estimates).
 
     ``num_leaves=None`` (or 0) picks ``round(sqrt(n))`` at :meth:`train`. Search parameters:
-    ``leaves_to_search`` (default ``ceil(num_leaves / 20)``) and ``reorder_k`` (default
+    ``leaves_to_search`` (default ``min(num_leaves, max(8, ceil(num_leaves / 10)))``) and ``reorder_k`` (default
     ``max(100, 4 k)``). Distances: ``ip`` is ``1 - <q, x>``, ``cosine`` ``1 - cos``, ``l2`` squared.
 
     >>> import annforge as af, numpy as np
     >>> x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
     >>> index = af.ScaNNIndex(16, 32)
     >>> index.train(x)
     >>> _ = index.add(x)

@@ -69,6 +69,11 @@ bool solve_small(std::vector<double>& A, std::vector<double>& b, std::size_t n) 
   return true;
 }
 
+// ~10% of the leaves (at least 8): recall@10 around 0.9-0.95 on 384-d sentence embeddings with sqrt(n) leaves.
+std::size_t default_leaves_to_search(std::size_t leaves) {
+  return std::min(leaves, std::max<std::size_t>(8, (leaves + 9) / 10));
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -95,54 +100,79 @@ double anisotropic_loss(const float* x, const float* x_quantized, std::size_t di
   return eta * par_sq + (err - par_sq);
 }
 
-void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, const float* residual,
-                        const float* x, double alpha, int rounds, std::uint8_t* codes) {
+PreparedBooks prepare_books(const float* codebooks, std::size_t m, std::size_t dpb) {
   constexpr std::size_t K = ScaNNIndex::kCentres;
+  PreparedBooks p;
+  p.m = m;
+  p.dpb = dpb;
+  p.transposed.resize(m * dpb * K);
+  p.sq_norms.assign(m * K, 0.0f);
+  for (std::size_t j = 0; j < m; ++j)
+    for (std::size_t c = 0; c < K; ++c)
+      for (std::size_t t = 0; t < dpb; ++t) {
+        const float v = codebooks[(j * K + c) * dpb + t];
+        p.transposed[(j * dpb + t) * K + c] = v;
+        p.sq_norms[j * K + c] += v * v;
+      }
+  return p;
+}
+
+void encode_anisotropic(const PreparedBooks& books, const float* residual, const float* x, double alpha, int rounds,
+                        std::uint8_t* codes) {
+  constexpr std::size_t K = ScaNNIndex::kCentres;
+  const std::size_t m = books.m, dpb = books.dpb;
+  const float a = static_cast<float>(alpha);
   // s = <r - r~, x>, the only coupling between blocks.
   double s = 0;
-  for (std::size_t j = 0; j < m; ++j) {
-    const float* c = codebooks + (j * K + codes[j]) * dpb;
-    for (std::size_t t = 0; t < dpb; ++t) s += (static_cast<double>(residual[j * dpb + t]) - c[t]) * x[j * dpb + t];
-  }
+  for (std::size_t j = 0; j < m; ++j)
+    for (std::size_t t = 0; t < dpb; ++t)
+      s += (static_cast<double>(residual[j * dpb + t]) - books.transposed[(j * dpb + t) * K + codes[j]]) *
+           x[j * dpb + t];
+  float cx[K], rc[K];
   for (int round = 0; round < rounds; ++round) {
     bool changed = false;
     for (std::size_t j = 0; j < m; ++j) {
       const float* r = residual + j * dpb;
       const float* xb = x + j * dpb;
-      const float* book = codebooks + j * K * dpb;
-      // <e_j, x_j> for every centre; the rest of s is fixed.
+      const float* bt = books.transposed.data() + j * dpb * K;
+      const float* norms = books.sq_norms.data() + j * K;
+      // For every centre c: ||r_j - c||^2 - ||r_j||^2 = ||c||^2 - 2 <r_j, c>, and <c, x_j>. Laid out
+      // centre-major so the 16-wide loops vectorise.
+      for (std::size_t c = 0; c < K; ++c) cx[c] = rc[c] = 0.0f;
+      for (std::size_t t = 0; t < dpb; ++t) {
+        const float xt = xb[t], rt = r[t];
+        for (std::size_t c = 0; c < K; ++c) {
+          cx[c] += bt[t * K + c] * xt;
+          rc[c] += bt[t * K + c] * rt;
+        }
+      }
       double rx = 0;
       for (std::size_t t = 0; t < dpb; ++t) rx += static_cast<double>(r[t]) * xb[t];
-      const float* cur = book + codes[j] * dpb;
-      double cur_cx = 0;
-      for (std::size_t t = 0; t < dpb; ++t) cur_cx += static_cast<double>(cur[t]) * xb[t];
-      const double u = s - (rx - cur_cx) + rx;  // s_rest + <r_j, x_j>
-      double best = std::numeric_limits<double>::infinity(), best_cx = cur_cx;
+      const double u = s - (rx - cx[codes[j]]) + rx;  // s_rest + <r_j, x_j>
+      const float uf = static_cast<float>(u);
+      float best = std::numeric_limits<float>::infinity();
       std::size_t best_c = codes[j];
       for (std::size_t c = 0; c < K; ++c) {
-        const float* v = book + c * dpb;
-        double err = 0, cx = 0;
-        for (std::size_t t = 0; t < dpb; ++t) {
-          const double e = static_cast<double>(r[t]) - v[t];
-          err += e * e;
-          cx += static_cast<double>(v[t]) * xb[t];
-        }
-        const double p = u - cx;
-        const double cost = err + alpha * p * p;
-        if (cost < best) {  // strict: ties keep the lower index, and the current code when it is the first
+        const float p = uf - cx[c];
+        const float cost = (norms[c] - 2.0f * rc[c]) + a * p * p;
+        if (cost < best) {  // strict: ties keep the lower index
           best = cost;
           best_c = c;
-          best_cx = cx;
         }
       }
       if (best_c != codes[j]) {
         changed = true;
         codes[j] = static_cast<std::uint8_t>(best_c);
       }
-      s = u - best_cx;
+      s = u - cx[best_c];
     }
     if (!changed) break;
   }
+}
+
+void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, const float* residual,
+                        const float* x, double alpha, int rounds, std::uint8_t* codes) {
+  encode_anisotropic(prepare_books(codebooks, m, dpb), residual, x, alpha, rounds, codes);
 }
 
 }  // namespace scann
@@ -242,7 +272,7 @@ void ScaNNIndex::encode(const float* rows, std::size_t n, const std::int32_t* le
   });
   pq.encode(residuals.data(), n, codes, num_threads);  // nearest centres: the isotropic codes
   if (!anisotropic_for_metric() || encode_rounds_ == 0) return;
-  const float* books = pq.codebooks().data();
+  const scann::PreparedBooks books = scann::prepare_books(pq.codebooks().data(), m, dpb_);
   parallel::parallel_for((n + 63) / 64, num_threads, [&](std::size_t t, std::size_t) {
     for (std::size_t i = t * 64; i < std::min(n, t * 64 + 64); ++i) {
       const float* x = rows + i * d;
@@ -250,8 +280,7 @@ void ScaNNIndex::encode(const float* rows, std::size_t n, const std::int32_t* le
       for (std::size_t j = 0; j < d; ++j) sq += static_cast<double>(x[j]) * x[j];
       if (!(sq > 0)) continue;
       const double eta = scann::parallel_cost_multiplier(threshold_, sq, d);
-      scann::encode_anisotropic(books, m, dpb_, residuals.data() + i * d, x, (eta - 1.0) / sq, encode_rounds_,
-                                codes + i * m);
+      scann::encode_anisotropic(books, residuals.data() + i * d, x, (eta - 1.0) / sq, encode_rounds_, codes + i * m);
     }
   });
 }
@@ -330,9 +359,10 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads) {
     std::vector<double> s(ns);
     std::vector<double> A(kCentres * dpb * dpb), b(kCentres * dpb), Ac(dpb * dpb), bc(dpb);
     for (int iter = 0; iter < codebook_iterations; ++iter) {
+      const scann::PreparedBooks prepared = scann::prepare_books(books.data(), m, dpb);
       parallel::parallel_for((ns + 63) / 64, num_threads, [&](std::size_t t, std::size_t) {
         for (std::size_t i = t * 64; i < std::min(ns, t * 64 + 64); ++i)
-          scann::encode_anisotropic(books.data(), m, dpb, residuals.data() + i * d, sample.data() + i * d, alpha[i],
+          scann::encode_anisotropic(prepared, residuals.data() + i * d, sample.data() + i * d, alpha[i],
                                     encode_rounds_ > 0 ? encode_rounds_ : 4, codes.data() + i * m);
       });
       for (std::size_t i = 0; i < ns; ++i) {  // s_i = <e_i, x_i>
@@ -619,7 +649,7 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     leaves_now = std::max<std::size_t>(num_leaves_, 1);
   }
   const auto leaves_knob =
-      opt.knobs.take_int("leaves_to_search", static_cast<long long>(std::max<std::size_t>(1, (leaves_now + 19) / 20)), 1);
+      opt.knobs.take_int("leaves_to_search", static_cast<long long>(default_leaves_to_search(leaves_now)), 1);
   const auto reorder_knob =
       opt.knobs.take_int("reorder_k", static_cast<long long>(std::max<std::size_t>(100, 4 * k)), 1);
   opt.knobs.reject_unknown("ScaNNIndex", "leaves_to_search, reorder_k");

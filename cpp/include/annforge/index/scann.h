@@ -47,6 +47,14 @@ double anisotropic_loss(const float* x, const float* x_quantized, std::size_t di
 // ||r - r~||^2 + alpha <r - r~, x>^2 with the other blocks fixed, `rounds` sweeps (stops early when a
 // sweep changes nothing). codes must hold a starting point (e.g. the nearest centres). alpha = (eta - 1) /
 // ||x||^2. `codebooks`: m x 16 x dpb.
+struct PreparedBooks {
+  std::size_t m = 0, dpb = 0;
+  std::vector<float> transposed;  // [m][dpb][16]
+  std::vector<float> sq_norms;    // [m][16]
+};
+PreparedBooks prepare_books(const float* codebooks, std::size_t m, std::size_t dpb);
+void encode_anisotropic(const PreparedBooks& books, const float* residual, const float* x, double alpha, int rounds,
+                        std::uint8_t* codes);
 void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, const float* residual,
                         const float* x, double alpha, int rounds, std::uint8_t* codes);
 
@@ -82,7 +90,7 @@ class ScaNNIndex final : public VectorIndex {
   io::Kind kind() const override { return io::Kind::ScaNN; }
   std::size_t size() const override;
   void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
-  // Knobs: leaves_to_search (default max(1, ceil(num_leaves / 20))), reorder_k (default max(100, 4 k);
+  // Knobs: leaves_to_search (default min(num_leaves, max(8, ceil(num_leaves / 10)))), reorder_k (default max(100, 4 k);
   // ignored when reorder is none).
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
