@@ -360,3 +360,16 @@ def test_bad_parameters(data) -> None:
         index.add(x[:2], ids=[5, 5])
     with pytest.raises(ValueError, match="not in the index"):
         index.reconstruct([10**9])
+
+
+def test_bench_adapter(data) -> None:
+    from annforge.bench.algorithms import REGISTRY
+
+    x, q = data
+    spec = REGISTRY["annforge-scann"]
+    adapter = spec["cls"](DIM, "ip", 1, 1, **spec["build"])
+    adapter.build(x)
+    adapter.prepare(spec["quick"][-1])
+    ids = adapter.search(q, 10)
+    truth = np.argsort(brute_force(x, q, "ip"), axis=1)[:, :10]
+    assert ids.shape == (len(q), 10) and recall(ids, truth) >= 0.8
