@@ -130,7 +130,8 @@ def ablation(args) -> None:
     for data_name, scale in [("unit norms", np.ones(len(x))), ("log-normal norms", np.exp(rng.normal(0, 0.3, len(x))))]:
         xs = (x * scale[:, None].astype(np.float32)).astype(np.float32)
         gt = np.argsort(-(q @ xs.T), axis=1)[:, :10]
-        print(f"\n{data_name} (n={len(xs)}, leaves={leaves}, leaves_to_search={leaves}: recall@10 at reorder_k)")
+        sigma = " (sigma 0.3)" if "log" in data_name else ""
+        print(f"\n{data_name}{sigma} (n={len(xs)}, leaves={leaves}, all searched): recall@10 at reorder_k")
         for name, kw in variants.items():
             t = time.perf_counter()
             index = af.ScaNNIndex(x.shape[1], leaves, dims_per_block=args.dims_per_block, reorder="f32", **kw)
