@@ -68,7 +68,7 @@ def worker(args) -> None:
     else:
         import scann
 
-        index = (scann.scann_ops_pybind.builder(x, 10, "dot_product")
+        index = (scann.scann_ops_pybind.builder(x, 10, "dot_product").set_n_training_threads(1)
                  .tree(num_leaves=leaves, num_leaves_to_search=min(leaves, 16), training_sample_size=len(x))
                  .score_ah(args.dims_per_block, anisotropic_quantization_threshold=args.threshold)
                  .reorder(100).build())
