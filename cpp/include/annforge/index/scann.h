@@ -69,7 +69,7 @@ class ScaNNIndex final : public VectorIndex {
              RefineKind refine, std::uint64_t seed);
   static std::unique_ptr<ScaNNIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
-  // Training options (not stored in files). sample_size 0 = min(n, 16384); codebook_iterations 0 keeps the
+  // Training options (not stored in files). sample_size 0 = min(n, 8192); codebook_iterations 0 keeps the
   // plain k-means codebooks (ablation); encode_rounds is the coordinate-descent sweeps per encoding.
   void set_training_options(std::size_t sample_size, int codebook_iterations, int encode_rounds);
 
