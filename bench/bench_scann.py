@@ -6,10 +6,11 @@ compare   identical num_leaves, dims_per_block, anisotropic threshold and reorde
           (best setting reaching it), build time.
 ablation  annforge only: anisotropic codes (with and without the weighted codebook update) versus plain
           isotropic codes of the same size, at fixed small reorder budgets, on the embeddings as given
-          (unit norm) and rescaled by log-normal norms (ip data with varying norms).
+          (unit norm) and rescaled by log-normal norms (ip data with varying norms); scann's own isotropic and
+          anisotropic codes on the same data for reference.
 
     nice python bench/bench_scann.py compare --data ~/.cache/annforge-dev/debian-minilm
-    nice python bench/bench_scann.py ablation --data ~/.cache/annforge-dev/debian-minilm
+    nice python bench/bench_scann.py ablation --data ~/.cache/annforge-dev/debian-minilm   (--libs annforge: no peer)
 """
 
 from __future__ import annotations
@@ -143,6 +144,20 @@ def ablation(args) -> None:
                 ids, _ = index.search(q, 10, leaves_to_search=leaves, reorder_k=rk)
                 cells.append(f"R={rk}: {recall(ids, gt):.4f}")
             print(f"  {name:28s} {'  '.join(cells)}   (build {build:.1f} s)", flush=True)
+        if "scann" in args.libs.split(","):  # recall only, so the peer can share the process
+            import scann
+
+            for name, threshold in (("scann isotropic", float("nan")), ("scann anisotropic", args.threshold)):
+                index = (scann.scann_ops_pybind.builder(xs, 10, "dot_product")
+                         .tree(num_leaves=leaves, num_leaves_to_search=leaves, training_sample_size=len(xs))
+                         .score_ah(args.dims_per_block, anisotropic_quantization_threshold=threshold)
+                         .reorder(100).build())
+                cells = []
+                for rk in (10, 20, 40):
+                    ids, _ = index.search_batched(q, final_num_neighbors=10, leaves_to_search=leaves,
+                                                  pre_reorder_num_neighbors=rk)
+                    cells.append(f"R={rk}: {recall(np.asarray(ids), gt):.4f}")
+                print(f"  {name:28s} {'  '.join(cells)}", flush=True)
 
 
 def main() -> None:
