@@ -8,6 +8,8 @@ import os
 import pickle
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 import annforge as af
@@ -373,3 +375,24 @@ def test_bench_adapter(data) -> None:
     ids = adapter.search(q, 10)
     truth = np.argsort(brute_force(x, q, "ip"), axis=1)[:, :10]
     assert ids.shape == (len(q), 10) and recall(ids, truth) >= 0.8
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.floats(0.0, 0.95), st.integers(0, 2**32 - 1))
+def test_coordinate_descent_never_increases_the_loss(m: int, dpb: int, threshold: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d = m * dpb
+    books = rng.standard_normal((m, 16, dpb)).astype(np.float32)
+    x = rng.standard_normal(d).astype(np.float32)
+    r = rng.standard_normal(d).astype(np.float32)
+    sq = float(x.astype(np.float64) @ x)
+    alpha = (np_eta(threshold, sq, max(d, 2)) - 1) / sq
+    start = rng.integers(0, 16, m).astype(np.uint8)
+
+    def loss(codes: np.ndarray) -> float:
+        e = r.astype(np.float64) - books[np.arange(m), codes].reshape(-1)
+        return float(e @ e + alpha * (e @ x) ** 2)
+
+    codes = _core._scann_encode(books, r, x, alpha, 8, start)
+    assert codes.dtype == np.uint8 and codes.max() < 16
+    assert loss(codes) <= loss(start) * (1 + 1e-5) + 1e-5
