@@ -615,12 +615,10 @@ std::size_t ScaNNIndex::memory_bytes() const {
 // ---------------------------------------------------------------------------------------------------
 // Search
 
-void ScaNNIndex::scan_leaf(const float* q, std::size_t leaf, float probe_score, QueryScratch& s,
-                           const IdSelector* filter) const {
+void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const {
   const Leaf& L = leaves_[leaf];
   const std::size_t n = L.size();
   if (n == 0) return;
-  (void)q;
   const bool l2 = metric_ == Metric::L2;
   // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~>. The table holds the last term.
   const float base = l2 ? probe_score : 1.0f + probe_score;
@@ -708,7 +706,7 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     for (std::size_t p = 0; p < probes; ++p) {
       const std::int32_t leaf = probe[qi * probes + p];
       if (leaf < 0) continue;
-      scan_leaf(qv, static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, filter);
+      scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, filter);
     }
     auto& found = s.heap.sorted();
     if (rerank) {

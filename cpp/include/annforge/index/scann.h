@@ -123,7 +123,7 @@ class ScaNNIndex final : public VectorIndex {
   void erase_at(std::size_t leaf, std::size_t offset);
   void encode_refine(const float* row, std::uint8_t* out) const;
   void decode_refine(const std::uint8_t* stored, float* out) const;
-  void scan_leaf(const float* q, std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const;
+  void scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const;
 
   std::size_t num_leaves_, dpb_, m_;
   double threshold_;
