@@ -38,5 +38,6 @@ void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);
 void bind_ivfpq(py::module_& m);
 void bind_hnsw(py::module_& m);
+void bind_scann(py::module_& m);
 
 }  // namespace annforge::py_bindings

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   b::bind_minhash(m);
   b::bind_ivfpq(m);
   b::bind_hnsw(m);
+  b::bind_scann(m);
 }

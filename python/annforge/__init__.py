@@ -20,6 +20,7 @@ from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_f
 from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 from .ivfpq import IVFPQIndex, kmeans
 from .hnsw import HNSWIndex
+from .scann import ScaNNIndex
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -33,6 +34,7 @@ __all__ = [
     "IVFPQIndex",
     "kmeans",
     "HNSWIndex",
+    "ScaNNIndex",
     "VectorIndex",
     "build_info",
     "embed",

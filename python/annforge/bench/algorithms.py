@@ -219,7 +219,7 @@ class ScaNNPeer(Adapter):
         leaves = int(self.build_params.get("num_leaves", 0)) or _default_nlist(len(x))
         dist = "squared_l2" if self.metric == "l2" else "dot_product"
         self.index = (scann.scann_ops_pybind.builder(x, 100, dist)
-                      .tree(num_leaves=leaves, num_leaves_to_search=leaves // 10, training_sample_size=len(x))
+                      .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10), training_sample_size=len(x))
                       .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100).build())
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,908 @@
+#include "annforge/index/scann.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/topk.h"
+#include "annforge/parallel/executor.h"
+#include "annforge/simd/kernels.h"
+
+namespace annforge {
+
+namespace {
+
+constexpr std::uint32_t kTagMeta = io::make_tag("META");
+constexpr std::uint32_t kTagCentres = io::make_tag("CENT");
+constexpr std::uint32_t kTagCodebooks = io::make_tag("AHCB");
+constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
+constexpr std::uint32_t kTagLeafSizes = io::make_tag("LSIZ");
+constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
+constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
+constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
+
+// ScaNN trains its tree with 10 Lloyd iterations by default; more barely moves recall here.
+constexpr int kLeafIterations = 10;
+constexpr std::size_t kLeafPointsPerCentre = 256;
+// 8192 rows (512 per centre of a block) give the same recall as 16384 or 65536 on MiniLM at half the training time.
+constexpr std::size_t kDefaultSampleSize = 8192;
+constexpr std::size_t kMaxLeaves = std::size_t(1) << 24;
+
+inline idx_t pack_location(std::size_t leaf, std::size_t offset) {
+  return static_cast<idx_t>((static_cast<std::uint64_t>(leaf) << 32) | offset);
+}
+inline std::size_t location_leaf(idx_t loc) { return static_cast<std::size_t>(static_cast<std::uint64_t>(loc) >> 32); }
+inline std::size_t location_offset(idx_t loc) { return static_cast<std::size_t>(loc & 0xffffffffll); }
+
+std::size_t checked_blocks(std::size_t dim, std::size_t dpb) {
+  ANNFORGE_CHECK(dpb >= 1, ErrorKind::Value, "dims_per_block must be >= 1, got ", dpb);
+  ANNFORGE_CHECK(dim >= 1 && dim % dpb == 0, ErrorKind::Value, "dim (", dim,
+                 ") must be a multiple of dims_per_block (", dpb, ")");
+  return dim / dpb;
+}
+
+// Solves the small symmetric positive (semi-)definite system A c = b in place (Gaussian elimination with
+// partial pivoting, double precision). Returns false when A is singular.
+bool solve_small(std::vector<double>& A, std::vector<double>& b, std::size_t n) {
+  for (std::size_t col = 0; col < n; ++col) {
+    std::size_t pivot = col;
+    for (std::size_t r = col + 1; r < n; ++r)
+      if (std::fabs(A[r * n + col]) > std::fabs(A[pivot * n + col])) pivot = r;
+    if (std::fabs(A[pivot * n + col]) < 1e-12) return false;
+    if (pivot != col) {
+      for (std::size_t c = 0; c < n; ++c) std::swap(A[col * n + c], A[pivot * n + c]);
+      std::swap(b[col], b[pivot]);
+    }
+    for (std::size_t r = col + 1; r < n; ++r) {
+      const double f = A[r * n + col] / A[col * n + col];
+      for (std::size_t c = col; c < n; ++c) A[r * n + c] -= f * A[col * n + c];
+      b[r] -= f * b[col];
+    }
+  }
+  for (std::size_t col = n; col-- > 0;) {
+    double v = b[col];
+    for (std::size_t c = col + 1; c < n; ++c) v -= A[col * n + c] * b[c];
+    b[col] = v / A[col * n + col];
+  }
+  return true;
+}
+
+// ~10% of the leaves (at least 8): recall@10 around 0.9-0.95 on 384-d sentence embeddings with sqrt(n) leaves.
+std::size_t default_leaves_to_search(std::size_t leaves) {
+  return std::min(leaves, std::max<std::size_t>(8, (leaves + 9) / 10));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// The anisotropic loss and encoder
+
+namespace scann {
+
+double parallel_cost_multiplier(double threshold, double sq_norm, std::size_t dim) {
+  if (dim < 2 || !(sq_norm > 0) || !std::isfinite(threshold)) return 1.0;
+  const double t = std::min(threshold * threshold / sq_norm, 1.0 - 1e-6);
+  return (static_cast<double>(dim) - 1.0) * t / (1.0 - t);
+}
+
+double anisotropic_loss(const float* x, const float* x_quantized, std::size_t dim, double eta) {
+  double sq_norm = 0, err = 0, par = 0;
+  for (std::size_t i = 0; i < dim; ++i) {
+    const double e = static_cast<double>(x[i]) - x_quantized[i];
+    sq_norm += static_cast<double>(x[i]) * x[i];
+    err += e * e;
+    par += e * x[i];
+  }
+  if (!(sq_norm > 0)) return err;
+  const double par_sq = par * par / sq_norm;
+  return eta * par_sq + (err - par_sq);
+}
+
+PreparedBooks prepare_books(const float* codebooks, std::size_t m, std::size_t dpb) {
+  constexpr std::size_t K = ScaNNIndex::kCentres;
+  PreparedBooks p;
+  p.m = m;
+  p.dpb = dpb;
+  p.transposed.resize(m * dpb * K);
+  p.sq_norms.assign(m * K, 0.0f);
+  for (std::size_t j = 0; j < m; ++j)
+    for (std::size_t c = 0; c < K; ++c)
+      for (std::size_t t = 0; t < dpb; ++t) {
+        const float v = codebooks[(j * K + c) * dpb + t];
+        p.transposed[(j * dpb + t) * K + c] = v;
+        p.sq_norms[j * K + c] += v * v;
+      }
+  return p;
+}
+
+void encode_anisotropic(const PreparedBooks& books, const float* residual, const float* x, double alpha, int rounds,
+                        std::uint8_t* codes) {
+  constexpr std::size_t K = ScaNNIndex::kCentres;
+  const std::size_t m = books.m, dpb = books.dpb;
+  const float a = static_cast<float>(alpha);
+  // s = <r - r~, x>, the only coupling between blocks.
+  double s = 0;
+  for (std::size_t j = 0; j < m; ++j)
+    for (std::size_t t = 0; t < dpb; ++t)
+      s += (static_cast<double>(residual[j * dpb + t]) - books.transposed[(j * dpb + t) * K + codes[j]]) *
+           x[j * dpb + t];
+  float cx[K], rc[K];
+  for (int round = 0; round < rounds; ++round) {
+    bool changed = false;
+    for (std::size_t j = 0; j < m; ++j) {
+      const float* r = residual + j * dpb;
+      const float* xb = x + j * dpb;
+      const float* bt = books.transposed.data() + j * dpb * K;
+      const float* norms = books.sq_norms.data() + j * K;
+      // For every centre c: ||r_j - c||^2 - ||r_j||^2 = ||c||^2 - 2 <r_j, c>, and <c, x_j>. Laid out
+      // centre-major so the 16-wide loops vectorise.
+      for (std::size_t c = 0; c < K; ++c) cx[c] = rc[c] = 0.0f;
+      for (std::size_t t = 0; t < dpb; ++t) {
+        const float xt = xb[t], rt = r[t];
+        for (std::size_t c = 0; c < K; ++c) {
+          cx[c] += bt[t * K + c] * xt;
+          rc[c] += bt[t * K + c] * rt;
+        }
+      }
+      double rx = 0;
+      for (std::size_t t = 0; t < dpb; ++t) rx += static_cast<double>(r[t]) * xb[t];
+      const double u = s - (rx - cx[codes[j]]) + rx;  // s_rest + <r_j, x_j>
+      const float uf = static_cast<float>(u);
+      float best = std::numeric_limits<float>::infinity();
+      std::size_t best_c = codes[j];
+      for (std::size_t c = 0; c < K; ++c) {
+        const float p = uf - cx[c];
+        const float cost = (norms[c] - 2.0f * rc[c]) + a * p * p;
+        if (cost < best) {  // strict: ties keep the lower index
+          best = cost;
+          best_c = c;
+        }
+      }
+      if (best_c != codes[j]) {
+        changed = true;
+        codes[j] = static_cast<std::uint8_t>(best_c);
+      }
+      s = u - cx[best_c];
+    }
+    if (!changed) break;
+  }
+}
+
+void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, const float* residual,
+                        const float* x, double alpha, int rounds, std::uint8_t* codes) {
+  encode_anisotropic(prepare_books(codebooks, m, dpb), residual, x, alpha, rounds, codes);
+}
+
+}  // namespace scann
+
+// Per-worker buffers reused across the queries of one search call.
+struct ScaNNIndex::QueryScratch {
+  std::vector<float> ip_table, lut;
+  codec::pq4::QuantizedLut qlut;
+  std::vector<std::uint16_t> acc;
+  std::vector<float> dist;
+  std::vector<float> q_shifted, q_scaled;
+  TopK heap;
+  codec::pq4::ScanFn scan = nullptr;
+  const codec::pq4::LutKernels* lut_kernels = nullptr;
+};
+
+ScaNNIndex::ScaNNIndex(std::size_t dim, std::size_t num_leaves, std::size_t dims_per_block, double threshold,
+                       Metric metric, RefineKind refine, std::uint64_t seed)
+    : VectorIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
+      m_(checked_blocks(dim, dims_per_block)), threshold_(threshold), refine_(refine), seed_(seed),
+      pq_(dim, m_, 4) {
+  ANNFORGE_CHECK(num_leaves <= kMaxLeaves, ErrorKind::Value, "num_leaves must be <= ", kMaxLeaves, ", got ",
+                 num_leaves);
+  ANNFORGE_CHECK(std::isnan(threshold) || (std::isfinite(threshold) && threshold >= 0), ErrorKind::Value,
+                 "anisotropic_threshold must be a finite number >= 0 or None, got ", threshold);
+}
+
+void ScaNNIndex::set_training_options(std::size_t sample_size, int codebook_iterations, int encode_rounds) {
+  ANNFORGE_CHECK(codebook_iterations >= 0 && encode_rounds >= 0, ErrorKind::Value,
+                 "training iterations must be >= 0");
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  sample_size_ = sample_size;
+  codebook_iterations_ = codebook_iterations;
+  encode_rounds_ = encode_rounds;
+}
+
+bool ScaNNIndex::is_trained() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return trained_;
+}
+
+std::size_t ScaNNIndex::num_leaves() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return num_leaves_;
+}
+
+bool ScaNNIndex::anisotropic() const noexcept { return anisotropic_for_metric(); }
+bool ScaNNIndex::anisotropic_for_metric() const noexcept { return metric_ != Metric::L2 && !std::isnan(threshold_); }
+
+void ScaNNIndex::check_trained() const {
+  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
+}
+
+std::size_t ScaNNIndex::refine_bytes() const noexcept {
+  switch (refine_) {
+    case RefineKind::F32: return dim_ * 4;
+    case RefineKind::F16: return dim_ * 2;
+    case RefineKind::SQ8: return dim_;
+    case RefineKind::None: return 0;
+  }
+  return 0;
+}
+
+std::vector<float> ScaNNIndex::leaf_centres() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return centres_;
+}
+
+std::vector<float> ScaNNIndex::codebooks() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return pq_.codebooks();
+}
+
+std::vector<std::size_t> ScaNNIndex::leaf_sizes() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  std::vector<std::size_t> out(leaves_.size());
+  for (std::size_t l = 0; l < leaves_.size(); ++l) out[l] = leaves_[l].size();
+  return out;
+}
+
+float ScaNNIndex::norm_term(std::size_t leaf, const std::uint8_t* code) const {
+  std::vector<float> r(dim_);
+  pq_.decode(code, r.data());
+  const auto& K = simd::kernels();
+  return K.dot(r.data(), r.data(), dim_) + 2.0f * K.dot(centres_.data() + leaf * dim_, r.data(), dim_);
+}
+
+void ScaNNIndex::encode(const float* rows, std::size_t n, const std::int32_t* leaves, const float* centres,
+                        const codec::ProductQuantizer& pq, int num_threads, std::uint8_t* codes) const {
+  const std::size_t d = dim_, m = m_;
+  std::vector<float> residuals(n * d);
+  parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
+    for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
+      const float* c = centres + static_cast<std::size_t>(leaves[i]) * d;
+      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
+    }
+  });
+  pq.encode(residuals.data(), n, codes, num_threads);  // nearest centres: the isotropic codes
+  if (!anisotropic_for_metric() || encode_rounds_ == 0) return;
+  const scann::PreparedBooks books = scann::prepare_books(pq.codebooks().data(), m, dpb_);
+  parallel::parallel_for((n + 63) / 64, num_threads, [&](std::size_t t, std::size_t) {
+    for (std::size_t i = t * 64; i < std::min(n, t * 64 + 64); ++i) {
+      const float* x = rows + i * d;
+      double sq = 0;
+      for (std::size_t j = 0; j < d; ++j) sq += static_cast<double>(x[j]) * x[j];
+      if (!(sq > 0)) continue;
+      const double eta = scann::parallel_cost_multiplier(threshold_, sq, d);
+      scann::encode_anisotropic(books, residuals.data() + i * d, x, (eta - 1.0) / sq, encode_rounds_, codes + i * m);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Training
+
+void ScaNNIndex::train(const float* x, std::size_t n, int num_threads) {
+  (void)parallel::resolve_threads(num_threads);
+  check_finite(x, n, dim_, "training vectors");
+  std::size_t leaves, sample_size;
+  int codebook_iterations;
+  {
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+    leaves = num_leaves_;
+    sample_size = sample_size_;
+    codebook_iterations = codebook_iterations_;
+  }
+  ANNFORGE_CHECK(n >= kCentres, ErrorKind::Value, "training needs at least ", kCentres, " vectors, got ", n);
+  if (leaves == 0) leaves = std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(std::sqrt(double(n)))));
+  ANNFORGE_CHECK(n >= leaves, ErrorKind::Value, "training needs at least num_leaves = ", leaves, " vectors, got ", n);
+  std::vector<float> xt;
+  prepare_rows(x, n, xt);
+  const std::size_t d = dim_, m = m_;
+  const bool ip = use_inner_product();
+
+  cluster::KMeansOptions opt;
+  opt.niter = kLeafIterations;
+  opt.seed = seed_;
+  opt.max_points_per_centroid = kLeafPointsPerCentre;
+  opt.spherical = ip;
+  opt.num_threads = num_threads;
+  opt.assign_all = false;
+  auto tree = cluster::kmeans(xt.data(), n, d, leaves, opt);
+  cluster::PackedCentroids packed(tree.centroids.data(), leaves, d);
+
+  // Codebooks from an evenly spaced sample of residuals.
+  const std::size_t ns = std::min(n, sample_size ? std::max(sample_size, kCentres) : kDefaultSampleSize);
+  std::vector<float> sample(ns * d), residuals(ns * d);
+  for (std::size_t i = 0; i < ns; ++i) {
+    const std::size_t row = i * n / ns;
+    std::copy(xt.data() + row * d, xt.data() + (row + 1) * d, sample.data() + i * d);
+  }
+  std::vector<std::int32_t> labels(ns);
+  std::vector<float> scores(ns);
+  packed.nearest(sample.data(), ns, d, 1, ip, num_threads, labels.data(), scores.data());
+  for (std::size_t i = 0; i < ns; ++i) {
+    const float* c = tree.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
+    for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = sample[i * d + j] - c[j];
+  }
+  codec::ProductQuantizer pq(d, m, 4);
+  pq.train(residuals.data(), ns, seed_ + 17, num_threads);
+
+  // Codebook update for the anisotropic loss (block coordinate descent on the training sample): with the
+  // codes fixed, the loss sum_i ||e_i||^2 + alpha_i <e_i, x_i>^2 is quadratic in the centres of one block,
+  // and the centres of one block do not interact (each point uses one), so every centre solves its own
+  // dpb x dpb system  sum_i (I + alpha_i x_ij x_ij^T) c = sum_i (r_ij + alpha_i u_i x_ij),
+  // u_i = <r_i - r~_i, x_i> with block j's contribution taken out. Blocks are swept in order, updating
+  // <e_i, x_i> as we go, and then the codes are re-encoded; the loss never increases.
+  //
+  // Kept because it gives the better recall. Ablation on the 62,678 x 384 MiniLM embeddings, 250 leaves all
+  // searched, dims_per_block 2, T = 0.2, recall@10 at reorder_k = 10 / 20 / 40 (bench/bench_scann.py ablation):
+  //   unit norms:        isotropic 0.850 / 0.980 / 0.997, anisotropic codes + k-means codebooks 0.858 / 0.986 /
+  //                      0.999, + weighted codebooks 0.863 / 0.988 / 0.999;
+  //   log-normal norms (x * exp(N(0, 0.3))):
+  //                      isotropic 0.692 / 0.830 / 0.914, anisotropic codes + k-means codebooks 0.682 / 0.808 /
+  //                      0.884 (worse: the codes fight codebooks fitted for the plain error), + weighted codebooks
+  //                      0.719 / 0.843 / 0.913. (PyPI scann 1.4.2 on the same data: isotropic 0.698 / 0.840 / 0.917,
+  //                      anisotropic 0.680 / 0.799 / 0.875: it keeps k-means-style codebooks and loses there.)
+  // codebook_iterations = 0 keeps the k-means codebooks for that comparison.
+  if (anisotropic_for_metric() && codebook_iterations > 0) {
+    std::vector<double> alpha(ns);
+    for (std::size_t i = 0; i < ns; ++i) {
+      double sq = 0;
+      for (std::size_t j = 0; j < d; ++j) sq += static_cast<double>(sample[i * d + j]) * sample[i * d + j];
+      alpha[i] = sq > 0 ? (scann::parallel_cost_multiplier(threshold_, sq, d) - 1.0) / sq : 0.0;
+    }
+    std::vector<std::uint8_t> codes(ns * m);
+    pq.encode(residuals.data(), ns, codes.data(), num_threads);
+    std::vector<float> books = pq.codebooks();
+    const std::size_t dpb = dpb_;
+    std::vector<double> s(ns);
+    std::vector<double> A(kCentres * dpb * dpb), b(kCentres * dpb), Ac(dpb * dpb), bc(dpb);
+    for (int iter = 0; iter < codebook_iterations; ++iter) {
+      const scann::PreparedBooks prepared = scann::prepare_books(books.data(), m, dpb);
+      parallel::parallel_for((ns + 63) / 64, num_threads, [&](std::size_t t, std::size_t) {
+        for (std::size_t i = t * 64; i < std::min(ns, t * 64 + 64); ++i)
+          scann::encode_anisotropic(prepared, residuals.data() + i * d, sample.data() + i * d, alpha[i],
+                                    encode_rounds_ > 0 ? encode_rounds_ : 4, codes.data() + i * m);
+      });
+      for (std::size_t i = 0; i < ns; ++i) {  // s_i = <e_i, x_i>
+        double v = 0;
+        for (std::size_t j = 0; j < m; ++j) {
+          const float* c = books.data() + (j * kCentres + codes[i * m + j]) * dpb;
+          for (std::size_t t = 0; t < dpb; ++t)
+            v += (static_cast<double>(residuals[i * d + j * dpb + t]) - c[t]) * sample[i * d + j * dpb + t];
+        }
+        s[i] = v;
+      }
+      for (std::size_t j = 0; j < m; ++j) {
+        std::fill(A.begin(), A.end(), 0.0);
+        std::fill(b.begin(), b.end(), 0.0);
+        float* book = books.data() + j * kCentres * dpb;
+        for (std::size_t i = 0; i < ns; ++i) {
+          const std::size_t c = codes[i * m + j];
+          const float* xb = sample.data() + i * d + j * dpb;
+          const float* rb = residuals.data() + i * d + j * dpb;
+          double cx = 0;
+          for (std::size_t t = 0; t < dpb; ++t) cx += static_cast<double>(book[c * dpb + t]) * xb[t];
+          const double u = s[i] + cx, a = alpha[i];
+          s[i] = u;  // block j taken out; added back below once the centre is final
+          double* Ai = A.data() + c * dpb * dpb;
+          double* bi = b.data() + c * dpb;
+          for (std::size_t t = 0; t < dpb; ++t) {
+            Ai[t * dpb + t] += 1.0;
+            for (std::size_t v = 0; v < dpb; ++v) Ai[t * dpb + v] += a * xb[t] * xb[v];
+            bi[t] += rb[t] + a * u * xb[t];
+          }
+        }
+        for (std::size_t c = 0; c < kCentres; ++c) {
+          std::copy(A.begin() + c * dpb * dpb, A.begin() + (c + 1) * dpb * dpb, Ac.begin());
+          std::copy(b.begin() + c * dpb, b.begin() + (c + 1) * dpb, bc.begin());
+          if (Ac[0] == 0.0) continue;  // unused centre: keep it
+          if (!solve_small(Ac, bc, dpb)) continue;
+          bool finite = true;
+          for (double v : bc) finite = finite && std::isfinite(v);
+          if (!finite) continue;
+          for (std::size_t t = 0; t < dpb; ++t) book[c * dpb + t] = static_cast<float>(bc[t]);
+        }
+        for (std::size_t i = 0; i < ns; ++i) {
+          const float* cv = book + codes[i * m + j] * dpb;
+          const float* xb = sample.data() + i * d + j * dpb;
+          double cx = 0;
+          for (std::size_t t = 0; t < dpb; ++t) cx += static_cast<double>(cv[t]) * xb[t];
+          s[i] -= cx;
+        }
+      }
+    }
+    pq.set_codebooks(books.data());
+  }
+
+  std::vector<float> sq8_offset, sq8_scale;
+  if (refine_ == RefineKind::SQ8) {
+    sq8_offset.assign(d, std::numeric_limits<float>::infinity());
+    std::vector<float> hi(d, -std::numeric_limits<float>::infinity());
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < d; ++j) {
+        sq8_offset[j] = std::min(sq8_offset[j], xt[i * d + j]);
+        hi[j] = std::max(hi[j], xt[i * d + j]);
+      }
+    sq8_scale.resize(d);
+    for (std::size_t j = 0; j < d; ++j) sq8_scale[j] = (hi[j] - sq8_offset[j]) / 255.0f;
+  }
+
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  num_leaves_ = leaves;
+  centres_ = std::move(tree.centroids);
+  packed_ = std::move(packed);
+  pq_ = std::move(pq);
+  sq8_offset_ = std::move(sq8_offset);
+  sq8_scale_ = std::move(sq8_scale);
+  leaves_.assign(num_leaves_, Leaf());
+  where_.clear();
+  trained_ = true;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Updates
+
+void ScaNNIndex::encode_refine(const float* row, std::uint8_t* out) const {
+  switch (refine_) {
+    case RefineKind::F32: std::memcpy(out, row, dim_ * sizeof(float)); break;
+    case RefineKind::F16: {
+      std::vector<std::uint16_t> h(dim_);
+      simd::kernels().f32_to_f16(row, h.data(), dim_);
+      std::memcpy(out, h.data(), dim_ * sizeof(std::uint16_t));
+      break;
+    }
+    case RefineKind::SQ8:
+      for (std::size_t j = 0; j < dim_; ++j) {
+        const float s = sq8_scale_[j];
+        const float v = s > 0 ? std::nearbyint((row[j] - sq8_offset_[j]) / s) : 0.0f;
+        out[j] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v)));
+      }
+      break;
+    case RefineKind::None: break;
+  }
+}
+
+void ScaNNIndex::decode_refine(const std::uint8_t* stored, float* out) const {
+  switch (refine_) {
+    case RefineKind::F32: std::memcpy(out, stored, dim_ * sizeof(float)); break;
+    case RefineKind::F16: {
+      std::vector<std::uint16_t> h(dim_);
+      std::memcpy(h.data(), stored, dim_ * sizeof(std::uint16_t));
+      simd::kernels().f16_to_f32(h.data(), out, dim_);
+      break;
+    }
+    case RefineKind::SQ8:
+      for (std::size_t j = 0; j < dim_; ++j) out[j] = sq8_offset_[j] + stored[j] * sq8_scale_[j];
+      break;
+    case RefineKind::None: break;
+  }
+}
+
+void ScaNNIndex::append(std::size_t leaf, idx_t id, const std::uint8_t* code, const float* row) {
+  Leaf& L = leaves_[leaf];
+  const std::size_t off = L.size();
+  if (off % codec::pq4::kBlock == 0) L.codes.resize(L.codes.size() + codec::pq4::block_bytes(m_));
+  std::uint8_t* blocks = L.codes.mutable_data();
+  for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
+  L.ids.push_back(id);
+  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(leaf, code));
+  if (refine_ != RefineKind::None) {
+    const std::size_t rb = refine_bytes();
+    L.refine.resize(L.refine.size() + rb);
+    encode_refine(row, L.refine.mutable_data() + off * rb);
+  }
+  where_.set(id, pack_location(leaf, off));
+}
+
+void ScaNNIndex::erase_at(std::size_t leaf, std::size_t off) {
+  Leaf& L = leaves_[leaf];
+  const std::size_t last = L.size() - 1, rb = refine_bytes();
+  if (off != last) {  // move the last entry into the hole
+    const idx_t moved = L.ids[last];
+    L.ids.at_mut(off) = moved;
+    where_.set(moved, pack_location(leaf, off));
+    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
+    std::uint8_t* blocks = L.codes.mutable_data();
+    for (std::size_t j = 0; j < m_; ++j)
+      codec::pq4::set_code(blocks, m_, off, j, codec::pq4::get_code(blocks, m_, last, j));
+    if (rb) {
+      std::uint8_t* r = L.refine.mutable_data();
+      std::memcpy(r + off * rb, r + last * rb, rb);
+    }
+  }
+  L.ids.shrink(last);
+  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
+  std::uint8_t* blocks = L.codes.mutable_data();
+  for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, last, j, 0);  // keep padding zero
+  L.codes.shrink(codec::pq4::blocks_for(last) * codec::pq4::block_bytes(m_));
+  if (rb) L.refine.shrink(last * rb);
+}
+
+void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
+  (void)parallel::resolve_threads(num_threads);
+  {
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+    check_trained();
+  }
+  check_finite(x, n, dim_, "vectors");
+  if (ids) validate_new_ids(ids, n);
+  std::vector<float> rows;
+  prepare_rows(x, n, rows);
+
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  check_trained();
+  std::vector<std::int32_t> leaf(n);
+  std::vector<float> scores(n);
+  packed_.nearest(rows.data(), n, dim_, 1, use_inner_product(), num_threads, leaf.data(), scores.data());
+  std::vector<std::uint8_t> codes(n * m_);
+  encode(rows.data(), n, leaf.data(), centres_.data(), pq_, num_threads, codes.data());
+
+  assign_ids(ids, n, out_ids);
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.erase(out_ids[i]);
+    if (loc != IdMap::kMissing) erase_at(location_leaf(loc), location_offset(loc));  // upsert
+    append(static_cast<std::size_t>(leaf[i]), out_ids[i], codes.data() + i * m_, rows.data() + i * dim_);
+  }
+}
+
+std::size_t ScaNNIndex::remove(const idx_t* ids, std::size_t n) {
+  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.erase(ids[i]);
+    if (loc == IdMap::kMissing) continue;
+    erase_at(location_leaf(loc), location_offset(loc));
+    ++removed;
+  }
+  return removed;
+}
+
+std::size_t ScaNNIndex::size() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return where_.size();
+}
+
+bool ScaNNIndex::contains(idx_t id) const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  return where_.contains(id);
+}
+
+std::vector<idx_t> ScaNNIndex::ids() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  std::vector<idx_t> out;
+  out.reserve(where_.size());
+  for (const auto& L : leaves_) out.insert(out.end(), L.ids.data(), L.ids.data() + L.size());
+  return out;
+}
+
+void ScaNNIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  std::vector<std::uint8_t> code(m_);
+  for (std::size_t i = 0; i < n; ++i) {
+    const idx_t loc = where_.find(ids[i]);
+    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
+    const std::size_t l = location_leaf(loc), off = location_offset(loc);
+    const Leaf& L = leaves_[l];
+    float* row = out + i * dim_;
+    if (refine_ != RefineKind::None) {
+      decode_refine(L.refine.data() + off * refine_bytes(), row);
+    } else {
+      for (std::size_t j = 0; j < m_; ++j) code[j] = codec::pq4::get_code(L.codes.data(), m_, off, j);
+      pq_.decode(code.data(), row);
+      const float* c = centres_.data() + l * dim_;
+      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+    }
+  }
+}
+
+std::size_t ScaNNIndex::memory_bytes() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  std::size_t bytes = where_.memory_bytes() + (2 * centres_.size() + pq_.codebooks().size()) * sizeof(float);
+  for (const auto& L : leaves_)
+    bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Search
+
+void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const {
+  const Leaf& L = leaves_[leaf];
+  const std::size_t n = L.size();
+  if (n == 0) return;
+  const bool l2 = metric_ == Metric::L2;
+  // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~>. The table holds the last term.
+  const float base = l2 ? probe_score : 1.0f + probe_score;
+  const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
+  TopK& heap = s.heap;
+  float thr = heap.threshold();
+  const std::size_t nblocks = codec::pq4::blocks_for(n);
+  s.acc.resize(nblocks * codec::pq4::kBlock);
+  s.dist.resize(nblocks * codec::pq4::kBlock);
+  s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
+  const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
+  const std::uint16_t* acc = s.acc.data();
+  float* dist = s.dist.data();
+  if (l2) {
+    for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
+  } else {
+    for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!(dist[i] < thr)) continue;
+    if (filter && !filter->contains(L.ids[i])) continue;
+    heap.push(dist[i], pack_location(leaf, i));
+    thr = heap.threshold();
+  }
+}
+
+void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
+                        float* out_dist) const {
+  check_k(k);
+  std::size_t leaves_now;
+  {
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+    leaves_now = std::max<std::size_t>(num_leaves_, 1);
+  }
+  const auto leaves_knob =
+      opt.knobs.take_int("leaves_to_search", static_cast<long long>(default_leaves_to_search(leaves_now)), 1);
+  const auto reorder_knob =
+      opt.knobs.take_int("reorder_k", static_cast<long long>(std::max<std::size_t>(100, 4 * k)), 1);
+  opt.knobs.reject_unknown("ScaNNIndex", "leaves_to_search, reorder_k");
+  check_finite(q, nq, dim_, "queries");
+  std::size_t threads = parallel::resolve_threads(opt.num_threads);
+  {
+    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+    check_trained();
+  }
+  std::vector<float> Q;
+  prepare_rows(q, nq, Q);
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  check_trained();
+  if (nq == 0) return;
+  const std::size_t probes = std::min<std::size_t>(num_leaves_, static_cast<std::size_t>(leaves_knob));
+  const bool rerank = refine_ != RefineKind::None;
+  const std::size_t candidates =
+      rerank ? std::min<std::size_t>(std::max<std::size_t>(k, static_cast<std::size_t>(reorder_knob)),
+                                     std::size_t(1) << 24)
+             : k;
+  const IdSelector* filter = opt.filter;
+  if (filter && !filter->thread_safe()) threads = 1;
+
+  std::vector<std::int32_t> probe(nq * probes);
+  std::vector<float> probe_score(nq * probes);
+  packed_.nearest(Q.data(), nq, dim_, probes, use_inner_product(), static_cast<int>(threads), probe.data(),
+                  probe_score.data());
+
+  const std::size_t entries = m_ * kCentres, d = dim_;
+  std::vector<QueryScratch> scratch(threads);
+  const auto scan = codec::pq4::scan_kernel();
+  const auto* lut_kernels = codec::pq4::lut_kernels();
+  const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
+  parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
+    QueryScratch& s = scratch[worker];
+    if (s.lut.size() != entries) {
+      s.ip_table.resize(entries);
+      s.lut.resize(entries);
+      s.q_shifted.resize(d);
+      s.q_scaled.resize(d);
+    }
+    s.scan = scan;
+    s.lut_kernels = lut_kernels;
+    const float* qv = Q.data() + qi * d;
+    pq_.inner_product_table(qv, s.ip_table.data());
+    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
+    s.heap.reset(candidates);
+    for (std::size_t p = 0; p < probes; ++p) {
+      const std::int32_t leaf = probe[qi * probes + p];
+      if (leaf < 0) continue;
+      scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, filter);
+    }
+    auto& found = s.heap.sorted();
+    if (rerank) {
+      const auto& K = simd::kernels();
+      const bool l2 = metric_ == Metric::L2;
+      float q_dot_offset = 0;
+      if (refine_ == RefineKind::SQ8) {
+        for (std::size_t j = 0; j < d; ++j) {
+          s.q_shifted[j] = qv[j] - sq8_offset_[j];
+          s.q_scaled[j] = qv[j] * sq8_scale_[j];
+          q_dot_offset += qv[j] * sq8_offset_[j];
+        }
+      }
+      const std::size_t rb = refine_bytes();
+      TopK best(k);
+      for (const auto& e : found) {
+        const Leaf& L = leaves_[location_leaf(e.second)];
+        const std::size_t off = location_offset(e.second);
+        const std::uint8_t* stored = L.refine.data() + off * rb;
+        float dist = 0;
+        switch (refine_) {
+          case RefineKind::F32: {
+            const auto* v = reinterpret_cast<const float*>(stored);
+            dist = l2 ? K.l2_sqr(qv, v, d) : 1.0f - K.dot(qv, v, d);
+            break;
+          }
+          case RefineKind::F16: {
+            const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
+            dist = l2 ? K.l2_sqr_f16(qv, v, d) : 1.0f - K.dot_f16(qv, v, d);
+            break;
+          }
+          case RefineKind::SQ8:
+            dist = l2 ? K.l2_sqr_sq8(s.q_shifted.data(), stored, sq8_scale_.data(), d)
+                      : 1.0f - (q_dot_offset + K.dot_u8(s.q_scaled.data(), stored, d));
+            break;
+          case RefineKind::None: break;
+        }
+        best.push(dist, L.ids[off]);
+      }
+      write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);
+    } else {
+      for (auto& e : found) e.second = leaves_[location_leaf(e.second)].ids[location_offset(e.second)];
+      std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+        return a.first < b.first || (a.first == b.first && a.second < b.second);
+      });
+      write_row(found, k, out_ids + qi * k, out_dist + qi * k);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Serialization
+
+void ScaNNIndex::write(io::FileWriter& w) const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  io::ByteWriter meta;
+  write_common(meta);
+  meta.put(static_cast<std::uint64_t>(num_leaves_))
+      .put(static_cast<std::uint64_t>(dpb_))
+      .put(threshold_)
+      .put(static_cast<std::uint8_t>(refine_))
+      .put(seed_)
+      .put(static_cast<std::uint8_t>(trained_ ? 1 : 0));
+  w.add_owned(kTagMeta, meta.take());
+  if (!trained_) return;
+  w.add(kTagCentres, centres_.data(), centres_.size() * sizeof(float));
+  w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
+  if (refine_ == RefineKind::SQ8) {
+    io::ByteWriter sq;
+    for (float v : sq8_offset_) sq.put(v);
+    for (float v : sq8_scale_) sq.put(v);
+    w.add_owned(kTagSq8, sq.take());
+  }
+  io::ByteWriter sizes;
+  for (const auto& L : leaves_) sizes.put(static_cast<std::uint64_t>(L.size()));
+  w.add_owned(kTagLeafSizes, sizes.take());
+  w.add(kTagCodes, nullptr, 0);
+  for (const auto& L : leaves_) w.add_chunk(L.codes.data(), L.codes.size());
+  w.add(kTagIds, nullptr, 0);
+  for (const auto& L : leaves_) w.add_chunk(L.ids.data(), L.ids.size() * sizeof(idx_t));
+  w.add(kTagRefine, nullptr, 0);
+  for (const auto& L : leaves_) w.add_chunk(L.refine.data(), L.refine.size());
+}
+
+std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReader>& reader) {
+  reader->expect_kind(io::Kind::ScaNN);
+  const std::string& origin = reader->origin();
+  auto corrupt = [&](const char* why) { fail(ErrorKind::IO, origin, ": corrupted ScaNNIndex: ", why); };
+  const io::Bytes meta_bytes = reader->section(kTagMeta);
+  io::ByteReader meta(meta_bytes, "ScaNNIndex metadata");
+  const auto dim = meta.read<std::uint64_t>();
+  const auto metric = meta.read<std::uint8_t>();
+  (void)meta.read<idx_t>();
+  const auto leaves = meta.read<std::uint64_t>(), dpb = meta.read<std::uint64_t>();
+  const auto threshold = meta.read<double>();
+  const auto refine = meta.read<std::uint8_t>();
+  const auto seed = meta.read<std::uint64_t>();
+  const auto trained = meta.read<std::uint8_t>();
+  meta.expect_end();
+  if (dim < 1 || dim > (1u << 20) || metric > 2) corrupt("dimension or metric out of range");
+  if (leaves > kMaxLeaves || (trained && leaves < 1)) corrupt("num_leaves out of range");
+  if (dpb < 1 || dpb > dim || dim % dpb != 0) corrupt("invalid dims_per_block");
+  if (!(std::isnan(threshold) || (std::isfinite(threshold) && threshold >= 0))) corrupt("invalid threshold");
+  if (refine > 3 || trained > 1) corrupt("invalid flags");
+
+  auto index = std::make_unique<ScaNNIndex>(dim, leaves, dpb, threshold, static_cast<Metric>(metric),
+                                            static_cast<RefineKind>(refine), seed);
+  io::ByteReader common(meta_bytes, "ScaNNIndex metadata");
+  index->read_common(common);
+  if (!trained) return index;
+  const std::size_t d = dim, m = dim / dpb;
+  auto floats = [&](std::uint32_t tag, std::size_t count, std::vector<float>& out) {
+    const io::Bytes b = reader->section(tag);
+    if (b.size != count * sizeof(float))
+      fail(ErrorKind::IO, origin, ": corrupted ScaNNIndex: section ", io::tag_name(tag), " does not hold ", count,
+           " floats");
+    out.resize(count);
+    std::memcpy(out.data(), b.data, b.size);
+    for (float v : out)
+      if (!std::isfinite(v)) corrupt("non-finite parameter");
+  };
+  floats(kTagCentres, leaves * d, index->centres_);
+  std::vector<float> books;
+  floats(kTagCodebooks, m * kCentres * dpb, books);
+  index->pq_.set_codebooks(books.data());
+  if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
+    std::vector<float> both;
+    floats(kTagSq8, 2 * d, both);
+    index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
+    index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
+  }
+
+  io::ByteReader sizes(reader->section(kTagLeafSizes), "ScaNNIndex leaf sizes");
+  std::vector<std::size_t> leaf_size(leaves);
+  std::size_t total = 0, code_total = 0;
+  for (std::size_t l = 0; l < leaves; ++l) {
+    const auto sz = sizes.read<std::uint64_t>();
+    if (sz >= (std::uint64_t(1) << 32)) corrupt("leaf size out of range");
+    leaf_size[l] = sz;
+    total += sz;
+    code_total += codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
+  }
+  sizes.expect_end();
+  const std::size_t rb = index->refine_bytes();
+  const io::Bytes codes = reader->section(kTagCodes), ids = reader->section(kTagIds),
+                  refv = reader->section(kTagRefine);
+  if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
+  if (codes.size != code_total) corrupt("code section size mismatch");
+  if (refv.size != total * rb) corrupt("reorder section size mismatch");
+
+  index->leaves_.assign(leaves, Leaf());
+  index->where_.reserve(total);
+  const bool mapped = reader->mapped();
+  std::size_t entry = 0, code_off = 0;
+  for (std::size_t l = 0; l < leaves; ++l) {
+    Leaf& L = index->leaves_[l];
+    const std::size_t sz = leaf_size[l];
+    const std::size_t cb = codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
+    const auto* id_ptr = reinterpret_cast<const idx_t*>(ids.data) + entry;
+    for (std::size_t i = 0; i < sz; ++i) {
+      idx_t id;
+      std::memcpy(&id, id_ptr + i, sizeof id);
+      if (id < 0 || id >= index->next_id_ || index->where_.contains(id)) corrupt("invalid or repeated id");
+      index->where_.set(id, pack_location(l, i));
+    }
+    if (mapped) {
+      L.codes = AlignedBuffer<std::uint8_t>::view(codes.data + code_off, cb, reader->keepalive());
+      L.ids = AlignedBuffer<idx_t>::view(id_ptr, sz, reader->keepalive());
+      if (rb) L.refine = AlignedBuffer<std::uint8_t>::view(refv.data + entry * rb, sz * rb, reader->keepalive());
+    } else {
+      L.codes.append(codes.data + code_off, cb);
+      L.ids.reserve(sz);
+      for (std::size_t i = 0; i < sz; ++i) {
+        idx_t id;
+        std::memcpy(&id, id_ptr + i, sizeof id);
+        L.ids.push_back(id);
+      }
+      if (rb) L.refine.append(refv.data + entry * rb, sz * rb);
+    }
+    entry += sz;
+    code_off += cb;
+  }
+  index->trained_ = true;
+  index->packed_ = cluster::PackedCentroids(index->centres_.data(), leaves, d);
+  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
+    std::vector<std::uint8_t> code(m);
+    for (std::size_t l = 0; l < leaves; ++l) {
+      Leaf& L = index->leaves_[l];
+      L.norm_terms.reserve(L.size());
+      for (std::size_t i = 0; i < L.size(); ++i) {
+        for (std::size_t j = 0; j < m; ++j) code[j] = codec::pq4::get_code(L.codes.data(), m, i, j);
+        L.norm_terms.push_back(index->norm_term(l, code.data()));
+      }
+    }
+  }
+  return index;
+}
+
+}  // namespace annforge
