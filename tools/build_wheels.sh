@@ -100,10 +100,10 @@ note "wheel: $(basename "$REPAIRED")"
 note "tag: $TAG"
 note "wheel size: $SIZE bytes ($(awk -v s="$SIZE" 'BEGIN{printf "%.2f", s/1048576}') MiB; limit 10 MiB)"
 [ "$SIZE" -lt "$MAX_WHEEL_BYTES" ] || die "wheel is larger than 10 MiB"
-"$PY" -m zipfile -l "$REPAIRED" | awk 'NR>1{print "    " $0}' | grep -E "\.so|\.py$" | head -40 || true
-if "$PY" -m zipfile -l "$REPAIRED" | grep -E "annforge/.*_core.*\.so" | awk 'END{exit !(NR==1)}'; then :; else
-  die "the wheel must hold exactly one compiled _core module"
-fi
+"$PY" -m zipfile -l "$REPAIRED" | awk 'NR>1{print $1}' > "$WORK/wheel.txt"
+n_core=$(grep -cE '^annforge/_core[^/]*\.so$' "$WORK/wheel.txt" || true)
+note "wheel contents: $(wc -l < "$WORK/wheel.txt") entries, $(grep -c '\.py$' "$WORK/wheel.txt" || true) .py files, compiled modules: $(grep -E '\.so' "$WORK/wheel.txt" | tr '\n' ' ')"
+[ "$n_core" -eq 1 ] || die "the wheel must hold exactly one compiled annforge/_core module"
 
 # --- 3. no AVX outside the SIMD files ---------------------------------------------------------------
 # Only cpp/src/simd/*_avx2.cpp / *_avx512.cpp are compiled with AVX flags. Every other object must be
