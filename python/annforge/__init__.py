@@ -75,14 +75,39 @@ def set_simd_level(level: str) -> None:
 
 
 def build_info() -> Dict[str, Any]:
-    """Version, compiler, SIMD levels compiled in and selected, and optional-feature status."""
+    """How this copy of annforge was built and what it runs with.
+
+    Keys: ``version``, ``compiler``, ``build_type``, ``native_build`` (``-march=native``; never true
+    for a published wheel), ``simd_compiled`` (kernel levels in the binary), ``simd_available`` (those
+    this CPU runs), ``simd_detected`` (the best of them), ``simd_selected`` (the active one, lowered by
+    ``ANNFORGE_SIMD``), ``pq4_scan_compiled`` / ``pq4_scan_level`` (IVF-PQ fast-scan), ``threads``,
+    ``openmp`` and ``cuda`` (annforge uses its own thread pool and no GPU, so both are ``False``),
+    ``format_version``, ``platform`` and ``python``.
+
+    >>> info = build_info()
+    >>> info["version"] == __version__ and "scalar" in info["simd_compiled"]
+    True
+    """
+    import os
+    import platform
+    import sys
+
     return {
         "version": __version__,
-        "compiler": getattr(_core, "compiler", "unknown"),
+        "compiler": str(getattr(_core, "compiler", "unknown")),
+        "build_type": str(getattr(_core, "build_type", "unknown")),
+        "native_build": bool(getattr(_core, "native_build", False)),
+        "simd_compiled": list(_core.compiled_simd_levels()),
+        "simd_available": available_simd_levels(),
         "simd_detected": str(_core.detected_simd_level()),
         "simd_selected": simd_level(),
-        "simd_available": available_simd_levels(),
-        "format_version": int(_core.FORMAT_VERSION),
+        "simd_env": os.environ.get("ANNFORGE_SIMD"),
+        "pq4_scan_compiled": list(_core.compiled_pq4_scan_levels()),
+        "pq4_scan_level": str(_core._pq4_scan_level()),
+        "threads": os.cpu_count() or 1,
         "openmp": False,
         "cuda": False,
+        "format_version": int(_core.FORMAT_VERSION),
+        "platform": f"{sys.platform}-{platform.machine()}",
+        "python": platform.python_version(),
     }

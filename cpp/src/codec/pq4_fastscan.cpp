@@ -7,6 +7,10 @@
 
 #include "annforge/common.h"
 
+#if defined(_MSC_VER) && defined(_M_X64)
+#include <intrin.h>
+#endif
+
 namespace annforge::codec::pq4 {
 
 void quantize_lut(const float* lut, std::size_t m, QuantizedLut& out, const LutKernels* kernels) {
@@ -73,6 +77,25 @@ bool cpu_runs(simd::Level level) {
     case simd::Level::Scalar: return true;
     case simd::Level::AVX2: return __builtin_cpu_supports("avx2");
     case simd::Level::AVX512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    default: return false;
+  }
+}
+#elif defined(_MSC_VER) && defined(_M_X64)
+// MSVC has no __builtin_cpu_supports: read CPUID leaf 7 and check the OS saves the YMM/ZMM state.
+bool cpu_runs(simd::Level level) {
+  if (level == simd::Level::Scalar) return true;
+  int r[4];
+  __cpuid(r, 0);
+  if (r[0] < 7) return false;
+  __cpuid(r, 1);
+  const bool osxsave = (r[2] >> 27) & 1;
+  if (!osxsave) return false;
+  const unsigned long long xcr0 = _xgetbv(0);
+  __cpuidex(r, 7, 0);
+  const bool avx2 = (r[1] >> 5) & 1, avx512f = (r[1] >> 16) & 1, avx512bw = (r[1] >> 30) & 1;
+  switch (level) {
+    case simd::Level::AVX2: return avx2 && (xcr0 & 0x6) == 0x6;
+    case simd::Level::AVX512: return avx512f && avx512bw && (xcr0 & 0xe6) == 0xe6;
     default: return false;
   }
 }

@@ -131,9 +131,9 @@ std::pair<std::size_t, std::size_t> optimal_bands_rows(double threshold, std::si
 }
 
 // --- SignatureStore ---------------------------------------------------------------------------------
-long SignatureStore::slot_of(idx_t key) const {
+std::int64_t SignatureStore::slot_of(idx_t key) const {
   auto it = slot_of_.find(key);
-  return it == slot_of_.end() ? -1 : static_cast<long>(it->second);
+  return it == slot_of_.end() ? -1 : static_cast<std::int64_t>(it->second);
 }
 
 void SignatureStore::check_new(const idx_t* keys, std::size_t n) const {
@@ -231,7 +231,7 @@ std::size_t MinHashLSH::remove(const idx_t* keys, std::size_t n) {
   std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const long slot = store_.slot_of(keys[i]);
+    const std::int64_t slot = store_.slot_of(keys[i]);
     if (slot < 0) continue;
     for (std::size_t band = 0; band < bands_; ++band) {
       auto it = tables_[band].find(band_key(store_.sig(static_cast<std::size_t>(slot)), band));
@@ -386,7 +386,7 @@ std::size_t MinHashLSHForest::remove(const idx_t* keys, std::size_t n) {
   std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t removed = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const long slot = store_.slot_of(keys[i]);
+    const std::int64_t slot = store_.slot_of(keys[i]);
     if (slot < 0) continue;
     store_.kill(static_cast<std::size_t>(slot));
     ++removed;

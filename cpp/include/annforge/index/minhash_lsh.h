@@ -49,7 +49,7 @@ class SignatureStore {
   idx_t key(std::size_t slot) const noexcept { return keys_[slot]; }
   const std::uint64_t* sig(std::size_t slot) const noexcept { return sigs_.data() + slot * num_perm_; }
   bool contains(idx_t key) const { return slot_of_.count(key) != 0; }
-  long slot_of(idx_t key) const;  // -1 when absent
+  std::int64_t slot_of(idx_t key) const;  // -1 when absent (not `long`: 32 bits on Windows)
   // Fails with ValueError (changing nothing) when a key exists or repeats inside the batch.
   void check_new(const idx_t* keys, std::size_t n) const;
   std::size_t append(idx_t key, const std::uint64_t* sig);
