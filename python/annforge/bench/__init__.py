@@ -133,8 +133,13 @@ def _sweep_for(algo: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     return points
 
 
-def _child_env() -> Dict[str, str]:
+def _child_env(search_threads: int = 0) -> Dict[str, str]:
     env = dict(os.environ)
+    if search_threads > 0:
+        # faiss' batched flat search runs in OpenBLAS, whose thread count is fixed when it loads: pin it to the
+        # search threads, or a "1 thread" faiss run oversubscribes the cores and looks several times slower.
+        for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(search_threads))
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -167,7 +172,8 @@ def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: An
             if progress is not None:
                 progress.update(task, description=f"{algo}: building")
             proc = subprocess.Popen([sys.executable, "-m", "annforge.bench.worker", spec_path],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=_child_env(int(s["threads"])))
             build: Dict[str, Any] = {}
             done = 0
             assert proc.stdout is not None
