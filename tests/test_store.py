@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 import annforge as af
 from annforge.store import Collection, compile_where, maximal_marginal_relevance
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+# The children import annforge from wherever this process did (the installed package in CI, python/ in a
+# development build), never blindly from the source tree, which has no compiled module after `pip install .`.
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(af.__file__)))
 
 # -- a reference evaluation of the filter dialect, written independently of the SQL compiler ---------
 MISSING = object()
