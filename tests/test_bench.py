@@ -227,3 +227,5 @@ def test_minhash_workload_on_hand_made_corpus(tmp_path: Path) -> None:
         assert low["sig_docs_per_s"] > 0 and low["insert_per_s"] > 0 and low["qps"] > 0
     header = (tmp_path / "o" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("run,algo,params,recall,precision,sig_docs_per_s")
+    if _has("matplotlib"):
+        assert (tmp_path / "o" / "recall_qps.png").stat().st_size > 1000

@@ -30,7 +30,8 @@ import numpy as np
 from .algorithms import MINHASH_REGISTRY, REGISTRY, default_algorithms
 from .datasets import (Dataset, SetDataset, ensure_ground_truth, exact_pairs, load_dataset, load_text_sets,
                        minhash_corpus)
-from .report import MINHASH_CSV_FIELDS, mark_pareto, print_minhash_table, print_table, write_csv, write_json, write_plot
+from .report import (MINHASH_CSV_FIELDS, mark_pareto, print_minhash_table, print_table, write_csv, write_json,
+                     write_minhash_plot, write_plot)
 
 __all__ = ["main", "run_benchmark", "run_minhash_benchmark"]
 
@@ -312,7 +313,11 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", meta, rows)
     write_csv(out / "results.csv", rows, MINHASH_CSV_FIELDS)
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} in {time.perf_counter() - t_start:.0f} s")
+    why = write_minhash_plot(out / "recall_qps.png", rows, f"{ds.name}: MinHash LSH")
+    written = [out / "results.json", out / "results.csv"] + ([] if why else [out / "recall_qps.png"])
+    console.print("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s")
+    if why:
+        console.print(f"[yellow]{why}[/]")
     return 0
 
 

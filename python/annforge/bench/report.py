@@ -70,7 +70,7 @@ def print_minhash_table(rows: List[Dict[str, Any]], title: str) -> None:
                       f"{r['truth_pairs']:,}", f"{r['candidate_pairs']:,}")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)
+        console = Console(width=160)
     console.print(table)
     console.print("pair recall / precision: LSH candidate pairs (each document queried once) against every pair "
                   "with exact Jaccard >= threshold.")
@@ -112,6 +112,33 @@ def write_plot(path: Path, rows: List[Dict[str, Any]], k: int, title: str) -> Op
     ax.set_yscale("log")
     ax.set_xlabel(f"recall@{k}")
     ax.set_ylabel("queries per second (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def write_minhash_plot(path: Path, rows: List[Dict[str, Any]], title: str) -> Optional[str]:
+    """Pair recall (x) vs one-at-a-time queries/s (log y), one line per algorithm, points labelled by threshold."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'annforge[bench]'); PNG skipped"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for algo in sorted({r["algo"] for r in rows}):
+        pts = sorted((r["params"].get("threshold", 0), r["recall"], r["qps"]) for r in rows if r["algo"] == algo)
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=algo)
+        for t, x, y in pts:
+            ax.annotate(f"t={t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    ax.set_yscale("log")
+    ax.set_xlabel("pair recall at the threshold (exact Jaccard truth)")
+    ax.set_ylabel("queries per second, one at a time (log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
