@@ -173,3 +173,59 @@ def test_toml_config_and_sweep_override(tmp_path: Path) -> None:
     assert bench_main(["--config", str(cfg), "--sweep", "hnswlib.ef=12", "--out", str(tmp_path / "p")]) == 0
     data = json.loads((tmp_path / "p" / "results.json").read_text())
     assert [r["params"]["ef"] for r in data["results"]] == [12]
+
+
+# ---- --workload minhash ------------------------------------------------------------------------------
+def test_exact_pairs_matches_brute_force() -> None:
+    from annforge.bench.datasets import exact_pairs, minhash_corpus
+
+    sets = [frozenset(s) for s in minhash_corpus(150, 60, vocab=300, seed=3).sets]
+    for t in (0.3, 0.5, 0.8, 1.0):
+        brute = {(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))
+                 if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= t}
+        assert exact_pairs(sets, t) == brute
+    assert len(exact_pairs(sets, 0.5)) > 20  # the corpus really has near-duplicates
+
+
+def test_shingles() -> None:
+    from annforge.bench.datasets import shingle_text
+
+    assert shingle_text("the cat the dog", "word1") == ["the", "cat", "dog"]
+    assert shingle_text("a b c d", "word3") == ["a b c", "b c d"]
+    assert shingle_text("abcdef", "char5") == ["abcde", "bcdef"]
+    with pytest.raises(ValueError):
+        shingle_text("x", "line2")
+
+
+def test_minhash_workload_on_hand_made_corpus(tmp_path: Path) -> None:
+    # 30 documents of 30 private words (no overlap between them), 10 exact copies (J = 1) and 10 copies with
+    # 3 words replaced (J = 27 / 33 = 0.818): the true pairs are known without computing anything.
+    docs = [[f"d{d}w{w}" for w in range(30)] for d in range(30)]
+    copies = [list(docs[d]) for d in range(10)]
+    edited = [docs[d][3:] + [f"new{d}x{e}" for e in range(3)] for d in range(10, 20)]
+    lines = docs + copies + edited
+    (tmp_path / "docs.txt").write_text("\n".join(" ".join(doc) for doc in lines) + "\n")
+    identical = {(d, 30 + d) for d in range(10)}
+    near = {(d, 30 + d) for d in range(10, 20)}
+    rc = bench_main(["--workload", "minhash", "--dataset", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "o"),
+                     "--repeats", "1", "--sweep", "annforge-minhash-lsh.threshold=0.5,0.9",
+                     "--sweep", "datasketch-lsh.threshold=0.5,0.9"])
+    assert rc == 0
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert data["meta"]["workload"] == "minhash" and data["meta"]["n"] == 50
+    rows = {(r["algo"], r["params"]["threshold"]): r for r in data["results"]}
+    algos = ["annforge-minhash-lsh"] + (["datasketch-lsh"] if _has("datasketch") else [])
+    assert set(rows) == {(a, t) for a in algos for t in (0.5, 0.9)}
+    for algo in algos:
+        low, high = rows[(algo, 0.5)], rows[(algo, 0.9)]
+        assert low["truth_pairs"] == len(identical | near) and high["truth_pairs"] == len(identical)
+        # disjoint vocabularies: no false candidates at 0.5; J = 0.818 pairs sit far above a 0.5 threshold
+        assert low["recall"] == 1.0 and low["precision"] == 1.0 and low["candidate_pairs"] == 20
+        # at 0.9 the identical copies are always found; the 0.818 pairs may or may not be candidates
+        assert high["recall"] == 1.0 and 0.5 <= high["precision"] <= 1.0
+        assert high["candidate_pairs"] == round(len(identical) / high["precision"])
+        assert low["sig_docs_per_s"] > 0 and low["insert_per_s"] > 0 and low["qps"] > 0
+    header = (tmp_path / "o" / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("run,algo,params,recall,precision,sig_docs_per_s")
+    if _has("matplotlib"):
+        assert (tmp_path / "o" / "recall_qps.png").stat().st_size > 1000

@@ -3,6 +3,11 @@
 >>> from annforge.bench import main  # doctest: +SKIP
 >>> main(["--quick", "--algos", "annforge-flat,faiss-flat", "--out", "/tmp/ab"])  # doctest: +SKIP
 
+``--workload minhash`` benchmarks Jaccard search instead (annforge's MinHash LSH against datasketch):
+signature, insert and one-at-a-time query throughput and pair recall / precision against exact Jaccard.
+
+>>> main(["--workload", "minhash", "--quick", "--out", "/tmp/ab-mh"])  # doctest: +SKIP
+
 Every algorithm runs in its own subprocess (``python -m annforge.bench.worker``) with a warm-up
 before timing and the best of ``--repeats`` runs; results go to ``<out>/results.json``,
 ``results.csv`` and ``recall_qps.png``.
@@ -22,11 +27,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .algorithms import REGISTRY, default_algorithms
-from .datasets import Dataset, ensure_ground_truth, load_dataset
-from .report import mark_pareto, print_table, write_csv, write_json, write_plot
+from .algorithms import MINHASH_REGISTRY, REGISTRY, default_algorithms
+from .datasets import (Dataset, SetDataset, ensure_ground_truth, exact_pairs, load_dataset, load_text_sets,
+                       minhash_corpus)
+from .report import (MINHASH_CSV_FIELDS, mark_pareto, print_minhash_table, print_table, write_csv, write_json,
+                     write_minhash_plot, write_plot)
 
-__all__ = ["main", "run_benchmark"]
+__all__ = ["main", "run_benchmark", "run_minhash_benchmark"]
 
 
 def _parse_value(text: str) -> Any:
@@ -65,7 +72,11 @@ def _load_config(path: str) -> Dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="annforge bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", help="'default', an ann-benchmarks .hdf5 file, or base vectors (.fvecs/.bvecs/.npy)")
+    p.add_argument("--workload", choices=["vectors", "minhash"], default=None,
+                   help="vectors (k-NN, default) or minhash (Jaccard: MinHash LSH vs datasketch)")
+    p.add_argument("--dataset", help="'default', an ann-benchmarks .hdf5 file, or base vectors (.fvecs/.bvecs/.npy); "
+                                     "with --workload minhash a text file with one document per line")
+    p.add_argument("--shingle", default=None, help="minhash text shingles: word1 (default), word3, char5, ...")
     p.add_argument("--queries", help="query vectors file when --dataset is a vector file")
     p.add_argument("--gt", help="ground-truth ids (.ivecs/.npy); computed with FlatIndex and cached if missing")
     p.add_argument("--metric", default=None, help="l2, ip or cosine for vector-file datasets (default l2)")
@@ -91,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = _load_config(args.config) if args.config else {}
-    defaults = dict(dataset=None, queries=None, gt=None, metric="l2", algos=None, k=10, threads=1, build_threads=0,
-                    batch=0, repeats=3, latency_queries=200, out="annforge-bench")
+    defaults = dict(workload="vectors", dataset=None, queries=None, gt=None, metric="l2", shingle="word1", algos=None,
+                    k=10, threads=1, build_threads=0, batch=0, repeats=3, latency_queries=200, out="annforge-bench")
     s = {key: cfg.get(key, cfg.get(key.replace("_", "-"), d)) for key, d in defaults.items()}
     for key in defaults:
         v = getattr(args, key, None)
@@ -117,8 +128,12 @@ def _settings(args: argparse.Namespace) -> Dict[str, Any]:
     return s
 
 
+def _registry(s: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    return MINHASH_REGISTRY if s.get("workload") == "minhash" else REGISTRY
+
+
 def _sweep_for(algo: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
-    spec = REGISTRY[algo]
+    spec = _registry(s)[algo]
     points = [dict(p) for p in (spec["quick"] if s["quick"] else spec["sweep"])]
     override = s["sweep_overrides"].get(algo)
     if override:
@@ -206,6 +221,106 @@ def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: An
     return rows
 
 
+def load_set_dataset(s: Dict[str, Any]) -> SetDataset:
+    """The minhash workload's corpus: built-in (``None``/``default``) or a text file, one document per line."""
+    if s["dataset"] in (None, "default"):
+        return minhash_corpus(1000, 200) if s["quick"] else minhash_corpus()
+    return load_text_sets(str(s["dataset"]), s["shingle"])
+
+
+def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = None,
+                          task: Any = None) -> List[Dict[str, Any]]:
+    """Exact Jaccard pairs per threshold, then each MinHash library in its own subprocess; one row per point."""
+    algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
+    unknown = [a for a in algos if a not in MINHASH_REGISTRY]
+    if unknown:
+        raise SystemExit(f"unknown minhash algorithm(s) {unknown}; known: {', '.join(MINHASH_REGISTRY)}")
+    rows: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="annforge-bench-") as work:
+        with open(os.path.join(work, "docs.json"), "w") as f:
+            json.dump(ds.sets, f)
+        thresholds = sorted({float(p["threshold"]) for a in algos for p in _sweep_for(a, s)})
+        for t in thresholds:
+            if progress is not None:
+                progress.update(task, description=f"exact pairs J>={t:g}")
+            pairs = np.array(sorted(exact_pairs(ds.sets, t)), dtype=np.int64).reshape(-1, 2)
+            np.save(os.path.join(work, f"truth_{t:.6f}.npy"), pairs)
+        for algo in algos:
+            sweep = _sweep_for(algo, s)
+            if not MINHASH_REGISTRY[algo]["available"]():
+                _say(progress, f"[yellow]skipping {algo}: its library is not installed[/]")
+                if progress is not None:
+                    progress.update(task, advance=len(sweep))
+                continue
+            spec = dict(workload="minhash", algo=algo, work_dir=work, threads=s["threads"], repeats=s["repeats"],
+                        sweep=sweep)
+            spec_path = os.path.join(work, f"{algo}.json")
+            with open(spec_path, "w") as f:
+                json.dump(spec, f)
+            if progress is not None:
+                progress.update(task, description=f"{algo}: signing")
+            proc = subprocess.Popen([sys.executable, "-m", "annforge.bench.worker", spec_path],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=_child_env(int(s["threads"])))
+            done = 0
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if msg["event"] == "result":
+                    done += 1
+                    rows.append(dict(algo=algo, **{k: v for k, v in msg.items() if k != "event"}))
+                    if progress is not None:
+                        progress.update(task, advance=1, description=f"{algo}: {done}/{len(sweep)}")
+                elif msg["event"] == "error":
+                    _say(progress, f"[red]{algo} failed: {msg['message']}[/]")
+            stderr = proc.stderr.read() if proc.stderr else ""
+            if proc.wait() != 0 and done == 0:
+                tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+                _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {' '.join(tail)}")
+            if progress is not None and done < len(sweep):
+                progress.update(task, advance=len(sweep) - done)
+    return rows
+
+
+def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out = Path(s["out"])
+    ds = load_set_dataset(s)
+    sizes = [len(x) for x in ds.sets]
+    console.print(f"dataset [bold]{ds.name}[/]: {len(ds.sets):,} documents, {np.mean(sizes):.1f} shingles on average, "
+                  f"threads={s['threads']}")
+    algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
+    s["algos"] = algos
+    total = sum(len(_sweep_for(a, s)) for a in algos if a in MINHASH_REGISTRY)
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+        rows = run_minhash_benchmark(ds, s, progress, task)
+    if not rows:
+        console.print("[red]no results[/]")
+        return 1
+    import annforge
+
+    meta = dict(workload="minhash", dataset=ds.name, n=len(ds.sets), mean_set_size=float(np.mean(sizes)),
+                shingle=s["shingle"], threads=s["threads"], repeats=s["repeats"], annforge=annforge.build_info(),
+                cpu_count=os.cpu_count(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    print_minhash_table(rows, title=f"{ds.name}: MinHash LSH, pair recall vs exact Jaccard ({s['threads'] or 'all'} "
+                                    f"thread(s))")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", meta, rows)
+    write_csv(out / "results.csv", rows, MINHASH_CSV_FIELDS)
+    why = write_minhash_plot(out / "recall_qps.png", rows, f"{ds.name}: MinHash LSH")
+    written = [out / "results.json", out / "results.csv"] + ([] if why else [out / "recall_qps.png"])
+    console.print("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s")
+    if why:
+        console.print(f"[yellow]{why}[/]")
+    return 0
+
+
 def _say(progress: Any, text: str) -> None:
     if progress is not None:
         progress.console.print(text)
@@ -235,8 +350,8 @@ def _compare(paths: List[str], out: Path) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        for name in REGISTRY:
-            print(f"{name:16s} {'available' if REGISTRY[name]['available']() else 'not installed'}")
+        for name, spec in {**REGISTRY, **MINHASH_REGISTRY}.items():
+            print(f"{name:20s} {'available' if spec['available']() else 'not installed'}")
         return 0
     s = _settings(args)
     out = Path(s["out"])
@@ -249,6 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not console.is_terminal:
         console = Console(width=140)
     t_start = time.perf_counter()
+    if s["workload"] == "minhash":
+        return _main_minhash(s, console, t_start)
     ds = load_dataset(s["dataset"], metric=s["metric"], queries=s["queries"], gt=s["gt"], quick=s["quick"])
     console.print(f"dataset [bold]{ds.name}[/]: {len(ds.base):,} x {ds.dim} base, {len(ds.queries):,} queries, "
                   f"metric {ds.metric}, k={s['k']}, search threads={s['threads']}")

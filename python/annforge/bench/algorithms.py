@@ -295,3 +295,78 @@ def available_algorithms() -> List[str]:
 def default_algorithms() -> List[str]:
     """The available adapters a run uses without ``--algos`` (excludes the ones marked slow)."""
     return [name for name in available_algorithms() if REGISTRY[name].get("default", True)]
+
+
+# ---- Jaccard / MinHash workload (``annforge bench --workload minhash``) ----------------------------
+class SetAdapter:
+    """Base for set-similarity adapters: ``sign(docs)``, ``insert(sigs)``, ``query(sig) -> keys``.
+
+    ``docs`` are lists of ``bytes`` tokens (the same encoding for every library); keys are the
+    document positions. ``params`` carries the sweep point (``threshold``, ``num_perm``).
+    """
+
+    def __init__(self, threads: int, params: Dict[str, Any], seed: int = 1) -> None:
+        self.threads, self.params, self.seed = threads, dict(params), seed
+        self.threshold, self.num_perm = float(params["threshold"]), int(params["num_perm"])
+
+    def sign(self, docs: List[List[bytes]]) -> Any:
+        raise NotImplementedError
+
+    def insert(self, sigs: Any) -> None:
+        raise NotImplementedError
+
+    def query(self, sigs: Any, i: int) -> List[int]:
+        raise NotImplementedError
+
+
+class AnnforgeMinHashLSH(SetAdapter):
+    """``af.minhash_signatures`` (one call for the corpus) + ``af.MinHashLSH.insert_batch`` / ``query``."""
+
+    def sign(self, docs: List[List[bytes]]) -> Any:
+        import annforge
+
+        return annforge.minhash_signatures(docs, num_perm=self.num_perm, seed=self.seed, num_threads=self.threads)
+
+    def insert(self, sigs: Any) -> None:
+        import annforge
+
+        self.lsh = annforge.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self.lsh.insert_batch(np.arange(len(sigs), dtype=np.int64), sigs, num_threads=self.threads)
+
+    def query(self, sigs: Any, i: int) -> List[int]:
+        return self.lsh.query(sigs[i])
+
+
+class DatasketchLSH(SetAdapter):
+    """``datasketch.MinHash.update_batch`` per document + ``datasketch.MinHashLSH`` (insertion session)."""
+
+    def sign(self, docs: List[List[bytes]]) -> Any:
+        import datasketch
+
+        out = []
+        for toks in docs:
+            m = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed)
+            m.update_batch(toks)
+            out.append(m)
+        return out
+
+    def insert(self, sigs: Any) -> None:
+        import datasketch
+
+        self.lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        with self.lsh.insertion_session() as session:
+            for i, m in enumerate(sigs):
+                session.insert(i, m)
+
+    def query(self, sigs: Any, i: int) -> List[int]:
+        return self.lsh.query(sigs[i])
+
+
+MINHASH_SWEEP = _grid(threshold=[0.5, 0.7, 0.9], num_perm=[128])
+
+MINHASH_REGISTRY: Dict[str, Dict[str, Any]] = {
+    "annforge-minhash-lsh": dict(cls=AnnforgeMinHashLSH, available=_has_family("MinHashLSH"), build={},
+                                 sweep=MINHASH_SWEEP, quick=MINHASH_SWEEP),
+    "datasketch-lsh": dict(cls=DatasketchLSH, available=_has_module("datasketch"), build={},
+                           sweep=MINHASH_SWEEP, quick=MINHASH_SWEEP),
+}

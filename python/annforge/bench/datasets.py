@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -195,3 +195,108 @@ def ensure_ground_truth(ds: Dataset, k: int, num_threads: int = 0) -> Tuple[np.n
     except OSError:
         pass  # read-only home: ground truth is simply not cached
     return ds.gt_ids, ds.gt_dist
+
+
+# ---- Jaccard / MinHash workload -----------------------------------------------------------------
+@dataclass
+class SetDataset:
+    """Documents as token sets (sorted lists of str) for the ``--workload minhash`` benchmark."""
+
+    name: str
+    sets: List[List[str]]
+
+
+def minhash_corpus(n_base: int = 5000, n_dup: int = 1000, vocab: int = 50_000, seed: int = 7) -> SetDataset:
+    """Deterministic token-set corpus with injected near-duplicates.
+
+    ``n_base`` documents of 20-60 distinct tokens drawn from a Zipf(1.1) vocabulary, then ``n_dup``
+    copies of random base documents with 0-40 % of their tokens replaced, dropped or added, so
+    the pair similarities spread over the whole 0.5-1.0 range (a fifth of the copies are exact).
+
+    >>> ds = minhash_corpus(100, 20)
+    >>> len(ds.sets), ds.sets == minhash_corpus(100, 20).sets
+    (120, True)
+    """
+    rng = np.random.default_rng(seed)
+    sets: List[List[str]] = []
+    for _ in range(n_base):
+        size = int(rng.integers(20, 61))
+        toks: set = set()
+        while len(toks) < size:
+            draws = rng.zipf(1.1, size=2 * size)
+            toks.update(int(t) for t in draws[draws <= vocab])
+        sets.append(sorted(f"t{t}" for t in list(toks)[:size]))
+    for c in range(n_dup):
+        doc = list(sets[int(rng.integers(n_base))])
+        edits = 0 if c % 5 == 0 else int(rng.integers(1, max(2, int(0.4 * len(doc)))))
+        for _ in range(edits):
+            op = int(rng.integers(3))
+            pos = int(rng.integers(len(doc)))
+            new = f"e{int(rng.integers(1 << 40))}"
+            if op == 0:
+                doc[pos] = new
+            elif op == 1 and len(doc) > 5:
+                doc.pop(pos)
+            else:
+                doc.append(new)
+        sets.append(sorted(set(doc)))
+    return SetDataset(f"zipf-sets-{n_base}+{n_dup}", sets)
+
+
+def shingle_text(text: str, shingle: str = "word1") -> List[str]:
+    """Distinct shingles of one document: ``wordN`` (N-word grams) or ``charN`` (N-character grams).
+
+    >>> shingle_text("a b a c", "word1"), shingle_text("a b a c", "word2")
+    (['a', 'b', 'c'], ['a b', 'b a', 'a c'])
+    >>> shingle_text("abcd", "char3")
+    ['abc', 'bcd']
+    """
+    unit, n = shingle.rstrip("0123456789"), int(shingle[len(shingle.rstrip("0123456789")):] or 1)
+    if unit not in ("word", "char") or n < 1:
+        raise ValueError(f"unknown shingle {shingle!r}; use wordN or charN, e.g. word1, word3, char5")
+    items = text.split() if unit == "word" else list(" ".join(text.split()))
+    sep = " " if unit == "word" else ""
+    grams = [sep.join(items[i:i + n]) for i in range(max(1, len(items) - n + 1))] if items else []
+    return list(dict.fromkeys(grams))
+
+
+def load_text_sets(path: str, shingle: str = "word1") -> SetDataset:
+    """One document per non-empty line of a UTF-8 text file, shingled with :func:`shingle_text`."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        sets = [shingle_text(line, shingle) for line in f if line.strip()]
+    if len(sets) < 2:
+        raise ValueError(f"{path}: need at least 2 non-empty lines (one document per line)")
+    return SetDataset(f"{Path(path).name} ({shingle})", sets)
+
+
+def exact_pairs(sets: Sequence[Iterable[str]], threshold: float) -> Set[Tuple[int, int]]:
+    """Every pair ``(i, j)``, ``i < j``, with exact Jaccard ≥ ``threshold``, found by prefix filtering.
+
+    Tokens are ordered rarest first; J(A, B) ≥ t needs |A ∩ B| ≥ t·|A|, so when A is indexed after B
+    the first ``|A| - ceil(t|A|) + 1`` rare tokens of A must meet B's indexed prefix. Candidates are
+    then verified exactly, so the result is exact (no sampling).
+
+    >>> sorted(exact_pairs([{"a", "b"}, {"a", "b"}, {"a", "c"}], 0.3))
+    [(0, 1), (0, 2), (1, 2)]
+    """
+    from collections import Counter, defaultdict
+
+    frozen = [frozenset(s) for s in sets]
+    freq = Counter(t for s in frozen for t in s)
+    index: Dict[str, List[int]] = defaultdict(list)
+    found: Set[Tuple[int, int]] = set()
+    for i, s in enumerate(frozen):
+        n = len(s)
+        if n == 0:
+            continue
+        toks = sorted(s, key=lambda t: (freq[t], t))
+        prefix = n - int(np.ceil(threshold * n - 1e-9)) + 1
+        cands: Set[int] = set()
+        for t in toks[:prefix]:
+            cands.update(index[t])
+            index[t].append(i)
+        for j in cands:
+            inter = len(s & frozen[j])
+            if inter / (n + len(frozen[j]) - inter) >= threshold - 1e-12:
+                found.add((j, i))
+    return found

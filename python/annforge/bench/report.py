@@ -54,6 +54,28 @@ def print_table(rows: List[Dict[str, Any]], k: int, title: str, all_rows: bool =
     console.print("Per-algorithm Pareto frontier (recall vs QPS); * = on the overall frontier.")
 
 
+def print_minhash_table(rows: List[Dict[str, Any]], title: str) -> None:
+    """The ``--workload minhash`` table: every sweep point (each threshold has its own exact truth)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, just in [("algorithm", "left"), ("params", "left"), ("pair recall", "right"), ("precision", "right"),
+                      ("sig docs/s", "right"), ("insert/s", "right"), ("queries/s", "right"),
+                      ("true pairs", "right"), ("candidates", "right")]:
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for r in sorted(rows, key=lambda r: (r["algo"], r["params"].get("threshold", 0), r["params"].get("num_perm", 0))):
+        table.add_row(r["algo"], _fmt_params(r["params"]), f"{r['recall']:.4f}", f"{r['precision']:.4f}",
+                      f"{r['sig_docs_per_s']:,.0f}", f"{r['insert_per_s']:,.0f}", f"{r['qps']:,.0f}",
+                      f"{r['truth_pairs']:,}", f"{r['candidate_pairs']:,}")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+    console.print("pair recall / precision: LSH candidate pairs (each document queried once) against every pair "
+                  "with exact Jaccard >= threshold.")
+
+
 def write_json(path: Path, meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
     path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 
@@ -62,9 +84,13 @@ CSV_FIELDS = ["run", "algo", "params", "recall", "recall_tolerant", "qps", "p50_
               "build_s", "memory_bytes", "bytes_per_vector", "rss_growth", "pareto", "global_pareto"]
 
 
-def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+MINHASH_CSV_FIELDS = ["run", "algo", "params", "recall", "precision", "sig_docs_per_s", "insert_per_s", "qps",
+                      "truth_pairs", "candidate_pairs", "sig_s", "insert_s"]
+
+
+def write_csv(path: Path, rows: List[Dict[str, Any]], fields: Optional[List[str]] = None) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields or CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({**r, "params": _fmt_params(r["params"])})
@@ -86,6 +112,33 @@ def write_plot(path: Path, rows: List[Dict[str, Any]], k: int, title: str) -> Op
     ax.set_yscale("log")
     ax.set_xlabel(f"recall@{k}")
     ax.set_ylabel("queries per second (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def write_minhash_plot(path: Path, rows: List[Dict[str, Any]], title: str) -> Optional[str]:
+    """Pair recall (x) vs one-at-a-time queries/s (log y), one line per algorithm, points labelled by threshold."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'annforge[bench]'); PNG skipped"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for algo in sorted({r["algo"] for r in rows}):
+        pts = sorted((r["params"].get("threshold", 0), r["recall"], r["qps"]) for r in rows if r["algo"] == algo)
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=algo)
+        for t, x, y in pts:
+            ax.annotate(f"t={t:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    ax.set_yscale("log")
+    ax.set_xlabel("pair recall at the threshold (exact Jaccard truth)")
+    ax.set_ylabel("queries per second, one at a time (log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
