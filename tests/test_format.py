@@ -35,6 +35,45 @@ def test_golden_flat_v1_still_loads() -> None:
         assert index.add(np.zeros((1, 6))).tolist() == [199]  # next id survived
 
 
+@pytest.mark.parametrize("storage", ["f32", "f16", "sq8"])
+def test_golden_hnsw_layouts_still_load(tmp_path, storage: str) -> None:
+    # rec0: level-0 headers inside each record (the first layout, converted on load); rec1: headers in
+    # their own section. Both files hold the same single-thread-built graph, so they must agree exactly.
+    sys.path.insert(0, DATA)
+    try:
+        from make_golden import golden_hnsw_vectors
+    finally:
+        sys.path.pop(0)
+    x = golden_hnsw_vectors()
+    ids = np.arange(300) * 2
+    removed = set(range(0, 60, 6))
+    live = np.array([i for i in range(300) if ids[i] not in removed])
+    results = []
+    for layout in ("rec0", "rec1"):
+        for mmap in (False, True):
+            index = af.load(os.path.join(DATA, f"golden_hnsw_{storage}_{layout}.af"), mmap=mmap)
+            assert isinstance(index, af.HNSWIndex) and index.storage == storage and index.M == 8
+            assert len(index) == 290 and sorted(index.ids().tolist()) == ids[live].tolist()
+            assert index._impl.unreachable_ids().size == 0
+            found, dist = index.search(x[live], 1, ef=64)
+            assert np.mean(found[:, 0] == ids[live]) >= 0.99
+            results.append((found, dist, index.reconstruct(ids[live])))
+            # still writable: removed slots are reused, and the result round-trips
+            index.add(x[:5] + 0.5, ids=[1000, 1001, 1002, 1003, 1004])
+            index.remove([2])
+            path = tmp_path / f"{layout}_{mmap}.af"
+            index.save(path)
+            again = af.load(path)
+            assert len(again) == 294 and 2 not in again and 1004 in again
+            np.testing.assert_array_equal(again.search(x[:20], 3, ef=64)[0], index.search(x[:20], 3, ef=64)[0])
+    for found, dist, rec in results[1:]:
+        np.testing.assert_array_equal(found, results[0][0])
+        np.testing.assert_array_equal(dist, results[0][1])
+        np.testing.assert_array_equal(rec, results[0][2])
+    if storage == "f32":
+        np.testing.assert_array_equal(results[0][2], x[live])
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_identity(tmp_path, metric: str, mmap: bool) -> None:

@@ -3,6 +3,7 @@ and searches running while another thread adds and removes."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
@@ -263,8 +264,8 @@ def _index_bytes() -> bytes:
 @pytest.mark.parametrize(
     "tag,word,value,message",
     [
-        ("REC0", 1, 10_000, "link out of range"),  # slot 0, first level-0 link
-        ("REC0", 0, 0xFFFF, "header"),  # slot 0 link count
+        ("REC1", 0, 10_000, "link out of range"),  # slot 0, first level-0 link
+        ("HDR0", 0, 0xFFFF, "header"),  # slot 0 link count
         ("LVLS", 0, 0x1F1F1F1F, "level|upper"),
         ("IDS ", 0, 0xFFFFFFFF, "id"),
     ],
@@ -276,6 +277,16 @@ def test_consistent_checksum_but_bad_graph_is_refused(tag: str, word: int, value
         af.HNSWIndex.from_bytes(patched)
     # The hook itself keeps a file valid when the value is unchanged.
     assert len(af.HNSWIndex.from_bytes(data)) == 200
+
+
+@pytest.mark.parametrize("word,value,message", [(1, 10_000, "link out of range"), (0, 0xFFFF, "header")])
+def test_bad_graph_in_legacy_layout_is_refused(word: int, value: int, message: str) -> None:
+    # Files from the first layout keep the level-0 header inside each record (section REC0).
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden_hnsw_f32_rec0.af")
+    with open(path, "rb") as f:
+        data = f.read()
+    with pytest.raises(OSError, match=message):
+        af.HNSWIndex.from_bytes(_core._hnsw_patch_u32_for_tests(data, "REC0", word, value))
 
 
 @pytest.mark.sanitize

@@ -52,7 +52,7 @@ void bind_hnsw(py::module_& m) {
     auto reader = bytes_reader(data);
     io::FileWriter w(io::Kind::HNSW);
     std::vector<std::vector<unsigned char>> copies;
-    for (const char* t : {"META", "REC0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P"}) {
+    for (const char* t : {"META", "REC0", "REC1", "HDR0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P"}) {
       char name[5] = {t[0], t[1], t[2], t[3], 0};
       const std::uint32_t code = io::make_tag(name);
       if (!reader->has(code)) continue;

@@ -17,15 +17,43 @@ def golden_vectors() -> np.ndarray:
     return (np.arange(40 * 6, dtype=np.float32).reshape(40, 6) % 7 - 3) / 4
 
 
-def main() -> None:
+def golden_hnsw_vectors() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((300, 24)).astype(np.float32)
+
+
+def write_flat() -> None:
     path = os.path.join(HERE, f"golden_flat_v{af.build_info()['format_version']}.af")
     if os.path.exists(path):
-        sys.exit(f"{path} exists; golden files are never rewritten")
+        print(f"{path} exists; golden files are never rewritten")
+        return
     index = af.FlatIndex(6, "l2")
     index.add(golden_vectors(), ids=np.arange(40, dtype=np.int64) * 5 + 3)
     index.remove([8, 13])
     index.save(path)
     print("wrote", path)
+
+
+def write_hnsw(storage: str) -> None:
+    # Named after the HNSW record layout the build writes (REC0: header inside each record; REC1:
+    # headers apart), so each layout keeps one golden file per storage.
+    index = af.HNSWIndex(24, "l2", M=8, ef_construction=64, storage=storage)
+    index.add(golden_hnsw_vectors(), ids=np.arange(300, dtype=np.int64) * 2, num_threads=1)
+    index.remove(np.arange(0, 60, 6))
+    blob = index.to_bytes()
+    layout = "rec1" if b"REC1" in blob else "rec0"
+    path = os.path.join(HERE, f"golden_hnsw_{storage}_{layout}.af")
+    if os.path.exists(path):
+        print(f"{path} exists; golden files are never rewritten")
+        return
+    index.save(path)
+    print("wrote", path)
+
+
+def main() -> None:
+    write_flat()
+    for storage in ("f32", "f16", "sq8"):
+        write_hnsw(storage)
 
 
 if __name__ == "__main__":

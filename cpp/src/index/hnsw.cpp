@@ -18,7 +18,11 @@ namespace annforge {
 namespace {
 
 constexpr std::uint32_t kTagMeta = io::make_tag("META");
-constexpr std::uint32_t kTagRecords = io::make_tag("REC0");
+// REC0: records with the header word inside (files written before the headers moved out; read and
+// converted on load). REC1 + HDR0: records without it, and the headers.
+constexpr std::uint32_t kTagLegacyRecords = io::make_tag("REC0");
+constexpr std::uint32_t kTagRecords = io::make_tag("REC1");
+constexpr std::uint32_t kTagHeaders = io::make_tag("HDR0");
 constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
 constexpr std::uint32_t kTagLevels = io::make_tag("LVLS");
 constexpr std::uint32_t kTagUpper = io::make_tag("UPPR");
@@ -127,7 +131,7 @@ HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t 
     case HnswStorage::F16: code_bytes_ = dim * sizeof(std::uint16_t); break;
     case HnswStorage::SQ8: code_bytes_ = dim; break;
   }
-  links_bytes_ = sizeof(std::uint32_t) * (1 + 2 * M_);
+  links_bytes_ = sizeof(std::uint32_t) * 2 * M_;
   // Vectors of a cache line or more start on a cache line (the records are 64-byte aligned then),
   // so a visit touches the fewest lines; small vectors pack tightly instead.
   const std::size_t align = code_bytes_ >= 256 ? 64 : 16;
@@ -169,9 +173,9 @@ std::vector<idx_t> HNSWIndex::unreachable_ids() const {
     const Slot s = stack.back();
     stack.pop_back();
     const std::uint32_t* list = links0(s);
-    const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, 2 * M_);
+    const std::size_t count = std::min<std::size_t>(load_acquire(header0(s)) & kCountMask, 2 * M_);
     for (std::size_t i = 0; i < count; ++i) {
-      const Slot n = list[1 + i];
+      const Slot n = list[i];
       if (n < slot_count_ && !seen[n]) {
         seen[n] = 1;
         stack.push_back(n);
@@ -201,19 +205,27 @@ std::size_t HNSWIndex::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lock(rw_mutex_);
   std::size_t upper = upper_.capacity() * sizeof(std::vector<std::uint32_t>);
   for (const auto& u : upper_) upper += u.capacity() * sizeof(std::uint32_t);
-  return records_.heap_bytes() + exact_.heap_bytes() + sq8_offset_.heap_bytes() + sq8_scale_.heap_bytes() + upper +
+  return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + sq8_offset_.heap_bytes() + sq8_scale_.heap_bytes() + upper +
          levels_.capacity() + slot_ids_.heap_bytes() + slot_of_.memory_bytes() + free_slots_.capacity() * sizeof(Slot);
 }
 
-bool HNSWIndex::is_deleted(Slot s) const { return (load_acquire(links0(s)) & kDeletedBit) != 0; }
+bool HNSWIndex::is_deleted(Slot s) const { return (load_acquire(header0(s)) & kDeletedBit) != 0; }
 
-std::uint32_t* HNSWIndex::link_list(Slot s, int level) {
-  if (level == 0) return links0(s);
+std::uint32_t* HNSWIndex::link_header(Slot s, int level) {
+  if (level == 0) return header0(s);
   return upper_[s].data() + static_cast<std::size_t>(level - 1) * (M_ + 1);
 }
-const std::uint32_t* HNSWIndex::link_list(Slot s, int level) const {
-  if (level == 0) return links0(s);
+const std::uint32_t* HNSWIndex::link_header(Slot s, int level) const {
+  if (level == 0) return header0(s);
   return upper_[s].data() + static_cast<std::size_t>(level - 1) * (M_ + 1);
+}
+std::uint32_t* HNSWIndex::link_ids(Slot s, int level) {
+  if (level == 0) return links0(s);
+  return upper_[s].data() + static_cast<std::size_t>(level - 1) * (M_ + 1) + 1;
+}
+const std::uint32_t* HNSWIndex::link_ids(Slot s, int level) const {
+  if (level == 0) return links0(s);
+  return upper_[s].data() + static_cast<std::size_t>(level - 1) * (M_ + 1) + 1;
 }
 
 int HNSWIndex::draw_level(std::uint64_t salt) const {
@@ -344,10 +356,10 @@ HNSWIndex::Slot HNSWIndex::greedy_descent(const Query& q, Slot entry, int top_le
     bool changed = true;
     while (changed) {
       changed = false;
-      const std::uint32_t* list = link_list(cur, level);
-      const std::uint32_t count = std::min<std::uint32_t>(load_acquire(list) & kCountMask, M_);
+      const std::uint32_t* list = link_ids(cur, level);
+      const std::uint32_t count = std::min<std::uint32_t>(load_acquire(link_header(cur, level)) & kCountMask, M_);
       for (std::uint32_t i = 0; i < count; ++i) {
-        const Slot n = list[1 + i];
+        const Slot n = list[i];
         if (n >= slot_count_) continue;
         const float d = distance(q, n);
         if (d < cur_dist) {
@@ -391,9 +403,9 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
 
     // Gather the unvisited neighbours first and prefetch all their vectors, then compute the
     // distances: the memory loads overlap instead of being paid one after another.
-    const std::uint32_t* list = link_list(current.second, level);
-    const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
-    const std::uint32_t* links = list + 1;
+    const std::size_t count =
+        std::min<std::size_t>(load_acquire(link_header(current.second, level)) & kCountMask, limit);
+    const std::uint32_t* links = link_ids(current.second, level);
     Slot* batch = scratch.batch.data();
     std::size_t fresh = 0;
     for (std::size_t i = 0; i < count; ++i) {
@@ -459,12 +471,12 @@ void HNSWIndex::search_layer_filtered(const Query& q, Slot entry, std::size_t ef
     cand.pop_back();
 
     const std::uint32_t* list = links0(current.second);
-    const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
+    const std::size_t count = std::min<std::size_t>(load_acquire(header0(current.second)) & kCountMask, limit);
     Slot* batch = scratch.batch.data();
     Slot* hops = scratch.hops.data();
     std::size_t fresh = 0, nhops = 0;
     for (std::size_t i = 0; i < count; ++i) {
-      const Slot n = list[1 + i];
+      const Slot n = list[i];
       if (n >= nslots || visited[n] == epoch) continue;
       visited[n] = epoch;
       if (allowed(n)) {
@@ -477,9 +489,9 @@ void HNSWIndex::search_layer_filtered(const Query& q, Slot entry, std::size_t ef
     }
     for (std::size_t h = 0; h < nhops; ++h) {
       const std::uint32_t* second = links0(hops[h]);
-      const std::size_t c2 = std::min<std::size_t>(load_acquire(second) & kCountMask, limit);
+      const std::size_t c2 = std::min<std::size_t>(load_acquire(header0(hops[h])) & kCountMask, limit);
       for (std::size_t j = 0; j < c2; ++j) {
-        const Slot m = second[1 + j];
+        const Slot m = second[j];
         if (m >= nslots || visited[m] == epoch || !allowed(m)) continue;
         visited[m] = epoch;
         batch[fresh++] = m;
@@ -551,13 +563,14 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
   const std::size_t limit = max_links(level);
   {
     std::lock_guard<std::mutex> lock(node_lock(s));
-    std::uint32_t* list = link_list(s, level);
-    const std::uint32_t header = load_acquire(list);
+    std::uint32_t* head = link_header(s, level);
+    std::uint32_t* list = link_ids(s, level);
+    const std::uint32_t header = load_acquire(head);
     const std::size_t existing = std::min<std::size_t>(header & kCountMask, limit);
     if (existing == 0) {
       const std::size_t count = std::min(limit, neighbours.size());
-      for (std::size_t i = 0; i < count; ++i) list[1 + i] = neighbours[i].second;
-      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(count));
+      for (std::size_t i = 0; i < count; ++i) list[i] = neighbours[i].second;
+      store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count));
     } else {
       // s became reachable on an upper level before this one was connected, so a concurrent insertion
       // already linked itself here (its back-link to s). Overwriting would drop that link and could
@@ -567,7 +580,7 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
       Query& qs = scratch.node_query;
       prepare_query(node_as_query(s, scratch.decoded_a), qs);
       for (std::size_t i = 0; i < existing; ++i) {
-        const Slot o = list[1 + i];
+        const Slot o = list[i];
         if (o >= slot_count_ || o == s) continue;
         bool present = false;
         for (const Cand& c : neighbours) present = present || c.second == o;
@@ -575,22 +588,23 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
       }
       std::sort(pool.begin(), pool.end(), CandLess());
       select_heuristic(pool, limit);
-      for (std::size_t i = 0; i < pool.size(); ++i) list[1 + i] = pool[i].second;
-      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+      for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
+      store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
     }
   }
   for (const Cand& nb : neighbours) {
     const Slot n = nb.second;
     std::lock_guard<std::mutex> lock(node_lock(n));
-    std::uint32_t* list = link_list(n, level);
-    const std::uint32_t header = load_acquire(list);
+    std::uint32_t* head = link_header(n, level);
+    std::uint32_t* list = link_ids(n, level);
+    const std::uint32_t header = load_acquire(head);
     const std::size_t count = std::min<std::size_t>(header & kCountMask, limit);
     bool present = false;
-    for (std::size_t i = 0; i < count && !present; ++i) present = list[1 + i] == s;
+    for (std::size_t i = 0; i < count && !present; ++i) present = list[i] == s;
     if (present) continue;
     if (count < limit) {
-      list[1 + count] = s;
-      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
+      list[count] = s;
+      store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
       continue;
     }
     // Full: re-select n's links among its current ones plus s, by distance to n.
@@ -600,13 +614,13 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
     prepare_query(node_as_query(n, scratch.decoded_a), qn);
     pool.emplace_back(nb.first, s);
     for (std::size_t i = 0; i < count; ++i) {
-      const Slot o = list[1 + i];
+      const Slot o = list[i];
       if (o < slot_count_) pool.emplace_back(distance(qn, o), o);
     }
     std::sort(pool.begin(), pool.end(), CandLess());
     select_heuristic(pool, limit);
-    for (std::size_t i = 0; i < pool.size(); ++i) list[1 + i] = pool[i].second;
-    store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+    for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
+    store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
   }
 }
 
@@ -619,17 +633,18 @@ void HNSWIndex::repair_before_reuse(Slot s, Scratch& scratch) {
     const std::size_t limit = max_links(level);
     {
       std::lock_guard<std::mutex> lock(node_lock(s));
-      const std::uint32_t* list = link_list(s, level);
-      const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
-      old.assign(list + 1, list + 1 + count);
+      const std::uint32_t* list = link_ids(s, level);
+      const std::size_t count = std::min<std::size_t>(load_acquire(link_header(s, level)) & kCountMask, limit);
+      old.assign(list, list + count);
     }
     for (Slot n : old) {
       if (n == s || n >= slot_count_ || levels_[n] < level) continue;
       Query& qn = scratch.node_query;
       prepare_query(node_as_query(n, scratch.decoded_a), qn);
       std::lock_guard<std::mutex> lock(node_lock(n));
-      std::uint32_t* list = link_list(n, level);
-      const std::uint32_t header = load_acquire(list);
+      std::uint32_t* head = link_header(n, level);
+      std::uint32_t* list = link_ids(n, level);
+      const std::uint32_t header = load_acquire(head);
       const std::size_t count = std::min<std::size_t>(header & kCountMask, limit);
       auto& pool = scratch.pruned;
       pool.clear();
@@ -639,20 +654,20 @@ void HNSWIndex::repair_before_reuse(Slot s, Scratch& scratch) {
           if (p.second == c) return;
         pool.emplace_back(distance(qn, c), c);
       };
-      for (std::size_t i = 0; i < count; ++i) add_candidate(list[1 + i]);
+      for (std::size_t i = 0; i < count; ++i) add_candidate(list[i]);
       for (Slot c : old) add_candidate(c);
       std::sort(pool.begin(), pool.end(), CandLess());
       select_heuristic(pool, limit);
-      for (std::size_t i = 0; i < pool.size(); ++i) list[1 + i] = pool[i].second;
-      store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+      for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
+      store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
     }
   }
   // s's old links describe another place: start empty, so connect() only merges links that concurrent
   // insertions add to s from now on.
   std::lock_guard<std::mutex> lock(node_lock(s));
   for (int level = 0; level <= top; ++level) {
-    std::uint32_t* list = link_list(s, level);
-    store_release(list, load_acquire(list) & ~kCountMask);
+    std::uint32_t* head = link_header(s, level);
+    store_release(head, load_acquire(head) & ~kCountMask);
   }
 }
 
@@ -686,9 +701,9 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
       const Slot s = stack.back();
       const std::uint32_t* list = links0(s);
       stack.pop_back();
-      const std::size_t count = std::min<std::size_t>(load_acquire(list) & kCountMask, limit);
+      const std::size_t count = std::min<std::size_t>(load_acquire(header0(s)) & kCountMask, limit);
       for (std::size_t i = 0; i < count; ++i) {
-        const Slot m = list[1 + i];
+        const Slot m = list[i];
         if (m >= n || m == s) continue;
         ++in_degree[m];
         if (!reached[m]) {
@@ -713,7 +728,7 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
     // Prefer the nearest node with a free link, which needs no replacement: a replaced link might
     // have been on the only path to the target's other in-link (the next pass catches that).
     std::stable_partition(found.begin(), found.end(), [&](const Cand& c) {
-      return (load_acquire(links0(c.second)) & kCountMask) < limit;
+      return (load_acquire(header0(c.second)) & kCountMask) < limit;
     });
     for (const Cand& c : found) {
       const Slot t = c.second;
@@ -721,17 +736,18 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
       Query& qt = scratch.node_query;
       prepare_query(node_as_query(t, scratch.decoded_a), qt);
       std::lock_guard<std::mutex> lock(node_lock(t));
+      std::uint32_t* head = header0(t);
       std::uint32_t* list = links0(t);
-      const std::uint32_t header = load_acquire(list);
+      const std::uint32_t header = load_acquire(head);
       const std::size_t count = std::min<std::size_t>(header & kCountMask, limit);
       if (count < limit) {
-        list[1 + count] = o;
-        store_release(list, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
+        list[count] = o;
+        store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
       } else {
         std::size_t victim = limit;
         float farthest = -std::numeric_limits<float>::infinity();
         for (std::size_t i = 0; i < count; ++i) {
-          const Slot m = list[1 + i];
+          const Slot m = list[i];
           if (m >= n || in_degree[m] < 2) continue;
           const float d = distance(qt, m);
           if (d > farthest) {
@@ -740,8 +756,8 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
           }
         }
         if (victim == limit) continue;  // every target depends on this link: try the next candidate
-        --in_degree[list[1 + victim]];
-        __atomic_store_n(&list[1 + victim], o, __ATOMIC_RELEASE);
+        --in_degree[list[victim]];
+        __atomic_store_n(&list[victim], o, __ATOMIC_RELEASE);
       }
       ++in_degree[o];
       ++fixed;
@@ -778,10 +794,10 @@ void HNSWIndex::insert(Slot s, const float* row, Scratch& scratch) {
         bool changed = true;
         while (changed) {
           changed = false;
-          const std::uint32_t* list = link_list(cur, l);
-          const std::uint32_t count = std::min<std::uint32_t>(load_acquire(list) & kCountMask, M_);
+          const std::uint32_t* list = link_ids(cur, l);
+          const std::uint32_t count = std::min<std::uint32_t>(load_acquire(link_header(cur, l)) & kCountMask, M_);
           for (std::uint32_t i = 0; i < count; ++i) {
-            const Slot n = list[1 + i];
+            const Slot n = list[i];
             if (n >= slot_count_ || n == s) continue;
             const float d = distance(q, n);
             if (d < cur_dist) {
@@ -815,12 +831,13 @@ void HNSWIndex::insert(Slot s, const float* row, Scratch& scratch) {
   }
   if (entry == kNoSlot || level > top) entry_.store(pack_entry(level, s));
   std::lock_guard<std::mutex> lock(node_lock(s));
-  std::uint32_t* header = links0(s);
+  std::uint32_t* header = header0(s);
   store_release(header, load_acquire(header) & ~kDeletedBit);  // published: searches may return it now
 }
 
 void HNSWIndex::grow_to(std::size_t slots) {
   records_.resize(slots * record_bytes_);
+  headers_.resize(slots);
   if (storage_ == HnswStorage::SQ8) exact_.resize(slots * dim_);
   slot_ids_.resize(slots);
   levels_.resize(slots, 0);
@@ -849,8 +866,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
       const idx_t old = slot_of_.erase(out_ids[i]);
       if (old == IdMap::kMissing) continue;
       const auto s = static_cast<Slot>(old);
-      if (records_.is_view()) (void)records_.mutable_data();
-      std::uint32_t* header = links0(s);
+      std::uint32_t* header = header0(s);  // detaches an mmap view first
       store_release(header, load_acquire(header) | kDeletedBit);
       slot_ids_.at_mut(s) = -1;
       free_slots_.push_back(s);
@@ -877,7 +893,8 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     skip_removed_in_build_ = !free_slots_.empty();
     grow_to(slot_count_ + fresh);
     slot_count_ += fresh;
-    (void)records_.mutable_data();  // detach an mmap view before writing
+    (void)records_.mutable_data();  // detach mmap views before writing
+    (void)headers_.mutable_data();
     for (std::size_t i = 0; i < n; ++i) {
       const Slot s = slots[i];
       if (!reused[i]) {
@@ -885,7 +902,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
         levels_[s] = static_cast<std::uint8_t>(level);
         upper_[s].assign(static_cast<std::size_t>(level) * (M_ + 1), 0u);
         std::memset(record(s), 0, record_bytes_);
-        store_release(links0(s), kDeletedBit);
+        store_release(header0(s), kDeletedBit);
       }
       encode(rows.data() + i * dim_, record(s) + vector_offset_);
       if (storage_ == HnswStorage::SQ8)
@@ -933,7 +950,7 @@ std::size_t HNSWIndex::remove(const idx_t* ids, std::size_t n) {
     const idx_t old = slot_of_.erase(ids[i]);
     if (old == IdMap::kMissing) continue;
     const auto s = static_cast<Slot>(old);
-    std::uint32_t* header = reinterpret_cast<std::uint32_t*>(records_.mutable_data() + std::size_t(s) * record_bytes_);
+    std::uint32_t* header = header0(s);  // detaches an mmap view first
     store_release(header, load_acquire(header) | kDeletedBit);
     slot_ids_.at_mut(s) = -1;
     free_slots_.push_back(s);
@@ -1142,6 +1159,7 @@ void HNSWIndex::write(io::FileWriter& w) const {
       .put(static_cast<std::uint8_t>(sq8_trained_ ? 1 : 0));
   w.add_owned(kTagMeta, meta.take());
   w.add(kTagRecords, records_.data(), slot_count_ * record_bytes_);
+  w.add(kTagHeaders, headers_.data(), slot_count_ * sizeof(std::uint32_t));
   w.add(kTagIds, slot_ids_.data(), slot_count_ * sizeof(idx_t));
   w.add(kTagLevels, levels_.data(), slot_count_);
   w.add(kTagUpper, nullptr, 0);
@@ -1196,20 +1214,47 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   auto index = std::make_unique<HNSWIndex>(probe->dim_, probe->metric_, M, efc, seed, static_cast<HnswStorage>(storage));
   index->next_id_ = probe->next_id_;
   index->default_ef_.store(default_ef);
-  if (record_bytes != index->record_bytes_) bad("record size does not match the parameters");
   const std::size_t n = slots, d = index->dim_;
-
-  const io::Bytes rec = reader->section(kTagRecords), ids = reader->section(kTagIds),
-                  lv = reader->section(kTagLevels), up = reader->section(kTagUpper);
-  if (n && rec.size / n != record_bytes) bad("record section size");
-  if (rec.size != n * record_bytes) bad("record section size");
+  const io::Bytes ids = reader->section(kTagIds), lv = reader->section(kTagLevels), up = reader->section(kTagUpper);
   if (ids.size != n * sizeof(idx_t)) bad("id section size");
   if (lv.size != n) bad("level section size");
 
-  if (reader->mapped()) {
-    index->records_ = AlignedBuffer<unsigned char>::view(rec.data, rec.size, reader->keepalive());
+  if (reader->has(kTagRecords)) {
+    if (record_bytes != index->record_bytes_) bad("record size does not match the parameters");
+    const io::Bytes rec = reader->section(kTagRecords), hdr = reader->section(kTagHeaders);
+    if (n && rec.size / n != record_bytes) bad("record section size");
+    if (rec.size != n * record_bytes) bad("record section size");
+    if (hdr.size != n * sizeof(std::uint32_t)) bad("header section size");
+    const auto* hdr_words = reinterpret_cast<const std::uint32_t*>(hdr.data);
+    if (reader->mapped()) {
+      index->records_ = AlignedBuffer<unsigned char>::view(rec.data, rec.size, reader->keepalive());
+      index->headers_ = AlignedBuffer<std::uint32_t>::view(hdr_words, n, reader->keepalive());
+    } else {
+      index->records_.append(rec.data, rec.size);
+      index->headers_.append(hdr_words, n);
+    }
   } else {
-    index->records_.append(rec.data, rec.size);
+    // A file from before the headers moved out of the records: [header][links][pad][vector] per
+    // slot. Split it into the current layout (a copy, so such files are never memory-mapped).
+    const std::size_t legacy_links = sizeof(std::uint32_t) * (1 + 2 * index->M_);
+    const std::size_t align = index->code_bytes_ >= 256 ? 64 : 16;
+    const std::size_t legacy_offset = (legacy_links + align - 1) / align * align;
+    const std::size_t legacy_record = (legacy_offset + index->code_bytes_ + align - 1) / align * align;
+    if (record_bytes != legacy_record) bad("record size does not match the parameters");
+    const io::Bytes rec = reader->section(kTagLegacyRecords);
+    if (n && rec.size / n != record_bytes) bad("record section size");
+    if (rec.size != n * record_bytes) bad("record section size");
+    index->records_.resize(n * index->record_bytes_);
+    index->headers_.resize(n);
+    unsigned char* out = index->records_.mutable_data();
+    std::uint32_t* headers = index->headers_.mutable_data();
+    for (std::size_t s = 0; s < n; ++s) {
+      const unsigned char* old = rec.data + s * legacy_record;
+      unsigned char* fresh = out + s * index->record_bytes_;
+      std::memcpy(&headers[s], old, sizeof(std::uint32_t));
+      std::memcpy(fresh, old + sizeof(std::uint32_t), index->links_bytes_);
+      std::memcpy(fresh + index->vector_offset_, old + legacy_offset, index->code_bytes_);
+    }
   }
   index->slot_count_ = n;
   index->slot_ids_.resize(n);
@@ -1289,13 +1334,13 @@ void HNSWIndex::validate_loaded() const {
   for (std::size_t s = 0; s < n; ++s) {
     top = std::max<int>(top, levels_[s]);
     const std::uint32_t* list = links0(static_cast<Slot>(s));
-    const std::uint32_t header = list[0];
+    const std::uint32_t header = *header0(static_cast<Slot>(s));
     if ((header & ~(kCountMask | kDeletedBit)) != 0 || (header & kCountMask) > 2 * M_)
       fail(ErrorKind::IO, "corrupted HNSWIndex: bad level-0 header at slot ", s);
     for (std::uint32_t i = 0; i < (header & kCountMask); ++i)
-      if (list[1 + i] >= n) fail(ErrorKind::IO, "corrupted HNSWIndex: level-0 link out of range at slot ", s);
+      if (list[i] >= n) fail(ErrorKind::IO, "corrupted HNSWIndex: level-0 link out of range at slot ", s);
     for (int level = 1; level <= levels_[s]; ++level) {
-      const std::uint32_t* up = link_list(static_cast<Slot>(s), level);
+      const std::uint32_t* up = link_header(static_cast<Slot>(s), level);
       if (up[0] > M_) fail(ErrorKind::IO, "corrupted HNSWIndex: bad link count at slot ", s, " level ", level);
       for (std::uint32_t i = 0; i < up[0]; ++i)
         if (up[1 + i] >= n || levels_[up[1 + i]] < level)
