@@ -263,3 +263,35 @@ def test_concurrent_queries_with_inserts_and_removes():
             t.join(timeout=60)
     assert not errors, errors[0]
     assert len(lsh) == len(forest) == 3000 - 20
+
+
+def test_golden_minhash_lsh_v1_still_loads():
+    """A MinHashLSH file written by format version 1 loads (plain and mmap) and answers like datasketch."""
+    import sys
+
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    sys.path.insert(0, data)
+    try:
+        from make_golden import golden_minhash_docs
+    finally:
+        sys.path.pop(0)
+    docs = golden_minhash_docs()
+    sigs = af.minhash_signatures(docs, num_perm=64, hashfunc="sha1_32")
+    keys = np.arange(60, dtype=np.int64) * 7 + 1
+    ref = datasketch.MinHashLSH(threshold=0.5, num_perm=64)
+    ref_mh = []
+    for d in docs:
+        ref_mh.append(datasketch.MinHash(num_perm=64))
+        ref_mh[-1].update_batch([t.encode() for t in d])
+    for i in range(1, 60):  # key 1 (document 0) was removed before saving
+        ref.insert(int(keys[i]), ref_mh[i])
+    for mmap in (False, True):
+        lsh = af.load(os.path.join(data, "golden_minhash_lsh_v1.af"), mmap=mmap)
+        assert isinstance(lsh, af.MinHashLSH) and len(lsh) == 59 and 1 not in lsh
+        assert (lsh.bands, lsh.rows) == (ref.b, ref.r)
+        assert sorted(lsh._impl.keys().tolist()) == keys[1:].tolist()
+        np.testing.assert_array_equal(lsh._impl.signature(8), sigs[1])
+        for i in range(60):
+            assert sorted(lsh.query(sigs[i])) == sorted(ref.query(ref_mh[i]))
+        lsh.insert(1, sigs[0])  # still writable
+        assert 1 in lsh.query(sigs[1])

@@ -50,8 +50,31 @@ def write_hnsw(storage: str) -> None:
     print("wrote", path)
 
 
+def golden_minhash_docs() -> list:
+    """60 token lists: 20 bases, each with two near-copies (one token edited)."""
+    docs = []
+    for i in range(20):
+        base = [f"t{i}_{j}" for j in range(12)]
+        docs += [base, base[:-1] + [f"e{i}a"], base[1:] + [f"e{i}b"]]
+    return docs
+
+
+def write_minhash_lsh() -> None:
+    path = os.path.join(HERE, f"golden_minhash_lsh_v{af.build_info()['format_version']}.af")
+    if os.path.exists(path):
+        print(f"{path} exists; golden files are never rewritten")
+        return
+    sigs = af.minhash_signatures(golden_minhash_docs(), num_perm=64, hashfunc="sha1_32")
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    lsh.insert_batch(np.arange(60, dtype=np.int64) * 7 + 1, sigs)
+    lsh.remove(1)
+    lsh.save(path)
+    print("wrote", path)
+
+
 def main() -> None:
     write_flat()
+    write_minhash_lsh()
     for storage in ("f32", "f16", "sq8"):
         write_hnsw(storage)
 
