@@ -295,3 +295,47 @@ def test_golden_minhash_lsh_v1_still_loads():
             assert sorted(lsh.query(sigs[i])) == sorted(ref.query(ref_mh[i]))
         lsh.insert(1, sigs[0])  # still writable
         assert 1 in lsh.query(sigs[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["insert", "remove", "save"]), st.integers(1, 40)), min_size=1, max_size=25),
+    vocab=st.sampled_from([2, 3, 50, 1 << 40]),
+    shape=st.sampled_from([(4, 2), (1, 8), (2, 1)]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_lsh_matches_band_model_under_inserts_and_removes(ops, vocab, shape, seed):
+    """Candidates equal a brute-force banding model through any mix of batch inserts, removals and
+    save/load. A small value vocabulary makes big buckets (runs that grow, move and get compacted); a
+    large one makes many buckets (probe runs, backward-shift deletion)."""
+    rng = np.random.default_rng(seed)
+    bands, rows = shape  # one band: a lost bucket cannot hide behind another band's hit
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=8, params=(bands, rows))
+    live: dict = {}
+    next_key = 0
+    for op, n in ops:
+        if op == "insert":
+            sigs = rng.integers(0, vocab, (n, 8), dtype=np.uint64)
+            keys = np.arange(next_key, next_key + n) * 3 - 50
+            next_key += n
+            lsh.insert_batch(keys, sigs)
+            live.update(zip(keys.tolist(), sigs))
+        elif op == "remove" and live:
+            for k in rng.permutation(list(live))[:n].tolist():
+                lsh.remove(k)
+                del live[k]
+        elif op == "save":
+            lsh = af.MinHashLSH.from_bytes(lsh.to_bytes())
+        assert len(lsh) == len(live)
+        buckets: dict = {}  # (band, band values) -> keys
+        for k, s in live.items():
+            for b in range(bands):
+                buckets.setdefault((b, s[b * rows:(b + 1) * rows].tobytes()), []).append(k)
+        queries = list(live.values()) + list(rng.integers(0, vocab, (5, 8), dtype=np.uint64))
+        batch = lsh.query_batch(np.array(queries, dtype=np.uint64).reshape(-1, 8), num_threads=1)
+        for q, got in zip(queries, batch):
+            want = sorted({k for b in range(bands) for k in buckets.get((b, q[b * rows:(b + 1) * rows].tobytes()), [])})
+            assert sorted(lsh.query(q)) == want
+            assert sorted(got.tolist()) == want
+    first, second, _ = lsh.candidate_pairs()
+    assert all(a != b for a, b in zip(first.tolist(), second.tolist()))

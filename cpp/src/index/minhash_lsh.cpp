@@ -28,12 +28,26 @@ double simpson(F f, double lo, double hi, int intervals = 256) {
   return sum * h / 3.0;
 }
 
-// Sorted, de-duplicated candidates -> (keys, scores) appended to `out`.
-void emit_candidates(const SignatureStore& store, const std::uint64_t* query, std::vector<std::uint32_t>& cand,
+// Sorts and de-duplicates slots. Candidate lists are mostly a handful of slots (the same few found in
+// several bands), where insertion sort beats std::sort's set-up.
+void sort_unique(std::vector<std::uint32_t>& v) {
+  if (v.size() <= 32) {
+    for (std::size_t i = 1; i < v.size(); ++i) {
+      const std::uint32_t x = v[i];
+      std::size_t j = i;
+      for (; j > 0 && v[j - 1] > x; --j) v[j] = v[j - 1];
+      v[j] = x;
+    }
+  } else {
+    std::sort(v.begin(), v.end());
+  }
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+// Sorted, distinct candidates -> (keys, scores) appended to `keys` / `scores`.
+void emit_candidates(const SignatureStore& store, const std::uint64_t* query, const std::vector<std::uint32_t>& cand,
                      bool with_scores, double min_score, std::size_t top_k, std::vector<idx_t>& keys,
                      std::vector<float>& scores) {
-  std::sort(cand.begin(), cand.end());
-  cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
   if (!with_scores) {
     for (std::uint32_t s : cand) keys.push_back(store.key(s));
     return;
@@ -59,24 +73,33 @@ void emit_candidates(const SignatureStore& store, const std::uint64_t* query, st
   }
 }
 
-// Runs `per_query(i, keys, scores)` in parallel and stitches the per-query outputs into CSR.
+// Runs `per_query(i, keys, scores, scratch)` (appending query i's results) in parallel over chunks of
+// queries and stitches the chunks into CSR: a few allocations per chunk rather than per query.
 template <typename Fn>
 QueryResult run_queries(std::size_t n, int num_threads, Fn per_query) {
-  std::vector<std::vector<idx_t>> keys(n);
-  std::vector<std::vector<float>> scores(n);
-  parallel::parallel_for(n, num_threads, [&](std::size_t i, std::size_t) { per_query(i, keys[i], scores[i]); });
+  constexpr std::size_t kChunk = 64;
+  struct Part {
+    std::vector<idx_t> keys;
+    std::vector<float> scores;
+  };
+  const std::size_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<Part> parts(chunks);
   QueryResult r;
-  r.lims.resize(n + 1);
-  std::size_t total = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    r.lims[i] = static_cast<std::int64_t>(total);
-    total += keys[i].size();
-  }
-  r.lims[n] = static_cast<std::int64_t>(total);
-  r.keys.reserve(total);
-  for (std::size_t i = 0; i < n; ++i) {
-    r.keys.insert(r.keys.end(), keys[i].begin(), keys[i].end());
-    r.scores.insert(r.scores.end(), scores[i].begin(), scores[i].end());
+  r.lims.assign(n + 1, 0);
+  parallel::parallel_for(chunks, num_threads, [&](std::size_t chunk, std::size_t) {
+    Part& part = parts[chunk];
+    std::vector<std::uint32_t> scratch;
+    for (std::size_t i = chunk * kChunk; i < std::min(n, (chunk + 1) * kChunk); ++i) {
+      const std::size_t before = part.keys.size();
+      per_query(i, part.keys, part.scores, scratch);
+      r.lims[i + 1] = static_cast<std::int64_t>(part.keys.size() - before);  // count for now
+    }
+  });
+  for (std::size_t i = 0; i < n; ++i) r.lims[i + 1] += r.lims[i];
+  r.keys.reserve(static_cast<std::size_t>(r.lims[n]));
+  for (auto& part : parts) {
+    r.keys.insert(r.keys.end(), part.keys.begin(), part.keys.end());
+    r.scores.insert(r.scores.end(), part.scores.begin(), part.scores.end());
   }
   return r;
 }
@@ -185,6 +208,116 @@ void SignatureStore::compact_live(std::vector<std::uint64_t>& sigs, std::vector<
   }
 }
 
+// --- BandTable --------------------------------------------------------------------------------------
+void BandTable::rehash(std::size_t capacity) {
+  std::vector<Bucket> old(capacity, Bucket{0, 0, 0});
+  old.swap(buckets_);
+  mask_ = capacity - 1;
+  for (const Bucket& b : old) {
+    if (b.size == 0) continue;
+    std::size_t i = b.hash & mask_;
+    while (buckets_[i].size != 0) i = (i + 1) & mask_;
+    buckets_[i] = b;
+  }
+}
+
+void BandTable::reserve(std::size_t n) {
+  const std::size_t need = 2 * (used_ + n);  // load factor <= 1/2: short probe runs
+  if (need <= buckets_.size()) return;
+  std::size_t capacity = 16;
+  while (capacity < need) capacity *= 2;
+  rehash(capacity);
+}
+
+std::uint32_t BandTable::new_run(std::uint32_t capacity) {
+  ANNFORGE_CHECK(pool_.size() + capacity + 1 < std::numeric_limits<std::uint32_t>::max(), ErrorKind::Value,
+                 "too many bucket members in one band (limit 2^32 - 1)");
+  const auto offset = static_cast<std::uint32_t>(pool_.size());
+  pool_.resize(pool_.size() + capacity + 1);
+  pool_[offset] = capacity;
+  return offset;
+}
+
+void BandTable::add(std::uint64_t hash, std::uint32_t slot) {
+  if (2 * (used_ + 1) > buckets_.size()) reserve(std::max<std::size_t>(used_ + 1, used_ * 2) - used_);
+  for (std::size_t i = hash & mask_;; i = (i + 1) & mask_) {
+    Bucket& b = buckets_[i];
+    if (b.size == 0) {
+      b = Bucket{hash, 1, slot};
+      ++used_;
+      return;
+    }
+    if (b.hash != hash) continue;
+    if (b.size == 1) {
+      const std::uint32_t run = new_run(2);
+      pool_[run + 1] = b.data;
+      pool_[run + 2] = slot;
+      b.data = run;
+      b.size = 2;
+      return;
+    }
+    const std::uint32_t capacity = pool_[b.data];
+    if (b.size == capacity) {  // full: move the run to the end of the pool with twice the room
+      const std::uint32_t run = new_run(capacity * 2);
+      std::copy_n(pool_.begin() + b.data + 1, b.size, pool_.begin() + run + 1);
+      abandoned_ += capacity + 1;
+      b.data = run;
+    }
+    pool_[b.data + 1 + b.size] = slot;
+    ++b.size;
+    return;
+  }
+}
+
+bool BandTable::erase(std::uint64_t hash, std::uint32_t slot) {
+  if (buckets_.empty()) return false;
+  std::size_t i = hash & mask_;
+  for (;; i = (i + 1) & mask_) {
+    if (buckets_[i].size == 0) return false;
+    if (buckets_[i].hash == hash) break;
+  }
+  Bucket& b = buckets_[i];
+  if (b.size >= 2) {
+    std::uint32_t* members = pool_.data() + b.data + 1;
+    std::uint32_t* it = std::lower_bound(members, members + b.size, slot);
+    if (it == members + b.size || *it != slot) return false;
+    std::copy(it + 1, members + b.size, it);
+    if (--b.size == 1) {  // back inline
+      abandoned_ += pool_[b.data] + 1;
+      b.data = members[0];
+    }
+    return true;
+  }
+  if (b.data != slot) return false;
+  // Backward-shift deletion: pull later members of the probe run into the hole, so no tombstones.
+  for (std::size_t j = (i + 1) & mask_; buckets_[j].size != 0; j = (j + 1) & mask_) {
+    const std::size_t home = buckets_[j].hash & mask_;
+    const bool movable = i <= j ? (home <= i || home > j) : (home <= i && home > j);
+    if (movable) {
+      buckets_[i] = buckets_[j];
+      i = j;
+    }
+  }
+  buckets_[i].size = 0;
+  --used_;
+  return true;
+}
+
+void BandTable::compact(bool force) {
+  if (!force && 2 * abandoned_ <= pool_.size()) return;
+  std::vector<std::uint32_t> packed;
+  packed.reserve(pool_.size() - abandoned_);
+  for (Bucket& b : buckets_) {
+    if (b.size < 2) continue;
+    const auto offset = static_cast<std::uint32_t>(packed.size());
+    packed.push_back(b.size);
+    packed.insert(packed.end(), pool_.begin() + b.data + 1, pool_.begin() + b.data + 1 + b.size);
+    b.data = offset;
+  }
+  pool_.swap(packed);
+  abandoned_ = 0;
+}
+
 // --- MinHashLSH -------------------------------------------------------------------------------------
 MinHashLSH::MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows, double threshold)
     : bands_(bands), rows_(rows), threshold_(threshold), store_(num_perm) {
@@ -201,7 +334,7 @@ std::uint64_t MinHashLSH::band_key(const std::uint64_t* sig, std::size_t band) c
 std::size_t MinHashLSH::memory_bytes() const {
   Shared lock(mutex_);
   std::size_t bytes = store_.memory_bytes();
-  for (const auto& t : tables_) bytes += t.size() * 48 + store_.size() * 4;
+  for (const auto& t : tables_) bytes += t.memory_bytes();
   return bytes;
 }
 
@@ -218,12 +351,16 @@ void MinHashLSH::insert(const idx_t* keys, const std::uint64_t* sigs, std::size_
   store_.check_new(keys, n);
   const std::size_t first = store_.slots();
   for (std::size_t i = 0; i < n; ++i) store_.append(keys[i], sigs + i * num_perm());
+  index_slots(first, n, num_threads);
+}
+
+void MinHashLSH::index_slots(std::size_t first, std::size_t n, int num_threads) {
   // Bands are independent tables: one task per band.
   parallel::parallel_for(bands_, num_threads, [&](std::size_t band, std::size_t) {
-    auto& table = tables_[band];
-    if (table.empty()) table.reserve(n);
-    for (std::size_t s = first; s < first + n; ++s)
-      table[band_key(store_.sig(s), band)].push_back(static_cast<std::uint32_t>(s));
+    BandTable& table = tables_[band];
+    table.reserve(n);
+    for (std::size_t s = first; s < first + n; ++s) table.add(band_key(store_.sig(s), band), static_cast<std::uint32_t>(s));
+    table.compact();
   });
 }
 
@@ -233,45 +370,65 @@ std::size_t MinHashLSH::remove(const idx_t* keys, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     const std::int64_t slot = store_.slot_of(keys[i]);
     if (slot < 0) continue;
-    for (std::size_t band = 0; band < bands_; ++band) {
-      auto it = tables_[band].find(band_key(store_.sig(static_cast<std::size_t>(slot)), band));
-      if (it == tables_[band].end()) continue;
-      auto& v = it->second;
-      v.erase(std::remove(v.begin(), v.end(), static_cast<std::uint32_t>(slot)), v.end());
-      if (v.empty()) tables_[band].erase(it);
-    }
+    for (std::size_t band = 0; band < bands_; ++band)
+      tables_[band].erase(band_key(store_.sig(static_cast<std::size_t>(slot)), band), static_cast<std::uint32_t>(slot));
     store_.kill(static_cast<std::size_t>(slot));
     ++removed;
   }
+  if (removed)
+    for (auto& table : tables_) table.compact();
   return removed;
 }
 
 QueryResult MinHashLSH::query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
                               int num_threads) const {
   Shared lock(mutex_);
-  return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
-    const std::uint64_t* q = sigs + i * num_perm();
-    std::vector<std::uint32_t> cand;
-    collect_candidates(q, cand);
-    emit_candidates(store_, q, cand, with_scores, min_score, cand.size(), keys, scores);
-  });
+  return run_queries(n, num_threads,
+                     [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores,
+                         std::vector<std::uint32_t>& cand) {
+                       const std::uint64_t* q = sigs + i * num_perm();
+                       collect_candidates(q, cand);
+                       emit_candidates(store_, q, cand, with_scores, min_score, cand.size(), keys, scores);
+                     });
 }
 
 void MinHashLSH::collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const {
-  for (std::size_t band = 0; band < bands_; ++band) {
-    auto it = tables_[band].find(band_key(q, band));
-    if (it != tables_[band].end()) cand.insert(cand.end(), it->second.begin(), it->second.end());
+  cand.clear();
+  // Hash a group of bands and prefetch their buckets first, so the probes' cache misses overlap.
+  constexpr std::size_t kGroup = 32;
+  std::uint64_t hashes[kGroup];
+  for (std::size_t start = 0; start < bands_; start += kGroup) {
+    const std::size_t end = std::min(bands_, start + kGroup);
+    for (std::size_t band = start; band < end; ++band) {
+      hashes[band - start] = band_key(q, band);
+      tables_[band].prefetch(hashes[band - start]);
+    }
+    for (std::size_t band = start; band < end; ++band) {
+      const BandTable::Members m = tables_[band].find(hashes[band - start]);
+      cand.insert(cand.end(), m.data, m.data + m.size);
+    }
   }
+  sort_unique(cand);
+}
+
+void MinHashLSH::query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
+                                  std::vector<idx_t>& out) const {
+  collect_candidates(sig, scratch);
+  for (std::uint32_t slot : scratch) out.push_back(store_.key(slot));
 }
 
 void MinHashLSH::query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
                            std::vector<idx_t>& out) const {
   Shared lock(mutex_);
-  scratch.clear();
-  collect_candidates(sig, scratch);
-  std::sort(scratch.begin(), scratch.end());
-  scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
-  for (std::uint32_t slot : scratch) out.push_back(store_.key(slot));
+  query_one_locked(sig, scratch, out);
+}
+
+bool MinHashLSH::try_query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
+                               std::vector<idx_t>& out) const {
+  Shared lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return false;
+  query_one_locked(sig, scratch, out);
+  return true;
 }
 
 PairResult MinHashLSH::pairs(double min_score, int num_threads) const {
@@ -280,14 +437,11 @@ PairResult MinHashLSH::pairs(double min_score, int num_threads) const {
   std::vector<std::vector<std::uint64_t>> per_band(bands_);  // (low slot << 32) | high slot
   parallel::parallel_for(bands_, num_threads, [&](std::size_t band, std::size_t) {
     auto& out = per_band[band];
-    for (const auto& bucket : tables_[band]) {
-      const auto& v = bucket.second;
-      for (std::size_t x = 0; x < v.size(); ++x)
-        for (std::size_t y = x + 1; y < v.size(); ++y) {
-          const std::uint64_t lo = std::min(v[x], v[y]), hi = std::max(v[x], v[y]);
-          out.push_back((lo << 32) | hi);
-        }
-    }
+    tables_[band].for_each_shared_bucket([&](BandTable::Members m) {
+      for (std::uint32_t x = 0; x < m.size; ++x)  // members ascend: m.data[x] < m.data[y]
+        for (std::uint32_t y = x + 1; y < m.size; ++y)
+          out.push_back((static_cast<std::uint64_t>(m.data[x]) << 32) | m.data[y]);
+    });
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
   });
@@ -312,11 +466,6 @@ PairResult MinHashLSH::pairs(double min_score, int num_threads) const {
     r.scores.push_back(score[i]);
   }
   return r;
-}
-
-void MinHashLSH::index_slot(std::size_t slot) {
-  for (std::size_t band = 0; band < bands_; ++band)
-    tables_[band][band_key(store_.sig(slot), band)].push_back(static_cast<std::uint32_t>(slot));
 }
 
 void MinHashLSH::write(io::FileWriter& w) const {
@@ -357,7 +506,8 @@ std::unique_ptr<MinHashLSH> MinHashLSH::read(const std::shared_ptr<io::FileReade
   } catch (const Error& e) {
     fail(ErrorKind::IO, reader->origin(), ": corrupted keys: ", e.what());
   }
-  for (std::size_t i = 0; i < count; ++i) lsh->index_slot(lsh->store_.append(keys[i], sigs.data() + i * num_perm));
+  for (std::size_t i = 0; i < count; ++i) lsh->store_.append(keys[i], sigs.data() + i * num_perm);
+  lsh->index_slots(0, count, 0);
   return lsh;
 }
 
@@ -427,9 +577,9 @@ QueryResult MinHashLSHForest::query(const std::uint64_t* sigs, std::size_t n, st
     if (!dirty_) break;
     lock.unlock();
   }
-  return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores) {
+  return run_queries(n, num_threads, [&](std::size_t i, std::vector<idx_t>& keys, std::vector<float>& scores,
+                                         std::vector<std::uint32_t>& cand) {
     const std::uint64_t* q = sigs + i * num_perm();
-    std::vector<std::uint32_t> cand;
     // Longest shared prefix first; shorten it until the trees together give k distinct candidates.
     for (std::size_t r = depth_; r >= 1; --r) {
       cand.clear();

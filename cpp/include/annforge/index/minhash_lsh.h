@@ -69,6 +69,62 @@ class SignatureStore {
 
 using Shared = std::shared_lock<parallel::WriterPreferringMutex>;
 
+// One band's buckets, keyed by the 64-bit hash of the band's values: open addressing with linear
+// probing (one cache line per probe instead of unordered_map's bucket -> node -> vector chain). A bucket
+// with one member keeps it inline; a larger one owns a run of `pool_`: a header word with the run's
+// capacity, then its members in ascending slot order. After compact() the runs lie back to back with no
+// spare room (CSR); an append that outgrows its run moves the run to the end of the pool (doubling), and
+// the abandoned words are reclaimed by the next compact().
+class BandTable {
+ public:
+  struct Members {
+    const std::uint32_t* data;
+    std::uint32_t size;
+  };
+  Members find(std::uint64_t hash) const noexcept {
+    if (buckets_.empty()) return {nullptr, 0};
+    for (std::size_t i = hash & mask_;; i = (i + 1) & mask_) {
+      const Bucket& b = buckets_[i];
+      if (b.size == 0) return {nullptr, 0};
+      if (b.hash == hash) return {b.size == 1 ? &b.data : pool_.data() + b.data + 1, b.size};
+    }
+  }
+  void prefetch(std::uint64_t hash) const noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    if (!buckets_.empty()) __builtin_prefetch(&buckets_[hash & mask_]);
+#endif
+  }
+  // Room for `n` more buckets without rehashing.
+  void reserve(std::size_t n);
+  // Adds `slot`, which must be larger than every slot already in the table.
+  void add(std::uint64_t hash, std::uint32_t slot);
+  // Removes `slot` from bucket `hash`; false when it was not there.
+  bool erase(std::uint64_t hash, std::uint32_t slot);
+  // Lays the runs out back to back again when more than half of the pool is abandoned (or `force`).
+  void compact(bool force = false);
+  std::size_t memory_bytes() const noexcept { return buckets_.capacity() * sizeof(Bucket) + pool_.capacity() * 4; }
+  // fn(Members) for every bucket with at least two members (the self-join).
+  template <typename Fn>
+  void for_each_shared_bucket(Fn&& fn) const {
+    for (const Bucket& b : buckets_)
+      if (b.size >= 2) fn(Members{pool_.data() + b.data + 1, b.size});
+  }
+
+ private:
+  struct Bucket {
+    std::uint64_t hash;
+    std::uint32_t size;  // 0: empty
+    std::uint32_t data;  // size 1: the member; otherwise the run's offset in pool_ (header word first)
+  };
+  void rehash(std::size_t capacity);
+  std::uint32_t new_run(std::uint32_t capacity);
+
+  std::vector<Bucket> buckets_;
+  std::size_t mask_ = 0, used_ = 0;
+  std::vector<std::uint32_t> pool_;
+  std::size_t abandoned_ = 0;  // pool words no bucket uses any more
+};
+
 class MinHashLSH {
  public:
   MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows, double threshold);
@@ -101,6 +157,9 @@ class MinHashLSH {
                     int num_threads) const;
   // Candidate keys of one query, appended to `out` (the allocation-light path for one-at-a-time queries).
   void query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
+  // The same without waiting: false (and nothing appended) when a writer holds or waits for the lock.
+  // Lets a caller holding the GIL skip releasing it for a sub-microsecond query.
+  bool try_query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
   // Every pair of indexed keys sharing a bucket in at least one band (the self-join), optionally only
   // those whose estimated Jaccard is >= min_score.
   PairResult pairs(double min_score, int num_threads) const;
@@ -111,15 +170,18 @@ class MinHashLSH {
 
  private:
   std::uint64_t band_key(const std::uint64_t* sig, std::size_t band) const noexcept;
+  // Sorted, distinct slots sharing a band with `q` (replaces the contents of `cand`).
   void collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const;
-  void index_slot(std::size_t slot);
+  void query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
+  // Indexes slots [first, first + n) in every band (one task per band).
+  void index_slots(std::size_t first, std::size_t n, int num_threads);
 
   // Queries share it; insert/remove take it exclusively (queries run with the GIL released).
   mutable parallel::WriterPreferringMutex mutex_;
   std::size_t bands_, rows_;
   double threshold_;
   SignatureStore store_;
-  std::vector<std::unordered_map<std::uint64_t, std::vector<std::uint32_t>>> tables_;
+  std::vector<BandTable> tables_;
 };
 
 class MinHashLSHForest {
