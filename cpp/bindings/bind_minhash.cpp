@@ -375,8 +375,12 @@ void bind_minhash(py::module_& m) {
             SigArray a = as_sigs(sig, s.num_perm(), rows);
             ANNFORGE_CHECK(rows == 1, ErrorKind::Value, "query() takes one signature; use query_batch() for ", rows);
             thread_local std::vector<std::uint32_t> scratch;
-            std::vector<idx_t> keys;
-            {
+            thread_local std::vector<idx_t> keys;
+            keys.clear();
+            // A query takes well under a microsecond: run it under the GIL unless a writer holds or waits
+            // for the lock, and wait for that without the GIL. The GIL is never needed while the lock is
+            // held (the keys are copied out first), so this cannot deadlock against writers.
+            if (!s.try_query_one(a.data(), scratch, keys)) {
               py::gil_scoped_release release;
               s.query_one(a.data(), scratch, keys);
             }
@@ -386,6 +390,28 @@ void bind_minhash(py::module_& m) {
             return out;
           },
           py::arg("sig"))
+      .def(
+          "query_arrays",
+          // Batch queries -> a list of int64 arrays, one per query, built here rather than by slicing
+          // CSR arrays in Python (which cost more than the queries themselves).
+          [](const MinHashLSH& s, const py::object& sigs, int num_threads) {
+            std::size_t rows = 0;
+            SigArray a = as_sigs(sigs, s.num_perm(), rows);
+            QueryResult r;
+            {
+              py::gil_scoped_release release;
+              r = s.query(a.data(), rows, false, -1.0, num_threads);
+            }
+            py::list out(rows);
+            for (std::size_t i = 0; i < rows; ++i) {
+              const auto begin = static_cast<std::size_t>(r.lims[i]), end = static_cast<std::size_t>(r.lims[i + 1]);
+              py::array_t<idx_t> keys(static_cast<py::ssize_t>(end - begin));
+              std::copy(r.keys.begin() + begin, r.keys.begin() + end, keys.mutable_data());
+              PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), keys.release().ptr());
+            }
+            return out;
+          },
+          py::arg("sigs"), py::arg("num_threads") = 0)
       .def(
           "pairs",
           [](const MinHashLSH& s, double min_score, int num_threads) {
