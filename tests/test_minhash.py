@@ -221,6 +221,10 @@ def test_lsh_candidates_equal_datasketch_for_identical_signatures():
         ref_mh.append(m)
     for i in range(len(docs)):
         assert sorted(ours.query(sigs[i])) == sorted(ref.query(ref_mh[i]))
+    for i in range(0, len(docs), 25):  # a MinHash object queries like its signature (and is left unchanged)
+        m = af.MinHash.from_datasketch(ref_mh[i])
+        assert sorted(ours.query(m)) == sorted(ref.query(ref_mh[i]))
+        assert np.array_equal(m.hashvalues, sigs[i])
 
 
 @pytest.mark.sanitize

@@ -141,7 +141,9 @@ class MinHash:
 
 
 def _as_sig(sig: Any) -> Any:
-    return sig.hashvalues if isinstance(sig, MinHash) else sig
+    if isinstance(sig, MinHash):  # its state as is (no copy): the core only reads it
+        return sig._state if sig._h.method != "oph" else sig.hashvalues
+    return sig
 
 
 def _as_int_key(key: Any) -> int:
