@@ -343,3 +343,15 @@ def test_lsh_matches_band_model_under_inserts_and_removes(ops, vocab, shape, see
             assert sorted(got.tolist()) == want
     first, second, _ = lsh.candidate_pairs()
     assert all(a != b for a, b in zip(first.tolist(), second.tolist()))
+
+
+@pytest.mark.parametrize("shift", [0, 28, 60])
+def test_band_keys_do_not_collide_on_structured_values(shift):
+    """Every band of 3 values from 0..15 (low, middle or top bits) gets its own bucket."""
+    grid = np.array(np.meshgrid(*[np.arange(16, dtype=np.uint64)] * 3, indexing="ij")).reshape(3, -1).T << np.uint64(shift)
+    sigs = np.concatenate([grid, grid[::-1]], axis=1)  # num_perm 6; only the first 3 values are banded
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=6, params=(1, 3))
+    lsh.insert_batch(np.arange(len(sigs)), sigs)
+    assert [len(c) for c in lsh.query_batch(sigs)] == [1] * len(sigs)
+    first, _, _ = lsh.candidate_pairs()
+    assert len(first) == 0
