@@ -244,6 +244,8 @@ def main() -> None:
     ap.add_argument("--filtered", action="store_true", help="also run 1%% and 10%% filters (annforge vs hnswlib)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="write all results as JSON here")
+    ap.add_argument("--reuse-indexes", action="store_true",
+                    help="search the indexes an earlier run left in --workdir instead of building them again")
     # worker-only arguments
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -275,6 +277,9 @@ def main() -> None:
     print(f"# {tag}, metric={metric}, M={args.M}, efC={args.efc}, build threads={args.build_threads}, "
           f"search threads={args.search_threads}")
     for lib in args.libs:
+        if args.reuse_indexes and (work / f"{lib}-{tag}.idx").exists():
+            print(f"build {lib:9s} reused {work / f'{lib}-{tag}.idx'}", flush=True)
+            continue
         r = run_worker(args, "build", lib, common + ["--index-path", str(work / f"{lib}-{tag}.idx"),
                                                      "--gt-path", str(work / f"gt-{tag}.npy")])
         results["build"][lib] = r

@@ -93,6 +93,7 @@ class HNSWIndex final : public VectorIndex {
   std::uint32_t* header0(Slot s) { return headers_.mutable_data() + s; }
   const std::uint32_t* header0(Slot s) const { return headers_.data() + s; }
   const unsigned char* vec(Slot s) const { return record(s) + vector_offset_; }
+  void prefetch_vector_tail(Slot s) const;  // every cache line of the stored vector but the first
   // Header word (count, and on level 0 the deleted bit) and links of `s` at `level`.
   std::uint32_t* link_header(Slot s, int level);
   const std::uint32_t* link_header(Slot s, int level) const;
