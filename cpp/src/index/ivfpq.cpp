@@ -25,8 +25,29 @@ constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
 constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
 constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
-constexpr int kCoarseIterations = 20;
+constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
 constexpr std::size_t kCoarsePointsPerCentroid = 256;
+
+inline int lowest_bit(std::uint32_t v) {  // v != 0
+#if defined(__GNUC__)
+  return __builtin_ctz(v);
+#else
+  int i = 0;
+  while (!(v & 1u)) v >>= 1, ++i;
+  return i;
+#endif
+}
+
+// Asks the cache for `bytes` starting at p (a hint; no-op where the compiler has no builtin).
+inline void prefetch(const void* p, std::size_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 inline idx_t pack_location(std::size_t list, std::size_t offset) {
   return static_cast<idx_t>((static_cast<std::uint64_t>(list) << 32) | offset);
@@ -60,10 +81,10 @@ struct IVFPQIndex::QueryScratch {
   std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
   codec::pq4::QuantizedLut qlut;
   std::vector<std::uint16_t> acc;
-  std::vector<float> dist;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   TopK heap;
   codec::pq4::ScanFn scan = nullptr;
+  codec::pq4::BelowFn below = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
 };
 
@@ -278,7 +299,11 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
     for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
   }
   L.ids.push_back(id);
-  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(list, code));
+  if (metric_ == Metric::L2) {
+    const float term = norm_term(list, code);
+    L.norm_terms.push_back(term);
+    L.norm_term_floor = std::min(L.norm_term_floor, term);
+  }
   if (refine_ != RefineKind::None) {
     const std::size_t rb = refine_bytes();
     L.refine.resize(L.refine.size() + rb);
@@ -464,18 +489,45 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   } else {
     const std::size_t nblocks = codec::pq4::blocks_for(n);
     s.acc.resize(nblocks * codec::pq4::kBlock);
-    s.dist.resize(nblocks * codec::pq4::kBlock);
     s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
+    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale, scale = s.qlut.scale;
+    const float floor = l2 ? L.norm_term_floor : 0.0f;
     const std::uint16_t* acc = s.acc.data();
-    float* dist = s.dist.data();
-    if (l2) {
-      for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
-    } else {
-      for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
+    // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
+    // (thr - offset - floor) * scale: the kernel compares the integers (with slack for float rounding)
+    // and exact float distances are computed only for the few that pass. The bound is refreshed per
+    // chunk of blocks as the heap tightens (a stale bound only lets more through). Same pushes, same
+    // order as computing every distance.
+    constexpr std::size_t kChunk = 8;  // blocks per mask call
+    std::uint32_t masks[kChunk];
+    for (std::size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+      const std::size_t nb = std::min(kChunk, nblocks - b0);
+      std::uint32_t bound = 65536;  // accept everything while the heap is not full
+      if (thr < std::numeric_limits<float>::infinity()) {
+        const float room = thr - offset - floor;
+        const float slack = 2.0f + (std::fabs(thr) + std::fabs(offset) + std::fabs(floor)) * scale * 1e-5f;
+        const float lim = room * scale + slack;
+        if (lim <= 0.0f) return;  // thr only decreases: nothing further in this list can enter
+        if (lim < 65536.0f) bound = static_cast<std::uint32_t>(lim);
+      }
+      if (bound >= 65536) {
+        for (std::size_t b = 0; b < nb; ++b) masks[b] = ~std::uint32_t(0);
+      } else {
+        s.below(acc + b0 * codec::pq4::kBlock, nb, static_cast<std::uint16_t>(bound), masks);
+      }
+      for (std::size_t b = 0; b < nb; ++b) {
+        std::uint32_t pass = masks[b];
+        const std::size_t base_i = (b0 + b) * codec::pq4::kBlock;
+        if (base_i + codec::pq4::kBlock > n) pass &= (std::uint32_t(1) << (n - base_i)) - 1;  // padding slots
+        while (pass) {
+          const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
+          pass &= pass - 1;
+          const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
+                                : offset + static_cast<float>(acc[i]) * inv_scale;
+          if (dist < thr) consider(dist, i);
+        }
+      }
     }
-    for (std::size_t i = 0; i < n; ++i)
-      if (dist[i] < thr) consider(dist[i], i);
   }
 }
 
@@ -531,6 +583,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
+  const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
   parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
     QueryScratch& s = scratch[worker];
@@ -541,6 +594,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       s.q_scaled.resize(d);
     }
     s.scan = scan;
+    s.below = below;
     s.lut_kernels = lut_kernels;
     const float* qv = Q.data() + qi * d;
     pq_.inner_product_table(qv, s.ip_table.data());
@@ -565,7 +619,15 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       }
       const std::size_t rb = refine_bytes();
       TopK best(k);
-      for (const auto& e : found) {
+      // The stored vectors are scattered: fetch a few candidates ahead (a 384-d f32 row is 24 lines).
+      constexpr std::size_t kAhead = 2;
+      auto stored = [&](const std::pair<float, idx_t>& e) {
+        return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
+      };
+      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch(stored(found[i]), rb);
+      for (std::size_t i = 0; i < found.size(); ++i) {
+        if (i + kAhead < found.size()) prefetch(stored(found[i + kAhead]), rb);
+        const auto& e = found[i];
         const InvertedList& L = lists_[location_list(e.second)];
         const std::size_t off = location_offset(e.second);
         const float dist = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
@@ -726,7 +788,9 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
       for (std::size_t i = 0; i < L.size(); ++i) {
         for (std::size_t j = 0; j < m; ++j)
           code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
-        L.norm_terms.push_back(index->norm_term(l, code.data()));
+        const float term = index->norm_term(l, code.data());
+        L.norm_terms.push_back(term);
+        L.norm_term_floor = std::min(L.norm_term_floor, term);
       }
     }
   }

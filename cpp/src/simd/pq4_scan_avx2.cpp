@@ -35,13 +35,33 @@ void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padd
   }
 }
 
+void below_avx2(const std::uint16_t* acc, std::size_t nblocks, std::uint16_t bound, std::uint32_t* masks) {
+  if (bound == 0) {
+    for (std::size_t b = 0; b < nblocks; ++b) masks[b] = 0;
+    return;
+  }
+  // acc < bound  <=>  max(acc, bound - 1) == bound - 1 (unsigned; AVX2 has no unsigned 16-bit compare).
+  const __m256i top = _mm256_set1_epi16(static_cast<short>(bound - 1));
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + b * 32));
+    const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + b * 32 + 16));
+    const __m256i e0 = _mm256_cmpeq_epi16(_mm256_max_epu16(a0, top), top);
+    const __m256i e1 = _mm256_cmpeq_epi16(_mm256_max_epu16(a1, top), top);
+    // packs interleaves 128-bit lanes (e0 lo, e1 lo, e0 hi, e1 hi): put them back in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi16(e0, e1), 0xd8);
+    masks[b] = static_cast<std::uint32_t>(_mm256_movemask_epi8(packed));
+  }
+}
+
 }  // namespace
 
 codec::pq4::ScanFn pq4_scan_avx2() { return &scan_avx2; }
+codec::pq4::BelowFn pq4_below_avx2() { return &below_avx2; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx2() { return nullptr; }
+codec::pq4::BelowFn pq4_below_avx2() { return nullptr; }
 }  // namespace annforge::simd
 #endif

@@ -73,17 +73,25 @@ void lut_encode(const float* lut, std::size_t m, const float* mins, float scale,
   }
 }
 
+void below_avx512(const std::uint16_t* acc, std::size_t nblocks, std::uint16_t bound, std::uint32_t* masks) {
+  const __m512i vbound = _mm512_set1_epi16(static_cast<short>(bound));
+  for (std::size_t b = 0; b < nblocks; ++b)
+    masks[b] = static_cast<std::uint32_t>(_mm512_cmplt_epu16_mask(_mm512_loadu_si512(acc + b * 32), vbound));
+}
+
 const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
 
 }  // namespace
 
 codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
+codec::pq4::BelowFn pq4_below_avx512() { return &below_avx512; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
+codec::pq4::BelowFn pq4_below_avx512() { return nullptr; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
 }  // namespace annforge::simd
 #endif

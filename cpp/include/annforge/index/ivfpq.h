@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -78,6 +79,9 @@ class IVFPQIndex final : public VectorIndex {
     AlignedBuffer<idx_t> ids;            // external id per entry
     AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
     AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
+    // l2 only: a lower bound of norm_terms (removals leave it as is: still a bound). Lets the fast-scan
+    // search reject whole 16-bit sums against the heap threshold before any float work.
+    float norm_term_floor = std::numeric_limits<float>::infinity();
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
