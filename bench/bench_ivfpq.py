@@ -50,10 +50,10 @@ def timed(fn, repeats: int):
     return best, out
 
 
-def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int) -> List[Dict]:
+def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int, nprobes=None, rfs=None) -> List[Dict]:
     rows = []
-    for nprobe in [p for p in NPROBES if p <= nlist]:
-        for rf in REFINE_FACTORS if with_refine else [0]:
+    for nprobe in [p for p in (nprobes or NPROBES) if p <= nlist]:
+        for rf in (rfs or REFINE_FACTORS) if with_refine else [0]:
             secs, ids = timed(lambda: search(nprobe, rf), repeats)
             rows.append({"nprobe": nprobe, "refine_factor": rf, "recall": recall(ids, gt), "qps": len(q) / secs})
             print(f"    nprobe={nprobe:4d} rf={rf:3d} recall={rows[-1]['recall']:.4f} qps={rows[-1]['qps']:.0f}",
@@ -61,6 +61,11 @@ def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int) -> List[Di
         if rows and rows[-1]["recall"] >= 0.999:
             break
     return rows
+
+
+def selected(args, name: str) -> bool:
+    """--configs: keep only configurations whose name contains one of the given substrings."""
+    return not args.configs or any(part in name for part in args.configs)
 
 
 def run_annforge(args) -> Dict:
@@ -75,6 +80,8 @@ def run_annforge(args) -> Dict:
         ("annforge PQ%dx4fs" % args.m4, dict(m=args.m4, nbits=4, refine=None)),
     ]
     for name, kw in configs:
+        if not selected(args, name):
+            continue
         print(name, file=sys.stderr)
         index = af.IVFPQIndex(x.shape[1], args.nlist, kw["m"], nbits=kw["nbits"], refine=kw["refine"], opq=args.opq)
         t = time.perf_counter()
@@ -93,7 +100,7 @@ def run_annforge(args) -> Dict:
 
         out["configs"][name] = {
             "train_s": train_s, "add_s": add_s, "bytes_per_vector": index.bytes_per_vector(),
-            "points": sweep(search, q, gt, refine, args.repeats, args.nlist),
+            "points": sweep(search, q, gt, refine, args.repeats, args.nlist, args.nprobes, args.rfs),
         }
     return out
 
@@ -106,6 +113,8 @@ def run_faiss(args) -> Dict:
     d = x.shape[1]
     out = {"library": "faiss", "version": faiss.__version__, "configs": {}}
     for spec in (f"IVF{args.nlist},PQ{args.m8}", f"IVF{args.nlist},PQ{args.m4}x4fs,RFlat"):
+        if not selected(args, "faiss " + spec):
+            continue
         print(spec, file=sys.stderr)
         faiss.omp_set_num_threads(args.threads if args.threads > 0 else os.cpu_count())
         index = faiss.index_factory(d, spec)
@@ -130,7 +139,7 @@ def run_faiss(args) -> Dict:
 
         out["configs"]["faiss " + spec] = {
             "train_s": train_s, "add_s": add_s, "bytes_per_vector": code + 8 + (4 * d if refine else 0),
-            "points": sweep(search, q, gt, refine, args.repeats, args.nlist),
+            "points": sweep(search, q, gt, refine, args.repeats, args.nlist, args.nprobes, args.rfs),
         }
     return out
 
@@ -184,6 +193,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads for training and add (search is 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["annforge", "faiss"], help="run one library in this process")
+    ap.add_argument("--configs", nargs="+", help="only configurations whose name contains one of these "
+                    "substrings, e.g. --configs x4fs  (quick runs while iterating)")
+    ap.add_argument("--nprobes", type=int, nargs="+", help=f"nprobe values to sweep (default {NPROBES})")
+    ap.add_argument("--rfs", type=int, nargs="+", help=f"refine factors to sweep (default {REFINE_FACTORS})")
     ap.add_argument("--out", default="bench_ivfpq.json")
     args = ap.parse_args()
 
