@@ -7,6 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import annforge as af
 from annforge import _core
@@ -349,3 +351,37 @@ def test_bad_parameters(data) -> None:
         index.add(x[:2], ids=[-1, 4])
     with pytest.raises(ValueError, match="not in the index"):
         index.reconstruct([10**9])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pm=st.integers(1, 128).map(lambda h: 2 * h),
+    nblocks=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    saturate=st.booleans(),
+)
+def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturate: bool) -> None:
+    """Raw kernel sums at every level equal a numpy reference, including sums close to 2^16 (the
+    AVX paths recover even-byte sums modulo 2^16), and the threshold masks match `acc < bound`."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=nblocks * pm * 16, dtype=np.uint8)
+    table = (np.full(pm * 16, 255, np.uint8) if saturate
+             else rng.integers(0, 256, size=pm * 16, dtype=np.uint8))
+    b = blocks.reshape(nblocks, pm, 16).astype(np.int64)
+    t = table.reshape(pm, 16).astype(np.int64)
+    lo = np.take_along_axis(t[None], b & 15, axis=2).sum(axis=1)   # vectors 0-15 of each block
+    hi = np.take_along_axis(t[None], b >> 4, axis=2).sum(axis=1)   # vectors 16-31
+    expected = np.concatenate([lo, hi], axis=1).reshape(-1)
+    assert expected.max() < 2**16
+    bounds = [0, 1, int(rng.integers(0, 2**16)), int(np.median(expected)), 65535]
+    try:
+        for level in _core._pq4_scan_levels():
+            _core._set_pq4_scan_level(level)
+            acc = _core._pq4_scan_raw(blocks, pm, table)
+            np.testing.assert_array_equal(acc, expected, err_msg=level)
+            for bound in bounds:
+                masks = _core._pq4_below_raw(acc, bound)
+                bits = (acc.reshape(-1, 32) < bound).astype(np.uint64) << np.arange(32, dtype=np.uint64)
+                np.testing.assert_array_equal(masks, bits.sum(axis=1).astype(np.uint32), err_msg=f"{level} {bound}")
+    finally:
+        _core._set_pq4_scan_level(None)

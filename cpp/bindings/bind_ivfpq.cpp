@@ -106,6 +106,30 @@ void bind_kmeans(py::module_& m) {
             level.is_none() ? -1 : static_cast<int>(simd::parse_level(py::cast<std::string>(level).c_str())));
       },
       py::arg("level"), "Pin the fast-scan kernel to a level (tests); None follows the active level again.");
+  m.def(
+      "_pq4_scan_raw",
+      [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
+         const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& table) {
+        ANNFORGE_CHECK(padded_m >= 2 && padded_m % 2 == 0 && static_cast<std::size_t>(table.size()) == padded_m * 16 &&
+                           static_cast<std::size_t>(blocks.size()) % (padded_m * 16) == 0,
+                       ErrorKind::Value, "bad fast-scan block / table shapes");
+        const std::size_t nblocks = static_cast<std::size_t>(blocks.size()) / (padded_m * 16);
+        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(nblocks * codec::pq4::kBlock));
+        codec::pq4::scan_kernel()(blocks.data(), nblocks, padded_m, table.data(), out.mutable_data());
+        return out;
+      },
+      py::arg("blocks"), py::arg("padded_m"), py::arg("table"),
+      "The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.");
+  m.def(
+      "_pq4_below_raw",
+      [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc, std::uint16_t bound) {
+        ANNFORGE_CHECK(acc.size() % 32 == 0, ErrorKind::Value, "sums come in blocks of 32");
+        const std::size_t nblocks = static_cast<std::size_t>(acc.size()) / 32;
+        py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(nblocks));
+        codec::pq4::below_kernel()(acc.data(), nblocks, bound, out.mutable_data());
+        return out;
+      },
+      py::arg("acc"), py::arg("bound"), "The threshold-mask kernel of the pinned level (tests).");
 }
 
 }  // namespace
