@@ -302,7 +302,7 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
   if (metric_ == Metric::L2) {
     const float term = norm_term(list, code);
     L.norm_terms.push_back(term);
-    L.norm_term_floor = std::min(L.norm_term_floor, term);
+    lower_floor(L, off, term);
   }
   if (refine_ != RefineKind::None) {
     const std::size_t rb = refine_bytes();
@@ -312,6 +312,12 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
   where_.set(id, pack_location(list, off));
 }
 
+void IVFPQIndex::lower_floor(InvertedList& L, std::size_t slot, float term) {
+  const std::size_t block = slot / codec::pq4::kBlock;
+  if (block >= L.block_floor.size()) L.block_floor.resize(block + 1, std::numeric_limits<float>::infinity());
+  L.block_floor[block] = std::min(L.block_floor[block], term);
+}
+
 void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
   InvertedList& L = lists_[list];
   const std::size_t last = L.size() - 1, rb = refine_bytes();
@@ -319,7 +325,10 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     const idx_t moved = L.ids[last];
     L.ids.at_mut(off) = moved;
     where_.set(moved, pack_location(list, off));
-    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
+    if (metric_ == Metric::L2) {
+      L.norm_terms.at_mut(off) = L.norm_terms[last];
+      lower_floor(L, off, L.norm_terms[last]);
+    }
     if (nbits_ == 8) {
       std::uint8_t* c = L.codes.mutable_data();
       std::memcpy(c + off * m_, c + last * m_, m_);
@@ -334,7 +343,10 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     }
   }
   L.ids.shrink(last);
-  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
+  if (metric_ == Metric::L2) {
+    L.norm_terms.shrink(last);
+    L.block_floor.resize(codec::pq4::blocks_for(last));  // an emptied block starts afresh
+  }
   if (nbits_ == 8) {
     L.codes.shrink(last * m_);
   } else {
@@ -491,41 +503,30 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
     s.acc.resize(nblocks * codec::pq4::kBlock);
     s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
     const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale, scale = s.qlut.scale;
-    const float floor = l2 ? L.norm_term_floor : 0.0f;
+    const float* floors = l2 ? L.block_floor.data() : nullptr;
     const std::uint16_t* acc = s.acc.data();
     // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
-    // (thr - offset - floor) * scale: the kernel compares the integers (with slack for float rounding)
-    // and exact float distances are computed only for the few that pass. The bound is refreshed per
-    // chunk of blocks as the heap tightens (a stale bound only lets more through). Same pushes, same
-    // order as computing every distance.
-    constexpr std::size_t kChunk = 8;  // blocks per mask call
-    std::uint32_t masks[kChunk];
-    for (std::size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
-      const std::size_t nb = std::min(kChunk, nblocks - b0);
-      std::uint32_t bound = 65536;  // accept everything while the heap is not full
+    // (thr - offset - floor) * scale with `floor` the block's lowest norm term: the kernel compares the
+    // integers (with slack for float rounding) and exact float distances are computed only for the
+    // few that pass. Same pushes, same order as computing every distance.
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      const std::size_t base_i = b * codec::pq4::kBlock;
+      std::uint32_t pass = ~std::uint32_t(0);  // everything while the heap is not full
       if (thr < std::numeric_limits<float>::infinity()) {
+        const float floor = l2 ? floors[b] : 0.0f;
         const float room = thr - offset - floor;
         const float slack = 2.0f + (std::fabs(thr) + std::fabs(offset) + std::fabs(floor)) * scale * 1e-5f;
         const float lim = room * scale + slack;
-        if (lim <= 0.0f) return;  // thr only decreases: nothing further in this list can enter
-        if (lim < 65536.0f) bound = static_cast<std::uint32_t>(lim);
+        if (lim <= 0.0f) continue;
+        if (lim < 65536.0f) s.below(acc + base_i, 1, static_cast<std::uint16_t>(lim), &pass);
       }
-      if (bound >= 65536) {
-        for (std::size_t b = 0; b < nb; ++b) masks[b] = ~std::uint32_t(0);
-      } else {
-        s.below(acc + b0 * codec::pq4::kBlock, nb, static_cast<std::uint16_t>(bound), masks);
-      }
-      for (std::size_t b = 0; b < nb; ++b) {
-        std::uint32_t pass = masks[b];
-        const std::size_t base_i = (b0 + b) * codec::pq4::kBlock;
-        if (base_i + codec::pq4::kBlock > n) pass &= (std::uint32_t(1) << (n - base_i)) - 1;  // padding slots
-        while (pass) {
-          const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
-          pass &= pass - 1;
-          const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
-                                : offset + static_cast<float>(acc[i]) * inv_scale;
-          if (dist < thr) consider(dist, i);
-        }
+      if (base_i + codec::pq4::kBlock > n) pass &= (std::uint32_t(1) << (n - base_i)) - 1;  // padding slots
+      while (pass) {
+        const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
+        pass &= pass - 1;
+        const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
+                              : offset + static_cast<float>(acc[i]) * inv_scale;
+        if (dist < thr) consider(dist, i);
       }
     }
   }
@@ -790,7 +791,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
           code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
         const float term = index->norm_term(l, code.data());
         L.norm_terms.push_back(term);
-        L.norm_term_floor = std::min(L.norm_term_floor, term);
+        lower_floor(L, i, term);
       }
     }
   }

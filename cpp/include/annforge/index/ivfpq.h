@@ -16,7 +16,6 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -79,9 +78,10 @@ class IVFPQIndex final : public VectorIndex {
     AlignedBuffer<idx_t> ids;            // external id per entry
     AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
     AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
-    // l2 only: a lower bound of norm_terms (removals leave it as is: still a bound). Lets the fast-scan
-    // search reject whole 16-bit sums against the heap threshold before any float work.
-    float norm_term_floor = std::numeric_limits<float>::infinity();
+    // l2 only: per block of 32 slots, a lower bound of that block's norm_terms (removals may leave it
+    // lower than needed: still a bound). Lets the fast-scan search reject 16-bit sums against the heap
+    // threshold before any float work.
+    std::vector<float> block_floor;
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
@@ -96,6 +96,7 @@ class IVFPQIndex final : public VectorIndex {
                    float* dist) const;
   void append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row);
   void erase_at(std::size_t list, std::size_t offset);
+  static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
   float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
                         const float* q_scaled, float q_dot_offset) const;
