@@ -47,12 +47,16 @@ def fast4(data) -> af.IVFPQIndex:
 
 @pytest.mark.parametrize("nbits", [8, 4])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_recall_with_refine(data, nbits: int, metric: str) -> None:
+@pytest.mark.parametrize("residual", [True, False])
+def test_recall_with_refine(data, nbits: int, metric: str, residual: bool) -> None:
     x, q = data
     truth = np.argsort(brute_force(x, q, metric), axis=1)[:, :10]
-    index = build(x, nbits=nbits, metric=metric, m=16)
+    index = build(x, nbits=nbits, metric=metric, m=16, residual=residual)
+    assert index.residual is residual
     ids, dist = index.search(q, 10, nprobe=32, refine_factor=10)
-    assert recall(ids, truth) >= 0.95
+    # Without residuals 16 centres per sub-space must also cover the 64 cluster offsets of this
+    # synthetic data, so the 4-bit candidates are coarser (real embeddings: see the class docstring).
+    assert recall(ids, truth) >= (0.85 if nbits == 4 and not residual else 0.95)
     assert np.all(np.diff(dist, axis=1) >= 0)
     # Few cells visited: lower but still sensible recall.
     ids1, _ = index.search(q, 10, nprobe=4, refine_factor=10)
@@ -78,9 +82,10 @@ def adc_reference(index: af.IVFPQIndex, q: np.ndarray) -> tuple:
     return ids, d
 
 
-def test_8bit_adc_distances_match_decoded_vectors(data) -> None:
+@pytest.mark.parametrize("residual", [True, False])
+def test_8bit_adc_distances_match_decoded_vectors(data, residual: bool) -> None:
     x, q = data
-    index = build(x, nbits=8, refine=None)
+    index = build(x, nbits=8, refine=None, residual=residual)
     ids, dist = index.search(q, 10, nprobe=32)
     all_ids, ref = adc_reference(index, q)
     order = np.argsort(all_ids)
@@ -92,8 +97,11 @@ def test_8bit_adc_distances_match_decoded_vectors(data) -> None:
     assert np.all(expected.max(1) <= kth * (1 + 1e-5) + 1e-4)
 
 
-def test_fast_scan_equals_adc_up_to_lut_quantization(data, fast4) -> None:
+@pytest.mark.parametrize("residual", [True, False])
+def test_fast_scan_equals_adc_up_to_lut_quantization(data, fast4, residual: bool) -> None:
     _, q = data
+    if not residual:
+        fast4 = build(data[0], nbits=4, refine=None, residual=False)
     ids, dist = fast4.search(q, 10, nprobe=32)
     all_ids, ref = adc_reference(fast4, q)
     order = np.argsort(all_ids)
@@ -257,10 +265,11 @@ def test_fewer_results_than_k_are_padded() -> None:
 # -- persistence ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("nbits,refine", [(8, "f32"), (4, None), (4, "sq8"), (8, "f16")])
-def test_save_load_mmap_pickle(tmp_path, data, nbits: int, refine) -> None:
+@pytest.mark.parametrize("nbits,refine,residual", [(8, "f32", True), (4, None, True), (4, "sq8", True),
+                                                   (8, "f16", True), (4, "f32", False), (8, None, False)])
+def test_save_load_mmap_pickle(tmp_path, data, nbits: int, refine, residual: bool) -> None:
     x, q = data
-    index = build(x[:3000], nbits=nbits, refine=refine)
+    index = build(x[:3000], nbits=nbits, refine=refine, residual=residual)
     index.remove(np.arange(0, 3000, 5))
     expected = index.search(q, 10, nprobe=8)
     path = os.fspath(tmp_path / "ivf.af")
@@ -268,6 +277,7 @@ def test_save_load_mmap_pickle(tmp_path, data, nbits: int, refine) -> None:
     for loaded in (af.load(path), af.load(path, mmap=True), pickle.loads(pickle.dumps(index))):
         assert isinstance(loaded, af.IVFPQIndex)
         assert (loaded.nlist, loaded.m, loaded.nbits, loaded.refine) == (32, 8, nbits, refine)
+        assert loaded.residual is residual
         got = loaded.search(q, 10, nprobe=8)
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
@@ -325,6 +335,8 @@ def test_bad_parameters(data) -> None:
         af.IVFPQIndex(8, 4, 2, refine="f64")
     with pytest.raises(ValueError, match="metric"):
         af.IVFPQIndex(8, 4, 2, metric="hamming")
+    with pytest.raises(TypeError, match="residual"):
+        af.IVFPQIndex(8, 4, 2, residual="no")
     with pytest.raises(ValueError):
         af.IVFPQIndex(8, 0, 2)
     with pytest.raises(TypeError):

@@ -138,13 +138,13 @@ void bind_ivfpq(py::module_& m) {
   bind_kmeans(m);
   py::class_<IVFPQIndex> cls(m, "IVFPQIndex");
   cls.def(py::init([](std::size_t dim, std::size_t nlist, std::size_t m_sub, std::size_t nbits,
-                      const std::string& metric, const py::object& refine, std::uint64_t seed) {
+                      const std::string& metric, const py::object& refine, std::uint64_t seed, bool residual) {
             const RefineKind kind = refine_from_py(refine);
             const Metric met = parse_metric(metric);
-            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed);
+            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed, residual);
           }),
           py::arg("dim"), py::arg("nlist"), py::arg("m"), py::arg("nbits") = 8, py::arg("metric") = "l2",
-          py::arg("refine") = "f32", py::arg("seed") = 0);
+          py::arg("refine") = "f32", py::arg("seed") = 0, py::arg("residual") = true);
   bind_vector_index_methods<IVFPQIndex>(cls);
   cls.def(
          "train",
@@ -158,6 +158,7 @@ void bind_ivfpq(py::module_& m) {
       .def_property_readonly("nlist", &IVFPQIndex::nlist)
       .def_property_readonly("m", &IVFPQIndex::m)
       .def_property_readonly("nbits", &IVFPQIndex::nbits)
+      .def_property_readonly("residual", &IVFPQIndex::residual)
       .def_property_readonly("refine",
                              [](const IVFPQIndex& self) -> py::object {
                                if (self.refine() == RefineKind::None) return py::none();

@@ -82,6 +82,7 @@ struct IVFPQIndex::QueryScratch {
   codec::pq4::QuantizedLut qlut;
   std::vector<std::uint16_t> acc;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
+  float q_sqnorm = 0;                      // ||q||^2 (l2 without residuals)
   TopK heap;
   codec::pq4::ScanFn scan = nullptr;
   codec::pq4::BelowFn below = nullptr;
@@ -89,9 +90,9 @@ struct IVFPQIndex::QueryScratch {
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-                       RefineKind refine, std::uint64_t seed)
+                       RefineKind refine, std::uint64_t seed, bool residual)
     : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
-      pq_(dim, m, nbits) {
+      residual_(residual), pq_(dim, m, nbits) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
 }
@@ -177,6 +178,7 @@ float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
   std::vector<float> r(dim_);
   pq_.decode(code, r.data());
   const auto& K = simd::kernels();
+  if (!residual_) return K.dot(r.data(), r.data(), dim_);  // ||r||^2
   return K.dot(r.data(), r.data(), dim_) + 2.0f * K.dot(centroids_.data() + list * dim_, r.data(), dim_);
 }
 
@@ -214,12 +216,14 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
     const std::size_t row = i * n / ns;
     std::copy(xt.data() + row * d, xt.data() + (row + 1) * d, residuals.data() + i * d);
   }
-  std::vector<std::int32_t> labels(ns);
-  std::vector<float> scores(ns);
-  packed.nearest(residuals.data(), ns, d, 1, false, num_threads, labels.data(), scores.data());
-  for (std::size_t i = 0; i < ns; ++i) {
-    const float* c = coarse.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
-    for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] -= c[j];
+  if (residual_) {
+    std::vector<std::int32_t> labels(ns);
+    std::vector<float> scores(ns);
+    packed.nearest(residuals.data(), ns, d, 1, false, num_threads, labels.data(), scores.data());
+    for (std::size_t i = 0; i < ns; ++i) {
+      const float* c = coarse.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
+      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] -= c[j];
+    }
   }
   codec::ProductQuantizer pq(d, m_, nbits_);
   pq.train(residuals.data(), ns, seed_ + 17, num_threads);
@@ -374,15 +378,18 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
   std::vector<std::int32_t> lists(n);
   std::vector<float> scores(n);
   coarse_.nearest(rows.data(), n, d, 1, false, num_threads, lists.data(), scores.data());
-  std::vector<float> residuals(n * d);
-  parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
-    for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
-      const float* c = centroids_.data() + static_cast<std::size_t>(lists[i]) * d;
-      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
-    }
-  });
+  std::vector<float> residuals;
+  if (residual_) {
+    residuals.resize(n * d);
+    parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
+      for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
+        const float* c = centroids_.data() + static_cast<std::size_t>(lists[i]) * d;
+        for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
+      }
+    });
+  }
   std::vector<std::uint8_t> codes(n * m_);
-  pq_.encode(residuals.data(), n, codes.data(), num_threads);
+  pq_.encode(residual_ ? residuals.data() : rows.data(), n, codes.data(), num_threads);
 
   assign_ids(ids, n, out_ids);
   for (std::size_t i = 0; i < n; ++i) {
@@ -437,8 +444,10 @@ void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const 
       for (std::size_t j = 0; j < m_; ++j)
         code[j] = nbits_ == 8 ? L.codes[off * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, off, j);
       pq_.decode(code.data(), row);
-      const float* c = centroids_.data() + l * dim_;
-      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+      if (residual_) {
+        const float* c = centroids_.data() + l * dim_;
+        for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+      }
     }
     unrotate(row);
   }
@@ -471,7 +480,12 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   if (n == 0) return;
   const bool l2 = metric_ == Metric::L2;
   // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
-  const float base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  // Without residuals c is 0: l2 ||q||^2 + ||r||^2 - 2 <q, r>;  ip 1 - <q, r>.
+  float base;
+  if (residual_)
+    base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  else
+    base = l2 ? s.q_sqnorm : 1.0f;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
   TopK& heap = s.heap;
   float thr = heap.threshold();
@@ -598,6 +612,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     s.below = below;
     s.lut_kernels = lut_kernels;
     const float* qv = Q.data() + qi * d;
+    if (!residual_ && metric_ == Metric::L2) s.q_sqnorm = simd::kernels().dot(qv, qv, d);
     pq_.inner_product_table(qv, s.ip_table.data());
     const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
     for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
@@ -621,7 +636,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       const std::size_t rb = refine_bytes();
       TopK best(k);
       // The stored vectors are scattered: fetch a few candidates ahead (a 384-d f32 row is 24 lines).
-      constexpr std::size_t kAhead = 2;
+      constexpr std::size_t kAhead = 8;
       auto stored = [&](const std::pair<float, idx_t>& e) {
         return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
       };
@@ -659,7 +674,8 @@ void IVFPQIndex::write(io::FileWriter& w) const {
       .put(static_cast<std::uint8_t>(refine_))
       .put(seed_)
       .put(static_cast<std::uint8_t>(trained_ ? 1 : 0))
-      .put(static_cast<std::uint8_t>(rotation_.empty() ? 0 : 1));
+      .put(static_cast<std::uint8_t>(rotation_.empty() ? 0 : 1))
+      .put(static_cast<std::uint8_t>(residual_ ? 1 : 0));
   w.add_owned(kTagMeta, meta.take());
   if (!rotation_.empty()) w.add(kTagRotation, rotation_.data(), rotation_.size() * sizeof(float));
   if (!trained_) return;
@@ -695,14 +711,16 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   const auto refine = meta.read<std::uint8_t>();
   const auto seed = meta.read<std::uint64_t>();
   const auto trained = meta.read<std::uint8_t>(), has_rotation = meta.read<std::uint8_t>();
+  // Files written before the flag existed encode residuals.
+  const std::uint8_t residual = meta.remaining() > 0 ? meta.read<std::uint8_t>() : std::uint8_t(1);
   meta.expect_end();
   if (dim < 1 || dim > (1u << 20) || metric > 2) corrupt("dimension or metric out of range");
   if (nlist < 1 || nlist > (std::uint64_t(1) << 24)) corrupt("nlist out of range");
   if (m < 1 || m > dim || dim % m != 0 || (nbits != 4 && nbits != 8)) corrupt("invalid product quantizer shape");
-  if (refine > 3 || trained > 1 || has_rotation > 1) corrupt("invalid flags");
+  if (refine > 3 || trained > 1 || has_rotation > 1 || residual > 1) corrupt("invalid flags");
 
   auto index = std::make_unique<IVFPQIndex>(dim, nlist, m, nbits, static_cast<Metric>(metric),
-                                            static_cast<RefineKind>(refine), seed);
+                                            static_cast<RefineKind>(refine), seed, residual == 1);
   io::ByteReader common(meta_bytes, "IVFPQIndex metadata");
   index->read_common(common);
   const std::size_t d = dim;

@@ -4,7 +4,7 @@
 //   coarse quantizer  nlist centroids (k-means, cluster/kmeans.h), probed with the packed GEMM kernel.
 //                     nlist >= 16384 would want an HNSW graph over the centroids: probe_lists() is the
 //                     single place to plug it in once the HNSW family lands (flat is used meanwhile).
-//   codec             residual x - c_list encoded by a ProductQuantizer; nbits = 8 scans codes with float
+//   codec             residual x - c_list (or x itself with residual = false) encoded by a ProductQuantizer; nbits = 8 scans codes with float
 //                     tables, nbits = 4 uses the fast-scan layout (codec/pq4_fastscan.h) with 8-bit tables
 //                     and 16-bit SIMD accumulation. For l2 the decomposition
 //                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
@@ -36,8 +36,11 @@ const char* refine_name(RefineKind kind);
 
 class IVFPQIndex final : public VectorIndex {
  public:
+  // residual = true encodes x - c_list (faiss "IVF..,PQ.." / "..x4fsr"); false encodes x itself, the
+  // lists only partitioning the data (faiss "IVF..,PQ..x4fs"): on normalised sentence embeddings the
+  // latter ranks better at the same code size.
   IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-             RefineKind refine, std::uint64_t seed);
+             RefineKind refine, std::uint64_t seed, bool residual = true);
   static std::unique_ptr<IVFPQIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
   // Learns the coarse centroids, the PQ codebooks (on residuals) and the sq8 ranges. Needs
@@ -54,6 +57,7 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t m() const noexcept { return m_; }
   std::size_t nbits() const noexcept { return nbits_; }
   RefineKind refine() const noexcept { return refine_; }
+  bool residual() const noexcept { return residual_; }
   // Bytes of PQ code per vector (nbits * m / 8) and of the re-ranking copy.
   std::size_t code_bytes() const noexcept;
   std::size_t refine_bytes() const noexcept;
@@ -107,6 +111,7 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t nlist_, m_, nbits_;
   RefineKind refine_;
   std::uint64_t seed_;
+  bool residual_;
   bool trained_ = false;
 
   mutable parallel::WriterPreferringMutex mutex_;
