@@ -3,6 +3,8 @@
 Compares, with the same nlist and code size:
   annforge IVFPQIndex(nbits=8, refine=None)      vs  faiss "IVF{nlist},PQ{m8}"
   annforge IVFPQIndex(nbits=4, refine="f32")     vs  faiss "IVF{nlist},PQ{m4}x4fs,RFlat"
+  (faiss's "x4fs" codes are not residuals -- by_residual is False for that factory string -- so the
+  annforge fast-scan configs use residual=False too; --fs-residual switches them to residual codes)
   (plus annforge nbits=8 + f32 and nbits=4 without re-ranking, for the picture)
 Each library runs in its own process; every setting is timed after a warm-up, fastest of --repeats.
 
@@ -75,15 +77,16 @@ def run_annforge(args) -> Dict:
     out = {"library": "annforge", "simd": af.simd_level(), "fast_scan_simd": af._core._pq4_scan_level(), "configs": {}}
     configs = [
         ("annforge PQ%dx8" % args.m8, dict(m=args.m8, nbits=8, refine=None)),
-        ("annforge PQ%dx4fs+f32" % args.m4, dict(m=args.m4, nbits=4, refine="f32")),
+        ("annforge PQ%dx4fs+f32" % args.m4, dict(m=args.m4, nbits=4, refine="f32", residual=args.fs_residual)),
         ("annforge PQ%dx8+f32" % args.m8, dict(m=args.m8, nbits=8, refine="f32")),
-        ("annforge PQ%dx4fs" % args.m4, dict(m=args.m4, nbits=4, refine=None)),
+        ("annforge PQ%dx4fs" % args.m4, dict(m=args.m4, nbits=4, refine=None, residual=args.fs_residual)),
     ]
     for name, kw in configs:
         if not selected(args, name):
             continue
         print(name, file=sys.stderr)
-        index = af.IVFPQIndex(x.shape[1], args.nlist, kw["m"], nbits=kw["nbits"], refine=kw["refine"], opq=args.opq)
+        index = af.IVFPQIndex(x.shape[1], args.nlist, kw["m"], nbits=kw["nbits"], refine=kw["refine"], opq=args.opq,
+                              residual=kw.get("residual", True))
         t = time.perf_counter()
         index.train(x, num_threads=args.threads)
         train_s = time.perf_counter() - t
@@ -190,6 +193,8 @@ def main() -> None:
     ap.add_argument("--m8", type=int, default=48, help="sub-quantizers of the 8-bit PQ")
     ap.add_argument("--m4", type=int, default=96, help="sub-quantizers of the 4-bit fast-scan PQ")
     ap.add_argument("--opq", action="store_true", help="annforge: learn an OPQ rotation")
+    ap.add_argument("--fs-residual", action="store_true",
+                    help="annforge fast-scan configs encode residuals (default: not, like faiss's x4fs)")
     ap.add_argument("--threads", type=int, default=1, help="threads for training and add (search is 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["annforge", "faiss"], help="run one library in this process")
