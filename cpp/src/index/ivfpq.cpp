@@ -196,8 +196,14 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     rotation = rotation_;
   }
-  std::vector<float> xt;
-  transform(x, n, xt);
+  // Rows as training sees them: a transformed copy only when there is something to transform (a
+  // 100k x 384 copy costs as much as a few k-means iterations in page faults alone).
+  std::vector<float> transformed;
+  const float* xt = x;
+  if (metric_ == Metric::Cosine || !rotation.empty()) {
+    transform(x, n, transformed);
+    xt = transformed.data();
+  }
   const std::size_t d = dim_;
 
   cluster::KMeansOptions opt;
@@ -206,7 +212,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
   opt.max_points_per_centroid = kCoarsePointsPerCentroid;
   opt.num_threads = num_threads;
   opt.assign_all = false;
-  auto coarse = cluster::kmeans(xt.data(), n, d, nlist_, opt);
+  auto coarse = cluster::kmeans(xt, n, d, nlist_, opt);
   cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
 
   // PQ codebooks on the residuals of an evenly spaced sample (at most 256 rows per PQ centre).
@@ -214,7 +220,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
   std::vector<float> residuals(ns * d);
   for (std::size_t i = 0; i < ns; ++i) {
     const std::size_t row = i * n / ns;
-    std::copy(xt.data() + row * d, xt.data() + (row + 1) * d, residuals.data() + i * d);
+    std::copy(xt + row * d, xt + (row + 1) * d, residuals.data() + i * d);
   }
   if (residual_) {
     std::vector<std::int32_t> labels(ns);
