@@ -391,9 +391,12 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
             _core._set_pq4_scan_level(level)
             acc = _core._pq4_scan_raw(blocks, pm, table)
             np.testing.assert_array_equal(acc, expected, err_msg=level)
-            for bound in bounds:
-                masks = _core._pq4_below_raw(acc, bound)
-                bits = (acc.reshape(-1, 32) < bound).astype(np.uint64) << np.arange(32, dtype=np.uint64)
+            for bound in bounds + [None]:  # None: a different bound per block
+                per_block = (rng.integers(0, 2**16, size=nblocks) if bound is None
+                             else np.full(nblocks, bound)).astype(np.uint16)
+                masks = _core._pq4_below_raw(acc, per_block)
+                bits = ((acc.reshape(-1, 32) < per_block[:, None]).astype(np.uint64)
+                        << np.arange(32, dtype=np.uint64))
                 np.testing.assert_array_equal(masks, bits.sum(axis=1).astype(np.uint32), err_msg=f"{level} {bound}")
     finally:
         _core._set_pq4_scan_level(None)

@@ -122,14 +122,16 @@ void bind_kmeans(py::module_& m) {
       "The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.");
   m.def(
       "_pq4_below_raw",
-      [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc, std::uint16_t bound) {
-        ANNFORGE_CHECK(acc.size() % 32 == 0, ErrorKind::Value, "sums come in blocks of 32");
+      [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc,
+         const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& bounds) {
         const std::size_t nblocks = static_cast<std::size_t>(acc.size()) / 32;
+        ANNFORGE_CHECK(acc.size() % 32 == 0 && static_cast<std::size_t>(bounds.size()) == nblocks, ErrorKind::Value,
+                       "sums come in blocks of 32, with one bound per block");
         py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(nblocks));
-        codec::pq4::below_kernel()(acc.data(), nblocks, bound, out.mutable_data());
+        codec::pq4::below_kernel()(acc.data(), nblocks, bounds.data(), out.mutable_data());
         return out;
       },
-      py::arg("acc"), py::arg("bound"), "The threshold-mask kernel of the pinned level (tests).");
+      py::arg("acc"), py::arg("bounds"), "The threshold-mask kernel of the pinned level (tests).");
 }
 
 }  // namespace

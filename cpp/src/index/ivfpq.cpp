@@ -80,7 +80,8 @@ struct IVFPQIndex::QueryScratch {
   std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
   std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
   codec::pq4::QuantizedLut qlut;
-  std::vector<std::uint16_t> acc;
+  std::vector<std::uint16_t> acc, bounds;
+  std::vector<std::uint32_t> masks;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   float q_sqnorm = 0;                      // ||q||^2 (l2 without residuals)
   TopK heap;
@@ -526,21 +527,30 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
     const float* floors = l2 ? L.block_floor.data() : nullptr;
     const std::uint16_t* acc = s.acc.data();
     // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
-    // (thr - offset - floor) * scale with `floor` the block's lowest norm term: the kernel compares the
-    // integers (with slack for float rounding) and exact float distances are computed only for the
-    // few that pass. Same pushes, same order as computing every distance.
-    for (std::size_t b = 0; b < nblocks; ++b) {
-      const std::size_t base_i = b * codec::pq4::kBlock;
-      std::uint32_t pass = ~std::uint32_t(0);  // everything while the heap is not full
-      if (thr < std::numeric_limits<float>::infinity()) {
+    // (thr - offset - floor) * scale with `floor` the block's lowest norm term. One kernel call compares
+    // every block against its bound (from the threshold when the list starts, with slack for float
+    // rounding; a threshold that tightens later only lets more through) and exact float distances are
+    // computed only for the few that pass. Same pushes, same order as computing every distance.
+    s.masks.resize(nblocks);
+    std::uint32_t* masks = s.masks.data();
+    if (thr < std::numeric_limits<float>::infinity()) {
+      s.bounds.resize(nblocks);
+      std::uint16_t* bounds = s.bounds.data();
+      const float lim0 = (thr - offset) * scale, rel = (std::fabs(thr) + std::fabs(offset)) * scale * 1e-5f;
+      for (std::size_t b = 0; b < nblocks; ++b) {
         const float floor = l2 ? floors[b] : 0.0f;
-        const float room = thr - offset - floor;
-        const float slack = 2.0f + (std::fabs(thr) + std::fabs(offset) + std::fabs(floor)) * scale * 1e-5f;
-        const float lim = room * scale + slack;
-        if (lim <= 0.0f) continue;
-        if (lim < 65536.0f) s.below(acc + base_i, 1, static_cast<std::uint16_t>(lim), &pass);
+        const float lim = lim0 - floor * scale + 2.0f + rel + std::fabs(floor) * scale * 1e-5f;
+        // acc never reaches 65535 (quantize_lut keeps sums below 65535 - padded_m), so 65535 passes all.
+        bounds[b] = lim <= 0.0f ? std::uint16_t(0) : lim >= 65535.0f ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim);
       }
-      if (base_i + codec::pq4::kBlock > n) pass &= (std::uint32_t(1) << (n - base_i)) - 1;  // padding slots
+      s.below(acc, nblocks, bounds, masks);
+    } else {
+      for (std::size_t b = 0; b < nblocks; ++b) masks[b] = ~std::uint32_t(0);  // heap not full yet
+    }
+    if (n % codec::pq4::kBlock) masks[nblocks - 1] &= (std::uint32_t(1) << (n % codec::pq4::kBlock)) - 1;  // padding
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      std::uint32_t pass = masks[b];
+      const std::size_t base_i = b * codec::pq4::kBlock;
       while (pass) {
         const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
         pass &= pass - 1;

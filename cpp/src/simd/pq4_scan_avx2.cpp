@@ -42,14 +42,15 @@ void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padd
   }
 }
 
-void below_avx2(const std::uint16_t* acc, std::size_t nblocks, std::uint16_t bound, std::uint32_t* masks) {
-  if (bound == 0) {
-    for (std::size_t b = 0; b < nblocks; ++b) masks[b] = 0;
-    return;
-  }
-  // acc < bound  <=>  max(acc, bound - 1) == bound - 1 (unsigned; AVX2 has no unsigned 16-bit compare).
-  const __m256i top = _mm256_set1_epi16(static_cast<short>(bound - 1));
+void below_avx2(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                std::uint32_t* masks) {
   for (std::size_t b = 0; b < nblocks; ++b) {
+    if (bounds[b] == 0) {
+      masks[b] = 0;
+      continue;
+    }
+    // acc < bound  <=>  max(acc, bound - 1) == bound - 1 (unsigned; AVX2 has no unsigned 16-bit compare).
+    const __m256i top = _mm256_set1_epi16(static_cast<short>(bounds[b] - 1));
     const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + b * 32));
     const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + b * 32 + 16));
     const __m256i e0 = _mm256_cmpeq_epi16(_mm256_max_epu16(a0, top), top);

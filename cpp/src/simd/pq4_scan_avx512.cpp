@@ -82,10 +82,11 @@ void lut_encode(const float* lut, std::size_t m, const float* mins, float scale,
   }
 }
 
-void below_avx512(const std::uint16_t* acc, std::size_t nblocks, std::uint16_t bound, std::uint32_t* masks) {
-  const __m512i vbound = _mm512_set1_epi16(static_cast<short>(bound));
+void below_avx512(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                  std::uint32_t* masks) {
   for (std::size_t b = 0; b < nblocks; ++b)
-    masks[b] = static_cast<std::uint32_t>(_mm512_cmplt_epu16_mask(_mm512_loadu_si512(acc + b * 32), vbound));
+    masks[b] = static_cast<std::uint32_t>(_mm512_cmplt_epu16_mask(_mm512_loadu_si512(acc + b * 32),
+                                                                  _mm512_set1_epi16(static_cast<short>(bounds[b]))));
 }
 
 const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};

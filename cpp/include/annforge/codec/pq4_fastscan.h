@@ -61,9 +61,10 @@ const LutKernels* lut_kernels();
 using ScanFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                         const std::uint8_t* table, std::uint16_t* out);
 
-// masks[b] bit i = (acc[b * 32 + i] < bound) for b < nblocks: which 16-bit sums of block b can still
-// enter a result heap (the search then computes float distances for those only).
-using BelowFn = void (*)(const std::uint16_t* acc, std::size_t nblocks, std::uint16_t bound, std::uint32_t* masks);
+// masks[b] bit i = (acc[b * 32 + i] < bounds[b]) for b < nblocks: which 16-bit sums of block b can
+// still enter a result heap (the search then computes float distances for those only).
+using BelowFn = void (*)(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                         std::uint32_t* masks);
 
 // The scan kernel for the active level (see scan_level()).
 ScanFn scan_kernel();
