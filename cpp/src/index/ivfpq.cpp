@@ -562,14 +562,28 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   }
 }
 
+std::size_t IVFPQIndex::refine_chunk() const noexcept {
+  return std::min(dim_, (dim_ / 4 + 15) / 16 * 16);  // about a quarter of a row, whole cache lines
+}
+
 float IVFPQIndex::refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                                  const float* q_scaled, float q_dot_offset) const {
+                                  const float* q_scaled, float q_dot_offset, float bound) const {
   const auto& K = simd::kernels();
   const bool l2 = metric_ == Metric::L2;
   switch (refine_) {
     case RefineKind::F32: {
       const auto* v = reinterpret_cast<const float*>(stored);
-      return l2 ? K.l2_sqr(q, v, dim_) : 1.0f - K.dot(q, v, dim_);
+      if (!l2) return 1.0f - K.dot(q, v, dim_);
+      // Squared l2 only grows along the row: once a prefix exceeds `bound` (the current k-th best) the
+      // candidate is out, and the rest of its row need not even be read from memory. Always summed
+      // chunk by chunk, so a distance does not depend on when the bound cut in.
+      const std::size_t chunk = refine_chunk();
+      float sum = 0.0f;
+      for (std::size_t o = 0; o < dim_; o += chunk) {
+        sum += K.l2_sqr(q + o, v + o, std::min(chunk, dim_ - o));
+        if (sum > bound) break;
+      }
+      return sum;
     }
     case RefineKind::F16: {
       const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
@@ -651,19 +665,23 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       }
       const std::size_t rb = refine_bytes();
       TopK best(k);
-      // The stored vectors are scattered: fetch a few candidates ahead (a 384-d f32 row is 24 lines).
-      constexpr std::size_t kAhead = 8;
+      // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at
+      // a time and most candidates stop after the first one (see refine_distance): fetch that much.
+      constexpr std::size_t kAhead = 2;
+      const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
+      const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
       auto stored = [&](const std::pair<float, idx_t>& e) {
         return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
       };
-      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch(stored(found[i]), rb);
+      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch(stored(found[i]), ahead_bytes);
       for (std::size_t i = 0; i < found.size(); ++i) {
-        if (i + kAhead < found.size()) prefetch(stored(found[i + kAhead]), rb);
+        if (i + kAhead < found.size()) prefetch(stored(found[i + kAhead]), ahead_bytes);
         const auto& e = found[i];
         const InvertedList& L = lists_[location_list(e.second)];
         const std::size_t off = location_offset(e.second);
+        // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
         const float dist = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
-                                           q_dot_offset);
+                                           q_dot_offset, best.threshold());
         best.push(dist, L.ids[off]);
       }
       write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -102,8 +103,11 @@ class IVFPQIndex final : public VectorIndex {
   void erase_at(std::size_t list, std::size_t offset);
   static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
+  // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
   float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                        const float* q_scaled, float q_dot_offset) const;
+                        const float* q_scaled, float q_dot_offset,
+                        float bound = std::numeric_limits<float>::infinity()) const;
+  std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
   void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, const IdSelector* filter) const;
