@@ -18,7 +18,9 @@ void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padd
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint8_t* blk = blocks + b * bytes;
     __m256i lo_all = zero, lo_odd = zero, hi_all = zero, hi_odd = zero;  // vectors 0-15 / 16-31
+    const std::uint8_t* ahead = blk + 2 * bytes;  // fetch two blocks ahead (lists are short streams)
     for (std::size_t j = 0; j < padded_m; j += 2) {
+      if (j % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
       const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + j * 16));
       const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + j * 16));
       const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low_nibble));
