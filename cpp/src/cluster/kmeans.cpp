@@ -249,7 +249,7 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
     // Each task owns a range of centroids and adds its points in index order: a fixed summation order
     // whatever the split, and whole rows are read front to back (a split over dimensions would stride
     // through the sample once per chunk and stall on memory).
-    const std::size_t tasks = std::min(k, 4 * workers);
+    const std::size_t tasks = std::min(k, workers);  // one task per worker: each pass skips the fewest rows
     parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
       const std::size_t c0 = k * t / tasks, c1 = k * (t + 1) / tasks;
       for (std::size_t i = 0; i < ns; ++i) {
