@@ -485,14 +485,15 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   const InvertedList& L = lists_[list];
   const std::size_t n = L.size();
   if (n == 0) return;
-  const bool l2 = metric_ == Metric::L2;
   // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
-  // Without residuals c is 0: l2 ||q||^2 + ||r||^2 - 2 <q, r>;  ip 1 - <q, r>.
+  // Without residuals c is 0: l2 ||q||^2 + (||r||^2 - 2 <q, r>), ip 1 - <q, r>; ||r||^2 is a sum over
+  // sub-spaces, so the table holds all of the bracket and there is no per-vector term to add.
+  const bool l2 = metric_ == Metric::L2 && residual_;  // a per-vector norm term to add
   float base;
   if (residual_)
     base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
   else
-    base = l2 ? s.q_sqnorm : 1.0f;
+    base = metric_ == Metric::L2 ? s.q_sqnorm : 1.0f;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
   TopK& heap = s.heap;
   float thr = heap.threshold();
@@ -627,6 +628,15 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
+  // l2 without residuals: ||centre||^2 of every code word goes into the look-up table (scan_list).
+  std::vector<float> code_norms;
+  if (metric_ == Metric::L2 && !residual_) {
+    const auto& K = simd::kernels();
+    const std::size_t dsub = pq_.dsub();
+    code_norms.resize(entries);
+    for (std::size_t i = 0; i < entries; ++i)
+      code_norms[i] = K.dot(pq_.codebooks().data() + i * dsub, pq_.codebooks().data() + i * dsub, dsub);
+  }
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
   const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
@@ -645,7 +655,11 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     if (!residual_ && metric_ == Metric::L2) s.q_sqnorm = simd::kernels().dot(qv, qv, d);
     pq_.inner_product_table(qv, s.ip_table.data());
     const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
-    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    if (code_norms.empty()) {
+      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    } else {
+      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms[i];
+    }
     if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
     s.heap.reset(candidates);
     for (std::size_t p = 0; p < nprobe; ++p) {
