@@ -310,7 +310,7 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
     for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
   }
   L.ids.push_back(id);
-  if (metric_ == Metric::L2) {
+  if (norm_terms_stored()) {
     const float term = norm_term(list, code);
     L.norm_terms.push_back(term);
     lower_floor(L, off, term);
@@ -336,7 +336,7 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     const idx_t moved = L.ids[last];
     L.ids.at_mut(off) = moved;
     where_.set(moved, pack_location(list, off));
-    if (metric_ == Metric::L2) {
+    if (norm_terms_stored()) {
       L.norm_terms.at_mut(off) = L.norm_terms[last];
       lower_floor(L, off, L.norm_terms[last]);
     }
@@ -354,7 +354,7 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     }
   }
   L.ids.shrink(last);
-  if (metric_ == Metric::L2) {
+  if (norm_terms_stored()) {
     L.norm_terms.shrink(last);
     L.block_floor.resize(codec::pq4::blocks_for(last));  // an emptied block starts afresh
   }
@@ -488,7 +488,7 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
   // Without residuals c is 0: l2 ||q||^2 + (||r||^2 - 2 <q, r>), ip 1 - <q, r>; ||r||^2 is a sum over
   // sub-spaces, so the table holds all of the bracket and there is no per-vector term to add.
-  const bool l2 = metric_ == Metric::L2 && residual_;  // a per-vector norm term to add
+  const bool l2 = norm_terms_stored();  // a per-vector norm term to add
   float base;
   if (residual_)
     base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
@@ -847,7 +847,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   }
   index->trained_ = true;
   index->derive_tables();
-  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
+  if (index->norm_terms_stored()) {  // recomputed from the codes rather than stored
     std::vector<std::uint8_t> code(m);
     for (std::size_t l = 0; l < nlist; ++l) {
       InvertedList& L = index->lists_[l];

@@ -82,7 +82,7 @@ class IVFPQIndex final : public VectorIndex {
     AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
     AlignedBuffer<idx_t> ids;            // external id per entry
     AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
+    AlignedBuffer<float> norm_terms;     // l2 + residual only: ||c + r||^2 - ||c||^2 of the decoded vector
     // l2 only: per block of 32 slots, a lower bound of that block's norm_terms (removals may leave it
     // lower than needed: still a bound). Lets the fast-scan search reject 16-bit sums against the heap
     // threshold before any float work.
@@ -96,6 +96,9 @@ class IVFPQIndex final : public VectorIndex {
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
   void derive_tables();  // packed coarse centroids (after train / load)
   float norm_term(std::size_t list, const std::uint8_t* code) const;
+  // l2 with residual codes keeps a norm term per vector; without residuals the code-word norms go
+  // into the look-up table instead.
+  bool norm_terms_stored() const noexcept { return metric_ == Metric::L2 && residual_; }
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
