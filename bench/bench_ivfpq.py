@@ -3,6 +3,8 @@
 Compares, with the same nlist and code size:
   annforge IVFPQIndex(nbits=8, refine=None)      vs  faiss "IVF{nlist},PQ{m8}"
   annforge IVFPQIndex(nbits=4, refine="f32")     vs  faiss "IVF{nlist},PQ{m4}x4fs,RFlat"
+  (faiss's "x4fs" codes are not residuals -- by_residual is False for that factory string -- so the
+  annforge fast-scan configs use residual=False too; --fs-residual switches them to residual codes)
   (plus annforge nbits=8 + f32 and nbits=4 without re-ranking, for the picture)
 Each library runs in its own process; every setting is timed after a warm-up, fastest of --repeats.
 
@@ -50,10 +52,10 @@ def timed(fn, repeats: int):
     return best, out
 
 
-def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int) -> List[Dict]:
+def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int, nprobes=None, rfs=None) -> List[Dict]:
     rows = []
-    for nprobe in [p for p in NPROBES if p <= nlist]:
-        for rf in REFINE_FACTORS if with_refine else [0]:
+    for nprobe in [p for p in (nprobes or NPROBES) if p <= nlist]:
+        for rf in (rfs or REFINE_FACTORS) if with_refine else [0]:
             secs, ids = timed(lambda: search(nprobe, rf), repeats)
             rows.append({"nprobe": nprobe, "refine_factor": rf, "recall": recall(ids, gt), "qps": len(q) / secs})
             print(f"    nprobe={nprobe:4d} rf={rf:3d} recall={rows[-1]['recall']:.4f} qps={rows[-1]['qps']:.0f}",
@@ -63,6 +65,11 @@ def sweep(search, q, gt, with_refine: bool, repeats: int, nlist: int) -> List[Di
     return rows
 
 
+def selected(args, name: str) -> bool:
+    """--configs: keep only configurations whose name contains one of the given substrings."""
+    return not args.configs or any(part in name for part in args.configs)
+
+
 def run_annforge(args) -> Dict:
     import annforge as af
 
@@ -70,13 +77,16 @@ def run_annforge(args) -> Dict:
     out = {"library": "annforge", "simd": af.simd_level(), "fast_scan_simd": af._core._pq4_scan_level(), "configs": {}}
     configs = [
         ("annforge PQ%dx8" % args.m8, dict(m=args.m8, nbits=8, refine=None)),
-        ("annforge PQ%dx4fs+f32" % args.m4, dict(m=args.m4, nbits=4, refine="f32")),
+        ("annforge PQ%dx4fs+f32" % args.m4, dict(m=args.m4, nbits=4, refine="f32", residual=args.fs_residual)),
         ("annforge PQ%dx8+f32" % args.m8, dict(m=args.m8, nbits=8, refine="f32")),
-        ("annforge PQ%dx4fs" % args.m4, dict(m=args.m4, nbits=4, refine=None)),
+        ("annforge PQ%dx4fs" % args.m4, dict(m=args.m4, nbits=4, refine=None, residual=args.fs_residual)),
     ]
     for name, kw in configs:
+        if not selected(args, name):
+            continue
         print(name, file=sys.stderr)
-        index = af.IVFPQIndex(x.shape[1], args.nlist, kw["m"], nbits=kw["nbits"], refine=kw["refine"], opq=args.opq)
+        index = af.IVFPQIndex(x.shape[1], args.nlist, kw["m"], nbits=kw["nbits"], refine=kw["refine"], opq=args.opq,
+                              residual=kw.get("residual", True))
         t = time.perf_counter()
         index.train(x, num_threads=args.threads)
         train_s = time.perf_counter() - t
@@ -93,7 +103,7 @@ def run_annforge(args) -> Dict:
 
         out["configs"][name] = {
             "train_s": train_s, "add_s": add_s, "bytes_per_vector": index.bytes_per_vector(),
-            "points": sweep(search, q, gt, refine, args.repeats, args.nlist),
+            "points": sweep(search, q, gt, refine, args.repeats, args.nlist, args.nprobes, args.rfs),
         }
     return out
 
@@ -106,6 +116,8 @@ def run_faiss(args) -> Dict:
     d = x.shape[1]
     out = {"library": "faiss", "version": faiss.__version__, "configs": {}}
     for spec in (f"IVF{args.nlist},PQ{args.m8}", f"IVF{args.nlist},PQ{args.m4}x4fs,RFlat"):
+        if not selected(args, "faiss " + spec):
+            continue
         print(spec, file=sys.stderr)
         faiss.omp_set_num_threads(args.threads if args.threads > 0 else os.cpu_count())
         index = faiss.index_factory(d, spec)
@@ -130,7 +142,7 @@ def run_faiss(args) -> Dict:
 
         out["configs"]["faiss " + spec] = {
             "train_s": train_s, "add_s": add_s, "bytes_per_vector": code + 8 + (4 * d if refine else 0),
-            "points": sweep(search, q, gt, refine, args.repeats, args.nlist),
+            "points": sweep(search, q, gt, refine, args.repeats, args.nlist, args.nprobes, args.rfs),
         }
     return out
 
@@ -181,9 +193,15 @@ def main() -> None:
     ap.add_argument("--m8", type=int, default=48, help="sub-quantizers of the 8-bit PQ")
     ap.add_argument("--m4", type=int, default=96, help="sub-quantizers of the 4-bit fast-scan PQ")
     ap.add_argument("--opq", action="store_true", help="annforge: learn an OPQ rotation")
+    ap.add_argument("--fs-residual", action="store_true",
+                    help="annforge fast-scan configs encode residuals (default: not, like faiss's x4fs)")
     ap.add_argument("--threads", type=int, default=1, help="threads for training and add (search is 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["annforge", "faiss"], help="run one library in this process")
+    ap.add_argument("--configs", nargs="+", help="only configurations whose name contains one of these "
+                    "substrings, e.g. --configs x4fs  (quick runs while iterating)")
+    ap.add_argument("--nprobes", type=int, nargs="+", help=f"nprobe values to sweep (default {NPROBES})")
+    ap.add_argument("--rfs", type=int, nargs="+", help=f"refine factors to sweep (default {REFINE_FACTORS})")
     ap.add_argument("--out", default="bench_ivfpq.json")
     args = ap.parse_args()
 

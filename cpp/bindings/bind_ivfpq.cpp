@@ -106,6 +106,32 @@ void bind_kmeans(py::module_& m) {
             level.is_none() ? -1 : static_cast<int>(simd::parse_level(py::cast<std::string>(level).c_str())));
       },
       py::arg("level"), "Pin the fast-scan kernel to a level (tests); None follows the active level again.");
+  m.def(
+      "_pq4_scan_raw",
+      [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
+         const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& table) {
+        ANNFORGE_CHECK(padded_m >= 2 && padded_m % 2 == 0 && static_cast<std::size_t>(table.size()) == padded_m * 16 &&
+                           static_cast<std::size_t>(blocks.size()) % (padded_m * 16) == 0,
+                       ErrorKind::Value, "bad fast-scan block / table shapes");
+        const std::size_t nblocks = static_cast<std::size_t>(blocks.size()) / (padded_m * 16);
+        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(nblocks * codec::pq4::kBlock));
+        codec::pq4::scan_kernel()(blocks.data(), nblocks, padded_m, table.data(), out.mutable_data());
+        return out;
+      },
+      py::arg("blocks"), py::arg("padded_m"), py::arg("table"),
+      "The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.");
+  m.def(
+      "_pq4_below_raw",
+      [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc,
+         const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& bounds) {
+        const std::size_t nblocks = static_cast<std::size_t>(acc.size()) / 32;
+        ANNFORGE_CHECK(acc.size() % 32 == 0 && static_cast<std::size_t>(bounds.size()) == nblocks, ErrorKind::Value,
+                       "sums come in blocks of 32, with one bound per block");
+        py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(nblocks));
+        codec::pq4::below_kernel()(acc.data(), nblocks, bounds.data(), out.mutable_data());
+        return out;
+      },
+      py::arg("acc"), py::arg("bounds"), "The threshold-mask kernel of the pinned level (tests).");
 }
 
 }  // namespace
@@ -114,13 +140,13 @@ void bind_ivfpq(py::module_& m) {
   bind_kmeans(m);
   py::class_<IVFPQIndex> cls(m, "IVFPQIndex");
   cls.def(py::init([](std::size_t dim, std::size_t nlist, std::size_t m_sub, std::size_t nbits,
-                      const std::string& metric, const py::object& refine, std::uint64_t seed) {
+                      const std::string& metric, const py::object& refine, std::uint64_t seed, bool residual) {
             const RefineKind kind = refine_from_py(refine);
             const Metric met = parse_metric(metric);
-            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed);
+            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed, residual);
           }),
           py::arg("dim"), py::arg("nlist"), py::arg("m"), py::arg("nbits") = 8, py::arg("metric") = "l2",
-          py::arg("refine") = "f32", py::arg("seed") = 0);
+          py::arg("refine") = "f32", py::arg("seed") = 0, py::arg("residual") = true);
   bind_vector_index_methods<IVFPQIndex>(cls);
   cls.def(
          "train",
@@ -134,6 +160,7 @@ void bind_ivfpq(py::module_& m) {
       .def_property_readonly("nlist", &IVFPQIndex::nlist)
       .def_property_readonly("m", &IVFPQIndex::m)
       .def_property_readonly("nbits", &IVFPQIndex::nbits)
+      .def_property_readonly("residual", &IVFPQIndex::residual)
       .def_property_readonly("refine",
                              [](const IVFPQIndex& self) -> py::object {
                                if (self.refine() == RefineKind::None) return py::none();

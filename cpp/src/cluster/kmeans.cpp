@@ -14,7 +14,6 @@ namespace {
 
 constexpr std::size_t kPointChunk = 64;             // points per task (fixed: results do not depend on threads)
 constexpr std::size_t kPackedBytes = 256 * 1024;    // centroid block streamed per kernel call (stays in L2)
-constexpr std::size_t kDimChunk = 32;               // dimensions per task in the centroid update
 constexpr std::size_t kPlusPlusPoolPerCentroid = 8; // k-means++ seeds from a pool of this many points per centroid
 constexpr std::size_t kPlusPlusMinPool = 4096;
 
@@ -105,7 +104,7 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
   const std::size_t ldo = std::min(block, k);
   // Per-worker scratch, allocated once per call (not per chunk: small-d calls are dominated by it).
   struct Scratch {
-    std::vector<float> dots, best;
+    std::vector<float> dots, best, scores;
     std::vector<std::int32_t> best_label;
     std::vector<TopK> heaps;
   };
@@ -114,6 +113,7 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
     const std::size_t i0 = chunk * kPointChunk, ni = std::min(kPointChunk, n - i0);
     Scratch& s = scratch[worker];
     if (s.dots.size() < kPointChunk * ldo) s.dots.resize(kPointChunk * ldo);
+    if (s.scores.size() < ldo) s.scores.resize(ldo);
     std::vector<float>& dots = s.dots;
     std::vector<float>& best = s.best;
     std::vector<std::int32_t>& best_label = s.best_label;
@@ -131,39 +131,36 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
       for (std::size_t i = 0; i < ni; ++i) {
         const float* dot = dots.data() + i * ldo;
         if (m == 1) {
-          // Eight independent running minima (vectorisable), each keeping its first minimum; merging
-          // them by (value, index) gives exactly the sequential "first minimum" answer.
-          constexpr std::size_t kLanes = 8;
-          float lane_best[kLanes];
-          std::int32_t lane_label[kLanes];
-          for (std::size_t t = 0; t < kLanes; ++t) {
-            lane_best[t] = std::numeric_limits<float>::infinity();
-            lane_label[t] = -1;
-          }
+          // Two vectorisable passes instead of one with index bookkeeping (which the baseline ISA
+          // cannot vectorise): the scores and their minimum, then the first index holding it. Same
+          // answer as a sequential "first strict minimum" scan.
           const float* cn = sq_norms_.data() + b;
           const float sign = inner_product ? 0.0f : 1.0f, scale = inner_product ? -1.0f : -2.0f;
+          float* __restrict sc = s.scores.data();
+          constexpr std::size_t kLanes = 8;  // independent minima: a vector register, no reassociation
+          float lane_lo[kLanes];
+          for (std::size_t t = 0; t < kLanes; ++t) lane_lo[t] = std::numeric_limits<float>::infinity();
           std::size_t j = 0;
-          for (; j + kLanes <= nb; j += kLanes) {
+          for (; j + kLanes <= nb; j += kLanes)
             for (std::size_t t = 0; t < kLanes; ++t) {
-              const float s = sign * cn[j + t] + scale * dot[j + t];
-              const bool lower = s < lane_best[t];
-              lane_best[t] = lower ? s : lane_best[t];
-              lane_label[t] = lower ? static_cast<std::int32_t>(b + j + t) : lane_label[t];
+              const float v = sign * cn[j + t] + scale * dot[j + t];
+              sc[j + t] = v;
+              lane_lo[t] = v < lane_lo[t] ? v : lane_lo[t];
             }
+          float lo = std::numeric_limits<float>::infinity();
+          for (; j < nb; ++j) {
+            const float v = sign * cn[j] + scale * dot[j];
+            sc[j] = v;
+            lo = v < lo ? v : lo;
           }
+          for (std::size_t t = 0; t < kLanes; ++t) lo = lane_lo[t] < lo ? lane_lo[t] : lo;
           float bs = best[i];
           std::int32_t bl = best_label[i];
-          for (std::size_t t = 0; t < kLanes; ++t)
-            if (lane_label[t] >= 0 && (lane_best[t] < bs || (lane_best[t] == bs && lane_label[t] < bl))) {
-              bs = lane_best[t];
-              bl = lane_label[t];
-            }
-          for (; j < nb; ++j) {
-            const float s = sign * cn[j] + scale * dot[j];
-            if (s < bs) {
-              bs = s;
-              bl = static_cast<std::int32_t>(b + j);
-            }
+          if (lo < bs) {
+            j = 0;
+            while (sc[j] != lo) ++j;
+            bs = lo;
+            bl = static_cast<std::int32_t>(b + j);
           }
           best[i] = bs;
           best_label[i] = bl;
@@ -238,7 +235,7 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
   std::vector<float> scores(ns);
   std::vector<double> sums(k * d);
   std::vector<std::size_t> counts(k);
-  const std::size_t dim_chunks = div_up(d, kDimChunk);
+  const std::size_t workers = parallel::resolve_threads(opt.num_threads);
   for (int it = 0; it < opt.niter; ++it) {
     PackedCentroids packed(C, k, d);
     packed.nearest(xs, ns, d, 1, opt.spherical, opt.num_threads, labels.data(), scores.data());
@@ -249,13 +246,18 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
     std::fill(counts.begin(), counts.end(), 0);
     for (std::size_t i = 0; i < ns; ++i) ++counts[static_cast<std::size_t>(labels[i])];
     std::fill(sums.begin(), sums.end(), 0.0);
-    // Each task owns a range of dimensions and sums points in index order: a fixed summation order.
-    parallel::parallel_for(dim_chunks, opt.num_threads, [&](std::size_t t, std::size_t) {
-      const std::size_t j0 = t * kDimChunk, j1 = std::min(d, j0 + kDimChunk);
+    // Each task owns a range of centroids and adds its points in index order: a fixed summation order
+    // whatever the split, and whole rows are read front to back (a split over dimensions would stride
+    // through the sample once per chunk and stall on memory).
+    const std::size_t tasks = std::min(k, workers);  // one task per worker: each pass skips the fewest rows
+    parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
+      const std::size_t c0 = k * t / tasks, c1 = k * (t + 1) / tasks;
       for (std::size_t i = 0; i < ns; ++i) {
-        double* s = sums.data() + static_cast<std::size_t>(labels[i]) * d;
-        const float* row = xs + i * d;
-        for (std::size_t j = j0; j < j1; ++j) s[j] += row[j];
+        const auto c = static_cast<std::size_t>(labels[i]);
+        if (c < c0 || c >= c1) continue;
+        double* __restrict s = sums.data() + c * d;
+        const float* __restrict row = xs + i * d;
+        for (std::size_t j = 0; j < d; ++j) s[j] += row[j];
       }
     });
     for (std::size_t c = 0; c < k; ++c) {

@@ -17,6 +17,15 @@ ProductQuantizer::ProductQuantizer(std::size_t d, std::size_t m, std::size_t nbi
 
 void ProductQuantizer::set_codebooks(const float* codebooks) {
   codebooks_.assign(codebooks, codebooks + m_ * ksub_ * dsub_);
+  derive_transposed();
+}
+
+void ProductQuantizer::derive_transposed() {
+  codebooks_t_.resize(codebooks_.size());
+  for (std::size_t j = 0; j < m_; ++j)
+    for (std::size_t c = 0; c < ksub_; ++c)
+      for (std::size_t t = 0; t < dsub_; ++t)
+        codebooks_t_[(j * dsub_ + t) * ksub_ + c] = codebooks_[(j * ksub_ + c) * dsub_ + t];
 }
 
 void ProductQuantizer::train(const float* x, std::size_t n, std::uint64_t seed, int num_threads, int niter) {
@@ -42,6 +51,7 @@ void ProductQuantizer::train(const float* x, std::size_t n, std::uint64_t seed, 
     std::copy(res.centroids.begin(), res.centroids.end(), codebooks.begin() + j * ksub_ * dsub_);
   }
   codebooks_ = std::move(codebooks);
+  derive_transposed();
 }
 
 void ProductQuantizer::encode(const float* x, std::size_t n, std::uint8_t* codes, int num_threads) const {
@@ -63,9 +73,17 @@ void ProductQuantizer::decode(const std::uint8_t* code, float* out) const {
 }
 
 void ProductQuantizer::inner_product_table(const float* q, float* table) const {
-  const auto& K = simd::kernels();
-  for (std::size_t j = 0; j < m_; ++j)
-    K.dot_rows(q + j * dsub_, codebooks_.data() + j * ksub_ * dsub_, ksub_, dsub_, table + j * ksub_);
+  const std::size_t ksub = ksub_, dsub = dsub_;
+  for (std::size_t j = 0; j < m_; ++j) {
+    float* __restrict t = table + j * ksub;
+    const float* __restrict cb = codebooks_t_.data() + j * dsub * ksub;
+    const float* qj = q + j * dsub;
+    for (std::size_t c = 0; c < ksub; ++c) t[c] = 0.0f;
+    for (std::size_t s = 0; s < dsub; ++s) {
+      const float v = qj[s];
+      for (std::size_t c = 0; c < ksub; ++c) t[c] += v * cb[s * ksub + c];
+    }
+  }
 }
 
 void ProductQuantizer::residual_l2_terms(const float* v, float* table) const {

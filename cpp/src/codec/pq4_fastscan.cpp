@@ -148,6 +148,16 @@ simd::Level scan_level() {
 
 ScanFn scan_kernel() { return scan_kernel_for(scan_level()); }
 
+BelowFn below_kernel() {
+  BelowFn fn = nullptr;
+  switch (scan_level()) {
+    case simd::Level::AVX512: fn = simd::pq4_below_avx512(); break;
+    case simd::Level::AVX2: fn = simd::pq4_below_avx2(); break;
+    default: break;
+  }
+  return fn ? fn : simd::pq4_below_scalar();
+}
+
 void set_scan_level_override(int level) {
   if (level >= 0) {
     ANNFORGE_CHECK(level <= 3 && scan_kernel_for(static_cast<simd::Level>(level)) != nullptr, ErrorKind::Value,

@@ -25,8 +25,29 @@ constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
 constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
 constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
-constexpr int kCoarseIterations = 20;
+constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
 constexpr std::size_t kCoarsePointsPerCentroid = 256;
+
+inline int lowest_bit(std::uint32_t v) {  // v != 0
+#if defined(__GNUC__)
+  return __builtin_ctz(v);
+#else
+  int i = 0;
+  while (!(v & 1u)) v >>= 1, ++i;
+  return i;
+#endif
+}
+
+// Asks the cache for `bytes` starting at p (a hint; no-op where the compiler has no builtin).
+inline void prefetch(const void* p, std::size_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 inline idx_t pack_location(std::size_t list, std::size_t offset) {
   return static_cast<idx_t>((static_cast<std::uint64_t>(list) << 32) | offset);
@@ -59,18 +80,20 @@ struct IVFPQIndex::QueryScratch {
   std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
   std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
   codec::pq4::QuantizedLut qlut;
-  std::vector<std::uint16_t> acc;
-  std::vector<float> dist;
+  std::vector<std::uint16_t> acc, bounds;
+  std::vector<std::uint32_t> masks;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
+  float q_sqnorm = 0;                      // ||q||^2 (l2 without residuals)
   TopK heap;
   codec::pq4::ScanFn scan = nullptr;
+  codec::pq4::BelowFn below = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-                       RefineKind refine, std::uint64_t seed)
+                       RefineKind refine, std::uint64_t seed, bool residual)
     : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
-      pq_(dim, m, nbits) {
+      residual_(residual), pq_(dim, m, nbits) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
 }
@@ -156,6 +179,7 @@ float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
   std::vector<float> r(dim_);
   pq_.decode(code, r.data());
   const auto& K = simd::kernels();
+  if (!residual_) return K.dot(r.data(), r.data(), dim_);  // ||r||^2
   return K.dot(r.data(), r.data(), dim_) + 2.0f * K.dot(centroids_.data() + list * dim_, r.data(), dim_);
 }
 
@@ -173,8 +197,14 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     rotation = rotation_;
   }
-  std::vector<float> xt;
-  transform(x, n, xt);
+  // Rows as training sees them: a transformed copy only when there is something to transform (a
+  // 100k x 384 copy costs as much as a few k-means iterations in page faults alone).
+  std::vector<float> transformed;
+  const float* xt = x;
+  if (metric_ == Metric::Cosine || !rotation.empty()) {
+    transform(x, n, transformed);
+    xt = transformed.data();
+  }
   const std::size_t d = dim_;
 
   cluster::KMeansOptions opt;
@@ -183,7 +213,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
   opt.max_points_per_centroid = kCoarsePointsPerCentroid;
   opt.num_threads = num_threads;
   opt.assign_all = false;
-  auto coarse = cluster::kmeans(xt.data(), n, d, nlist_, opt);
+  auto coarse = cluster::kmeans(xt, n, d, nlist_, opt);
   cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
 
   // PQ codebooks on the residuals of an evenly spaced sample (at most 256 rows per PQ centre).
@@ -191,14 +221,16 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
   std::vector<float> residuals(ns * d);
   for (std::size_t i = 0; i < ns; ++i) {
     const std::size_t row = i * n / ns;
-    std::copy(xt.data() + row * d, xt.data() + (row + 1) * d, residuals.data() + i * d);
+    std::copy(xt + row * d, xt + (row + 1) * d, residuals.data() + i * d);
   }
-  std::vector<std::int32_t> labels(ns);
-  std::vector<float> scores(ns);
-  packed.nearest(residuals.data(), ns, d, 1, false, num_threads, labels.data(), scores.data());
-  for (std::size_t i = 0; i < ns; ++i) {
-    const float* c = coarse.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
-    for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] -= c[j];
+  if (residual_) {
+    std::vector<std::int32_t> labels(ns);
+    std::vector<float> scores(ns);
+    packed.nearest(residuals.data(), ns, d, 1, false, num_threads, labels.data(), scores.data());
+    for (std::size_t i = 0; i < ns; ++i) {
+      const float* c = coarse.centroids.data() + static_cast<std::size_t>(labels[i]) * d;
+      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] -= c[j];
+    }
   }
   codec::ProductQuantizer pq(d, m_, nbits_);
   pq.train(residuals.data(), ns, seed_ + 17, num_threads);
@@ -278,13 +310,23 @@ void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, co
     for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
   }
   L.ids.push_back(id);
-  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(list, code));
+  if (norm_terms_stored()) {
+    const float term = norm_term(list, code);
+    L.norm_terms.push_back(term);
+    lower_floor(L, off, term);
+  }
   if (refine_ != RefineKind::None) {
     const std::size_t rb = refine_bytes();
     L.refine.resize(L.refine.size() + rb);
     encode_refine(row, L.refine.mutable_data() + off * rb);
   }
   where_.set(id, pack_location(list, off));
+}
+
+void IVFPQIndex::lower_floor(InvertedList& L, std::size_t slot, float term) {
+  const std::size_t block = slot / codec::pq4::kBlock;
+  if (block >= L.block_floor.size()) L.block_floor.resize(block + 1, std::numeric_limits<float>::infinity());
+  L.block_floor[block] = std::min(L.block_floor[block], term);
 }
 
 void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
@@ -294,7 +336,10 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     const idx_t moved = L.ids[last];
     L.ids.at_mut(off) = moved;
     where_.set(moved, pack_location(list, off));
-    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
+    if (norm_terms_stored()) {
+      L.norm_terms.at_mut(off) = L.norm_terms[last];
+      lower_floor(L, off, L.norm_terms[last]);
+    }
     if (nbits_ == 8) {
       std::uint8_t* c = L.codes.mutable_data();
       std::memcpy(c + off * m_, c + last * m_, m_);
@@ -309,7 +354,10 @@ void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
     }
   }
   L.ids.shrink(last);
-  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
+  if (norm_terms_stored()) {
+    L.norm_terms.shrink(last);
+    L.block_floor.resize(codec::pq4::blocks_for(last));  // an emptied block starts afresh
+  }
   if (nbits_ == 8) {
     L.codes.shrink(last * m_);
   } else {
@@ -337,15 +385,18 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
   std::vector<std::int32_t> lists(n);
   std::vector<float> scores(n);
   coarse_.nearest(rows.data(), n, d, 1, false, num_threads, lists.data(), scores.data());
-  std::vector<float> residuals(n * d);
-  parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
-    for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
-      const float* c = centroids_.data() + static_cast<std::size_t>(lists[i]) * d;
-      for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
-    }
-  });
+  std::vector<float> residuals;
+  if (residual_) {
+    residuals.resize(n * d);
+    parallel::parallel_for((n + 255) / 256, num_threads, [&](std::size_t t, std::size_t) {
+      for (std::size_t i = t * 256; i < std::min(n, t * 256 + 256); ++i) {
+        const float* c = centroids_.data() + static_cast<std::size_t>(lists[i]) * d;
+        for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = rows[i * d + j] - c[j];
+      }
+    });
+  }
   std::vector<std::uint8_t> codes(n * m_);
-  pq_.encode(residuals.data(), n, codes.data(), num_threads);
+  pq_.encode(residual_ ? residuals.data() : rows.data(), n, codes.data(), num_threads);
 
   assign_ids(ids, n, out_ids);
   for (std::size_t i = 0; i < n; ++i) {
@@ -400,8 +451,10 @@ void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const 
       for (std::size_t j = 0; j < m_; ++j)
         code[j] = nbits_ == 8 ? L.codes[off * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, off, j);
       pq_.decode(code.data(), row);
-      const float* c = centroids_.data() + l * dim_;
-      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+      if (residual_) {
+        const float* c = centroids_.data() + l * dim_;
+        for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
+      }
     }
     unrotate(row);
   }
@@ -432,9 +485,15 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   const InvertedList& L = lists_[list];
   const std::size_t n = L.size();
   if (n == 0) return;
-  const bool l2 = metric_ == Metric::L2;
   // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
-  const float base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  // Without residuals c is 0: l2 ||q||^2 + (||r||^2 - 2 <q, r>), ip 1 - <q, r>; ||r||^2 is a sum over
+  // sub-spaces, so the table holds all of the bracket and there is no per-vector term to add.
+  const bool l2 = norm_terms_stored();  // a per-vector norm term to add
+  float base;
+  if (residual_)
+    base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
+  else
+    base = metric_ == Metric::L2 ? s.q_sqnorm : 1.0f;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
   TopK& heap = s.heap;
   float thr = heap.threshold();
@@ -464,29 +523,68 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   } else {
     const std::size_t nblocks = codec::pq4::blocks_for(n);
     s.acc.resize(nblocks * codec::pq4::kBlock);
-    s.dist.resize(nblocks * codec::pq4::kBlock);
     s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
+    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale, scale = s.qlut.scale;
+    const float* floors = l2 ? L.block_floor.data() : nullptr;
     const std::uint16_t* acc = s.acc.data();
-    float* dist = s.dist.data();
-    if (l2) {
-      for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
+    // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
+    // (thr - offset - floor) * scale with `floor` the block's lowest norm term. One kernel call compares
+    // every block against its bound (from the threshold when the list starts, with slack for float
+    // rounding; a threshold that tightens later only lets more through) and exact float distances are
+    // computed only for the few that pass. Same pushes, same order as computing every distance.
+    s.masks.resize(nblocks);
+    std::uint32_t* masks = s.masks.data();
+    if (thr < std::numeric_limits<float>::infinity()) {
+      s.bounds.resize(nblocks);
+      std::uint16_t* bounds = s.bounds.data();
+      const float lim0 = (thr - offset) * scale, rel = (std::fabs(thr) + std::fabs(offset)) * scale * 1e-5f;
+      for (std::size_t b = 0; b < nblocks; ++b) {
+        const float floor = l2 ? floors[b] : 0.0f;
+        const float lim = lim0 - floor * scale + 2.0f + rel + std::fabs(floor) * scale * 1e-5f;
+        // acc never reaches 65535 (quantize_lut keeps sums below 65535 - padded_m), so 65535 passes all.
+        bounds[b] = lim <= 0.0f ? std::uint16_t(0) : lim >= 65535.0f ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim);
+      }
+      s.below(acc, nblocks, bounds, masks);
     } else {
-      for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
+      for (std::size_t b = 0; b < nblocks; ++b) masks[b] = ~std::uint32_t(0);  // heap not full yet
     }
-    for (std::size_t i = 0; i < n; ++i)
-      if (dist[i] < thr) consider(dist[i], i);
+    if (n % codec::pq4::kBlock) masks[nblocks - 1] &= (std::uint32_t(1) << (n % codec::pq4::kBlock)) - 1;  // padding
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      std::uint32_t pass = masks[b];
+      const std::size_t base_i = b * codec::pq4::kBlock;
+      while (pass) {
+        const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
+        pass &= pass - 1;
+        const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
+                              : offset + static_cast<float>(acc[i]) * inv_scale;
+        if (dist < thr) consider(dist, i);
+      }
+    }
   }
 }
 
+std::size_t IVFPQIndex::refine_chunk() const noexcept {
+  return std::min(dim_, (dim_ / 4 + 15) / 16 * 16);  // about a quarter of a row, whole cache lines
+}
+
 float IVFPQIndex::refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                                  const float* q_scaled, float q_dot_offset) const {
+                                  const float* q_scaled, float q_dot_offset, float bound) const {
   const auto& K = simd::kernels();
   const bool l2 = metric_ == Metric::L2;
   switch (refine_) {
     case RefineKind::F32: {
       const auto* v = reinterpret_cast<const float*>(stored);
-      return l2 ? K.l2_sqr(q, v, dim_) : 1.0f - K.dot(q, v, dim_);
+      if (!l2) return 1.0f - K.dot(q, v, dim_);
+      // Squared l2 only grows along the row: once a prefix exceeds `bound` (the current k-th best) the
+      // candidate is out, and the rest of its row need not even be read from memory. Always summed
+      // chunk by chunk, so a distance does not depend on when the bound cut in.
+      const std::size_t chunk = refine_chunk();
+      float sum = 0.0f;
+      for (std::size_t o = 0; o < dim_; o += chunk) {
+        sum += K.l2_sqr(q + o, v + o, std::min(chunk, dim_ - o));
+        if (sum > bound) break;
+      }
+      return sum;
     }
     case RefineKind::F16: {
       const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
@@ -530,7 +628,17 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
+  // l2 without residuals: ||centre||^2 of every code word goes into the look-up table (scan_list).
+  std::vector<float> code_norms;
+  if (metric_ == Metric::L2 && !residual_) {
+    const auto& K = simd::kernels();
+    const std::size_t dsub = pq_.dsub();
+    code_norms.resize(entries);
+    for (std::size_t i = 0; i < entries; ++i)
+      code_norms[i] = K.dot(pq_.codebooks().data() + i * dsub, pq_.codebooks().data() + i * dsub, dsub);
+  }
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
+  const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
   parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
     QueryScratch& s = scratch[worker];
@@ -541,11 +649,17 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       s.q_scaled.resize(d);
     }
     s.scan = scan;
+    s.below = below;
     s.lut_kernels = lut_kernels;
     const float* qv = Q.data() + qi * d;
+    if (!residual_ && metric_ == Metric::L2) s.q_sqnorm = simd::kernels().dot(qv, qv, d);
     pq_.inner_product_table(qv, s.ip_table.data());
     const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
-    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    if (code_norms.empty()) {
+      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    } else {
+      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms[i];
+    }
     if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
     s.heap.reset(candidates);
     for (std::size_t p = 0; p < nprobe; ++p) {
@@ -565,11 +679,23 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       }
       const std::size_t rb = refine_bytes();
       TopK best(k);
-      for (const auto& e : found) {
+      // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at
+      // a time and most candidates stop after the first one (see refine_distance): fetch that much.
+      constexpr std::size_t kAhead = 2;
+      const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
+      const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
+      auto stored = [&](const std::pair<float, idx_t>& e) {
+        return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
+      };
+      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch(stored(found[i]), ahead_bytes);
+      for (std::size_t i = 0; i < found.size(); ++i) {
+        if (i + kAhead < found.size()) prefetch(stored(found[i + kAhead]), ahead_bytes);
+        const auto& e = found[i];
         const InvertedList& L = lists_[location_list(e.second)];
         const std::size_t off = location_offset(e.second);
+        // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
         const float dist = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
-                                           q_dot_offset);
+                                           q_dot_offset, best.threshold());
         best.push(dist, L.ids[off]);
       }
       write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);
@@ -596,7 +722,8 @@ void IVFPQIndex::write(io::FileWriter& w) const {
       .put(static_cast<std::uint8_t>(refine_))
       .put(seed_)
       .put(static_cast<std::uint8_t>(trained_ ? 1 : 0))
-      .put(static_cast<std::uint8_t>(rotation_.empty() ? 0 : 1));
+      .put(static_cast<std::uint8_t>(rotation_.empty() ? 0 : 1))
+      .put(static_cast<std::uint8_t>(residual_ ? 1 : 0));
   w.add_owned(kTagMeta, meta.take());
   if (!rotation_.empty()) w.add(kTagRotation, rotation_.data(), rotation_.size() * sizeof(float));
   if (!trained_) return;
@@ -632,14 +759,16 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   const auto refine = meta.read<std::uint8_t>();
   const auto seed = meta.read<std::uint64_t>();
   const auto trained = meta.read<std::uint8_t>(), has_rotation = meta.read<std::uint8_t>();
+  // Files written before the flag existed encode residuals.
+  const std::uint8_t residual = meta.remaining() > 0 ? meta.read<std::uint8_t>() : std::uint8_t(1);
   meta.expect_end();
   if (dim < 1 || dim > (1u << 20) || metric > 2) corrupt("dimension or metric out of range");
   if (nlist < 1 || nlist > (std::uint64_t(1) << 24)) corrupt("nlist out of range");
   if (m < 1 || m > dim || dim % m != 0 || (nbits != 4 && nbits != 8)) corrupt("invalid product quantizer shape");
-  if (refine > 3 || trained > 1 || has_rotation > 1) corrupt("invalid flags");
+  if (refine > 3 || trained > 1 || has_rotation > 1 || residual > 1) corrupt("invalid flags");
 
   auto index = std::make_unique<IVFPQIndex>(dim, nlist, m, nbits, static_cast<Metric>(metric),
-                                            static_cast<RefineKind>(refine), seed);
+                                            static_cast<RefineKind>(refine), seed, residual == 1);
   io::ByteReader common(meta_bytes, "IVFPQIndex metadata");
   index->read_common(common);
   const std::size_t d = dim;
@@ -718,7 +847,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   }
   index->trained_ = true;
   index->derive_tables();
-  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
+  if (index->norm_terms_stored()) {  // recomputed from the codes rather than stored
     std::vector<std::uint8_t> code(m);
     for (std::size_t l = 0; l < nlist; ++l) {
       InvertedList& L = index->lists_[l];
@@ -726,7 +855,9 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
       for (std::size_t i = 0; i < L.size(); ++i) {
         for (std::size_t j = 0; j < m; ++j)
           code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
-        L.norm_terms.push_back(index->norm_term(l, code.data()));
+        const float term = index->norm_term(l, code.data());
+        L.norm_terms.push_back(term);
+        lower_floor(L, i, term);
       }
     }
   }

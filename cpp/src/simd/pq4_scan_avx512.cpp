@@ -8,6 +8,10 @@
 namespace annforge::simd {
 namespace {
 
+// Sums of bytes without unpacking them: added as 16-bit words, a word holds (even byte) + 256 * (odd
+// byte); a second accumulator adds the odd bytes alone (word >> 8). The even sums are then
+// total - (odd << 8) modulo 2^16, exact because every true sum is below 2^16 (see quantize_lut).
+// Fewer shuffle-port operations than zero-extending each byte.
 void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                  const std::uint8_t* table, std::uint16_t* out) {
   const std::size_t bytes = padded_m * 16;
@@ -15,42 +19,51 @@ void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t pa
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
   const __m512i zero = _mm512_setzero_si512();
   const __m256i low_nibble_256 = _mm256_set1_epi8(0x0f);
-  const __m256i zero_256 = _mm256_setzero_si256();
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint8_t* blk = blocks + b * bytes;
-    __m512i acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;  // vectors 0-7, 8-15, 16-23, 24-31
+    // lo: vectors 0-15, hi: vectors 16-31; *_all: word sums, *_odd: odd-byte sums.
+    __m512i lo_all = zero, lo_odd = zero, hi_all = zero, hi_odd = zero;
+    // Lists are short (a few dozen blocks): start fetching two blocks ahead rather than waiting for
+    // the hardware prefetcher to notice the stream. (Prefetching past the end is harmless.)
+    const std::uint8_t* ahead = blk + 2 * bytes;
     for (std::size_t j = 0; j < quads; j += 4) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
       const __m512i codes = _mm512_loadu_si512(blk + j * 16);
       const __m512i lut = _mm512_loadu_si512(table + j * 16);
       const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, low_nibble));
       const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_nibble));
-      acc0 = _mm512_add_epi16(acc0, _mm512_unpacklo_epi8(lo, zero));
-      acc1 = _mm512_add_epi16(acc1, _mm512_unpackhi_epi8(lo, zero));
-      acc2 = _mm512_add_epi16(acc2, _mm512_unpacklo_epi8(hi, zero));
-      acc3 = _mm512_add_epi16(acc3, _mm512_unpackhi_epi8(hi, zero));
+      lo_all = _mm512_add_epi16(lo_all, lo);
+      lo_odd = _mm512_add_epi16(lo_odd, _mm512_srli_epi16(lo, 8));
+      hi_all = _mm512_add_epi16(hi_all, hi);
+      hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(hi, 8));
     }
-    // Fold the four 128-bit lanes into two, then handle a trailing pair of sub-quantizers at 256 bits.
-    __m256i s0 = _mm256_add_epi16(_mm512_castsi512_si256(acc0), _mm512_extracti64x4_epi64(acc0, 1));
-    __m256i s1 = _mm256_add_epi16(_mm512_castsi512_si256(acc1), _mm512_extracti64x4_epi64(acc1, 1));
-    __m256i s2 = _mm256_add_epi16(_mm512_castsi512_si256(acc2), _mm512_extracti64x4_epi64(acc2, 1));
-    __m256i s3 = _mm256_add_epi16(_mm512_castsi512_si256(acc3), _mm512_extracti64x4_epi64(acc3, 1));
-    if (quads < padded_m) {
+    // Fold the four 128-bit lanes (one sub-quantizer group each) into two.
+    __m256i la = _mm256_add_epi16(_mm512_castsi512_si256(lo_all), _mm512_extracti64x4_epi64(lo_all, 1));
+    __m256i lodd = _mm256_add_epi16(_mm512_castsi512_si256(lo_odd), _mm512_extracti64x4_epi64(lo_odd, 1));
+    __m256i ha = _mm256_add_epi16(_mm512_castsi512_si256(hi_all), _mm512_extracti64x4_epi64(hi_all, 1));
+    __m256i hodd = _mm256_add_epi16(_mm512_castsi512_si256(hi_odd), _mm512_extracti64x4_epi64(hi_odd, 1));
+    if (quads < padded_m) {  // a trailing pair of sub-quantizers at 256 bits
       const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + quads * 16));
       const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + quads * 16));
       const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low_nibble_256));
       const __m256i hi =
           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low_nibble_256));
-      s0 = _mm256_add_epi16(s0, _mm256_unpacklo_epi8(lo, zero_256));
-      s1 = _mm256_add_epi16(s1, _mm256_unpackhi_epi8(lo, zero_256));
-      s2 = _mm256_add_epi16(s2, _mm256_unpacklo_epi8(hi, zero_256));
-      s3 = _mm256_add_epi16(s3, _mm256_unpackhi_epi8(hi, zero_256));
+      la = _mm256_add_epi16(la, lo);
+      lodd = _mm256_add_epi16(lodd, _mm256_srli_epi16(lo, 8));
+      ha = _mm256_add_epi16(ha, hi);
+      hodd = _mm256_add_epi16(hodd, _mm256_srli_epi16(hi, 8));
     }
+    const __m128i lo_a = _mm_add_epi16(_mm256_castsi256_si128(la), _mm256_extracti128_si256(la, 1));
+    const __m128i lo_o = _mm_add_epi16(_mm256_castsi256_si128(lodd), _mm256_extracti128_si256(lodd, 1));
+    const __m128i hi_a = _mm_add_epi16(_mm256_castsi256_si128(ha), _mm256_extracti128_si256(ha, 1));
+    const __m128i hi_o = _mm_add_epi16(_mm256_castsi256_si128(hodd), _mm256_extracti128_si256(hodd, 1));
+    const __m128i lo_e = _mm_sub_epi16(lo_a, _mm_slli_epi16(lo_o, 8));
+    const __m128i hi_e = _mm_sub_epi16(hi_a, _mm_slli_epi16(hi_o, 8));
     std::uint16_t* o = out + b * 32;
-    const __m256i sums[4] = {s0, s1, s2, s3};
-    for (int a = 0; a < 4; ++a) {
-      const __m128i sum = _mm_add_epi16(_mm256_castsi256_si128(sums[a]), _mm256_extracti128_si256(sums[a], 1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + a * 8), sum);
-    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_unpacklo_epi16(lo_e, lo_o));       // vectors 0-7
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8), _mm_unpackhi_epi16(lo_e, lo_o));   // 8-15
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 16), _mm_unpacklo_epi16(hi_e, hi_o));  // 16-23
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 24), _mm_unpackhi_epi16(hi_e, hi_o));  // 24-31
   }
 }
 
@@ -73,17 +86,26 @@ void lut_encode(const float* lut, std::size_t m, const float* mins, float scale,
   }
 }
 
+void below_avx512(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                  std::uint32_t* masks) {
+  for (std::size_t b = 0; b < nblocks; ++b)
+    masks[b] = static_cast<std::uint32_t>(_mm512_cmplt_epu16_mask(_mm512_loadu_si512(acc + b * 32),
+                                                                  _mm512_set1_epi16(static_cast<short>(bounds[b]))));
+}
+
 const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
 
 }  // namespace
 
 codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
+codec::pq4::BelowFn pq4_below_avx512() { return &below_avx512; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
+codec::pq4::BelowFn pq4_below_avx512() { return nullptr; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
 }  // namespace annforge::simd
 #endif

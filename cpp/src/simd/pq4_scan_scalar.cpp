@@ -22,8 +22,18 @@ void scan_scalar(const std::uint8_t* blocks, std::size_t nblocks, std::size_t pa
   }
 }
 
+void below_scalar(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                  std::uint32_t* masks) {
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    std::uint32_t m = 0;
+    for (std::uint32_t i = 0; i < 32; ++i) m |= static_cast<std::uint32_t>(acc[b * 32 + i] < bounds[b]) << i;
+    masks[b] = m;
+  }
+}
+
 }  // namespace
 
 codec::pq4::ScanFn pq4_scan_scalar() { return &scan_scalar; }
+codec::pq4::BelowFn pq4_below_scalar() { return &below_scalar; }
 
 }  // namespace annforge::simd

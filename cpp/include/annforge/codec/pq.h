@@ -41,8 +41,13 @@ class ProductQuantizer {
   void residual_l2_terms(const float* v, float* table) const;
 
  private:
+  void derive_transposed();
+
   std::size_t d_ = 0, m_ = 0, nbits_ = 0, ksub_ = 0, dsub_ = 0;
   std::vector<float> codebooks_;
+  // m x dsub x ksub: the codebooks with the centre index innermost, so a query's look-up table is
+  // dsub contiguous multiply-adds over ksub lanes per sub-space (vectorises; no call per sub-space).
+  std::vector<float> codebooks_t_;
 };
 
 }  // namespace annforge::codec

@@ -61,8 +61,15 @@ const LutKernels* lut_kernels();
 using ScanFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                         const std::uint8_t* table, std::uint16_t* out);
 
+// masks[b] bit i = (acc[b * 32 + i] < bounds[b]) for b < nblocks: which 16-bit sums of block b can
+// still enter a result heap (the search then computes float distances for those only).
+using BelowFn = void (*)(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
+                         std::uint32_t* masks);
+
 // The scan kernel for the active level (see scan_level()).
 ScanFn scan_kernel();
+// The threshold-mask kernel of the same level.
+BelowFn below_kernel();
 // The kernel for a level, or nullptr when it is not compiled in or this CPU cannot run it.
 ScanFn scan_kernel_for(simd::Level level);
 // The level scan_kernel() uses: the active kernel level (simd::kernels().level) capped to what this
@@ -79,5 +86,8 @@ namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_scalar();
 codec::pq4::ScanFn pq4_scan_avx2();
 codec::pq4::ScanFn pq4_scan_avx512();
+codec::pq4::BelowFn pq4_below_scalar();
+codec::pq4::BelowFn pq4_below_avx2();  // nullptr when not compiled in
+codec::pq4::BelowFn pq4_below_avx512();
 const codec::pq4::LutKernels* pq4_lut_avx512();
 }  // namespace annforge::simd

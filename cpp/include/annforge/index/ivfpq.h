@@ -4,7 +4,7 @@
 //   coarse quantizer  nlist centroids (k-means, cluster/kmeans.h), probed with the packed GEMM kernel.
 //                     nlist >= 16384 would want an HNSW graph over the centroids: probe_lists() is the
 //                     single place to plug it in once the HNSW family lands (flat is used meanwhile).
-//   codec             residual x - c_list encoded by a ProductQuantizer; nbits = 8 scans codes with float
+//   codec             residual x - c_list (or x itself with residual = false) encoded by a ProductQuantizer; nbits = 8 scans codes with float
 //                     tables, nbits = 4 uses the fast-scan layout (codec/pq4_fastscan.h) with 8-bit tables
 //                     and 16-bit SIMD accumulation. For l2 the decomposition
 //                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -36,8 +37,11 @@ const char* refine_name(RefineKind kind);
 
 class IVFPQIndex final : public VectorIndex {
  public:
+  // residual = true encodes x - c_list (faiss "IVF..,PQ.." / "..x4fsr"); false encodes x itself, the
+  // lists only partitioning the data (faiss "IVF..,PQ..x4fs"): on normalised sentence embeddings the
+  // latter ranks better at the same code size.
   IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-             RefineKind refine, std::uint64_t seed);
+             RefineKind refine, std::uint64_t seed, bool residual = true);
   static std::unique_ptr<IVFPQIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
   // Learns the coarse centroids, the PQ codebooks (on residuals) and the sq8 ranges. Needs
@@ -54,6 +58,7 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t m() const noexcept { return m_; }
   std::size_t nbits() const noexcept { return nbits_; }
   RefineKind refine() const noexcept { return refine_; }
+  bool residual() const noexcept { return residual_; }
   // Bytes of PQ code per vector (nbits * m / 8) and of the re-ranking copy.
   std::size_t code_bytes() const noexcept;
   std::size_t refine_bytes() const noexcept;
@@ -77,7 +82,11 @@ class IVFPQIndex final : public VectorIndex {
     AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
     AlignedBuffer<idx_t> ids;            // external id per entry
     AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r||^2 - ||c||^2 of the decoded vector
+    AlignedBuffer<float> norm_terms;     // l2 + residual only: ||c + r||^2 - ||c||^2 of the decoded vector
+    // l2 only: per block of 32 slots, a lower bound of that block's norm_terms (removals may leave it
+    // lower than needed: still a bound). Lets the fast-scan search reject 16-bit sums against the heap
+    // threshold before any float work.
+    std::vector<float> block_floor;
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
@@ -87,14 +96,21 @@ class IVFPQIndex final : public VectorIndex {
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
   void derive_tables();  // packed coarse centroids (after train / load)
   float norm_term(std::size_t list, const std::uint8_t* code) const;
+  // l2 with residual codes keeps a norm term per vector; without residuals the code-word norms go
+  // into the look-up table instead.
+  bool norm_terms_stored() const noexcept { return metric_ == Metric::L2 && residual_; }
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
   void append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row);
   void erase_at(std::size_t list, std::size_t offset);
+  static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
+  // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
   float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                        const float* q_scaled, float q_dot_offset) const;
+                        const float* q_scaled, float q_dot_offset,
+                        float bound = std::numeric_limits<float>::infinity()) const;
+  std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
   void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, const IdSelector* filter) const;
@@ -102,6 +118,7 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t nlist_, m_, nbits_;
   RefineKind refine_;
   std::uint64_t seed_;
+  bool residual_;
   bool trained_ = false;
 
   mutable parallel::WriterPreferringMutex mutex_;
