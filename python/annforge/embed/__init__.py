@@ -75,6 +75,7 @@ def index_texts(
     chunk_size: int = 4096,
     *,
     show_progress: Optional[bool] = None,
+    num_threads: Optional[int] = None,
 ) -> np.ndarray:
     """Embed ``texts`` with ``embedder.encode`` and add them to ``index``, ``chunk_size`` texts at a time.
 
@@ -82,6 +83,7 @@ def index_texts(
     in memory at a time. ``ids`` (an iterable of ints, consumed in step with ``texts``) or ``None`` for
     the index's automatic ids. Returns the int64 ids of everything added, in order. ``embedder`` is any
     object with ``encode(list_of_str) -> [n, dim]`` (a :class:`TorchEmbedder` or your own).
+    ``num_threads`` is passed to ``index.add`` when given (``1`` builds a graph index deterministically).
 
     >>> ids = index_texts((line.strip() for line in open("docs.txt")), emb, index)   # doctest: +SKIP
     """
@@ -107,7 +109,8 @@ def index_texts(
                 if len(chunk_ids) != len(chunk):
                     raise ValueError("ids ran out before texts did")
             vectors = embedder.encode(chunk, show_progress=False) if quiet_kw else embedder.encode(chunk)
-            added.append(np.asarray(index.add(vectors, ids=chunk_ids), dtype=np.int64))
+            add_kw = {} if num_threads is None else {"num_threads": num_threads}
+            added.append(np.asarray(index.add(vectors, ids=chunk_ids, **add_kw), dtype=np.int64))
             bar.update(len(chunk))
     finally:
         bar.close()
