@@ -132,8 +132,8 @@ class HNSWIndex final : public VectorIndex {
   std::mutex& node_lock(Slot s) const { return node_locks_[s % kLockStripes]; }
   void grow_to(std::size_t slots);
   void search_one(const float* q, std::size_t k, std::size_t ef, const IdSelector* filter,
-                  const std::vector<Slot>* allowed, bool two_hop, idx_t* out_ids, float* out_dist,
-                  Scratch& scratch) const;
+                  const std::vector<Slot>* allowed, const std::uint64_t* allowed_bits, bool two_hop,
+                  idx_t* out_ids, float* out_dist, Scratch& scratch) const;
   void brute_force(const Query& q, const float* raw, std::size_t k, const std::vector<Slot>& slots,
                    const IdSelector* filter, std::vector<Cand>& out) const;
   void validate_loaded() const;
