@@ -8,10 +8,7 @@
 #include "annforge/index/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
-
-#if defined(__SSE__) || defined(_M_X64)
-#include <xmmintrin.h>
-#endif
+#include "annforge/storage/prefetch.h"
 
 namespace annforge {
 
@@ -33,16 +30,6 @@ constexpr int kMaxLevel = 31;
 // nodes (measured on 384-d embeddings: at 10% it beats the plain walk, at 50% it does not matter).
 constexpr double kTwoHopSelectivity = 0.3;
 
-// Portable prefetch (no SIMD intrinsics needed: a hint the compiler understands).
-inline void prefetch(const void* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 3);
-#elif defined(_M_X64)
-  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
-#else
-  (void)p;
-#endif
-}
 
 // Link words are read by searches while an insertion writes them under the node's lock: the header
 // (count) is published with release order after the links it covers.
@@ -349,8 +336,7 @@ float HNSWIndex::exact_distance(const float* q, Slot s) const {
 // Graph search
 
 void HNSWIndex::prefetch_vector_tail(Slot s) const {
-  const unsigned char* v = vec(s);
-  for (std::size_t off = 64; off < code_bytes_; off += 64) prefetch(v + off);
+  if (code_bytes_ > 64) prefetch_range(vec(s) + 64, code_bytes_ - 64);
 }
 
 HNSWIndex::Slot HNSWIndex::greedy_descent(const Query& q, Slot entry, int top_level, int stop_level) const {

@@ -10,6 +10,7 @@
 #include "annforge/index/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
+#include "annforge/storage/prefetch.h"
 
 namespace annforge {
 
@@ -35,17 +36,6 @@ inline int lowest_bit(std::uint32_t v) {  // v != 0
   int i = 0;
   while (!(v & 1u)) v >>= 1, ++i;
   return i;
-#endif
-}
-
-// Asks the cache for `bytes` starting at p (a hint; no-op where the compiler has no builtin).
-inline void prefetch(const void* p, std::size_t bytes) {
-#if defined(__GNUC__)
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-#else
-  (void)p;
-  (void)bytes;
 #endif
 }
 
@@ -687,9 +677,9 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       auto stored = [&](const std::pair<float, idx_t>& e) {
         return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
       };
-      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch(stored(found[i]), ahead_bytes);
+      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(stored(found[i]), ahead_bytes);
       for (std::size_t i = 0; i < found.size(); ++i) {
-        if (i + kAhead < found.size()) prefetch(stored(found[i + kAhead]), ahead_bytes);
+        if (i + kAhead < found.size()) prefetch_range(stored(found[i + kAhead]), ahead_bytes);
         const auto& e = found[i];
         const InvertedList& L = lists_[location_list(e.second)];
         const std::size_t off = location_offset(e.second);

@@ -17,6 +17,7 @@
 #include "annforge/common.h"
 #include "annforge/io/format.h"
 #include "annforge/parallel/shared_mutex.h"
+#include "annforge/storage/prefetch.h"
 
 namespace annforge::minhash {
 
@@ -90,9 +91,7 @@ class BandTable {
     }
   }
   void prefetch(std::uint64_t hash) const noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    if (!buckets_.empty()) __builtin_prefetch(&buckets_[hash & mask_]);
-#endif
+    if (!buckets_.empty()) annforge::prefetch(&buckets_[hash & mask_]);
   }
   // Room for `n` more buckets without rehashing.
   void reserve(std::size_t n);
