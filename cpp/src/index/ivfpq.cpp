@@ -163,7 +163,19 @@ void IVFPQIndex::unrotate(float* row) const {
   std::copy(out.begin(), out.end(), row);
 }
 
-void IVFPQIndex::derive_tables() { coarse_ = cluster::PackedCentroids(centroids_.data(), nlist_, dim_); }
+void IVFPQIndex::derive_tables() {
+  coarse_ = cluster::PackedCentroids(centroids_.data(), nlist_, dim_);
+  // l2 without residuals: ||code word||^2 goes into every query's look-up table (scan_list), and it
+  // depends on the codebooks only.
+  code_norms_.clear();
+  if (metric_ == Metric::L2 && !residual_) {
+    const auto& K = simd::kernels();
+    const std::size_t entries = m_ * pq_.ksub(), dsub = pq_.dsub();
+    const float* words = pq_.codebooks().data();
+    code_norms_.resize(entries);
+    for (std::size_t i = 0; i < entries; ++i) code_norms_[i] = K.dot(words + i * dsub, words + i * dsub, dsub);
+  }
+}
 
 float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
   std::vector<float> r(dim_);
@@ -453,7 +465,8 @@ void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const 
 std::size_t IVFPQIndex::memory_bytes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t bytes =
-      where_.memory_bytes() + (centroids_.size() + rotation_.size() + pq_.codebooks().size()) * sizeof(float);
+      where_.memory_bytes() +
+      (centroids_.size() + rotation_.size() + pq_.codebooks().size() + code_norms_.size()) * sizeof(float);
   bytes += centroids_.size() * sizeof(float);  // packed copy for the GEMM kernel
   for (const auto& L : lists_)
     bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
@@ -618,15 +631,6 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
-  // l2 without residuals: ||centre||^2 of every code word goes into the look-up table (scan_list).
-  std::vector<float> code_norms;
-  if (metric_ == Metric::L2 && !residual_) {
-    const auto& K = simd::kernels();
-    const std::size_t dsub = pq_.dsub();
-    code_norms.resize(entries);
-    for (std::size_t i = 0; i < entries; ++i)
-      code_norms[i] = K.dot(pq_.codebooks().data() + i * dsub, pq_.codebooks().data() + i * dsub, dsub);
-  }
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
   const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
@@ -645,10 +649,10 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     if (!residual_ && metric_ == Metric::L2) s.q_sqnorm = simd::kernels().dot(qv, qv, d);
     pq_.inner_product_table(qv, s.ip_table.data());
     const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
-    if (code_norms.empty()) {
+    if (code_norms_.empty()) {
       for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
     } else {
-      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms[i];
+      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms_[i];
     }
     if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
     s.heap.reset(candidates);

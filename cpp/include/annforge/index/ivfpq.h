@@ -94,7 +94,7 @@ class IVFPQIndex final : public VectorIndex {
   void check_trained() const;
   // Cosine normalisation, then the OPQ rotation.
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
-  void derive_tables();  // packed coarse centroids (after train / load)
+  void derive_tables();  // packed coarse centroids and code-word norms (after train / load)
   float norm_term(std::size_t list, const std::uint8_t* code) const;
   // l2 with residual codes keeps a norm term per vector; without residuals the code-word norms go
   // into the look-up table instead.
@@ -126,6 +126,7 @@ class IVFPQIndex final : public VectorIndex {
   std::vector<float> centroids_;         // nlist x d (rotated space)
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
+  std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
   std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
   std::vector<InvertedList> lists_;
   IdMap where_;                          // id -> (list << 32) | offset
