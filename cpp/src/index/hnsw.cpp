@@ -45,6 +45,18 @@ inline std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// Where the vector starts in a level-0 record and the record's size, for `links_bytes` of links ahead
+// of `code_bytes` of stored vector. Vectors of a cache line or more start on a cache line (the records
+// are 64-byte aligned then), so a visit touches the fewest lines; small vectors pack tightly instead.
+struct RecordLayout {
+  std::size_t vector_offset, record_bytes;
+};
+RecordLayout record_layout(std::size_t links_bytes, std::size_t code_bytes) {
+  const std::size_t align = code_bytes >= 256 ? 64 : 16;
+  const std::size_t offset = (links_bytes + align - 1) / align * align;
+  return {offset, (offset + code_bytes + align - 1) / align * align};
+}
+
 inline std::uint64_t pack_entry(int level, std::uint32_t slot) {
   return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(level)) << 32) | slot;
 }
@@ -119,11 +131,9 @@ HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t 
     case HnswStorage::SQ8: code_bytes_ = dim; break;
   }
   links_bytes_ = sizeof(std::uint32_t) * 2 * M_;
-  // Vectors of a cache line or more start on a cache line (the records are 64-byte aligned then),
-  // so a visit touches the fewest lines; small vectors pack tightly instead.
-  const std::size_t align = code_bytes_ >= 256 ? 64 : 16;
-  vector_offset_ = (links_bytes_ + align - 1) / align * align;
-  record_bytes_ = (vector_offset_ + code_bytes_ + align - 1) / align * align;
+  const RecordLayout layout = record_layout(links_bytes_, code_bytes_);
+  vector_offset_ = layout.vector_offset;
+  record_bytes_ = layout.record_bytes;
   node_locks_ = std::make_unique<std::mutex[]>(kLockStripes);
 }
 
@@ -1233,11 +1243,16 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   if (ids.size != n * sizeof(idx_t)) bad("id section size");
   if (lv.size != n) bad("level section size");
 
-  if (reader->has(kTagRecords)) {
-    if (record_bytes != index->record_bytes_) bad("record size does not match the parameters");
-    const io::Bytes rec = reader->section(kTagRecords), hdr = reader->section(kTagHeaders);
-    if (n && rec.size / n != record_bytes) bad("record section size");
-    if (rec.size != n * record_bytes) bad("record section size");
+  // Files from before the headers moved out of the records hold [header][links][pad][vector] per slot.
+  const bool legacy = !reader->has(kTagRecords);
+  const RecordLayout legacy_layout = record_layout(sizeof(std::uint32_t) * (1 + 2 * index->M_), index->code_bytes_);
+  if (record_bytes != (legacy ? legacy_layout.record_bytes : index->record_bytes_))
+    bad("record size does not match the parameters");
+  const io::Bytes rec = reader->section(legacy ? kTagLegacyRecords : kTagRecords);
+  if (n && rec.size / n != record_bytes) bad("record section size");
+  if (rec.size != n * record_bytes) bad("record section size");
+  if (!legacy) {
+    const io::Bytes hdr = reader->section(kTagHeaders);
     if (hdr.size != n * sizeof(std::uint32_t)) bad("header section size");
     const auto* hdr_words = reinterpret_cast<const std::uint32_t*>(hdr.data);
     if (reader->mapped()) {
@@ -1248,26 +1263,17 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
       index->headers_.append(hdr_words, n);
     }
   } else {
-    // A file from before the headers moved out of the records: [header][links][pad][vector] per
-    // slot. Split it into the current layout (a copy, so such files are never memory-mapped).
-    const std::size_t legacy_links = sizeof(std::uint32_t) * (1 + 2 * index->M_);
-    const std::size_t align = index->code_bytes_ >= 256 ? 64 : 16;
-    const std::size_t legacy_offset = (legacy_links + align - 1) / align * align;
-    const std::size_t legacy_record = (legacy_offset + index->code_bytes_ + align - 1) / align * align;
-    if (record_bytes != legacy_record) bad("record size does not match the parameters");
-    const io::Bytes rec = reader->section(kTagLegacyRecords);
-    if (n && rec.size / n != record_bytes) bad("record section size");
-    if (rec.size != n * record_bytes) bad("record section size");
+    // Split each legacy record into the current layout (a copy, so such files are never memory-mapped).
     index->records_.resize(n * index->record_bytes_);
     index->headers_.resize(n);
     unsigned char* out = index->records_.mutable_data();
     std::uint32_t* headers = index->headers_.mutable_data();
     for (std::size_t s = 0; s < n; ++s) {
-      const unsigned char* old = rec.data + s * legacy_record;
+      const unsigned char* old = rec.data + s * legacy_layout.record_bytes;
       unsigned char* fresh = out + s * index->record_bytes_;
       std::memcpy(&headers[s], old, sizeof(std::uint32_t));
       std::memcpy(fresh, old + sizeof(std::uint32_t), index->links_bytes_);
-      std::memcpy(fresh + index->vector_offset_, old + legacy_offset, index->code_bytes_);
+      std::memcpy(fresh + index->vector_offset_, old + legacy_layout.vector_offset, index->code_bytes_);
     }
   }
   index->slot_count_ = n;
