@@ -6,19 +6,16 @@
 #include <immintrin.h>
 
 namespace annforge::simd {
+#include "pq4_scan_256.inc"
 namespace {
 
-// Sums of bytes without unpacking them: added as 16-bit words, a word holds (even byte) + 256 * (odd
-// byte); a second accumulator adds the odd bytes alone (word >> 8). The even sums are then
-// total - (odd << 8) modulo 2^16, exact because every true sum is below 2^16 (see quantize_lut).
-// Fewer shuffle-port operations than zero-extending each byte.
+// Byte sums as in pq4_scan_256.inc, four sub-quantizers per 512-bit register.
 void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                  const std::uint8_t* table, std::uint16_t* out) {
   const std::size_t bytes = padded_m * 16;
   const std::size_t quads = padded_m / 4 * 4;
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
   const __m512i zero = _mm512_setzero_si512();
-  const __m256i low_nibble_256 = _mm256_set1_epi8(0x0f);
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint8_t* blk = blocks + b * bytes;
     // lo: vectors 0-15, hi: vectors 16-31; *_all: word sums, *_odd: odd-byte sums.
@@ -38,32 +35,14 @@ void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t pa
       hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(hi, 8));
     }
     // Fold the four 128-bit lanes (one sub-quantizer group each) into two.
-    __m256i la = _mm256_add_epi16(_mm512_castsi512_si256(lo_all), _mm512_extracti64x4_epi64(lo_all, 1));
-    __m256i lodd = _mm256_add_epi16(_mm512_castsi512_si256(lo_odd), _mm512_extracti64x4_epi64(lo_odd, 1));
-    __m256i ha = _mm256_add_epi16(_mm512_castsi512_si256(hi_all), _mm512_extracti64x4_epi64(hi_all, 1));
-    __m256i hodd = _mm256_add_epi16(_mm512_castsi512_si256(hi_odd), _mm512_extracti64x4_epi64(hi_odd, 1));
-    if (quads < padded_m) {  // a trailing pair of sub-quantizers at 256 bits
-      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + quads * 16));
-      const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + quads * 16));
-      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low_nibble_256));
-      const __m256i hi =
-          _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low_nibble_256));
-      la = _mm256_add_epi16(la, lo);
-      lodd = _mm256_add_epi16(lodd, _mm256_srli_epi16(lo, 8));
-      ha = _mm256_add_epi16(ha, hi);
-      hodd = _mm256_add_epi16(hodd, _mm256_srli_epi16(hi, 8));
-    }
-    const __m128i lo_a = _mm_add_epi16(_mm256_castsi256_si128(la), _mm256_extracti128_si256(la, 1));
-    const __m128i lo_o = _mm_add_epi16(_mm256_castsi256_si128(lodd), _mm256_extracti128_si256(lodd, 1));
-    const __m128i hi_a = _mm_add_epi16(_mm256_castsi256_si128(ha), _mm256_extracti128_si256(ha, 1));
-    const __m128i hi_o = _mm_add_epi16(_mm256_castsi256_si128(hodd), _mm256_extracti128_si256(hodd, 1));
-    const __m128i lo_e = _mm_sub_epi16(lo_a, _mm_slli_epi16(lo_o, 8));
-    const __m128i hi_e = _mm_sub_epi16(hi_a, _mm_slli_epi16(hi_o, 8));
-    std::uint16_t* o = out + b * 32;
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_unpacklo_epi16(lo_e, lo_o));       // vectors 0-7
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8), _mm_unpackhi_epi16(lo_e, lo_o));   // 8-15
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 16), _mm_unpacklo_epi16(hi_e, hi_o));  // 16-23
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 24), _mm_unpackhi_epi16(hi_e, hi_o));  // 24-31
+    BlockSums256 sums = {
+        _mm256_add_epi16(_mm512_castsi512_si256(lo_all), _mm512_extracti64x4_epi64(lo_all, 1)),
+        _mm256_add_epi16(_mm512_castsi512_si256(lo_odd), _mm512_extracti64x4_epi64(lo_odd, 1)),
+        _mm256_add_epi16(_mm512_castsi512_si256(hi_all), _mm512_extracti64x4_epi64(hi_all, 1)),
+        _mm256_add_epi16(_mm512_castsi512_si256(hi_odd), _mm512_extracti64x4_epi64(hi_odd, 1))};
+    // A trailing pair of sub-quantizers at 256 bits.
+    if (quads < padded_m) accumulate_pair256(blk + quads * 16, table + quads * 16, sums);
+    store_block_sums256(sums, out + b * 32);
   }
 }
 
