@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""HNSW build time: annforge (f32 / f16 / sq8 storage) against hnswlib, same M, efConstruction, threads.
+"""HNSW build time: annforge (f32 / f16 / sq8 storage) against hnswlib (and faiss, usearch), same M,
+efConstruction and threads.
 
 Every build runs in its own process (the first large index built in a process is slower than a later
 one), the libraries are interleaved round by round, and the fastest of the rounds is kept.
@@ -22,23 +23,16 @@ DEFAULT_DATA = "~/.cache/annforge-dev/minilm-105k"
 
 
 def build_once(lib: str, data: str, threads: int, M: int, efc: int, metric: str) -> float:
-    x = np.load(os.path.join(os.path.expanduser(data), "base.npy")).astype(np.float32)
-    if lib == "hnswlib":
-        import hnswlib
+    """Seconds for one build, through bench_hnsw.Lib (the same construction bench_hnsw.py times)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "python"))
+    sys.path.insert(0, here)
+    from bench_hnsw import Lib
 
-        index = hnswlib.Index(metric, x.shape[1])
-        index.init_index(len(x), M=M, ef_construction=efc)
-        index.set_num_threads(threads)
-        t0 = time.perf_counter()
-        index.add_items(x, np.arange(len(x)))
-        return time.perf_counter() - t0
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-    import annforge as af
-
-    storage = lib.split("-", 1)[1] if "-" in lib else "f32"
-    index = af.HNSWIndex(x.shape[1], metric, M=M, ef_construction=efc, storage=storage)
+    x = np.ascontiguousarray(np.load(os.path.join(os.path.expanduser(data), "base.npy")).astype(np.float32))
+    index = Lib(lib, x.shape[1], metric, M, efc)
     t0 = time.perf_counter()
-    index.add(x, num_threads=threads)
+    index.build(x, threads)
     return time.perf_counter() - t0
 
 
@@ -46,12 +40,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder with base.npy")
     ap.add_argument("--libs", default="annforge-f32,hnswlib,annforge-f16",
-                    help="comma list of hnswlib and annforge-<storage>")
+                    help="comma list of annforge-<storage>, hnswlib, faiss, usearch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--efc", type=int, default=200)
-    ap.add_argument("--metric", default="ip", choices=["ip", "l2", "cosine"])
+    ap.add_argument("--metric", default="ip", choices=["ip", "l2"])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
