@@ -153,6 +153,35 @@ def test_every_kernel_level_gives_same_neighbours(data) -> None:
         af.set_simd_level(_core.detected_simd_level())
 
 
+@pytest.mark.parametrize("metric,residual,refine,m", [
+    ("l2", True, None, 8), ("l2", False, "f32", 8), ("ip", False, None, 2), ("ip", True, "sq8", 16),
+    ("cosine", False, "f16", 8)])
+def test_batch_search_equals_one_query_at_a_time(data, metric: str, residual: bool, refine, m: int) -> None:
+    """A batch of 4-bit queries is scanned list by list (several queries per pass over a list's codes,
+    each list once per block of queries); every row must equal that query searched on its own, at
+    every fast-scan level, with and without a filter, on one thread and on several."""
+    x, q = data
+    index = build(x, nbits=4, metric=metric, residual=residual, refine=refine, m=m)
+    allowed = np.arange(0, len(x), 3)
+    levels = _core._pq4_scan_levels()
+    try:
+        for level in levels:
+            _core._set_pq4_scan_level(level)
+            for kw in ({}, {"filter": allowed}):
+                alone = [index.search(q[i:i + 1], 7, nprobe=12, refine_factor=3, num_threads=1, **kw)
+                         for i in range(len(q))]
+                ids1 = np.vstack([a[0] for a in alone])
+                dist1 = np.vstack([a[1] for a in alone])
+                for threads in (1, 3):
+                    ids, dist = index.search(q, 7, nprobe=12, refine_factor=3, num_threads=threads, **kw)
+                    np.testing.assert_array_equal(ids, ids1, err_msg=f"{level} {threads} {kw.keys()}")
+                    np.testing.assert_array_equal(dist, dist1, err_msg=f"{level} {threads} {kw.keys()}")
+                if kw:
+                    assert np.isin(ids[ids >= 0], allowed).all()
+    finally:
+        _core._set_pq4_scan_level(None)
+
+
 def test_odd_m_fast_scan_layout() -> None:
     # m = 3 pads the fast-scan blocks to an even number of sub-quantizers; every level must agree.
     x = clustered(1500, 12, seed=4)
@@ -391,6 +420,19 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
             _core._set_pq4_scan_level(level)
             acc = _core._pq4_scan_raw(blocks, pm, table)
             np.testing.assert_array_equal(acc, expected, err_msg=level)
+            # The several-tables kernel (list-major search), where the level has one: 1..6 tables,
+            # this one among random others, each with its own sums.
+            others = rng.integers(0, 256, size=(5, pm * 16), dtype=np.uint8)
+            for n in range(1, 7):
+                tables = np.vstack([table[None], others])[:n]
+                multi = _core._pq4_scan_multi_raw(blocks, pm, tables)
+                if multi is None:
+                    break
+                for t_i in range(n):
+                    ti = tables[t_i].reshape(pm, 16).astype(np.int64)
+                    want = np.concatenate([np.take_along_axis(ti[None], b & 15, axis=2).sum(axis=1),
+                                           np.take_along_axis(ti[None], b >> 4, axis=2).sum(axis=1)], axis=1)
+                    np.testing.assert_array_equal(multi[t_i], want.reshape(-1), err_msg=f"{level} multi {n}/{t_i}")
             for bound in bounds + [None]:  # None: a different bound per block
                 per_block = (rng.integers(0, 2**16, size=nblocks) if bound is None
                              else np.full(nblocks, bound)).astype(np.uint16)

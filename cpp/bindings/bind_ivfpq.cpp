@@ -13,6 +13,9 @@ namespace annforge::py_bindings {
 
 namespace {
 
+// The fast-scan kernel of the AVX-512 level for CPUs with VBMI + VNNI, as the test hooks name it.
+constexpr const char* kVbmiScanName = "avx512-vbmi";
+
 RefineKind refine_from_py(const py::object& refine) {
   if (refine.is_none()) return RefineKind::None;
   if (!py::isinstance<py::str>(refine)) fail(ErrorKind::Type, "refine must be a string or None");
@@ -96,16 +99,31 @@ void bind_kmeans(py::module_& m) {
     py::list out;
     for (auto l : {simd::Level::Scalar, simd::Level::AVX2, simd::Level::AVX512})
       if (codec::pq4::scan_kernel_for(l)) out.append(simd::level_name(l));
+    if (codec::pq4::vbmi_scan_available()) out.append(kVbmiScanName);
     return out;
-  }, "SIMD levels the 4-bit fast-scan kernel can run at here.");
-  m.def("_pq4_scan_level", [] { return std::string(simd::level_name(codec::pq4::scan_level())); });
+  }, "SIMD levels the 4-bit fast-scan kernel can run at here ('avx512-vbmi': AVX-512 with VBMI + VNNI).");
+  m.def("_pq4_scan_level", [] {
+    return codec::pq4::vbmi_scan_active() ? std::string(kVbmiScanName)
+                                          : std::string(simd::level_name(codec::pq4::scan_level()));
+  });
   m.def(
       "_set_pq4_scan_level",
       [](const py::object& level) {
+        if (level.is_none()) {
+          codec::pq4::set_scan_level_override(-1);
+          codec::pq4::set_vbmi_scan_override(-1);
+          return;
+        }
+        const auto name = py::cast<std::string>(level);
+        const bool vbmi = name == kVbmiScanName;
+        ANNFORGE_CHECK(!vbmi || codec::pq4::vbmi_scan_available(), ErrorKind::Value,
+                       "fast-scan level 'avx512-vbmi' is not available on this CPU/build");
         codec::pq4::set_scan_level_override(
-            level.is_none() ? -1 : static_cast<int>(simd::parse_level(py::cast<std::string>(level).c_str())));
+            static_cast<int>(vbmi ? simd::Level::AVX512 : simd::parse_level(name.c_str())));
+        codec::pq4::set_vbmi_scan_override(vbmi ? 1 : 0);
       },
-      py::arg("level"), "Pin the fast-scan kernel to a level (tests); None follows the active level again.");
+      py::arg("level"),
+      "Pin the fast-scan kernel to a level or 'avx512-vbmi' (tests); None follows the active level again.");
   m.def(
       "_pq4_scan_raw",
       [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
@@ -120,6 +138,30 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("blocks"), py::arg("padded_m"), py::arg("table"),
       "The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.");
+  m.def(
+      "_pq4_scan_multi_raw",
+      [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
+         const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& tables) -> py::object {
+        ANNFORGE_CHECK(padded_m >= 2 && padded_m % 2 == 0 && tables.ndim() == 2 &&
+                           static_cast<std::size_t>(tables.shape(1)) == padded_m * 16 &&
+                           static_cast<std::size_t>(blocks.size()) % (padded_m * 16) == 0,
+                       ErrorKind::Value, "bad fast-scan block / table shapes");
+        const auto multi = codec::pq4::scan_multi_kernel();
+        if (!multi) return py::none();
+        const std::size_t nblocks = static_cast<std::size_t>(blocks.size()) / (padded_m * 16);
+        const std::size_t n = static_cast<std::size_t>(tables.shape(0));
+        py::array_t<std::uint16_t> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(nblocks * 32)});
+        std::vector<const std::uint8_t*> t(n);
+        std::vector<std::uint16_t*> o(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          t[i] = tables.data() + i * padded_m * 16;
+          o[i] = out.mutable_data() + i * nblocks * 32;
+        }
+        multi(blocks.data(), nblocks, padded_m, t.data(), n, o.data());
+        return std::move(out);
+      },
+      py::arg("blocks"), py::arg("padded_m"), py::arg("tables"),
+      "The several-tables fast-scan kernel of the pinned level (tests), or None where the level has none.");
   m.def(
       "_pq4_below_raw",
       [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc,

@@ -29,6 +29,7 @@ void bind_kernels(py::module_& m) {
         out.append("scalar");
         if (simd::pq4_scan_avx2()) out.append("avx2");
         if (simd::pq4_scan_avx512()) out.append("avx512");
+        if (simd::pq4_scan_avx512vbmi()) out.append("avx512-vbmi");
         return out;
       }, "The 4-bit PQ fast-scan levels compiled into this binary (IVF-PQ / ScaNN).");
 #ifdef ANNFORGE_BUILD_TYPE

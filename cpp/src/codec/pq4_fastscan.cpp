@@ -80,6 +80,11 @@ bool cpu_runs(simd::Level level) {
     default: return false;
   }
 }
+bool cpu_runs_vbmi() {
+  __builtin_cpu_init();
+  return cpu_runs(simd::Level::AVX512) && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512vnni");
+}
 #elif defined(_MSC_VER) && defined(_M_X64)
 // MSVC has no __builtin_cpu_supports: read CPUID leaf 7 and check the OS saves the YMM/ZMM state.
 bool cpu_runs(simd::Level level) {
@@ -99,8 +104,15 @@ bool cpu_runs(simd::Level level) {
     default: return false;
   }
 }
+bool cpu_runs_vbmi() {
+  if (!cpu_runs(simd::Level::AVX512)) return false;
+  int r[4];
+  __cpuidex(r, 7, 0);
+  return ((r[2] >> 1) & 1) && ((r[2] >> 11) & 1);  // ECX: AVX512_VBMI, AVX512_VNNI
+}
 #else
 bool cpu_runs(simd::Level level) { return level == simd::Level::Scalar; }
+bool cpu_runs_vbmi() { return false; }
 #endif
 
 ScanFn compiled(simd::Level level) {
@@ -132,6 +144,11 @@ std::atomic<int>& override_slot() {
   return slot;
 }
 
+std::atomic<int>& vbmi_slot() {
+  static std::atomic<int> slot{-1};
+  return slot;
+}
+
 }  // namespace
 
 ScanFn scan_kernel_for(simd::Level level) { return cpu_runs(level) ? compiled(level) : nullptr; }
@@ -146,7 +163,21 @@ simd::Level scan_level() {
   return level;
 }
 
-ScanFn scan_kernel() { return scan_kernel_for(scan_level()); }
+bool vbmi_scan_available() {
+  static const bool available = cpu_runs_vbmi() && simd::pq4_scan_avx512vbmi() != nullptr;
+  return available;
+}
+
+bool vbmi_scan_active() {
+  return vbmi_slot().load(std::memory_order_acquire) != 0 && vbmi_scan_available() &&
+         scan_level() == simd::Level::AVX512;
+}
+
+void set_vbmi_scan_override(int allow) { vbmi_slot().store(allow, std::memory_order_release); }
+
+ScanMultiFn scan_multi_kernel() { return vbmi_scan_active() ? simd::pq4_scan_multi_avx512vbmi() : nullptr; }
+
+ScanFn scan_kernel() { return vbmi_scan_active() ? simd::pq4_scan_avx512vbmi() : scan_kernel_for(scan_level()); }
 
 BelowFn below_kernel() {
   BelowFn fn = nullptr;

@@ -28,6 +28,11 @@ constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
 constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
 constexpr std::size_t kCoarsePointsPerCentroid = 256;
+// Queries per list-major search block (4-bit codes): their tables (padded_m x 16 bytes each) and
+// heaps stay in L2 while each probed list is scanned for all of them.
+constexpr std::size_t kListMajorBlock = 256;
+// Queries whose tables one pass over a list's codes serves (the kernel takes them four at a time).
+constexpr std::size_t kListGroup = 8;
 
 inline int lowest_bit(std::uint32_t v) {  // v != 0
 #if defined(__GNUC__)
@@ -65,19 +70,31 @@ const char* refine_name(RefineKind kind) {
   return "none";
 }
 
+// What one query carries from list to list: its quantized look-up table (4-bit codes), ||q||^2 and
+// its candidate heap. The list-major search keeps one per query of a block.
+struct IVFPQIndex::QueryState {
+  codec::pq4::QuantizedLut qlut;
+  float q_sqnorm = 0;  // ||q||^2 (l2 without residuals)
+  TopK heap;
+};
+
 // Per-worker buffers reused across the queries of one search call.
 struct IVFPQIndex::QueryScratch {
   std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
-  std::vector<float> lut;        // m x ksub: distance contribution of each code for the current list
-  codec::pq4::QuantizedLut qlut;
+  std::vector<float> lut;        // m x ksub: distance contribution of each code (8-bit codes: used by the scan)
   std::vector<std::uint16_t> acc, bounds;
   std::vector<std::uint32_t> masks;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
-  float q_sqnorm = 0;                      // ||q||^2 (l2 without residuals)
-  TopK heap;
+  std::vector<QueryState> states;          // one per query of the current block
+  std::vector<std::uint32_t> visit_start, visits;  // list-major order: (query, probe) pairs grouped by list
   codec::pq4::ScanFn scan = nullptr;
   codec::pq4::BelowFn below = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
+  // List-major search: one list against the tables of a group of queries (when the level has that kernel).
+  codec::pq4::ScanMultiFn scan_multi = nullptr;
+  std::vector<std::uint16_t> group_acc;
+  std::vector<const std::uint8_t*> group_tables;
+  std::vector<std::uint16_t*> group_outs;
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
@@ -483,8 +500,8 @@ void IVFPQIndex::probe_lists(const float* q, std::size_t nq, std::size_t nprobe,
   coarse_.nearest(q, nq, dim_, nprobe, false, num_threads, lists, dist);
 }
 
-void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s,
-                           const IdSelector* filter) const {
+void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, QueryState& st,
+                           const IdSelector* filter, const std::uint16_t* summed) const {
   const InvertedList& L = lists_[list];
   const std::size_t n = L.size();
   if (n == 0) return;
@@ -496,9 +513,9 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   if (residual_)
     base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
   else
-    base = metric_ == Metric::L2 ? s.q_sqnorm : 1.0f;
+    base = metric_ == Metric::L2 ? st.q_sqnorm : 1.0f;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
-  TopK& heap = s.heap;
+  TopK& heap = st.heap;
   float thr = heap.threshold();
   auto consider = [&](float dist, std::size_t offset) {
     if (filter && !filter->contains(L.ids[offset])) return;
@@ -521,15 +538,17 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
       }
       for (; j < m; ++j) d0 += lut[j * 256 + c[j]];
       const float dist = (d0 + d1) + (d2 + d3);
-      if (dist < thr) consider(dist, i);
+      if (dist <= thr) consider(dist, i);  // ties too: TopK breaks them by label, so the order lists come in cannot matter
     }
   } else {
     const std::size_t nblocks = codec::pq4::blocks_for(n);
-    s.acc.resize(nblocks * codec::pq4::kBlock);
-    s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-    const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale, scale = s.qlut.scale;
+    if (!summed) {
+      s.acc.resize(nblocks * codec::pq4::kBlock);
+      s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), st.qlut.table.data(), s.acc.data());
+    }
+    const float offset = base + st.qlut.bias, inv_scale = 1.0f / st.qlut.scale, scale = st.qlut.scale;
     const float* floors = l2 ? L.block_floor.data() : nullptr;
-    const std::uint16_t* acc = s.acc.data();
+    const std::uint16_t* acc = summed ? summed : s.acc.data();
     // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
     // (thr - offset - floor) * scale with `floor` the block's lowest norm term. One kernel call compares
     // every block against its bound (from the threshold when the list starts, with slack for float
@@ -560,7 +579,7 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
         pass &= pass - 1;
         const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
                               : offset + static_cast<float>(acc[i]) * inv_scale;
-        if (dist < thr) consider(dist, i);
+        if (dist <= thr) consider(dist, i);  // ties too: TopK breaks them by label, so the order lists come in cannot matter
       }
     }
   }
@@ -629,78 +648,170 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   std::vector<float> probe_dist(nq * nprobe);
   probe_lists(Q.data(), nq, nprobe, static_cast<int>(threads), probe.data(), probe_dist.data());
 
-  const std::size_t entries = m_ * pq_.ksub(), d = dim_;
   std::vector<QueryScratch> scratch(threads);
   const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
   const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
-  parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
-    QueryScratch& s = scratch[worker];
-    if (s.lut.size() != entries) {
-      s.ip_table.resize(entries);
-      s.lut.resize(entries);
-      s.q_shifted.resize(d);
-      s.q_scaled.resize(d);
-    }
+  const auto scan_multi = nbits_ == 4 ? codec::pq4::scan_multi_kernel() : nullptr;
+  for (auto& s : scratch) {
+    s.scan_multi = scan_multi;
     s.scan = scan;
     s.below = below;
     s.lut_kernels = lut_kernels;
-    const float* qv = Q.data() + qi * d;
-    if (!residual_ && metric_ == Metric::L2) s.q_sqnorm = simd::kernels().dot(qv, qv, d);
-    pq_.inner_product_table(qv, s.ip_table.data());
-    const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
-    if (code_norms_.empty()) {
-      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
-    } else {
-      for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms_[i];
+  }
+  const std::size_t d = dim_;
+  // 4-bit codes are scanned list-major within blocks of queries: each list's codes are read from
+  // memory once and scanned for every query of the block that probes it while they sit in cache
+  // (one query at a time, the scan waits on memory, not on the kernel). A query's nearest list is
+  // scanned first, on its own, so its heap threshold is tight before the rest. The heap keeps the
+  // same k smallest whatever the order, so results equal the one-query-at-a-time search.
+  // 8-bit codes keep a 1 KiB float table per sub-quantizer and query: one query at a time.
+  const std::size_t block = nbits_ == 4 ? std::min<std::size_t>(kListMajorBlock, (nq + threads - 1) / threads) : 1;
+  const bool list_major = block >= 2 && nprobe >= 2;
+  if (!list_major) {
+    parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
+      QueryScratch& s = scratch[worker];
+      if (s.states.empty()) s.states.resize(1);
+      QueryState& st = s.states[0];
+      const float* qv = Q.data() + qi * d;
+      prepare_query(qv, candidates, s, st);
+      for (std::size_t p = 0; p < nprobe; ++p) {
+        const std::int32_t list = probe[qi * nprobe + p];
+        if (list >= 0) scan_list(qv, static_cast<std::size_t>(list), probe_dist[qi * nprobe + p], s, st, filter);
+      }
+      finish_query(qv, k, s, st, out_ids + qi * k, out_dist + qi * k);
+    });
+    return;
+  }
+  const std::size_t nblocks = (nq + block - 1) / block;
+  parallel::parallel_for(nblocks, static_cast<int>(threads), [&](std::size_t bi, std::size_t worker) {
+    QueryScratch& s = scratch[worker];
+    const std::size_t q0 = bi * block, q1 = std::min(nq, q0 + block), nb = q1 - q0;
+    if (s.states.size() < nb) s.states.resize(nb);
+    for (std::size_t i = 0; i < nb; ++i) {
+      const std::size_t qi = q0 + i;
+      prepare_query(Q.data() + qi * d, candidates, s, s.states[i]);
+      const std::int32_t list = probe[qi * nprobe];
+      if (list >= 0) scan_list(Q.data() + qi * d, static_cast<std::size_t>(list), probe_dist[qi * nprobe], s,
+                               s.states[i], filter);
     }
-    if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
-    s.heap.reset(candidates);
-    for (std::size_t p = 0; p < nprobe; ++p) {
-      const std::int32_t list = probe[qi * nprobe + p];
-      if (list < 0) continue;
-      scan_list(qv, static_cast<std::size_t>(list), probe_dist[qi * nprobe + p], s, filter);
-    }
-    auto& found = s.heap.sorted();
-    if (rerank) {
-      float q_dot_offset = 0;
-      if (refine_ == RefineKind::SQ8) {
-        for (std::size_t j = 0; j < d; ++j) {
-          s.q_shifted[j] = qv[j] - sq8_offset_[j];
-          s.q_scaled[j] = qv[j] * sq8_scale_[j];
-          q_dot_offset += qv[j] * sq8_offset_[j];
+    // The other probes grouped by list (a counting sort), each entry i * nprobe + p.
+    s.visit_start.assign(nlist_ + 1, 0);
+    for (std::size_t i = 0; i < nb; ++i)
+      for (std::size_t p = 1; p < nprobe; ++p) {
+        const std::int32_t list = probe[(q0 + i) * nprobe + p];
+        if (list >= 0) ++s.visit_start[static_cast<std::size_t>(list) + 1];
+      }
+    for (std::size_t l = 0; l < nlist_; ++l) s.visit_start[l + 1] += s.visit_start[l];
+    s.visits.resize(s.visit_start[nlist_]);
+    for (std::size_t i = 0; i < nb; ++i)
+      for (std::size_t p = 1; p < nprobe; ++p) {
+        const std::int32_t list = probe[(q0 + i) * nprobe + p];
+        if (list >= 0) s.visits[s.visit_start[static_cast<std::size_t>(list)]++] = static_cast<std::uint32_t>(i * nprobe + p);
+      }
+    // visit_start[l] now holds the end of list l's run (= the start of list l + 1's).
+    std::size_t begin = 0;
+    for (std::size_t l = 0; l < nlist_; ++l) {
+      const std::size_t end = s.visit_start[l];
+      const std::size_t lsize = lists_[l].size();
+      if (s.scan_multi && end - begin >= 2 && lsize > 0) {
+        // The list's codes are read once per group of queries; each query then keeps its candidates.
+        const std::size_t lb = codec::pq4::blocks_for(lsize), stride = lb * codec::pq4::kBlock;
+        for (std::size_t g0 = begin; g0 < end; g0 += kListGroup) {
+          const std::size_t g1 = std::min(end, g0 + kListGroup);
+          s.group_acc.resize(kListGroup * stride);
+          s.group_tables.resize(g1 - g0);
+          s.group_outs.resize(g1 - g0);
+          for (std::size_t v = g0; v < g1; ++v) {
+            s.group_tables[v - g0] = s.states[s.visits[v] / nprobe].qlut.table.data();
+            s.group_outs[v - g0] = s.group_acc.data() + (v - g0) * stride;
+          }
+          s.scan_multi(lists_[l].codes.data(), lb, codec::pq4::padded_m(m_), s.group_tables.data(), g1 - g0,
+                       s.group_outs.data());
+          for (std::size_t v = g0; v < g1; ++v) {
+            const std::size_t i = s.visits[v] / nprobe, p = s.visits[v] % nprobe, qi = q0 + i;
+            scan_list(Q.data() + qi * d, l, probe_dist[qi * nprobe + p], s, s.states[i], filter, s.group_outs[v - g0]);
+          }
         }
+        begin = end;
+        continue;
       }
-      const std::size_t rb = refine_bytes();
-      TopK best(k);
-      // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at
-      // a time and most candidates stop after the first one (see refine_distance): fetch that much.
-      constexpr std::size_t kAhead = 2;
-      const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
-      const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
-      auto stored = [&](const std::pair<float, idx_t>& e) {
-        return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
-      };
-      for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(stored(found[i]), ahead_bytes);
-      for (std::size_t i = 0; i < found.size(); ++i) {
-        if (i + kAhead < found.size()) prefetch_range(stored(found[i + kAhead]), ahead_bytes);
-        const auto& e = found[i];
-        const InvertedList& L = lists_[location_list(e.second)];
-        const std::size_t off = location_offset(e.second);
-        // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
-        const float dist = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
-                                           q_dot_offset, best.threshold());
-        best.push(dist, L.ids[off]);
+      for (std::size_t v = begin; v < end; ++v) {
+        const std::size_t i = s.visits[v] / nprobe, p = s.visits[v] % nprobe;
+        const std::size_t qi = q0 + i;
+        scan_list(Q.data() + qi * d, l, probe_dist[qi * nprobe + p], s, s.states[i], filter);
       }
-      write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);
-    } else {
-      for (auto& e : found) e.second = lists_[location_list(e.second)].ids[location_offset(e.second)];
-      std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-        return a.first < b.first || (a.first == b.first && a.second < b.second);
-      });
-      write_row(found, k, out_ids + qi * k, out_dist + qi * k);
+      begin = end;
+    }
+    for (std::size_t i = 0; i < nb; ++i) {
+      const std::size_t qi = q0 + i;
+      finish_query(Q.data() + qi * d, k, s, s.states[i], out_ids + qi * k, out_dist + qi * k);
     }
   });
+}
+
+void IVFPQIndex::prepare_query(const float* qv, std::size_t candidates, QueryScratch& s, QueryState& st) const {
+  const std::size_t entries = m_ * pq_.ksub(), d = dim_;
+  if (s.lut.size() != entries) {
+    s.ip_table.resize(entries);
+    s.lut.resize(entries);
+    s.q_shifted.resize(d);
+    s.q_scaled.resize(d);
+  }
+  if (!residual_ && metric_ == Metric::L2) st.q_sqnorm = simd::kernels().dot(qv, qv, d);
+  pq_.inner_product_table(qv, s.ip_table.data());
+  const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
+  if (code_norms_.empty()) {
+    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+  } else {
+    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms_[i];
+  }
+  if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, st.qlut, s.lut_kernels);
+  st.heap.reset(candidates);
+}
+
+void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids,
+                              float* dist) const {
+  const std::size_t d = dim_;
+  auto& found = st.heap.sorted();
+  if (refine_ == RefineKind::None) {
+    for (auto& e : found) e.second = lists_[location_list(e.second)].ids[location_offset(e.second)];
+    std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+      return a.first < b.first || (a.first == b.first && a.second < b.second);
+    });
+    write_row(found, k, ids, dist);
+    return;
+  }
+  float q_dot_offset = 0;
+  if (refine_ == RefineKind::SQ8) {
+    for (std::size_t j = 0; j < d; ++j) {
+      s.q_shifted[j] = qv[j] - sq8_offset_[j];
+      s.q_scaled[j] = qv[j] * sq8_scale_[j];
+      q_dot_offset += qv[j] * sq8_offset_[j];
+    }
+  }
+  const std::size_t rb = refine_bytes();
+  TopK best(k);
+  // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at
+  // a time and most candidates stop after the first one (see refine_distance): fetch that much.
+  constexpr std::size_t kAhead = 2;
+  const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
+  const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
+  auto stored = [&](const std::pair<float, idx_t>& e) {
+    return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
+  };
+  for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(stored(found[i]), ahead_bytes);
+  for (std::size_t i = 0; i < found.size(); ++i) {
+    if (i + kAhead < found.size()) prefetch_range(stored(found[i + kAhead]), ahead_bytes);
+    const auto& e = found[i];
+    const InvertedList& L = lists_[location_list(e.second)];
+    const std::size_t off = location_offset(e.second);
+    // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
+    const float dv = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
+                                     q_dot_offset, best.threshold());
+    best.push(dv, L.ids[off]);
+  }
+  write_row(best.sorted(), k, ids, dist);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ const LutKernels* lut_kernels();
 using ScanFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                         const std::uint8_t* table, std::uint16_t* out);
 
+// The same sums for several look-up tables at once: outs[t][b * 32 + i] for table t < ntables (any
+// number). The list-major search scans a list for a group of queries while its codes are in L1.
+using ScanMultiFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                             const std::uint8_t* const* tables, std::size_t ntables, std::uint16_t* const* outs);
+
 // masks[b] bit i = (acc[b * 32 + i] < bounds[b]) for b < nblocks: which 16-bit sums of block b can
 // still enter a result heap (the search then computes float distances for those only).
 using BelowFn = void (*)(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
@@ -78,6 +83,14 @@ ScanFn scan_kernel_for(simd::Level level);
 simd::Level scan_level();
 // -1 clears the override.
 void set_scan_level_override(int level);
+// At the AVX-512 level a second kernel serves CPUs with VBMI + VNNI: the same sums with fewer
+// operations (cpp/src/simd/pq4_scan_avx512vbmi.cpp). scan_kernel() takes it whenever it can run.
+bool vbmi_scan_available();  // compiled in, and this CPU runs it
+bool vbmi_scan_active();     // scan_kernel() returns it now
+// Tests: 0 keeps scan_kernel() on the plain AVX-512 kernel, 1 or -1 (the default) allows VBMI.
+void set_vbmi_scan_override(int allow);
+// The several-tables kernel of the active level, or null where it has none.
+ScanMultiFn scan_multi_kernel();
 
 }  // namespace annforge::codec::pq4
 
@@ -86,6 +99,8 @@ namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_scalar();
 codec::pq4::ScanFn pq4_scan_avx2();
 codec::pq4::ScanFn pq4_scan_avx512();
+codec::pq4::ScanFn pq4_scan_avx512vbmi();  // AVX-512 VBMI + VNNI; nullptr when not compiled in
+codec::pq4::ScanMultiFn pq4_scan_multi_avx512vbmi();
 codec::pq4::BelowFn pq4_below_scalar();
 codec::pq4::BelowFn pq4_below_avx2();  // nullptr when not compiled in
 codec::pq4::BelowFn pq4_below_avx512();

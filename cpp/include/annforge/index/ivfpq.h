@@ -90,6 +90,7 @@ class IVFPQIndex final : public VectorIndex {
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
+  struct QueryState;
 
   void check_trained() const;
   // Cosine normalisation, then the OPQ rotation.
@@ -113,7 +114,13 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
-  void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, const IdSelector* filter) const;
+  // Look-up tables of one query (into `st`, or s.lut for 8-bit codes) and an empty candidate heap.
+  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
+  // 4-bit codes: `summed` may hold the list's 16-bit sums for this query already (list-major search).
+  void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, QueryState& st,
+                 const IdSelector* filter, const std::uint16_t* summed = nullptr) const;
+  // Re-ranks (or sorts) the query's candidates and writes its row of k results.
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
 
   std::size_t nlist_, m_, nbits_;
   RefineKind refine_;
