@@ -106,7 +106,7 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
   struct Scratch {
     std::vector<float> dots, best, scores;
     std::vector<std::int32_t> best_label;
-    std::vector<TopK> heaps;
+    std::vector<TopKBuffer> heaps;  // m > 1: most of the k scores are offered, so append and cut in batches
   };
   std::vector<Scratch> scratch(parallel::resolve_threads(num_threads));
   parallel::parallel_for(chunks, num_threads, [&](std::size_t chunk, std::size_t worker) {
@@ -117,7 +117,7 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
     std::vector<float>& dots = s.dots;
     std::vector<float>& best = s.best;
     std::vector<std::int32_t>& best_label = s.best_label;
-    std::vector<TopK>& heaps = s.heaps;
+    std::vector<TopKBuffer>& heaps = s.heaps;
     if (m == 1) {
       best.assign(ni, std::numeric_limits<float>::infinity());
       best_label.assign(ni, -1);
@@ -165,7 +165,7 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
           best[i] = bs;
           best_label[i] = bl;
         } else {
-          TopK& heap = heaps[i];
+          TopKBuffer& heap = heaps[i];
           for (std::size_t j = 0; j < nb; ++j) {
             const float s = inner_product ? -dot[j] : sq_norms_[b + j] - 2.0f * dot[j];
             if (s <= heap.threshold()) heap.push(s, static_cast<idx_t>(b + j));

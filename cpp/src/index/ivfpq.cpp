@@ -75,7 +75,7 @@ const char* refine_name(RefineKind kind) {
 struct IVFPQIndex::QueryState {
   codec::pq4::QuantizedLut qlut;
   float q_sqnorm = 0;  // ||q||^2 (l2 without residuals)
-  TopK heap;
+  TopKBuffer heap;  // candidates: many per list, so appended and cut back in batches
 };
 
 // Per-worker buffers reused across the queries of one search call.
@@ -515,7 +515,7 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
   else
     base = metric_ == Metric::L2 ? st.q_sqnorm : 1.0f;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
-  TopK& heap = st.heap;
+  TopKBuffer& heap = st.heap;
   float thr = heap.threshold();
   auto consider = [&](float dist, std::size_t offset) {
     if (filter && !filter->contains(L.ids[offset])) return;

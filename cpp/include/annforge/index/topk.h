@@ -69,6 +69,57 @@ class TopK {
   std::vector<Entry> heap_;
 };
 
+// The k best (distance, label) pairs, kept lazily for scans that offer many candidates: pushes
+// append to a buffer, and only when it fills (or tighten() is called) is it cut back to the k best
+// with one selection pass. Much cheaper per candidate than a heap's sift, at the price of a
+// threshold that lags between cuts. The result is the same set as TopK's (ties by label included)
+// as long as every candidate with distance <= threshold() is pushed.
+class TopKBuffer {
+ public:
+  explicit TopKBuffer(std::size_t k = 0) { reset(k); }
+  void reset(std::size_t k) {
+    k_ = k;
+    capacity_ = std::max<std::size_t>(4 * k, k + 32);
+    buf_.clear();
+    buf_.reserve(capacity_);
+    threshold_ = std::numeric_limits<float>::infinity();
+  }
+  std::size_t k() const noexcept { return k_; }
+  // Candidates farther than this cannot be among the k best (ties can: push those too).
+  float threshold() const noexcept { return threshold_; }
+  void push(float dist, idx_t label) {
+    buf_.emplace_back(dist, label);
+    if (buf_.size() == capacity_) tighten();
+  }
+  // Cuts the buffer to the k best now, so threshold() is exact.
+  void tighten() {
+    if (buf_.size() <= k_ || k_ == 0) {
+      if (k_ == 0) buf_.clear();
+      return;
+    }
+    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Less());
+    buf_.resize(k_);
+    threshold_ = buf_[k_ - 1].first;
+  }
+  // The k best, sorted best first (the buffer is consumed).
+  std::vector<std::pair<float, idx_t>>& sorted() {
+    tighten();
+    std::sort(buf_.begin(), buf_.end(), Less());
+    return buf_;
+  }
+
+ private:
+  using Entry = std::pair<float, idx_t>;
+  struct Less {
+    bool operator()(const Entry& a, const Entry& b) const {
+      return a.first < b.first || (a.first == b.first && a.second < b.second);
+    }
+  };
+  std::size_t k_ = 0, capacity_ = 0;
+  std::vector<Entry> buf_;
+  float threshold_ = std::numeric_limits<float>::infinity();
+};
+
 // Writes one result row (ids + distances), padding with -1 / +inf.
 inline void write_row(const std::vector<std::pair<float, idx_t>>& best, std::size_t k, idx_t* ids, float* dist) {
   std::size_t i = 0;
