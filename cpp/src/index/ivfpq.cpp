@@ -1,6 +1,7 @@
 #include "annforge/index/ivfpq.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -567,6 +568,19 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
         bounds[b] = lim <= 0.0f ? std::uint16_t(0) : lim >= 65535.0f ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim);
       }
       s.below(acc, nblocks, bounds, masks);
+    } else if (!l2 && !filter && n > heap.k()) {
+      // No threshold yet (the query's first list). The distance grows with the sum within this list,
+      // so only its k smallest sums can enter: a histogram of the sums gives a bound that lets those
+      // (and a few more) through, instead of offering all n to the buffer.
+      constexpr unsigned kShift = 7;
+      std::array<std::uint32_t, (65536 >> kShift)> hist{};
+      for (std::size_t i = 0; i < n; ++i) ++hist[acc[i] >> kShift];
+      std::size_t bin = 0;
+      for (std::size_t seen = 0; bin < hist.size(); ++bin)
+        if ((seen += hist[bin]) >= heap.k()) break;
+      const std::size_t lim = (bin + 1) << kShift;
+      s.bounds.assign(nblocks, lim >= 65535 ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim));
+      s.below(acc, nblocks, s.bounds.data(), masks);
     } else {
       for (std::size_t b = 0; b < nblocks; ++b) masks[b] = ~std::uint32_t(0);  // heap not full yet
     }
@@ -582,6 +596,7 @@ void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, 
         if (dist <= thr) consider(dist, i);  // ties too: TopK breaks them by label, so the order lists come in cannot matter
       }
     }
+    if (!(heap.threshold() < std::numeric_limits<float>::infinity())) heap.tighten();  // a threshold for the next list
   }
 }
 

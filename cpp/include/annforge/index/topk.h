@@ -91,20 +91,34 @@ class TopKBuffer {
     buf_.emplace_back(dist, label);
     if (buf_.size() == capacity_) tighten();
   }
-  // Cuts the buffer to the k best now, so threshold() is exact.
+  // Cuts the buffer back to the k best (and any entries tied with the k-th), so threshold() is exact.
   void tighten() {
-    if (buf_.size() <= k_ || k_ == 0) {
-      if (k_ == 0) buf_.clear();
+    if (k_ == 0) {
+      buf_.clear();
       return;
     }
-    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Less());
-    buf_.resize(k_);
-    threshold_ = buf_[k_ - 1].first;
+    if (buf_.size() <= k_) return;
+    // Select on the distances alone (plain float compares), then keep every entry at or below the
+    // k-th: ties stay, sorted() settles them by label.
+    dists_.resize(buf_.size());
+    for (std::size_t i = 0; i < buf_.size(); ++i) dists_[i] = buf_[i].first;
+    std::nth_element(dists_.begin(), dists_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), dists_.end());
+    const float kth = dists_[k_ - 1];
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < buf_.size(); ++i)
+      if (buf_[i].first <= kth) buf_[kept++] = buf_[i];
+    buf_.resize(kept);
+    threshold_ = kth;
+    if (kept >= capacity_) {  // nearly all tied: cut to exactly k by label
+      std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Less());
+      buf_.resize(k_);
+    }
   }
   // The k best, sorted best first (the buffer is consumed).
   std::vector<std::pair<float, idx_t>>& sorted() {
     tighten();
     std::sort(buf_.begin(), buf_.end(), Less());
+    if (buf_.size() > k_) buf_.resize(k_);
     return buf_;
   }
 
@@ -117,6 +131,7 @@ class TopKBuffer {
   };
   std::size_t k_ = 0, capacity_ = 0;
   std::vector<Entry> buf_;
+  std::vector<float> dists_;  // selection scratch
   float threshold_ = std::numeric_limits<float>::infinity();
 };
 
