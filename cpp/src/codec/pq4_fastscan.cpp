@@ -175,7 +175,14 @@ bool vbmi_scan_active() {
 
 void set_vbmi_scan_override(int allow) { vbmi_slot().store(allow, std::memory_order_release); }
 
-ScanMultiFn scan_multi_kernel() { return vbmi_scan_active() ? simd::pq4_scan_multi_avx512vbmi() : nullptr; }
+ScanMultiFn scan_multi_kernel() {
+  if (vbmi_scan_active()) return simd::pq4_scan_multi_avx512vbmi();
+  switch (scan_level()) {
+    case simd::Level::AVX512: return simd::pq4_scan_multi_avx512();
+    case simd::Level::AVX2: return simd::pq4_scan_multi_avx2();
+    default: return nullptr;
+  }
+}
 
 ScanFn scan_kernel() { return vbmi_scan_active() ? simd::pq4_scan_avx512vbmi() : scan_kernel_for(scan_level()); }
 

@@ -24,6 +24,32 @@ void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padd
   }
 }
 
+// Several tables against the same blocks (ScanMultiFn): each pair of code rows is loaded and split
+// into nibble indices once, then looked up in every table. Two tables per pass: their eight
+// accumulators and the indices fill the sixteen ymm registers.
+template <std::size_t G>
+void scan_multi_avx2_n(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                       const std::uint8_t* const* tables, std::uint16_t* const* outs) {
+  const std::size_t bytes = padded_m * 16;
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* blk = blocks + b * bytes;
+    BlockSums256 sums[G];
+    for (auto& s : sums) s = zero_sums256();
+    for (std::size_t j = 0; j < padded_m; j += 2) {
+      const NibbleIndices256 idx = nibble_indices256(blk + j * 16);
+      for (std::size_t g = 0; g < G; ++g) accumulate_indices256(idx, tables[g] + j * 16, sums[g]);
+    }
+    for (std::size_t g = 0; g < G; ++g) store_block_sums256(sums[g], outs[g] + b * 32);
+  }
+}
+
+void scan_multi_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                     const std::uint8_t* const* tables, std::size_t ntables, std::uint16_t* const* outs) {
+  std::size_t t = 0;
+  for (; t + 2 <= ntables; t += 2) scan_multi_avx2_n<2>(blocks, nblocks, padded_m, tables + t, outs + t);
+  if (t < ntables) scan_avx2(blocks, nblocks, padded_m, tables[t], outs[t]);
+}
+
 void below_avx2(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
                 std::uint32_t* masks) {
   for (std::size_t b = 0; b < nblocks; ++b) {
@@ -47,11 +73,13 @@ void below_avx2(const std::uint16_t* acc, std::size_t nblocks, const std::uint16
 
 codec::pq4::ScanFn pq4_scan_avx2() { return &scan_avx2; }
 codec::pq4::BelowFn pq4_below_avx2() { return &below_avx2; }
+codec::pq4::ScanMultiFn pq4_scan_multi_avx2() { return &scan_multi_avx2; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx2() { return nullptr; }
 codec::pq4::BelowFn pq4_below_avx2() { return nullptr; }
+codec::pq4::ScanMultiFn pq4_scan_multi_avx2() { return nullptr; }
 }  // namespace annforge::simd
 #endif

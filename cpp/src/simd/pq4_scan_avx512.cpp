@@ -46,6 +46,58 @@ void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t pa
   }
 }
 
+// Several tables against the same blocks (ScanMultiFn): each 64-byte row of codes is loaded and
+// split into nibble indices once, then looked up in up to four tables (16 zmm accumulators).
+template <std::size_t G>
+void scan_multi_avx512_n(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                         const std::uint8_t* const* tables, std::uint16_t* const* outs) {
+  const std::size_t bytes = padded_m * 16;
+  const std::size_t quads = padded_m / 4 * 4;
+  const __m512i low_nibble = _mm512_set1_epi8(0x0f);
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* blk = blocks + b * bytes;
+    __m512i lo_all[G], lo_odd[G], hi_all[G], hi_odd[G];
+    for (std::size_t g = 0; g < G; ++g) lo_all[g] = lo_odd[g] = hi_all[g] = hi_odd[g] = _mm512_setzero_si512();
+    for (std::size_t j = 0; j < quads; j += 4) {
+      const __m512i codes = _mm512_loadu_si512(blk + j * 16);
+      const __m512i lo_idx = _mm512_and_si512(codes, low_nibble);
+      const __m512i hi_idx = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_nibble);
+      for (std::size_t g = 0; g < G; ++g) {
+        const __m512i lut = _mm512_loadu_si512(tables[g] + j * 16);
+        const __m512i lo = _mm512_shuffle_epi8(lut, lo_idx);
+        const __m512i hi = _mm512_shuffle_epi8(lut, hi_idx);
+        lo_all[g] = _mm512_add_epi16(lo_all[g], lo);
+        lo_odd[g] = _mm512_add_epi16(lo_odd[g], _mm512_srli_epi16(lo, 8));
+        hi_all[g] = _mm512_add_epi16(hi_all[g], hi);
+        hi_odd[g] = _mm512_add_epi16(hi_odd[g], _mm512_srli_epi16(hi, 8));
+      }
+    }
+    const bool pair = quads < padded_m;
+    const NibbleIndices256 tail = pair ? nibble_indices256(blk + quads * 16) : NibbleIndices256{};
+    for (std::size_t g = 0; g < G; ++g) {
+      BlockSums256 sums = {
+          _mm256_add_epi16(_mm512_castsi512_si256(lo_all[g]), _mm512_extracti64x4_epi64(lo_all[g], 1)),
+          _mm256_add_epi16(_mm512_castsi512_si256(lo_odd[g]), _mm512_extracti64x4_epi64(lo_odd[g], 1)),
+          _mm256_add_epi16(_mm512_castsi512_si256(hi_all[g]), _mm512_extracti64x4_epi64(hi_all[g], 1)),
+          _mm256_add_epi16(_mm512_castsi512_si256(hi_odd[g]), _mm512_extracti64x4_epi64(hi_odd[g], 1))};
+      if (pair) accumulate_indices256(tail, tables[g] + quads * 16, sums);
+      store_block_sums256(sums, outs[g] + b * 32);
+    }
+  }
+}
+
+void scan_multi_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                       const std::uint8_t* const* tables, std::size_t ntables, std::uint16_t* const* outs) {
+  std::size_t t = 0;
+  for (; t + 4 <= ntables; t += 4) scan_multi_avx512_n<4>(blocks, nblocks, padded_m, tables + t, outs + t);
+  switch (ntables - t) {
+    case 3: scan_multi_avx512_n<3>(blocks, nblocks, padded_m, tables + t, outs + t); break;
+    case 2: scan_multi_avx512_n<2>(blocks, nblocks, padded_m, tables + t, outs + t); break;
+    case 1: scan_avx512(blocks, nblocks, padded_m, tables[t], outs[t]); break;
+    default: break;
+  }
+}
+
 void lut_min_max(const float* lut, std::size_t m, float* mins, float* maxs) {
   for (std::size_t j = 0; j < m; ++j) {
     const __m512 t = _mm512_loadu_ps(lut + j * 16);
@@ -78,6 +130,7 @@ const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
 
 codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
 codec::pq4::BelowFn pq4_below_avx512() { return &below_avx512; }
+codec::pq4::ScanMultiFn pq4_scan_multi_avx512() { return &scan_multi_avx512; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 
 }  // namespace annforge::simd
@@ -85,6 +138,7 @@ const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 namespace annforge::simd {
 codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
 codec::pq4::BelowFn pq4_below_avx512() { return nullptr; }
+codec::pq4::ScanMultiFn pq4_scan_multi_avx512() { return nullptr; }
 const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
 }  // namespace annforge::simd
 #endif

@@ -89,7 +89,7 @@ bool vbmi_scan_available();  // compiled in, and this CPU runs it
 bool vbmi_scan_active();     // scan_kernel() returns it now
 // Tests: 0 keeps scan_kernel() on the plain AVX-512 kernel, 1 or -1 (the default) allows VBMI.
 void set_vbmi_scan_override(int allow);
-// The several-tables kernel of the active level, or null where it has none.
+// The several-tables kernel of the active level, or null where it has none (scalar).
 ScanMultiFn scan_multi_kernel();
 
 }  // namespace annforge::codec::pq4
@@ -101,6 +101,8 @@ codec::pq4::ScanFn pq4_scan_avx2();
 codec::pq4::ScanFn pq4_scan_avx512();
 codec::pq4::ScanFn pq4_scan_avx512vbmi();  // AVX-512 VBMI + VNNI; nullptr when not compiled in
 codec::pq4::ScanMultiFn pq4_scan_multi_avx512vbmi();
+codec::pq4::ScanMultiFn pq4_scan_multi_avx2();    // nullptr when not compiled in
+codec::pq4::ScanMultiFn pq4_scan_multi_avx512();  // nullptr when not compiled in
 codec::pq4::BelowFn pq4_below_scalar();
 codec::pq4::BelowFn pq4_below_avx2();  // nullptr when not compiled in
 codec::pq4::BelowFn pq4_below_avx512();
