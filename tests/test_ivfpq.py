@@ -448,3 +448,30 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
                 np.testing.assert_array_equal(masks, bits.sum(axis=1).astype(np.uint32), err_msg=f"{level} {bound}")
     finally:
         _core._set_pq4_scan_level(None)
+
+
+# -- candidate selection ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 600), distinct=st.integers(1, 1000), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_kth_smallest_matches_numpy(n: int, distinct: int, seed: int, data) -> None:
+    # Few distinct values (many ties) exercise the pivot-is-minimum step.
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, distinct, size=n).astype(np.float32) * np.float32(0.37)
+    k = data.draw(st.integers(0, n - 1))
+    assert _core._kth_smallest(values, k) == np.partition(values, k)[k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 2000), k=st.integers(1, 200), distinct=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1))
+def test_topk_buffer_keeps_the_k_best_with_ties_by_label(n: int, k: int, distinct: int, seed: int) -> None:
+    """Offered only what is at or under its (lagging) threshold, the buffer still ends with exactly the
+    k smallest (distance, label) pairs: the property the list-order independence of IVF-PQ rests on."""
+    rng = np.random.default_rng(seed)
+    dist = rng.integers(0, distinct, size=n).astype(np.float32)
+    labels = rng.permutation(n).astype(np.int64) * 7
+    got_d, got_l = _core._topk_buffer(dist, labels, k)
+    order = np.lexsort((labels, dist))[:k]
+    np.testing.assert_array_equal(got_d, dist[order])
+    np.testing.assert_array_equal(got_l, labels[order])

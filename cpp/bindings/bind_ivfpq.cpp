@@ -3,6 +3,7 @@
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/topk.h"
 #include "annforge/index/ivfpq.h"
 #include "annforge/parallel/executor.h"
 #include "bind_index.h"
@@ -162,6 +163,33 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("blocks"), py::arg("padded_m"), py::arg("tables"),
       "The several-tables fast-scan kernel of the pinned level (tests), or None where the level has none.");
+  m.def(
+      "_kth_smallest",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> values, std::size_t k) {
+        const auto n = static_cast<std::size_t>(values.size());
+        ANNFORGE_CHECK(k < n, ErrorKind::Value, "k must be below the number of values");
+        std::vector<float> v(values.data(), values.data() + n), scratch(n);
+        return kth_smallest(v.data(), scratch.data(), n, k);
+      },
+      py::arg("values"), py::arg("k"), "The selection TopKBuffer uses (tests).");
+  m.def(
+      "_topk_buffer",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> dist,
+         py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> labels, std::size_t k) {
+        ANNFORGE_CHECK(dist.size() == labels.size(), ErrorKind::Value, "one label per distance");
+        TopKBuffer buffer(k);
+        for (py::ssize_t i = 0; i < dist.size(); ++i)  // offered as the scans do: only what can still enter
+          if (dist.data()[i] <= buffer.threshold()) buffer.push(dist.data()[i], labels.data()[i]);
+        const auto& best = buffer.sorted();
+        py::array_t<float> d(static_cast<py::ssize_t>(best.size()));
+        py::array_t<std::int64_t> l(static_cast<py::ssize_t>(best.size()));
+        for (std::size_t i = 0; i < best.size(); ++i) {
+          d.mutable_data()[i] = best[i].first;
+          l.mutable_data()[i] = best[i].second;
+        }
+        return py::make_tuple(d, l);
+      },
+      py::arg("dist"), py::arg("labels"), py::arg("k"), "Offers a stream to a TopKBuffer (tests).");
   m.def(
       "_pq4_below_raw",
       [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc,
