@@ -32,6 +32,7 @@ constexpr std::size_t kCoarsePointsPerCentroid = 256;
 // Queries per list-major search block (4-bit codes): their tables (padded_m x 16 bytes each) and
 // heaps stay in L2 while each probed list is scanned for all of them.
 constexpr std::size_t kListMajorBlock = 256;
+constexpr std::size_t kListMajorBytes = std::size_t(16) << 20;  // and their state within ~16 MiB per worker
 // Queries whose tables one pass over a list's codes serves (the kernel takes them four at a time).
 constexpr std::size_t kListGroup = 8;
 
@@ -681,7 +682,12 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   // scanned first, on its own, so its heap threshold is tight before the rest. The heap keeps the
   // same k smallest whatever the order, so results equal the one-query-at-a-time search.
   // 8-bit codes keep a 1 KiB float table per sub-quantizer and query: one query at a time.
-  const std::size_t block = nbits_ == 4 ? std::min<std::size_t>(kListMajorBlock, (nq + threads - 1) / threads) : 1;
+  // Per query of a block: its table and its candidate buffer (TopKBuffer keeps up to ~4x candidates).
+  const std::size_t state_bytes = codec::pq4::padded_m(m_) * 16 + 4 * candidates * sizeof(std::pair<float, idx_t>);
+  const std::size_t block =
+      nbits_ == 4 ? std::min({kListMajorBlock, (nq + threads - 1) / threads,
+                              std::max<std::size_t>(1, kListMajorBytes / state_bytes)})
+                  : 1;
   const bool list_major = block >= 2 && nprobe >= 2;
   if (!list_major) {
     parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {

@@ -118,7 +118,7 @@ class TopKBuffer {
   explicit TopKBuffer(std::size_t k = 0) { reset(k); }
   void reset(std::size_t k) {
     k_ = k;
-    capacity_ = std::max<std::size_t>(4 * k, k + 32);
+    capacity_ = k + std::clamp<std::size_t>(3 * k, 32, 65536);  // room for 3k more, within reason
     buf_.clear();
     buf_.reserve(capacity_);
     threshold_ = std::numeric_limits<float>::infinity();
