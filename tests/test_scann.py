@@ -181,6 +181,27 @@ def test_reorder_storage(data, reorder) -> None:
     assert index.bytes_per_vector() == DIM // 2 // 2 + {"f16": 2 * DIM, "sq8": DIM, None: 0}[reorder] + 8
 
 
+@pytest.mark.parametrize("metric,reorder", [("ip", None), ("ip", "f32"), ("l2", "sq8")])
+def test_batch_search_equals_one_query_at_a_time(data, metric: str, reorder) -> None:
+    """A batch is scanned leaf by leaf for blocks of queries (several queries per pass over a leaf's
+    codes); every row must equal that query searched alone, at every fast-scan level and thread count."""
+    x, q = data
+    index = build(x, metric=metric, reorder=reorder)
+    allowed = np.arange(1, len(x), 2)
+    try:
+        for level in _core._pq4_scan_levels():
+            _core._set_pq4_scan_level(level)
+            for kw in ({}, {"filter": allowed}):
+                alone = [index.search(q[i:i + 1], 7, leaves_to_search=8, reorder_k=30, num_threads=1, **kw)
+                         for i in range(len(q))]
+                for threads in (1, 3):
+                    ids, dist = index.search(q, 7, leaves_to_search=8, reorder_k=30, num_threads=threads, **kw)
+                    np.testing.assert_array_equal(ids, np.vstack([a[0] for a in alone]), err_msg=f"{level} {threads}")
+                    np.testing.assert_array_equal(dist, np.vstack([a[1] for a in alone]), err_msg=f"{level} {threads}")
+    finally:
+        _core._set_pq4_scan_level(None)
+
+
 def test_every_simd_level_agrees_with_scalar(data) -> None:
     x, q = data
     index = build(x, reorder=None)

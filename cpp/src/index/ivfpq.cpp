@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/list_major.h"
 #include "annforge/index/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
@@ -29,12 +30,6 @@ constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
 constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
 constexpr std::size_t kCoarsePointsPerCentroid = 256;
-// Queries per list-major search block (4-bit codes): their tables (padded_m x 16 bytes each) and
-// heaps stay in L2 while each probed list is scanned for all of them.
-constexpr std::size_t kListMajorBlock = 256;
-constexpr std::size_t kListMajorBytes = std::size_t(16) << 20;  // and their state within ~16 MiB per worker
-// Queries whose tables one pass over a list's codes serves (the kernel takes them four at a time).
-constexpr std::size_t kListGroup = 8;
 
 inline int lowest_bit(std::uint32_t v) {  // v != 0
 #if defined(__GNUC__)
@@ -88,15 +83,10 @@ struct IVFPQIndex::QueryScratch {
   std::vector<std::uint32_t> masks;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   std::vector<QueryState> states;          // one per query of the current block
-  std::vector<std::uint32_t> visit_start, visits;  // list-major order: (query, probe) pairs grouped by list
+  ListMajorScratch list_major;
   codec::pq4::ScanFn scan = nullptr;
   codec::pq4::BelowFn below = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
-  // List-major search: one list against the tables of a group of queries (when the level has that kernel).
-  codec::pq4::ScanMultiFn scan_multi = nullptr;
-  std::vector<std::uint16_t> group_acc;
-  std::vector<const std::uint8_t*> group_tables;
-  std::vector<std::uint16_t*> group_outs;
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
@@ -670,24 +660,16 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
   const auto scan_multi = nbits_ == 4 ? codec::pq4::scan_multi_kernel() : nullptr;
   for (auto& s : scratch) {
-    s.scan_multi = scan_multi;
     s.scan = scan;
     s.below = below;
     s.lut_kernels = lut_kernels;
   }
   const std::size_t d = dim_;
-  // 4-bit codes are scanned list-major within blocks of queries: each list's codes are read from
-  // memory once and scanned for every query of the block that probes it while they sit in cache
-  // (one query at a time, the scan waits on memory, not on the kernel). A query's nearest list is
-  // scanned first, on its own, so its heap threshold is tight before the rest. The heap keeps the
-  // same k smallest whatever the order, so results equal the one-query-at-a-time search.
-  // 8-bit codes keep a 1 KiB float table per sub-quantizer and query: one query at a time.
+  // 4-bit codes: list-major within blocks of queries (index/list_major.h). 8-bit codes keep a 1 KiB
+  // float table per sub-quantizer and query: one query at a time.
   // Per query of a block: its table and its candidate buffer (TopKBuffer keeps up to ~4x candidates).
   const std::size_t state_bytes = codec::pq4::padded_m(m_) * 16 + 4 * candidates * sizeof(std::pair<float, idx_t>);
-  const std::size_t block =
-      nbits_ == 4 ? std::min({kListMajorBlock, (nq + threads - 1) / threads,
-                              std::max<std::size_t>(1, kListMajorBytes / state_bytes)})
-                  : 1;
+  const std::size_t block = nbits_ == 4 ? list_major_block(nq, threads, state_bytes) : 1;
   const bool list_major = block >= 2 && nprobe >= 2;
   if (!list_major) {
     parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
@@ -716,54 +698,16 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
       if (list >= 0) scan_list(Q.data() + qi * d, static_cast<std::size_t>(list), probe_dist[qi * nprobe], s,
                                s.states[i], filter);
     }
-    // The other probes grouped by list (a counting sort), each entry i * nprobe + p.
-    s.visit_start.assign(nlist_ + 1, 0);
-    for (std::size_t i = 0; i < nb; ++i)
-      for (std::size_t p = 1; p < nprobe; ++p) {
-        const std::int32_t list = probe[(q0 + i) * nprobe + p];
-        if (list >= 0) ++s.visit_start[static_cast<std::size_t>(list) + 1];
-      }
-    for (std::size_t l = 0; l < nlist_; ++l) s.visit_start[l + 1] += s.visit_start[l];
-    s.visits.resize(s.visit_start[nlist_]);
-    for (std::size_t i = 0; i < nb; ++i)
-      for (std::size_t p = 1; p < nprobe; ++p) {
-        const std::int32_t list = probe[(q0 + i) * nprobe + p];
-        if (list >= 0) s.visits[s.visit_start[static_cast<std::size_t>(list)]++] = static_cast<std::uint32_t>(i * nprobe + p);
-      }
-    // visit_start[l] now holds the end of list l's run (= the start of list l + 1's).
-    std::size_t begin = 0;
-    for (std::size_t l = 0; l < nlist_; ++l) {
-      const std::size_t end = s.visit_start[l];
-      const std::size_t lsize = lists_[l].size();
-      if (s.scan_multi && end - begin >= 2 && lsize > 0) {
-        // The list's codes are read once per group of queries; each query then keeps its candidates.
-        const std::size_t lb = codec::pq4::blocks_for(lsize), stride = lb * codec::pq4::kBlock;
-        for (std::size_t g0 = begin; g0 < end; g0 += kListGroup) {
-          const std::size_t g1 = std::min(end, g0 + kListGroup);
-          s.group_acc.resize(kListGroup * stride);
-          s.group_tables.resize(g1 - g0);
-          s.group_outs.resize(g1 - g0);
-          for (std::size_t v = g0; v < g1; ++v) {
-            s.group_tables[v - g0] = s.states[s.visits[v] / nprobe].qlut.table.data();
-            s.group_outs[v - g0] = s.group_acc.data() + (v - g0) * stride;
-          }
-          s.scan_multi(lists_[l].codes.data(), lb, codec::pq4::padded_m(m_), s.group_tables.data(), g1 - g0,
-                       s.group_outs.data());
-          for (std::size_t v = g0; v < g1; ++v) {
-            const std::size_t i = s.visits[v] / nprobe, p = s.visits[v] % nprobe, qi = q0 + i;
-            scan_list(Q.data() + qi * d, l, probe_dist[qi * nprobe + p], s, s.states[i], filter, s.group_outs[v - g0]);
-          }
-        }
-        begin = end;
-        continue;
-      }
-      for (std::size_t v = begin; v < end; ++v) {
-        const std::size_t i = s.visits[v] / nprobe, p = s.visits[v] % nprobe;
-        const std::size_t qi = q0 + i;
-        scan_list(Q.data() + qi * d, l, probe_dist[qi * nprobe + p], s, s.states[i], filter);
-      }
-      begin = end;
-    }
+    scan_rest_list_major(
+        probe.data(), nprobe, q0, nb, nlist_, scan_multi, codec::pq4::padded_m(m_),
+        [&](std::size_t l) { return std::make_pair(lists_[l].codes.data(), lists_[l].size()); },
+        [&](std::size_t i) { return s.states[i].qlut.table.data(); },
+        [&](std::size_t i, std::size_t p, const std::uint16_t* sums) {
+          const std::size_t qi = q0 + i;
+          scan_list(Q.data() + qi * d, static_cast<std::size_t>(probe[qi * nprobe + p]), probe_dist[qi * nprobe + p], s,
+                    s.states[i], filter, sums);
+        },
+        s.list_major);
     for (std::size_t i = 0; i < nb; ++i) {
       const std::size_t qi = q0 + i;
       finish_query(Q.data() + qi * d, k, s, s.states[i], out_ids + qi * k, out_dist + qi * k);

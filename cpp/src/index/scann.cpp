@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/list_major.h"
 #include "annforge/index/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
@@ -178,14 +179,20 @@ void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, 
 
 }  // namespace scann
 
+// What one query carries from leaf to leaf (one per query of a list-major block).
+struct ScaNNIndex::QueryState {
+  codec::pq4::QuantizedLut qlut;
+  TopKBuffer heap;  // candidates: many per leaf, so appended and cut back in batches
+};
+
 // Per-worker buffers reused across the queries of one search call.
 struct ScaNNIndex::QueryScratch {
   std::vector<float> ip_table, lut;
-  codec::pq4::QuantizedLut qlut;
   std::vector<std::uint16_t> acc;
   std::vector<float> dist;
   std::vector<float> q_shifted, q_scaled;
-  TopK heap;
+  std::vector<QueryState> states;
+  ListMajorScratch list_major;
   codec::pq4::ScanFn scan = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
 };
@@ -615,7 +622,8 @@ std::size_t ScaNNIndex::memory_bytes() const {
 // ---------------------------------------------------------------------------------------------------
 // Search
 
-void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const {
+void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, QueryState& st,
+                           const IdSelector* filter, const std::uint16_t* sums) const {
   const Leaf& L = leaves_[leaf];
   const std::size_t n = L.size();
   if (n == 0) return;
@@ -623,26 +631,94 @@ void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s,
   // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~>. The table holds the last term.
   const float base = l2 ? probe_score : 1.0f + probe_score;
   const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
-  TopK& heap = s.heap;
+  TopKBuffer& heap = st.heap;
   float thr = heap.threshold();
   const std::size_t nblocks = codec::pq4::blocks_for(n);
-  s.acc.resize(nblocks * codec::pq4::kBlock);
+  if (!sums) {
+    s.acc.resize(nblocks * codec::pq4::kBlock);
+    s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), st.qlut.table.data(), s.acc.data());
+    sums = s.acc.data();
+  }
   s.dist.resize(nblocks * codec::pq4::kBlock);
-  s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), s.qlut.table.data(), s.acc.data());
-  const float offset = base + s.qlut.bias, inv_scale = 1.0f / s.qlut.scale;
-  const std::uint16_t* acc = s.acc.data();
+  const float offset = base + st.qlut.bias, inv_scale = 1.0f / st.qlut.scale;
   float* dist = s.dist.data();
   if (l2) {
-    for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale;
+    for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(sums[i]) * inv_scale;
   } else {
-    for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(acc[i]) * inv_scale;
+    for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(sums[i]) * inv_scale;
   }
   for (std::size_t i = 0; i < n; ++i) {
-    if (!(dist[i] < thr)) continue;
+    if (!(dist[i] <= thr)) continue;  // ties too: the buffer settles them by label, whatever the leaf order
     if (filter && !filter->contains(L.ids[i])) continue;
     heap.push(dist[i], pack_location(leaf, i));
     thr = heap.threshold();
   }
+}
+
+void ScaNNIndex::prepare_query(const float* qv, std::size_t candidates, QueryScratch& s, QueryState& st) const {
+  const std::size_t entries = m_ * kCentres, d = dim_;
+  if (s.lut.size() != entries) {
+    s.ip_table.resize(entries);
+    s.lut.resize(entries);
+    s.q_shifted.resize(d);
+    s.q_scaled.resize(d);
+  }
+  const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
+  pq_.inner_product_table(qv, s.ip_table.data());
+  for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+  codec::pq4::quantize_lut(s.lut.data(), m_, st.qlut, s.lut_kernels);
+  st.heap.reset(candidates);
+}
+
+void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids,
+                              float* out_dist) const {
+  const std::size_t d = dim_;
+  auto& found = st.heap.sorted();
+  if (refine_ == RefineKind::None) {
+    for (auto& e : found) e.second = leaves_[location_leaf(e.second)].ids[location_offset(e.second)];
+    std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+      return a.first < b.first || (a.first == b.first && a.second < b.second);
+    });
+    write_row(found, k, ids, out_dist);
+    return;
+  }
+  const auto& K = simd::kernels();
+  const bool l2 = metric_ == Metric::L2;
+  float q_dot_offset = 0;
+  if (refine_ == RefineKind::SQ8) {
+    for (std::size_t j = 0; j < d; ++j) {
+      s.q_shifted[j] = qv[j] - sq8_offset_[j];
+      s.q_scaled[j] = qv[j] * sq8_scale_[j];
+      q_dot_offset += qv[j] * sq8_offset_[j];
+    }
+  }
+  const std::size_t rb = refine_bytes();
+  TopK best(k);
+  for (const auto& e : found) {
+    const Leaf& L = leaves_[location_leaf(e.second)];
+    const std::size_t off = location_offset(e.second);
+    const std::uint8_t* stored = L.refine.data() + off * rb;
+    float dist = 0;
+    switch (refine_) {
+      case RefineKind::F32: {
+        const auto* v = reinterpret_cast<const float*>(stored);
+        dist = l2 ? K.l2_sqr(qv, v, d) : 1.0f - K.dot(qv, v, d);
+        break;
+      }
+      case RefineKind::F16: {
+        const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
+        dist = l2 ? K.l2_sqr_f16(qv, v, d) : 1.0f - K.dot_f16(qv, v, d);
+        break;
+      }
+      case RefineKind::SQ8:
+        dist = l2 ? K.l2_sqr_sq8(s.q_shifted.data(), stored, sq8_scale_.data(), d)
+                  : 1.0f - (q_dot_offset + K.dot_u8(s.q_scaled.data(), stored, d));
+        break;
+      case RefineKind::None: break;
+    }
+    best.push(dist, L.ids[off]);
+  }
+  write_row(best.sorted(), k, ids, out_dist);
 }
 
 void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
@@ -683,76 +759,57 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   packed_.nearest(Q.data(), nq, dim_, probes, use_inner_product(), static_cast<int>(threads), probe.data(),
                   probe_score.data());
 
-  const std::size_t entries = m_ * kCentres, d = dim_;
+  const std::size_t d = dim_;
   std::vector<QueryScratch> scratch(threads);
   const auto scan = codec::pq4::scan_kernel();
+  const auto scan_multi = codec::pq4::scan_multi_kernel();
   const auto* lut_kernels = codec::pq4::lut_kernels();
-  const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
-  parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
-    QueryScratch& s = scratch[worker];
-    if (s.lut.size() != entries) {
-      s.ip_table.resize(entries);
-      s.lut.resize(entries);
-      s.q_shifted.resize(d);
-      s.q_scaled.resize(d);
-    }
+  for (auto& s : scratch) {
     s.scan = scan;
     s.lut_kernels = lut_kernels;
-    const float* qv = Q.data() + qi * d;
-    pq_.inner_product_table(qv, s.ip_table.data());
-    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
-    codec::pq4::quantize_lut(s.lut.data(), m_, s.qlut, s.lut_kernels);
-    s.heap.reset(candidates);
-    for (std::size_t p = 0; p < probes; ++p) {
-      const std::int32_t leaf = probe[qi * probes + p];
-      if (leaf < 0) continue;
-      scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, filter);
+  }
+  // Leaves list-major within blocks of queries, as IVFPQIndex (index/list_major.h).
+  const std::size_t pm = codec::pq4::padded_m(m_);
+  const std::size_t block = list_major_block(nq, threads, pm * 16 + 4 * candidates * sizeof(std::pair<float, idx_t>));
+  if (block < 2 || probes < 2) {
+    parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
+      QueryScratch& s = scratch[worker];
+      if (s.states.empty()) s.states.resize(1);
+      QueryState& st = s.states[0];
+      const float* qv = Q.data() + qi * d;
+      prepare_query(qv, candidates, s, st);
+      for (std::size_t p = 0; p < probes; ++p) {
+        const std::int32_t leaf = probe[qi * probes + p];
+        if (leaf >= 0) scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, st, filter);
+      }
+      finish_query(qv, k, s, st, out_ids + qi * k, out_dist + qi * k);
+    });
+    return;
+  }
+  const std::size_t nblocks = (nq + block - 1) / block;
+  parallel::parallel_for(nblocks, static_cast<int>(threads), [&](std::size_t bi, std::size_t worker) {
+    QueryScratch& s = scratch[worker];
+    const std::size_t q0 = bi * block, nb = std::min(nq, q0 + block) - q0;
+    if (s.states.size() < nb) s.states.resize(nb);
+    for (std::size_t i = 0; i < nb; ++i) {
+      const std::size_t qi = q0 + i;
+      prepare_query(Q.data() + qi * d, candidates, s, s.states[i]);
+      const std::int32_t leaf = probe[qi * probes];
+      if (leaf >= 0) scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes], s, s.states[i], filter);
     }
-    auto& found = s.heap.sorted();
-    if (rerank) {
-      const auto& K = simd::kernels();
-      const bool l2 = metric_ == Metric::L2;
-      float q_dot_offset = 0;
-      if (refine_ == RefineKind::SQ8) {
-        for (std::size_t j = 0; j < d; ++j) {
-          s.q_shifted[j] = qv[j] - sq8_offset_[j];
-          s.q_scaled[j] = qv[j] * sq8_scale_[j];
-          q_dot_offset += qv[j] * sq8_offset_[j];
-        }
-      }
-      const std::size_t rb = refine_bytes();
-      TopK best(k);
-      for (const auto& e : found) {
-        const Leaf& L = leaves_[location_leaf(e.second)];
-        const std::size_t off = location_offset(e.second);
-        const std::uint8_t* stored = L.refine.data() + off * rb;
-        float dist = 0;
-        switch (refine_) {
-          case RefineKind::F32: {
-            const auto* v = reinterpret_cast<const float*>(stored);
-            dist = l2 ? K.l2_sqr(qv, v, d) : 1.0f - K.dot(qv, v, d);
-            break;
-          }
-          case RefineKind::F16: {
-            const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
-            dist = l2 ? K.l2_sqr_f16(qv, v, d) : 1.0f - K.dot_f16(qv, v, d);
-            break;
-          }
-          case RefineKind::SQ8:
-            dist = l2 ? K.l2_sqr_sq8(s.q_shifted.data(), stored, sq8_scale_.data(), d)
-                      : 1.0f - (q_dot_offset + K.dot_u8(s.q_scaled.data(), stored, d));
-            break;
-          case RefineKind::None: break;
-        }
-        best.push(dist, L.ids[off]);
-      }
-      write_row(best.sorted(), k, out_ids + qi * k, out_dist + qi * k);
-    } else {
-      for (auto& e : found) e.second = leaves_[location_leaf(e.second)].ids[location_offset(e.second)];
-      std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-        return a.first < b.first || (a.first == b.first && a.second < b.second);
-      });
-      write_row(found, k, out_ids + qi * k, out_dist + qi * k);
+    scan_rest_list_major(
+        probe.data(), probes, q0, nb, leaves_.size(), scan_multi, pm,
+        [&](std::size_t l) { return std::make_pair(leaves_[l].codes.data(), leaves_[l].size()); },
+        [&](std::size_t i) { return s.states[i].qlut.table.data(); },
+        [&](std::size_t i, std::size_t p, const std::uint16_t* sums) {
+          const std::size_t qi = q0 + i;
+          scan_leaf(static_cast<std::size_t>(probe[qi * probes + p]), probe_score[qi * probes + p], s, s.states[i],
+                    filter, sums);
+        },
+        s.list_major);
+    for (std::size_t i = 0; i < nb; ++i) {
+      const std::size_t qi = q0 + i;
+      finish_query(Q.data() + qi * d, k, s, s.states[i], out_ids + qi * k, out_dist + qi * k);
     }
   });
 }

@@ -111,6 +111,7 @@ class ScaNNIndex final : public VectorIndex {
     std::size_t size() const noexcept { return ids.size(); }
   };
   struct QueryScratch;
+  struct QueryState;
 
   void check_trained() const;
   bool use_inner_product() const noexcept { return metric_ != Metric::L2; }
@@ -123,7 +124,11 @@ class ScaNNIndex final : public VectorIndex {
   void erase_at(std::size_t leaf, std::size_t offset);
   void encode_refine(const float* row, std::uint8_t* out) const;
   void decode_refine(const std::uint8_t* stored, float* out) const;
-  void scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, const IdSelector* filter) const;
+  // `sums`: the leaf's 16-bit sums for this query when the list-major search computed them already.
+  void scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, QueryState& st, const IdSelector* filter,
+                 const std::uint16_t* sums = nullptr) const;
+  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
 
   std::size_t num_leaves_, dpb_, m_;
   double threshold_;
