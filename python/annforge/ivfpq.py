@@ -94,7 +94,8 @@ class IVFPQIndex(VectorIndex):
 
     Call :meth:`train` before :meth:`add` / :meth:`search` (else ValueError "index is not trained").
     Search parameters: ``nprobe`` (cells visited, default ``min(nlist, 16)``) and ``refine_factor``
-    (default 4).
+    (default 4). With ``nbits=4`` a batch of queries is scanned list by list: search many queries
+    per call for throughput (the answers equal searching them one at a time).
 
     >>> import annforge as af, numpy as np
     >>> x = np.random.default_rng(0).standard_normal((4000, 32)).astype(np.float32)
