@@ -71,7 +71,7 @@ const LutKernels* lut_kernels() {
 namespace {
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-bool cpu_runs(simd::Level level) {
+bool cpu_runs_uncached(simd::Level level) {
   __builtin_cpu_init();
   switch (level) {
     case simd::Level::Scalar: return true;
@@ -82,12 +82,12 @@ bool cpu_runs(simd::Level level) {
 }
 bool cpu_runs_vbmi() {
   __builtin_cpu_init();
-  return cpu_runs(simd::Level::AVX512) && __builtin_cpu_supports("avx512vbmi") &&
+  return cpu_runs_uncached(simd::Level::AVX512) && __builtin_cpu_supports("avx512vbmi") &&
          __builtin_cpu_supports("avx512vnni");
 }
 #elif defined(_MSC_VER) && defined(_M_X64)
 // MSVC has no __builtin_cpu_supports: read CPUID leaf 7 and check the OS saves the YMM/ZMM state.
-bool cpu_runs(simd::Level level) {
+bool cpu_runs_uncached(simd::Level level) {
   if (level == simd::Level::Scalar) return true;
   int r[4];
   __cpuid(r, 0);
@@ -105,15 +105,26 @@ bool cpu_runs(simd::Level level) {
   }
 }
 bool cpu_runs_vbmi() {
-  if (!cpu_runs(simd::Level::AVX512)) return false;
+  if (!cpu_runs_uncached(simd::Level::AVX512)) return false;
   int r[4];
   __cpuidex(r, 7, 0);
   return ((r[2] >> 1) & 1) && ((r[2] >> 11) & 1);  // ECX: AVX512_VBMI, AVX512_VNNI
 }
 #else
-bool cpu_runs(simd::Level level) { return level == simd::Level::Scalar; }
+bool cpu_runs_uncached(simd::Level level) { return level == simd::Level::Scalar; }
 bool cpu_runs_vbmi() { return false; }
 #endif
+
+// Asked on every search call: read the CPU once (CPUID traps to the hypervisor in a VM).
+bool cpu_runs(simd::Level level) {
+  static const bool avx2 = cpu_runs_uncached(simd::Level::AVX2), avx512 = cpu_runs_uncached(simd::Level::AVX512);
+  switch (level) {
+    case simd::Level::Scalar: return true;
+    case simd::Level::AVX2: return avx2;
+    case simd::Level::AVX512: return avx512;
+    default: return false;
+  }
+}
 
 ScanFn compiled(simd::Level level) {
   switch (level) {

@@ -89,8 +89,16 @@ bool cpu_supports(Level level) {
   switch (level) {
     case Level::Scalar: return true;
 #ifdef ANNFORGE_X86
-    case Level::AVX2: return cpu_has_avx2_fma_f16c();
-    case Level::AVX512: return cpu_has_avx512();
+    // Read once: CPUID traps to the hypervisor in a VM (tens of microseconds here), and the search
+    // paths ask on every call.
+    case Level::AVX2: {
+      static const bool has = cpu_has_avx2_fma_f16c();
+      return has;
+    }
+    case Level::AVX512: {
+      static const bool has = cpu_has_avx512();
+      return has;
+    }
     case Level::NEON: return false;
 #else
     case Level::AVX2:
