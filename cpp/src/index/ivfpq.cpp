@@ -49,6 +49,17 @@ inline std::size_t location_offset(idx_t loc) { return static_cast<std::size_t>(
 
 }  // namespace
 
+float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
+                        float* q_scaled) {
+  float q_dot_offset = 0;
+  for (std::size_t j = 0; j < d; ++j) {
+    q_shifted[j] = q[j] - offset[j];
+    q_scaled[j] = q[j] * scale[j];
+    q_dot_offset += q[j] * offset[j];
+  }
+  return q_dot_offset;
+}
+
 RefineKind parse_refine(const std::string& name) {
   if (name == "f32") return RefineKind::F32;
   if (name == "f16") return RefineKind::F16;
@@ -740,21 +751,14 @@ void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
   const std::size_t d = dim_;
   auto& found = st.heap.sorted();
   if (refine_ == RefineKind::None) {
-    for (auto& e : found) e.second = lists_[location_list(e.second)].ids[location_offset(e.second)];
-    std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-      return a.first < b.first || (a.first == b.first && a.second < b.second);
-    });
-    write_row(found, k, ids, dist);
+    write_row_by_id(
+        found, [&](idx_t loc) { return lists_[location_list(loc)].ids[location_offset(loc)]; }, k, ids, dist);
     return;
   }
-  float q_dot_offset = 0;
-  if (refine_ == RefineKind::SQ8) {
-    for (std::size_t j = 0; j < d; ++j) {
-      s.q_shifted[j] = qv[j] - sq8_offset_[j];
-      s.q_scaled[j] = qv[j] * sq8_scale_[j];
-      q_dot_offset += qv[j] * sq8_offset_[j];
-    }
-  }
+  const float q_dot_offset =
+      refine_ == RefineKind::SQ8
+          ? prepare_sq8_query(qv, sq8_offset_.data(), sq8_scale_.data(), d, s.q_shifted.data(), s.q_scaled.data())
+          : 0.0f;
   const std::size_t rb = refine_bytes();
   TopK best(k);
   // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at

@@ -675,23 +675,16 @@ void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
   const std::size_t d = dim_;
   auto& found = st.heap.sorted();
   if (refine_ == RefineKind::None) {
-    for (auto& e : found) e.second = leaves_[location_leaf(e.second)].ids[location_offset(e.second)];
-    std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-      return a.first < b.first || (a.first == b.first && a.second < b.second);
-    });
-    write_row(found, k, ids, out_dist);
+    write_row_by_id(
+        found, [&](idx_t loc) { return leaves_[location_leaf(loc)].ids[location_offset(loc)]; }, k, ids, out_dist);
     return;
   }
   const auto& K = simd::kernels();
   const bool l2 = metric_ == Metric::L2;
-  float q_dot_offset = 0;
-  if (refine_ == RefineKind::SQ8) {
-    for (std::size_t j = 0; j < d; ++j) {
-      s.q_shifted[j] = qv[j] - sq8_offset_[j];
-      s.q_scaled[j] = qv[j] * sq8_scale_[j];
-      q_dot_offset += qv[j] * sq8_offset_[j];
-    }
-  }
+  const float q_dot_offset =
+      refine_ == RefineKind::SQ8
+          ? prepare_sq8_query(qv, sq8_offset_.data(), sq8_scale_.data(), d, s.q_shifted.data(), s.q_scaled.data())
+          : 0.0f;
   const std::size_t rb = refine_bytes();
   TopK best(k);
   for (const auto& e : found) {

@@ -34,6 +34,10 @@ namespace annforge {
 enum class RefineKind : std::uint8_t { None = 0, F32 = 1, F16 = 2, SQ8 = 3 };
 RefineKind parse_refine(const std::string& name);  // "f32" | "f16" | "sq8" | "none"
 const char* refine_name(RefineKind kind);
+// The query side of sq8 re-ranking (IVF-PQ, ScaNN): q - offset for l2, q * scale for ip, per
+// dimension; returns <q, offset>, the ip term the codes leave out.
+float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
+                        float* q_scaled);
 
 class IVFPQIndex final : public VectorIndex {
  public:

@@ -187,4 +187,16 @@ inline void write_row(const std::vector<std::pair<float, idx_t>>& best, std::siz
   }
 }
 
+// Candidates labelled by location -> one result row by id: relabels them with id_of(label), orders
+// them by (distance, id) and writes the row.
+template <class IdOf>
+void write_row_by_id(std::vector<std::pair<float, idx_t>>& found, IdOf id_of, std::size_t k, idx_t* ids,
+                     float* dist) {
+  for (auto& e : found) e.second = id_of(e.second);
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return a.first < b.first || (a.first == b.first && a.second < b.second);
+  });
+  write_row(found, k, ids, dist);
+}
+
 }  // namespace annforge
