@@ -84,7 +84,7 @@ simd::Level scan_level();
 // -1 clears the override.
 void set_scan_level_override(int level);
 // At the AVX-512 level a second kernel serves CPUs with VBMI + VNNI: the same sums with fewer
-// operations (cpp/src/simd/pq4_scan_avx512vbmi.cpp). scan_kernel() takes it whenever it can run.
+// operations (cpp/src/simd/pq4_scan_vbmi_avx512.cpp). scan_kernel() takes it whenever it can run.
 bool vbmi_scan_available();  // compiled in, and this CPU runs it
 bool vbmi_scan_active();     // scan_kernel() returns it now
 // Tests: 0 keeps scan_kernel() on the plain AVX-512 kernel, 1 or -1 (the default) allows VBMI.
