@@ -153,6 +153,7 @@ def test_every_kernel_level_gives_same_neighbours(data) -> None:
         af.set_simd_level(_core.detected_simd_level())
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("metric,residual,refine,m", [
     ("l2", True, None, 8), ("l2", False, "f32", 8), ("ip", False, None, 2), ("ip", True, "sq8", 16),
     ("cosine", False, "f16", 8)])
@@ -400,6 +401,7 @@ def test_bad_parameters(data) -> None:
         index.reconstruct([10**9])
 
 
+@pytest.mark.sanitize
 @settings(max_examples=40, deadline=None)
 @given(
     pm=st.integers(1, 128).map(lambda h: 2 * h),
@@ -453,6 +455,7 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
 # -- candidate selection ---------------------------------------------------------------------------
 
 
+@pytest.mark.sanitize
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 600), distinct=st.integers(1, 1000), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_kth_smallest_matches_numpy(n: int, distinct: int, seed: int, data) -> None:
@@ -463,6 +466,7 @@ def test_kth_smallest_matches_numpy(n: int, distinct: int, seed: int, data) -> N
     assert _core._kth_smallest(values, k) == np.partition(values, k)[k]
 
 
+@pytest.mark.sanitize
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(0, 2000), k=st.integers(1, 200), distinct=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1))
 def test_topk_buffer_keeps_the_k_best_with_ties_by_label(n: int, k: int, distinct: int, seed: int) -> None:

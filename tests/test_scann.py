@@ -181,6 +181,7 @@ def test_reorder_storage(data, reorder) -> None:
     assert index.bytes_per_vector() == DIM // 2 // 2 + {"f16": 2 * DIM, "sq8": DIM, None: 0}[reorder] + 8
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("metric,reorder", [("ip", None), ("ip", "f32"), ("l2", "sq8")])
 def test_batch_search_equals_one_query_at_a_time(data, metric: str, reorder) -> None:
     """A batch is scanned leaf by leaf for blocks of queries (several queries per pass over a leaf's
