@@ -94,7 +94,6 @@ struct IVFPQIndex::QueryScratch {
   std::vector<std::uint32_t> masks;
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
   std::vector<QueryState> states;          // one per query of the current block
-  ListMajorScratch list_major;
   codec::pq4::ScanFn scan = nullptr;
   codec::pq4::BelowFn below = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
@@ -675,55 +674,29 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
     s.below = below;
     s.lut_kernels = lut_kernels;
   }
-  const std::size_t d = dim_;
+  const std::size_t d = dim_, pm = codec::pq4::padded_m(m_);
   // 4-bit codes: list-major within blocks of queries (index/list_major.h). 8-bit codes keep a 1 KiB
   // float table per sub-quantizer and query: one query at a time.
-  // Per query of a block: its table and its candidate buffer (TopKBuffer keeps up to ~4x candidates).
-  const std::size_t state_bytes = codec::pq4::padded_m(m_) * 16 + 4 * candidates * sizeof(std::pair<float, idx_t>);
-  const std::size_t block = nbits_ == 4 ? list_major_block(nq, threads, state_bytes) : 1;
-  const bool list_major = block >= 2 && nprobe >= 2;
-  if (!list_major) {
-    parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
-      QueryScratch& s = scratch[worker];
-      if (s.states.empty()) s.states.resize(1);
-      QueryState& st = s.states[0];
-      const float* qv = Q.data() + qi * d;
-      prepare_query(qv, candidates, s, st);
-      for (std::size_t p = 0; p < nprobe; ++p) {
-        const std::int32_t list = probe[qi * nprobe + p];
-        if (list >= 0) scan_list(qv, static_cast<std::size_t>(list), probe_dist[qi * nprobe + p], s, st, filter);
-      }
-      finish_query(qv, k, s, st, out_ids + qi * k, out_dist + qi * k);
-    });
-    return;
-  }
-  const std::size_t nblocks = (nq + block - 1) / block;
-  parallel::parallel_for(nblocks, static_cast<int>(threads), [&](std::size_t bi, std::size_t worker) {
-    QueryScratch& s = scratch[worker];
-    const std::size_t q0 = bi * block, q1 = std::min(nq, q0 + block), nb = q1 - q0;
-    if (s.states.size() < nb) s.states.resize(nb);
-    for (std::size_t i = 0; i < nb; ++i) {
-      const std::size_t qi = q0 + i;
-      prepare_query(Q.data() + qi * d, candidates, s, s.states[i]);
-      const std::int32_t list = probe[qi * nprobe];
-      if (list >= 0) scan_list(Q.data() + qi * d, static_cast<std::size_t>(list), probe_dist[qi * nprobe], s,
-                               s.states[i], filter);
-    }
-    scan_rest_list_major(
-        probe.data(), nprobe, q0, nb, nlist_, scan_multi, codec::pq4::padded_m(m_),
-        [&](std::size_t l) { return std::make_pair(lists_[l].codes.data(), lists_[l].size()); },
-        [&](std::size_t i) { return s.states[i].qlut.table.data(); },
-        [&](std::size_t i, std::size_t p, const std::uint16_t* sums) {
-          const std::size_t qi = q0 + i;
-          scan_list(Q.data() + qi * d, static_cast<std::size_t>(probe[qi * nprobe + p]), probe_dist[qi * nprobe + p], s,
-                    s.states[i], filter, sums);
-        },
-        s.list_major);
-    for (std::size_t i = 0; i < nb; ++i) {
-      const std::size_t qi = q0 + i;
-      finish_query(Q.data() + qi * d, k, s, s.states[i], out_ids + qi * k, out_dist + qi * k);
-    }
-  });
+  const std::size_t block = nbits_ == 4 ? list_major_block(nq, threads, pm * 16, candidates) : 1;
+  auto state = [&](std::size_t w, std::size_t slot) -> QueryState& {
+    auto& states = scratch[w].states;
+    if (states.size() <= slot) states.resize(slot + 1);
+    return states[slot];
+  };
+  scan_probed_lists(
+      nq, nprobe, threads, block, probe.data(), nlist_, scan_multi, pm,
+      [&](std::size_t l) { return std::make_pair(lists_[l].codes.data(), lists_[l].size()); },
+      [&](std::size_t w, std::size_t slot, std::size_t qi) {
+        prepare_query(Q.data() + qi * d, candidates, scratch[w], state(w, slot));
+      },
+      [&](std::size_t w, std::size_t slot) { return state(w, slot).qlut.table.data(); },
+      [&](std::size_t w, std::size_t slot, std::size_t qi, std::size_t p, const std::uint16_t* sums) {
+        scan_list(Q.data() + qi * d, static_cast<std::size_t>(probe[qi * nprobe + p]), probe_dist[qi * nprobe + p],
+                  scratch[w], state(w, slot), filter, sums);
+      },
+      [&](std::size_t w, std::size_t slot, std::size_t qi) {
+        finish_query(Q.data() + qi * d, k, scratch[w], state(w, slot), out_ids + qi * k, out_dist + qi * k);
+      });
 }
 
 void IVFPQIndex::prepare_query(const float* qv, std::size_t candidates, QueryScratch& s, QueryState& st) const {

@@ -192,7 +192,6 @@ struct ScaNNIndex::QueryScratch {
   std::vector<float> dist;
   std::vector<float> q_shifted, q_scaled;
   std::vector<QueryState> states;
-  ListMajorScratch list_major;
   codec::pq4::ScanFn scan = nullptr;
   const codec::pq4::LutKernels* lut_kernels = nullptr;
 };
@@ -763,48 +762,25 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   }
   // Leaves list-major within blocks of queries, as IVFPQIndex (index/list_major.h).
   const std::size_t pm = codec::pq4::padded_m(m_);
-  const std::size_t block = list_major_block(nq, threads, pm * 16 + 4 * candidates * sizeof(std::pair<float, idx_t>));
-  if (block < 2 || probes < 2) {
-    parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t worker) {
-      QueryScratch& s = scratch[worker];
-      if (s.states.empty()) s.states.resize(1);
-      QueryState& st = s.states[0];
-      const float* qv = Q.data() + qi * d;
-      prepare_query(qv, candidates, s, st);
-      for (std::size_t p = 0; p < probes; ++p) {
-        const std::int32_t leaf = probe[qi * probes + p];
-        if (leaf >= 0) scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes + p], s, st, filter);
-      }
-      finish_query(qv, k, s, st, out_ids + qi * k, out_dist + qi * k);
-    });
-    return;
-  }
-  const std::size_t nblocks = (nq + block - 1) / block;
-  parallel::parallel_for(nblocks, static_cast<int>(threads), [&](std::size_t bi, std::size_t worker) {
-    QueryScratch& s = scratch[worker];
-    const std::size_t q0 = bi * block, nb = std::min(nq, q0 + block) - q0;
-    if (s.states.size() < nb) s.states.resize(nb);
-    for (std::size_t i = 0; i < nb; ++i) {
-      const std::size_t qi = q0 + i;
-      prepare_query(Q.data() + qi * d, candidates, s, s.states[i]);
-      const std::int32_t leaf = probe[qi * probes];
-      if (leaf >= 0) scan_leaf(static_cast<std::size_t>(leaf), probe_score[qi * probes], s, s.states[i], filter);
-    }
-    scan_rest_list_major(
-        probe.data(), probes, q0, nb, leaves_.size(), scan_multi, pm,
-        [&](std::size_t l) { return std::make_pair(leaves_[l].codes.data(), leaves_[l].size()); },
-        [&](std::size_t i) { return s.states[i].qlut.table.data(); },
-        [&](std::size_t i, std::size_t p, const std::uint16_t* sums) {
-          const std::size_t qi = q0 + i;
-          scan_leaf(static_cast<std::size_t>(probe[qi * probes + p]), probe_score[qi * probes + p], s, s.states[i],
-                    filter, sums);
-        },
-        s.list_major);
-    for (std::size_t i = 0; i < nb; ++i) {
-      const std::size_t qi = q0 + i;
-      finish_query(Q.data() + qi * d, k, s, s.states[i], out_ids + qi * k, out_dist + qi * k);
-    }
-  });
+  auto state = [&](std::size_t w, std::size_t slot) -> QueryState& {
+    auto& states = scratch[w].states;
+    if (states.size() <= slot) states.resize(slot + 1);
+    return states[slot];
+  };
+  scan_probed_lists(
+      nq, probes, threads, list_major_block(nq, threads, pm * 16, candidates), probe.data(), leaves_.size(),
+      scan_multi, pm, [&](std::size_t l) { return std::make_pair(leaves_[l].codes.data(), leaves_[l].size()); },
+      [&](std::size_t w, std::size_t slot, std::size_t qi) {
+        prepare_query(Q.data() + qi * d, candidates, scratch[w], state(w, slot));
+      },
+      [&](std::size_t w, std::size_t slot) { return state(w, slot).qlut.table.data(); },
+      [&](std::size_t w, std::size_t slot, std::size_t qi, std::size_t p, const std::uint16_t* sums) {
+        scan_leaf(static_cast<std::size_t>(probe[qi * probes + p]), probe_score[qi * probes + p], scratch[w],
+                  state(w, slot), filter, sums);
+      },
+      [&](std::size_t w, std::size_t slot, std::size_t qi) {
+        finish_query(Q.data() + qi * d, k, scratch[w], state(w, slot), out_ids + qi * k, out_dist + qi * k);
+      });
 }
 
 // ---------------------------------------------------------------------------------------------------

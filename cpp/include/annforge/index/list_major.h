@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "annforge/codec/pq4_fastscan.h"
+#include "annforge/index/topk.h"
+#include "annforge/parallel/executor.h"
 
 namespace annforge {
 
@@ -23,11 +25,12 @@ constexpr std::size_t kListMajorBlock = 256;                    // queries per b
 constexpr std::size_t kListMajorBytes = std::size_t(16) << 20;  // their per-query state, per worker
 constexpr std::size_t kListGroup = 8;  // queries served by one pass over a list (the kernels take 2-4 at a time)
 
-// Queries per block for nq queries on `threads` workers, each query holding `state_bytes` (its table
-// and candidate buffer) while the block runs; below 2 the list-major order gains nothing.
-inline std::size_t list_major_block(std::size_t nq, std::size_t threads, std::size_t state_bytes) {
-  return std::min({kListMajorBlock, (nq + threads - 1) / threads,
-                   std::max<std::size_t>(1, kListMajorBytes / std::max<std::size_t>(1, state_bytes))});
+// Queries per block for nq queries on `threads` workers, each holding its table (`table_bytes`) and a
+// TopKBuffer of `candidates` while the block runs; below 2 the list-major order gains nothing.
+inline std::size_t list_major_block(std::size_t nq, std::size_t threads, std::size_t table_bytes,
+                                    std::size_t candidates) {
+  const std::size_t state_bytes = table_bytes + TopKBuffer::capacity_for(candidates) * sizeof(std::pair<float, idx_t>);
+  return std::min({kListMajorBlock, (nq + threads - 1) / threads, std::max<std::size_t>(1, kListMajorBytes / state_bytes)});
 }
 
 // Per-worker buffers of scan_rest_list_major.
@@ -86,6 +89,44 @@ void scan_rest_list_major(const std::int32_t* probe, std::size_t nprobe, std::si
     }
     begin = end;
   }
+}
+
+// The probe scan of a batch, for both families: nq queries, each with nprobe probed lists
+// (probe[qi * nprobe + p], nearest first, negative for none), on `threads` workers. A query is
+// prepared, its lists scanned and it is finished; callbacks name the worker w and the query's slot
+// among that worker's states (the family keeps the states):
+//   prepare(w, slot, qi)              table and empty candidate buffer of query qi in that slot
+//   scan(w, slot, qi, p, sums)        probe p of query qi; `sums` as in scan_rest_list_major
+//   finish(w, slot, qi)               re-rank and write query qi's row
+//   table_of(w, slot)                 the slot's quantized table
+// With block >= 2 (list_major_block) and nprobe >= 2 the lists are visited list-major within blocks of
+// queries; otherwise one query at a time in probe order (slot 0).
+template <class CodesOf, class Prepare, class TableOf, class Scan, class Finish>
+void scan_probed_lists(std::size_t nq, std::size_t nprobe, std::size_t threads, std::size_t block,
+                       const std::int32_t* probe, std::size_t nlists, codec::pq4::ScanMultiFn multi,
+                       std::size_t padded_m, CodesOf codes_of, Prepare prepare, TableOf table_of, Scan scan,
+                       Finish finish) {
+  if (block < 2 || nprobe < 2) {
+    parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t w) {
+      prepare(w, std::size_t(0), qi);
+      for (std::size_t p = 0; p < nprobe; ++p)
+        if (probe[qi * nprobe + p] >= 0) scan(w, std::size_t(0), qi, p, static_cast<const std::uint16_t*>(nullptr));
+      finish(w, std::size_t(0), qi);
+    });
+    return;
+  }
+  std::vector<ListMajorScratch> scratch(threads);
+  parallel::parallel_for((nq + block - 1) / block, static_cast<int>(threads), [&](std::size_t bi, std::size_t w) {
+    const std::size_t q0 = bi * block, nb = std::min(nq, q0 + block) - q0;
+    for (std::size_t i = 0; i < nb; ++i) {  // each query's nearest list first, on its own
+      prepare(w, i, q0 + i);
+      if (probe[(q0 + i) * nprobe] >= 0) scan(w, i, q0 + i, std::size_t(0), static_cast<const std::uint16_t*>(nullptr));
+    }
+    scan_rest_list_major(
+        probe, nprobe, q0, nb, nlists, multi, padded_m, codes_of, [&](std::size_t i) { return table_of(w, i); },
+        [&](std::size_t i, std::size_t p, const std::uint16_t* sums) { scan(w, i, q0 + i, p, sums); }, scratch[w]);
+    for (std::size_t i = 0; i < nb; ++i) finish(w, i, q0 + i);
+  });
 }
 
 }  // namespace annforge

@@ -118,12 +118,14 @@ class TopKBuffer {
   explicit TopKBuffer(std::size_t k = 0) { reset(k); }
   void reset(std::size_t k) {
     k_ = k;
-    capacity_ = k + std::clamp<std::size_t>(3 * k, 32, 65536);  // room for 3k more, within reason
+    capacity_ = capacity_for(k);
     buf_.clear();
     buf_.reserve(capacity_);
     threshold_ = std::numeric_limits<float>::infinity();
   }
   std::size_t k() const noexcept { return k_; }
+  // Entries a buffer for k holds at the most: room for 3k more, within reason.
+  static std::size_t capacity_for(std::size_t k) noexcept { return k + std::clamp<std::size_t>(3 * k, 32, 65536); }
   // Candidates farther than this cannot be among the k best (ties can: push those too).
   float threshold() const noexcept { return threshold_; }
   void push(float dist, idx_t label) {
