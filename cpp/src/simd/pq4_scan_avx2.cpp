@@ -9,38 +9,30 @@ namespace annforge::simd {
 #include "pq4_scan_256.inc"
 namespace {
 
-void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m, const std::uint8_t* table,
-               std::uint16_t* out) {
-  const std::size_t bytes = padded_m * 16;
-  for (std::size_t b = 0; b < nblocks; ++b) {
-    const std::uint8_t* blk = blocks + b * bytes;
-    BlockSums256 sums = zero_sums256();
-    const std::uint8_t* ahead = blk + 2 * bytes;  // fetch two blocks ahead (lists are short streams)
-    for (std::size_t j = 0; j < padded_m; j += 2) {
-      if (j % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
-      accumulate_pair256(blk + j * 16, table + j * 16, sums);
-    }
-    store_block_sums256(sums, out + b * 32);
-  }
-}
-
-// Several tables against the same blocks (ScanMultiFn): each pair of code rows is loaded and split
-// into nibble indices once, then looked up in every table. Two tables per pass: their eight
-// accumulators and the indices fill the sixteen ymm registers.
+// One or several tables against the same blocks (G = 1: the plain scan; ScanMultiFn): each pair of
+// code rows is loaded and split into nibble indices once, then looked up in every table. At most two
+// tables per pass: their eight accumulators and the indices fill the sixteen ymm registers.
 template <std::size_t G>
 void scan_multi_avx2_n(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                        const std::uint8_t* const* tables, std::uint16_t* const* outs) {
   const std::size_t bytes = padded_m * 16;
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint8_t* blk = blocks + b * bytes;
+    const std::uint8_t* ahead = blk + 2 * bytes;  // fetch two blocks ahead (lists are short streams)
     BlockSums256 sums[G];
     for (auto& s : sums) s = zero_sums256();
     for (std::size_t j = 0; j < padded_m; j += 2) {
+      if (j % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
       const NibbleIndices256 idx = nibble_indices256(blk + j * 16);
       for (std::size_t g = 0; g < G; ++g) accumulate_indices256(idx, tables[g] + j * 16, sums[g]);
     }
     for (std::size_t g = 0; g < G; ++g) store_block_sums256(sums[g], outs[g] + b * 32);
   }
+}
+
+void scan_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m, const std::uint8_t* table,
+               std::uint16_t* out) {
+  scan_multi_avx2_n<1>(blocks, nblocks, padded_m, &table, &out);
 }
 
 void scan_multi_avx2(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,

@@ -9,45 +9,9 @@ namespace annforge::simd {
 #include "pq4_scan_256.inc"
 namespace {
 
-// Byte sums as in pq4_scan_256.inc, four sub-quantizers per 512-bit register.
-void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
-                 const std::uint8_t* table, std::uint16_t* out) {
-  const std::size_t bytes = padded_m * 16;
-  const std::size_t quads = padded_m / 4 * 4;
-  const __m512i low_nibble = _mm512_set1_epi8(0x0f);
-  const __m512i zero = _mm512_setzero_si512();
-  for (std::size_t b = 0; b < nblocks; ++b) {
-    const std::uint8_t* blk = blocks + b * bytes;
-    // lo: vectors 0-15, hi: vectors 16-31; *_all: word sums, *_odd: odd-byte sums.
-    __m512i lo_all = zero, lo_odd = zero, hi_all = zero, hi_odd = zero;
-    // Lists are short (a few dozen blocks): start fetching two blocks ahead rather than waiting for
-    // the hardware prefetcher to notice the stream. (Prefetching past the end is harmless.)
-    const std::uint8_t* ahead = blk + 2 * bytes;
-    for (std::size_t j = 0; j < quads; j += 4) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
-      const __m512i codes = _mm512_loadu_si512(blk + j * 16);
-      const __m512i lut = _mm512_loadu_si512(table + j * 16);
-      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, low_nibble));
-      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_nibble));
-      lo_all = _mm512_add_epi16(lo_all, lo);
-      lo_odd = _mm512_add_epi16(lo_odd, _mm512_srli_epi16(lo, 8));
-      hi_all = _mm512_add_epi16(hi_all, hi);
-      hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(hi, 8));
-    }
-    // Fold the four 128-bit lanes (one sub-quantizer group each) into two.
-    BlockSums256 sums = {
-        _mm256_add_epi16(_mm512_castsi512_si256(lo_all), _mm512_extracti64x4_epi64(lo_all, 1)),
-        _mm256_add_epi16(_mm512_castsi512_si256(lo_odd), _mm512_extracti64x4_epi64(lo_odd, 1)),
-        _mm256_add_epi16(_mm512_castsi512_si256(hi_all), _mm512_extracti64x4_epi64(hi_all, 1)),
-        _mm256_add_epi16(_mm512_castsi512_si256(hi_odd), _mm512_extracti64x4_epi64(hi_odd, 1))};
-    // A trailing pair of sub-quantizers at 256 bits.
-    if (quads < padded_m) accumulate_pair256(blk + quads * 16, table + quads * 16, sums);
-    store_block_sums256(sums, out + b * 32);
-  }
-}
-
-// Several tables against the same blocks (ScanMultiFn): each 64-byte row of codes is loaded and
-// split into nibble indices once, then looked up in up to four tables (16 zmm accumulators).
+// Byte sums as in pq4_scan_256.inc, four sub-quantizers per 512-bit register, for one or several
+// tables against the same blocks (G = 1: the plain scan; ScanMultiFn): each 64-byte row of codes is
+// loaded and split into nibble indices once, then looked up in up to four tables (16 zmm accumulators).
 template <std::size_t G>
 void scan_multi_avx512_n(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
                          const std::uint8_t* const* tables, std::uint16_t* const* outs) {
@@ -56,9 +20,14 @@ void scan_multi_avx512_n(const std::uint8_t* blocks, std::size_t nblocks, std::s
   const __m512i low_nibble = _mm512_set1_epi8(0x0f);
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint8_t* blk = blocks + b * bytes;
+    // Lists are short (a few dozen blocks): start fetching two blocks ahead rather than waiting for
+    // the hardware prefetcher to notice the stream. (Prefetching past the end is harmless.)
+    const std::uint8_t* ahead = blk + 2 * bytes;
+    // lo: vectors 0-15, hi: vectors 16-31; *_all: word sums, *_odd: odd-byte sums.
     __m512i lo_all[G], lo_odd[G], hi_all[G], hi_odd[G];
     for (std::size_t g = 0; g < G; ++g) lo_all[g] = lo_odd[g] = hi_all[g] = hi_odd[g] = _mm512_setzero_si512();
     for (std::size_t j = 0; j < quads; j += 4) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + j * 16), _MM_HINT_T0);
       const __m512i codes = _mm512_loadu_si512(blk + j * 16);
       const __m512i lo_idx = _mm512_and_si512(codes, low_nibble);
       const __m512i hi_idx = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_nibble);
@@ -75,15 +44,21 @@ void scan_multi_avx512_n(const std::uint8_t* blocks, std::size_t nblocks, std::s
     const bool pair = quads < padded_m;
     const NibbleIndices256 tail = pair ? nibble_indices256(blk + quads * 16) : NibbleIndices256{};
     for (std::size_t g = 0; g < G; ++g) {
+      // Fold the four 128-bit lanes (one sub-quantizer group each) into two.
       BlockSums256 sums = {
           _mm256_add_epi16(_mm512_castsi512_si256(lo_all[g]), _mm512_extracti64x4_epi64(lo_all[g], 1)),
           _mm256_add_epi16(_mm512_castsi512_si256(lo_odd[g]), _mm512_extracti64x4_epi64(lo_odd[g], 1)),
           _mm256_add_epi16(_mm512_castsi512_si256(hi_all[g]), _mm512_extracti64x4_epi64(hi_all[g], 1)),
           _mm256_add_epi16(_mm512_castsi512_si256(hi_odd[g]), _mm512_extracti64x4_epi64(hi_odd[g], 1))};
-      if (pair) accumulate_indices256(tail, tables[g] + quads * 16, sums);
+      if (pair) accumulate_indices256(tail, tables[g] + quads * 16, sums);  // a trailing pair at 256 bits
       store_block_sums256(sums, outs[g] + b * 32);
     }
   }
+}
+
+void scan_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
+                 const std::uint8_t* table, std::uint16_t* out) {
+  scan_multi_avx512_n<1>(blocks, nblocks, padded_m, &table, &out);
 }
 
 void scan_multi_avx512(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
