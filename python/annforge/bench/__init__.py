@@ -23,13 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from .algorithms import MINHASH_REGISTRY, REGISTRY, default_algorithms
-from .datasets import (Dataset, SetDataset, ensure_ground_truth, exact_pairs, load_dataset, load_text_sets,
-                       minhash_corpus)
+from .datasets import (Dataset, DatasetError, SetDataset, ensure_ground_truth, exact_pairs, ground_truth_cache_path,
+                       load_dataset, load_text_sets, minhash_corpus)
 from .report import (MINHASH_CSV_FIELDS, mark_pareto, print_minhash_table, print_table, write_csv, write_json,
                      write_minhash_plot, write_plot)
 
@@ -74,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", choices=["vectors", "minhash"], default=None,
                    help="vectors (k-NN, default) or minhash (Jaccard: MinHash LSH vs datasketch)")
-    p.add_argument("--dataset", help="'default', an ann-benchmarks .hdf5 file, or base vectors (.fvecs/.bvecs/.npy); "
-                                     "with --workload minhash a text file with one document per line")
+    p.add_argument("--dataset", help="'default' (built-in, 20k x 128 clustered), 'angular-64' (built-in, 20k x 64 "
+                                     "weakly clustered, angular), a local ann-benchmarks .hdf5 file, or base vectors "
+                                     "(.fvecs/.bvecs/.npy, with --queries); nothing is downloaded. With --workload "
+                                     "minhash a text file with one document per line")
     p.add_argument("--shingle", default=None, help="minhash text shingles: word1 (default), word3, char5, ...")
     p.add_argument("--queries", help="query vectors file when --dataset is a vector file")
-    p.add_argument("--gt", help="ground-truth ids (.ivecs/.npy); computed with FlatIndex and cached if missing")
+    p.add_argument("--gt", help="ground-truth ids (.ivecs/.npy); otherwise computed with FlatIndex and cached under "
+                                "$ANNFORGE_CACHE/bench-gt (default ~/.cache/annforge/bench-gt)")
     p.add_argument("--metric", default=None, help="l2, ip or cosine for vector-file datasets (default l2)")
     p.add_argument("--algos", help=f"comma-separated subset of: {', '.join(REGISTRY)} (default: all available)")
     p.add_argument("--k", type=int, default=None, help="neighbours per query (default 10)")
@@ -95,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default ./annforge-bench)")
     p.add_argument("--quick", action="store_true", help="small dataset and sweeps (also ANNFORGE_BENCH_QUICK=1)")
     p.add_argument("--all-rows", action="store_true", help="print every sweep point, not only the frontier")
-    p.add_argument("--compare", nargs="+", metavar="RUN.json", help="merge earlier results files into one table/plot")
+    p.add_argument("--compare", nargs="+", metavar="RUN.json",
+                   help="put earlier results files side by side in one table/plot (each run its own series)")
+    p.add_argument("--label", action="append", default=[],
+                   help="name of this run (stored in results.json), or with --compare one name per file, "
+                        "in order (repeat it or separate by commas); default: the run's folder")
     p.add_argument("--list", action="store_true", help="list the algorithms available here and exit")
     return p
 
@@ -134,7 +141,10 @@ def _registry(s: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 def _sweep_for(algo: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     spec = _registry(s)[algo]
-    points = [dict(p) for p in (spec["quick"] if s["quick"] else spec["sweep"])]
+    grid = spec["quick"] if s["quick"] else spec["sweep"]
+    if callable(grid):  # sized from the dataset (set by main / run_benchmark)
+        grid = grid(int(s.get("n") or 20_000), int(s.get("dim") or 128))
+    points = [dict(p) for p in grid]
     override = s["sweep_overrides"].get(algo)
     if override:
         import itertools
@@ -160,9 +170,15 @@ def _child_env(search_threads: int = 0) -> Dict[str, str]:
     return env
 
 
-def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: Any = None) -> List[Dict[str, Any]]:
-    """Run every selected algorithm in its own subprocess; returns one row per sweep point."""
+def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: Any = None,
+                  log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Run every selected algorithm in its own subprocess; returns one row per sweep point.
+
+    ``progress``/``task`` drive a rich progress bar; ``log`` (used when the output is not a terminal)
+    receives one line per finished algorithm instead.
+    """
     k = int(s["k"])
+    s["n"], s["dim"] = len(ds.base), ds.dim
     gt_ids, gt_dist = ensure_ground_truth(ds, k)
     algos = s["algos"] or default_algorithms()
     unknown = [a for a in algos if a not in REGISTRY]
@@ -184,6 +200,7 @@ def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: An
             spec_path = os.path.join(work, f"{algo}.json")
             with open(spec_path, "w") as f:
                 json.dump(spec, f)
+            t_algo = time.perf_counter()
             if progress is not None:
                 progress.update(task, description=f"{algo}: building")
             proc = subprocess.Popen([sys.executable, "-m", "annforge.bench.worker", spec_path],
@@ -211,13 +228,18 @@ def run_benchmark(ds: Dataset, s: Dict[str, Any], progress: Any = None, task: An
                     if progress is not None:
                         progress.update(task, advance=1, description=f"{algo}: {done}/{len(sweep)}")
                 elif msg["event"] == "error":
-                    _say(progress, f"[red]{algo} failed: {msg['message']}[/]")
+                    _say(progress, f"[red]{algo} failed: {escape(str(msg['message']))}[/]")
             stderr = proc.stderr.read() if proc.stderr else ""
             if proc.wait() != 0 and done == 0:
                 tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-                _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {' '.join(tail)}")
+                _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {escape(' '.join(tail))}")
             if progress is not None and done < len(sweep):
                 progress.update(task, advance=len(sweep) - done)
+            if log is not None and done:
+                mine = [r for r in rows if r["algo"] == algo]
+                best = max(mine, key=lambda r: (r["recall"], r["qps"]))
+                log(f"{algo}: {done}/{len(sweep)} points in {time.perf_counter() - t_algo:.1f} s, build "
+                    f"{mine[0]['build_s']:.2f} s, best recall@{k} {best['recall']:.4f} at {best['qps']:,.0f} QPS")
     return rows
 
 
@@ -275,13 +297,18 @@ def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = Non
                     if progress is not None:
                         progress.update(task, advance=1, description=f"{algo}: {done}/{len(sweep)}")
                 elif msg["event"] == "error":
-                    _say(progress, f"[red]{algo} failed: {msg['message']}[/]")
+                    _say(progress, f"[red]{algo} failed: {escape(str(msg['message']))}[/]")
             stderr = proc.stderr.read() if proc.stderr else ""
             if proc.wait() != 0 and done == 0:
                 tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-                _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {' '.join(tail)}")
+                _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {escape(' '.join(tail))}")
             if progress is not None and done < len(sweep):
                 progress.update(task, advance=len(sweep) - done)
+            if log is not None and done:
+                mine = [r for r in rows if r["algo"] == algo]
+                best = max(mine, key=lambda r: (r["recall"], r["qps"]))
+                log(f"{algo}: {done}/{len(sweep)} points in {time.perf_counter() - t_algo:.1f} s, build "
+                    f"{mine[0]['build_s']:.2f} s, best recall@{k} {best['recall']:.4f} at {best['qps']:,.0f} QPS")
     return rows
 
 
@@ -289,9 +316,15 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     out = Path(s["out"])
-    ds = load_set_dataset(s)
+    try:
+        ds = load_set_dataset(s)
+    except FileNotFoundError:
+        return _fail(f"dataset {s['dataset']!r}: no such file (--workload minhash reads a text file, one document "
+                     f"per line, or 'default')")
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
     sizes = [len(x) for x in ds.sets]
-    console.print(f"dataset [bold]{ds.name}[/]: {len(ds.sets):,} documents, {np.mean(sizes):.1f} shingles on average, "
+    console.print(f"dataset [bold]{escape(ds.name)}[/]: {len(ds.sets):,} documents, {np.mean(sizes):.1f} shingles on average, "
                   f"threads={s['threads']}")
     algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
     s["algos"] = algos
@@ -321,61 +354,185 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     return 0
 
 
+def escape(text: str) -> str:
+    """``text`` with rich markup escaped, so that user strings like ``run[h5]`` print as they are."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _say(progress: Any, text: str) -> None:
+    """Print a rich-markup line above the progress bar, or as plain text on stderr without one."""
     if progress is not None:
         progress.console.print(text)
     else:
-        print(text, file=sys.stderr)
+        from rich.text import Text
+
+        print(Text.from_markup(text).plain, file=sys.stderr, flush=True)
 
 
-def _compare(paths: List[str], out: Path) -> int:
-    rows: List[Dict[str, Any]] = []
-    k = 10
+def _fail(message: str) -> int:
+    """One-line error for bad input (no traceback); exit status 2 like argparse's usage errors."""
+    print(f"annforge bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _split_labels(items: List[str]) -> List[str]:
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def _default_labels(paths: List[str], metas: List[Dict[str, Any]]) -> List[str]:
+    """Distinct run names: the stored ``--label``, else the run's folder as given; then dataset + time; then #i."""
+    def folder(path: str) -> str:
+        pth = Path(path)
+        return str(pth.parent) if pth.name == "results.json" else str(pth.with_suffix(""))
+
+    labels = [str(m.get("label") or folder(p)) for p, m in zip(paths, metas)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} ({m.get('dataset', '?')} {m.get('time', '?')})" for lab, m in zip(labels, metas)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    return labels
+
+
+# Settings that make two runs' recall / QPS figures incomparable when they differ.
+_COMPARABLE_KEYS = [("dataset", "dataset"), ("metric", "metric"), ("k", "k"), ("nq", "query count"),
+                    ("n", "base size"), ("threads", "search threads")]
+
+
+def run_differences(labels: List[str], metas: List[Dict[str, Any]]) -> List[str]:
+    """One warning line per setting on which the runs differ (dataset, metric, k, query count, ...).
+
+    >>> run_differences(["a", "b"], [{"dataset": "x", "k": 10}, {"dataset": "y", "k": 10}])
+    ['runs differ in dataset: a=x, b=y']
+    """
+    lines = []
+    for key, what in _COMPARABLE_KEYS:
+        values = [m.get(key) for m in metas]
+        if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
+            lines.append(f"runs differ in {what}: " + ", ".join(f"{lab}={v}" for lab, v in zip(labels, values)))
+    return lines
+
+
+def _compare(paths: List[str], out: Path, labels: Optional[List[str]] = None) -> int:
+    """``--compare``: every run keeps its own series, per-series frontiers and its own overall frontier."""
+    from rich.console import Console
+
+    metas: List[Dict[str, Any]] = []
+    results: List[List[Dict[str, Any]]] = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
-        label = Path(path).stem if Path(path).stem != "results" else Path(path).parent.name
-        k = int(data.get("meta", {}).get("k", k))
-        for r in data["results"]:
-            rows.append({**r, "algo": f"{r['algo']} [{label}]", "run": label})
-    mark_pareto(rows)
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return _fail(f"--compare {path!r}: no such file (pass the results.json of earlier runs)")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _fail(f"--compare {path!r}: not a readable JSON file ({exc})")
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+            return _fail(f"--compare {path!r}: not an annforge bench results.json (no 'results' list)")
+        if data.get("meta", {}).get("workload") == "minhash":
+            return _fail(f"--compare {path!r}: a --workload minhash run; --compare reads vector-search runs")
+        metas.append(dict(data.get("meta", {})))
+        results.append(data["results"])
+    if labels:
+        if len(labels) != len(paths):
+            return _fail(f"--label gave {len(labels)} name(s) for {len(paths)} --compare file(s); give one per file")
+        if len(set(labels)) < len(labels):
+            return _fail(f"--label names must differ, got {labels}")
+    else:
+        labels = _default_labels(paths, metas)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    for line in run_differences(labels, metas):
+        console.print(f"[yellow]warning: {escape(line)}; their figures are not comparable[/]")
+    rows: List[Dict[str, Any]] = []
+    for label, run_rows in zip(labels, results):
+        for r in run_rows:
+            rows.append({**r, "run": label, "series": f"{r['algo']} [{label}]"})
+    mark_pareto(rows, series_key="series", overall_key="run")
+    ks = {int(m.get("k", 10)) for m in metas}
+    k = ks.pop() if len(ks) == 1 else 0
     out.mkdir(parents=True, exist_ok=True)
-    print_table(rows, k, title=f"annforge bench --compare ({len(paths)} runs)")
-    write_json(out / "compare.json", {"compared": paths, "k": k}, rows)
+    for label, path, meta in zip(labels, paths, metas):
+        console.print(f"run [bold]{escape(label)}[/]: {escape(path)} ({escape(str(meta.get('dataset', '?')))}, "
+                      f"k={meta.get('k', '?')}, {meta.get('nq', '?')} queries, {escape(str(meta.get('time', '?')))})")
+    print_table(rows, k, title=f"annforge bench --compare ({len(paths)} runs)", console=console,
+                note="Per-series Pareto frontier (recall vs QPS); * = on its run's overall frontier.")
+    write_json(out / "compare.json", {"compared": paths, "labels": labels, "runs": metas, "k": k or None}, rows)
     write_csv(out / "compare.csv", rows)
-    why = write_plot(out / "compare.png", rows, k, "recall vs QPS (compare)")
-    print(why or f"wrote {out / 'compare.json'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+    why = write_plot(out / "compare.png", rows, k, "recall vs QPS (compare)", series_key="series", overall_key="run")
+    console.print(escape(why or f"wrote {out / 'compare.json'}, {out / 'compare.csv'}, {out / 'compare.png'}"))
     return 0
 
 
+def _ground_truth(ds: Dataset, k: int, console: Any) -> None:
+    """Exact neighbours before the timed runs, saying where they come from and where the cache lives."""
+    if ds.gt_ids is not None and ds.gt_ids.shape[1] >= k:
+        console.print("ground truth: from the dataset file")
+        return
+    path = ground_truth_cache_path(ds, k)
+    cached = path.exists()
+    t0 = time.perf_counter()
+    ensure_ground_truth(ds, k)
+    if cached:
+        console.print(f"ground truth: cached in {escape(str(path))}")
+    elif path.exists():
+        console.print(f"ground truth: computed in {time.perf_counter() - t0:.1f} s, cached in {escape(str(path))} "
+                      f"(set ANNFORGE_CACHE to move the cache)")
+    else:
+        console.print(f"ground truth: computed in {time.perf_counter() - t0:.1f} s; could not write the cache "
+                      f"{escape(str(path))} (set ANNFORGE_CACHE to a writable folder)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``annforge bench`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.list:
         for name, spec in {**REGISTRY, **MINHASH_REGISTRY}.items():
             print(f"{name:20s} {'available' if spec['available']() else 'not installed'}")
         return 0
-    s = _settings(args)
+    try:
+        s = _settings(args)
+    except FileNotFoundError as exc:
+        return _fail(f"--config {exc.filename!r}: no such file")
+    except (OSError, ValueError) as exc:
+        return _fail(f"--config {args.config!r}: {exc}")
     out = Path(s["out"])
+    labels = _split_labels(args.label)
     if args.compare:
-        return _compare(args.compare, out)
+        return _compare(args.compare, out, labels)
+    if len(labels) > 1:
+        return _fail(f"--label takes one name for a run (several only with --compare), got {labels}")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
-    if not console.is_terminal:
+    interactive = console.is_terminal
+    if not interactive:
         console = Console(width=140)
     t_start = time.perf_counter()
     if s["workload"] == "minhash":
         return _main_minhash(s, console, t_start)
-    ds = load_dataset(s["dataset"], metric=s["metric"], queries=s["queries"], gt=s["gt"], quick=s["quick"])
-    console.print(f"dataset [bold]{ds.name}[/]: {len(ds.base):,} x {ds.dim} base, {len(ds.queries):,} queries, "
-                  f"metric {ds.metric}, k={s['k']}, search threads={s['threads']}")
+    try:
+        ds = load_dataset(s["dataset"], metric=s["metric"], queries=s["queries"], gt=s["gt"], quick=s["quick"])
+    except (DatasetError, ValueError, OSError, ImportError, KeyError) as exc:
+        return _fail(str(exc))
+    console.print(f"dataset [bold]{escape(ds.name)}[/]: {len(ds.base):,} x {ds.dim} base, {len(ds.queries):,} "
+                  f"queries, metric {ds.metric}, k={s['k']}, search threads={s['threads']}")
+    if int(s["k"]) < 1 or int(s["k"]) > len(ds.base):
+        return _fail(f"--k must be between 1 and the base size {len(ds.base)}, got {s['k']}")
+    _ground_truth(ds, int(s["k"]), console)
     algos = s["algos"] or default_algorithms()
     s["algos"] = algos
+    s["n"], s["dim"] = len(ds.base), ds.dim
     total = sum(len(_sweep_for(a, s)) for a in algos if a in REGISTRY)
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=total)
-        rows = run_benchmark(ds, s, progress, task)
+    if interactive:
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("starting", total=total)
+            rows = run_benchmark(ds, s, progress, task)
+    else:  # a pipe or a file: one line per finished algorithm instead of a progress bar
+        rows = run_benchmark(ds, s, log=lambda line: console.print(escape(line)))
     if not rows:
         console.print("[red]no results[/]")
         return 1
@@ -386,14 +543,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 threads=s["threads"], build_threads=s["build_threads"], batch=s["batch"], repeats=s["repeats"],
                 annforge=annforge.build_info(), cpu_count=os.cpu_count(),
                 time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if labels:
+        meta["label"] = labels[0]
     print_table(rows, int(s["k"]), title=f"{ds.name}: recall@{s['k']} vs QPS ({s['threads'] or 'all'} thread(s))",
-                all_rows=args.all_rows)
+                all_rows=args.all_rows, console=console)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", meta, rows)
     write_csv(out / "results.csv", rows)
     why = write_plot(out / "recall_qps.png", rows, int(s["k"]), f"{ds.name}, k={s['k']}")
     written = [out / "results.json", out / "results.csv"] + ([] if why else [out / "recall_qps.png"])
-    console.print("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s")
+    console.print(escape("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s"))
     if why:
-        console.print(f"[yellow]{why}[/]")
+        console.print(f"[yellow]{escape(why)}[/]")
     return 0

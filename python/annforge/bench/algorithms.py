@@ -96,10 +96,48 @@ def _default_nlist(n: int) -> int:
 
 
 def _default_m(dim: int) -> int:
-    for m in (dim // 8, dim // 4, dim // 2, dim):
-        if m >= 1 and dim % m == 0:
+    """PQ sub-quantizers: two dimensions each (4-bit fast-scan codes, half a byte per dimension).
+
+    With 4-bit codes this keeps the PQ ranking good enough that re-ranking ``16 k`` candidates reaches
+    recall@10 >= 0.95 on clustered and on weakly clustered angular data (coarser codes, e.g. 8
+    dimensions per 8-bit sub-quantizer, stalled at 0.85-0.94 there).
+    """
+    for m in range(dim // 2, 0, -1):
+        if dim % m == 0:
             return m
     return 1
+
+
+def _fractions_of(total: int, fractions: List[float]) -> List[int]:
+    return sorted({max(1, min(total, int(round(total * f)))) for f in fractions})
+
+
+def ivfpq_sweep(n: int, dim: int, quick: bool = False) -> List[Dict[str, Any]]:
+    """Default IVF-PQ sweep for ``n`` vectors: ``nprobe`` from 1/32 to 1/2 of the lists, ``refine_factor`` 4-64.
+
+    Chosen from the data size (``nlist = sqrt(n)``); reaches recall@10 >= 0.95 on the built-in dataset
+    and on a 64-d weakly clustered angular set (see tests/test_bench.py::test_default_sweeps_reach_095).
+
+    >>> [(p["nprobe"], p["refine_factor"]) for p in ivfpq_sweep(20_000, 128)][-3:]
+    [(35, 4), (35, 16), (70, 64)]
+    """
+    nlist = _default_nlist(n)
+    if quick:
+        return _grid(nprobe=_fractions_of(nlist, [1 / 8, 1 / 4]), refine_factor=[16])
+    points = _grid(nprobe=_fractions_of(nlist, [1 / 32, 1 / 8, 1 / 4]), refine_factor=[4, 16])
+    return points + [{"nprobe": max(1, nlist // 2), "refine_factor": 64}]
+
+
+def scann_sweep(n: int, dim: int, quick: bool = False) -> List[Dict[str, Any]]:
+    """Default ScaNN sweep: ``leaves_to_search`` from 1/64 to 2/3 of the leaves, ``reorder_k`` 20 and 100.
+
+    >>> [p["leaves_to_search"] for p in scann_sweep(20_000, 128)][::2]
+    [2, 9, 35, 94]
+    """
+    leaves = _default_nlist(n)
+    if quick:
+        return _grid(leaves_to_search=_fractions_of(leaves, [1 / 8, 1 / 2]), reorder_k=[100])
+    return _grid(leaves_to_search=_fractions_of(leaves, [1 / 64, 1 / 16, 1 / 4, 2 / 3]), reorder_k=[20, 100])
 
 
 # ---- faiss ---------------------------------------------------------------------------------------
@@ -153,7 +191,7 @@ class FaissIVFPQ(_FaissAdapter):
         self._threads(self.build_threads)
         nlist = int(self.build_params.get("nlist", 0)) or _default_nlist(len(x))
         m = int(self.build_params.get("m", 0)) or _default_m(self.dim)
-        self.ivf = faiss.index_factory(self.dim, f"IVF{nlist},PQ{m}", self._metric())
+        self.ivf = faiss.index_factory(self.dim, f"IVF{nlist},PQ{m}x4fs", self._metric())
         self.index = faiss.IndexRefineFlat(self.ivf)
         self.index.train(x)
         self.index.add(x)
@@ -264,26 +302,24 @@ REGISTRY: Dict[str, Dict[str, Any]] = {
     "annforge-hnsw": dict(cls=AnnforgeHNSW, available=_has_family("HNSWIndex"),
                           build={"M": 16, "ef_construction": 100},
                           sweep=_grid(ef=EF_SWEEP), quick=_grid(ef=[10, 40])),
-    "annforge-ivfpq": dict(cls=AnnforgeIVFPQ, available=_has_family("IVFPQIndex"), build={"refine": "f32"},
-                           sweep=_grid(nprobe=[1, 4, 16, 64], refine_factor=[1, 4]),
-                           quick=_grid(nprobe=[4, 16], refine_factor=[4])),
+    # Sweeps given as functions are sized from the dataset (n, dim) by the parent process.
+    "annforge-ivfpq": dict(cls=AnnforgeIVFPQ, available=_has_family("IVFPQIndex"),
+                           build={"nbits": 4, "refine": "f32"}, sweep=ivfpq_sweep,
+                           quick=lambda n, dim: ivfpq_sweep(n, dim, quick=True)),
     "annforge-scann": dict(cls=AnnforgeScaNN, available=_has_family("ScaNNIndex"), build={"reorder": "f32"},
-                           sweep=_grid(leaves_to_search=[2, 8, 32, 96], reorder_k=[20, 100]),
-                           quick=_grid(leaves_to_search=[8, 32], reorder_k=[100])),
+                           sweep=scann_sweep, quick=lambda n, dim: scann_sweep(n, dim, quick=True)),
     "faiss-flat": dict(cls=FaissFlat, available=_has_module("faiss"), build={}, sweep=[{}], quick=[{}]),
     "faiss-hnsw": dict(cls=FaissHNSW, available=_has_module("faiss"), build={"M": 16, "ef_construction": 100},
                        sweep=_grid(ef=EF_SWEEP), quick=_grid(ef=[10, 40])),
     # Not in the default set: faiss' PQ training took 17-27 s on 3k x 128 on the 2-core dev box.
     "faiss-ivfpq": dict(cls=FaissIVFPQ, available=_has_module("faiss"), build={}, default=False,
-                        sweep=_grid(nprobe=[1, 4, 16, 64], refine_factor=[1, 4]),
-                        quick=_grid(nprobe=[4, 16], refine_factor=[4])),
+                        sweep=ivfpq_sweep, quick=lambda n, dim: ivfpq_sweep(n, dim, quick=True)),
     "hnswlib": dict(cls=Hnswlib, available=_has_module("hnswlib"), build={"M": 16, "ef_construction": 100},
                     sweep=_grid(ef=EF_SWEEP), quick=_grid(ef=[10, 40])),
     "usearch": dict(cls=USearch, available=_has_module("usearch.index"), build={"M": 16, "ef_construction": 100},
                     sweep=_grid(ef=EF_SWEEP), quick=_grid(ef=[10, 40])),
     "scann": dict(cls=ScaNNPeer, available=_has_module("scann"), build={},
-                  sweep=_grid(leaves_to_search=[2, 8, 32, 96], reorder_k=[20, 100]),
-                  quick=_grid(leaves_to_search=[8, 32], reorder_k=[100])),
+                  sweep=scann_sweep, quick=lambda n, dim: scann_sweep(n, dim, quick=True)),
 }
 
 

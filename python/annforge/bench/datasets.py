@@ -92,13 +92,46 @@ def default_dataset(n: int = 20_000, nq: int = 500, dim: int = 128, seed: int = 
     return make_dataset(sample(n), sample(nq), "ip", name=f"default-clustered-{n}x{dim}")
 
 
+def angular_dataset(n: int = 20_000, nq: int = 500, dim: int = 64, seed: int = 3) -> Dataset:
+    """Deterministic, weakly clustered angular data, harder than :func:`default_dataset` (like GloVe).
+
+    200 cluster centres whose spread is small next to the within-cluster noise, a power-law spectrum
+    (dimension ``i`` scaled by ``i**-0.5``) under a random rotation; cosine metric (benchmarked as
+    inner product on normalised vectors). Inverted-file indexes need many probes here.
+
+    >>> ds = angular_dataset(500, 10)
+    >>> ds.base.shape, ds.metric, bool(abs(np.linalg.norm(ds.base[0]) - 1) < 1e-5)
+    ((500, 64), 'ip', True)
+    """
+    rng = np.random.default_rng(seed)
+    scales = np.arange(1, dim + 1) ** -0.5
+    rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+    n_clusters = 200
+    centres = rng.standard_normal((n_clusters, dim)) * scales * 0.8
+
+    def sample(count: int) -> np.ndarray:
+        labels = rng.integers(0, n_clusters, count)
+        x = centres[labels] + rng.standard_normal((count, dim)) * scales
+        return (x @ rotation).astype(np.float32)
+
+    return make_dataset(sample(n), sample(nq), "angular", name=f"angular-{n}x{dim}")
+
+
 def load_hdf5(path: str) -> Dataset:
     """ann-benchmarks HDF5: ``train``, ``test``, ``neighbors`` (and ``distances``), metric in attrs."""
     try:
         import h5py
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("reading HDF5 datasets needs h5py: pip install h5py (or annforge[bench])") from None
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        missing = [key for key in ("train", "test") if key not in f]
+        if missing:
+            raise DatasetError(f"{path}: no {' or '.join(repr(m) for m in missing)} dataset in the file; expected "
+                               f"the ann-benchmarks layout (train, test, neighbors, attrs['distance'])")
         metric = f.attrs.get("distance", "euclidean")
         if isinstance(metric, bytes):
             metric = metric.decode()
@@ -129,15 +162,60 @@ def load_files(base: str, queries: str, metric: str = "l2", gt: Optional[str] = 
     return make_dataset(_read_any_vecs(base), _read_any_vecs(queries), metric, name=name, gt_ids=gt_ids)
 
 
+class DatasetError(ValueError):
+    """A ``--dataset`` / ``--queries`` / ``--gt`` that cannot be used; the message says what to pass."""
+
+
+BUILTIN_DATASETS = ("default", "angular-64")
+
+_VECTOR_SUFFIXES = (".fvecs", ".bvecs", ".ivecs", ".npy")
+
+
+def _check_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise DatasetError(f"{what} {path!r}: no such file")
+    if os.path.isdir(path):
+        raise DatasetError(f"{what} {path!r} is a folder; pass a file")
+
+
 def load_dataset(spec: Optional[str], metric: str = "l2", queries: Optional[str] = None,
                  gt: Optional[str] = None, quick: bool = False) -> Dataset:
-    """Resolve ``--dataset``: None/"default" → built-in; ``*.hdf5`` → ann-benchmarks; else vector files."""
+    """Resolve ``--dataset``: None/"default"/"angular-64" → built-in; ``*.hdf5`` → ann-benchmarks; else vector files.
+
+    Nothing is downloaded: a name that is not a local file raises :class:`DatasetError` saying what
+    to pass instead.
+
+    >>> load_dataset("glove-100-angular")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    annforge.bench.datasets.DatasetError: dataset 'glove-100-angular' is not a file here ...
+    """
     if spec is None or spec == "default":
         return default_dataset(n=3_000, nq=100) if quick else default_dataset()
-    if spec.endswith((".hdf5", ".h5")):
+    if spec == "angular-64":
+        return angular_dataset(n=3_000, nq=100) if quick else angular_dataset()
+    suffix = Path(spec).suffix.lower()
+    if not os.path.exists(spec):
+        if suffix in (".hdf5", ".h5") + _VECTOR_SUFFIXES:
+            raise DatasetError(f"dataset {spec!r}: no such file")
+        hint = f"; an ann-benchmarks file such as {spec}.hdf5 (from ann-benchmarks.com) can be passed by its path" \
+            if "-" in spec else ""
+        raise DatasetError(f"dataset {spec!r} is not a file here and annforge bench downloads nothing: pass "
+                           f"--dataset FILE.hdf5 (ann-benchmarks), --dataset BASE.fvecs|.bvecs|.npy --queries "
+                           f"QUERIES, or a built-in name ({', '.join(BUILTIN_DATASETS)}){hint}")
+    if os.path.isdir(spec):
+        raise DatasetError(f"dataset {spec!r} is a folder; pass a .hdf5 file or a base-vector file")
+    if suffix in (".hdf5", ".h5"):
         return load_hdf5(spec)
+    if suffix not in _VECTOR_SUFFIXES:
+        raise DatasetError(f"dataset {spec!r}: unknown file type {suffix or '(none)'!r}; use .hdf5 (ann-benchmarks) "
+                           f"or base vectors in .fvecs, .bvecs, .ivecs or .npy")
     if queries is None:
-        raise ValueError("a vector-file dataset needs --queries (and optionally --gt)")
+        raise DatasetError(f"dataset {spec!r} holds base vectors only: also pass --queries QUERIES.fvecs|.npy "
+                           f"(and optionally --gt NEIGHBOURS.ivecs|.npy; otherwise ground truth is computed)")
+    _check_file(queries, "--queries")
+    if gt is not None:
+        _check_file(gt, "--gt")
     return load_files(spec, queries, metric, gt)
 
 
@@ -169,11 +247,17 @@ def dataset_hash(ds: Dataset) -> str:
     return h.hexdigest()[:20]
 
 
+def ground_truth_cache_path(ds: Dataset, k: int) -> Path:
+    """Where :func:`ensure_ground_truth` caches this dataset's exact neighbours (``$ANNFORGE_CACHE/bench-gt``,
+    default ``~/.cache/annforge/bench-gt``)."""
+    return _cache_dir() / f"{dataset_hash(ds)}-{ds.metric}-k{k}.npz"
+
+
 def ensure_ground_truth(ds: Dataset, k: int, num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` ids and distances: from the dataset, else the cache, else computed with FlatIndex."""
     if ds.gt_ids is not None and ds.gt_ids.shape[1] >= k:
         return ds.gt_ids[:, :k], ds.gt_dist[:, :k]  # type: ignore[index]
-    path = _cache_dir() / f"{dataset_hash(ds)}-{ds.metric}-k{k}.npz"
+    path = ground_truth_cache_path(ds, k)
     if path.exists():
         try:
             with np.load(path) as z:
