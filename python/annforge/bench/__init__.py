@@ -388,11 +388,12 @@ def _default_labels(paths: List[str], metas: List[Dict[str, Any]]) -> List[str]:
         return str(pth.parent) if pth.name == "results.json" else str(pth.with_suffix(""))
 
     labels = [str(m.get("label") or folder(p)) for p, m in zip(paths, metas)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{lab} ({m.get('dataset', '?')} {m.get('time', '?')})" for lab, m in zip(labels, metas)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
-    return labels
+    if len(set(labels)) == len(labels):
+        return labels
+    stamped = [f"{lab} ({m.get('dataset', '?')} {m.get('time', '?')})" for lab, m in zip(labels, metas)]
+    if len(set(stamped)) == len(stamped):
+        return stamped
+    return [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
 
 
 # Settings that make two runs' recall / QPS figures incomparable when they differ.

@@ -179,7 +179,8 @@ def write_plot(path: Path, rows: List[Dict[str, Any]], k: int, title: str, serie
     except ImportError:
         return "matplotlib is not installed (pip install 'annforge[bench]'); PNG skipped"
     series = sorted({r[series_key] for r in rows})
-    fig, ax = plt.subplots(figsize=(11, 7))
+    many = len(series) > 12  # legend below the axes, in columns, so the plot keeps its width
+    fig, ax = plt.subplots(figsize=(11, 7 + 0.12 * len(series) if many else 7))
     # recall 1.0 is drawn one step beyond the finest recall a run can resolve (1 / (queries * k))
     floor = 1e-4
     groups = [None] if overall_key is None else list(dict.fromkeys(r[overall_key] for r in rows))
@@ -204,8 +205,10 @@ def write_plot(path: Path, rows: List[Dict[str, Any]], k: int, title: str, serie
     ax.set_ylabel("queries per second (log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ncol = 1 if len(series) <= 12 else 2
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol, borderaxespad=0)
+    if many:
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, borderaxespad=0)
+    else:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
