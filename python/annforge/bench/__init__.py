@@ -304,11 +304,6 @@ def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = Non
                 _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {escape(' '.join(tail))}")
             if progress is not None and done < len(sweep):
                 progress.update(task, advance=len(sweep) - done)
-            if log is not None and done:
-                mine = [r for r in rows if r["algo"] == algo]
-                best = max(mine, key=lambda r: (r["recall"], r["qps"]))
-                log(f"{algo}: {done}/{len(sweep)} points in {time.perf_counter() - t_algo:.1f} s, build "
-                    f"{mine[0]['build_s']:.2f} s, best recall@{k} {best['recall']:.4f} at {best['qps']:,.0f} QPS")
     return rows
 
 
@@ -445,7 +440,7 @@ def _compare(paths: List[str], out: Path, labels: Optional[List[str]] = None) ->
     if not console.is_terminal:
         console = Console(width=140)
     for line in run_differences(labels, metas):
-        console.print(f"[yellow]warning: {escape(line)}; their figures are not comparable[/]")
+        console.print(f"[yellow]warning: {escape(line)}; their figures are not comparable[/]", soft_wrap=True)
     rows: List[Dict[str, Any]] = []
     for label, run_rows in zip(labels, results):
         for r in run_rows:
@@ -456,33 +451,35 @@ def _compare(paths: List[str], out: Path, labels: Optional[List[str]] = None) ->
     out.mkdir(parents=True, exist_ok=True)
     for label, path, meta in zip(labels, paths, metas):
         console.print(f"run [bold]{escape(label)}[/]: {escape(path)} ({escape(str(meta.get('dataset', '?')))}, "
-                      f"k={meta.get('k', '?')}, {meta.get('nq', '?')} queries, {escape(str(meta.get('time', '?')))})")
+                      f"k={meta.get('k', '?')}, {meta.get('nq', '?')} queries, {escape(str(meta.get('time', '?')))})",
+                      soft_wrap=True)
     print_table(rows, k, title=f"annforge bench --compare ({len(paths)} runs)", console=console,
                 note="Per-series Pareto frontier (recall vs QPS); * = on its run's overall frontier.")
     write_json(out / "compare.json", {"compared": paths, "labels": labels, "runs": metas, "k": k or None}, rows)
     write_csv(out / "compare.csv", rows)
     why = write_plot(out / "compare.png", rows, k, "recall vs QPS (compare)", series_key="series", overall_key="run")
-    console.print(escape(why or f"wrote {out / 'compare.json'}, {out / 'compare.csv'}, {out / 'compare.png'}"))
+    console.print(escape(why or f"wrote {out / 'compare.json'}, {out / 'compare.csv'}, {out / 'compare.png'}"),
+                  soft_wrap=True)
     return 0
 
 
 def _ground_truth(ds: Dataset, k: int, console: Any) -> None:
     """Exact neighbours before the timed runs, saying where they come from and where the cache lives."""
     if ds.gt_ids is not None and ds.gt_ids.shape[1] >= k:
-        console.print("ground truth: from the dataset file")
+        console.print("ground truth: from the dataset file", soft_wrap=True)
         return
     path = ground_truth_cache_path(ds, k)
     cached = path.exists()
     t0 = time.perf_counter()
     ensure_ground_truth(ds, k)
     if cached:
-        console.print(f"ground truth: cached in {escape(str(path))}")
+        console.print(f"ground truth: cached in {escape(str(path))}", soft_wrap=True)
     elif path.exists():
         console.print(f"ground truth: computed in {time.perf_counter() - t0:.1f} s, cached in {escape(str(path))} "
-                      f"(set ANNFORGE_CACHE to move the cache)")
+                      f"(set ANNFORGE_CACHE to move the cache)", soft_wrap=True)
     else:
         console.print(f"ground truth: computed in {time.perf_counter() - t0:.1f} s; could not write the cache "
-                      f"{escape(str(path))} (set ANNFORGE_CACHE to a writable folder)")
+                      f"{escape(str(path))} (set ANNFORGE_CACHE to a writable folder)", soft_wrap=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -533,7 +530,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             task = progress.add_task("starting", total=total)
             rows = run_benchmark(ds, s, progress, task)
     else:  # a pipe or a file: one line per finished algorithm instead of a progress bar
-        rows = run_benchmark(ds, s, log=lambda line: console.print(escape(line)))
+        rows = run_benchmark(ds, s, log=lambda line: console.print(escape(line), soft_wrap=True))
     if not rows:
         console.print("[red]no results[/]")
         return 1
@@ -553,7 +550,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_csv(out / "results.csv", rows)
     why = write_plot(out / "recall_qps.png", rows, int(s["k"]), f"{ds.name}, k={s['k']}")
     written = [out / "results.json", out / "results.csv"] + ([] if why else [out / "recall_qps.png"])
-    console.print(escape("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s"))
+    console.print(escape("wrote " + ", ".join(str(p) for p in written) + f" in {time.perf_counter() - t_start:.0f} s"),
+                  soft_wrap=True)
     if why:
         console.print(f"[yellow]{escape(why)}[/]")
     return 0
