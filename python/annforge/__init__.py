@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Union
 
 from . import _core
 from ._base import VectorIndex, load
@@ -24,7 +24,11 @@ from .scann import ScaNNIndex
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
+#: What :func:`load` returns: any of the index families (narrow it with ``isinstance``).
+AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
+
 __all__ = [
+    "AnyIndex",
     "FlatIndex",
     "MinHash",
     "MinHashLSH",

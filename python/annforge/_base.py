@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterable, Optional, Tuple, Type, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _progress
 from ._arrays import as_float_matrix, as_ids
+
+if TYPE_CHECKING:  # the families import this module; their names are only needed for annotations
+    from .flat import FlatIndex
+    from .hnsw import HNSWIndex
+    from .ivfpq import IVFPQIndex
+    from .lsh import MinHashLSH, MinHashLSHForest
+    from .scann import ScaNNIndex
+
+    #: What :func:`load` returns: one of the index families.
+    AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
 
 FilterLike = Union[None, Iterable[int], np.ndarray, Callable[[int], bool]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -79,17 +89,37 @@ class VectorIndex:
         return int(self._impl.memory_bytes())
 
     # -- updates ---------------------------------------------------------------------------------
-    def add(self, x: Any, ids: Any = None, *, num_threads: int = 0) -> np.ndarray:
+    #: ``add`` shows a progress bar by default from this many rows on (when stderr is a terminal).
+    _auto_progress_rows: ClassVar[float] = float("inf")
+
+    def add(
+        self, x: Any, ids: Any = None, *, num_threads: int = 0, show_progress: Optional[bool] = None
+    ) -> np.ndarray:
         """Add vectors (``[n, dim]`` or ``[dim]``); an id that exists is replaced (upsert).
 
         ``ids=None`` continues from the largest id used so far. Returns the int64 ids.
+
+        ``show_progress``: draw a progress bar on stderr (the batch is then added in about 100 ordered
+        chunks, with the same result); the default ``None`` shows it for large batches of the slow-to-build
+        families when stderr is a terminal. Start and end of large adds are logged at INFO on the
+        ``annforge`` logger (``logging.basicConfig(level=logging.INFO)`` to see them).
 
         >>> import annforge as af, numpy as np
         >>> index = af.FlatIndex(4)
         >>> index.add(np.eye(4, dtype=np.float32)).tolist()
         [0, 1, 2, 3]
         """
-        return self._impl.add(as_float_matrix(x, "vectors"), as_ids(ids), num_threads)
+        arr, id_arr = as_float_matrix(x, "vectors"), as_ids(ids)
+        n = int(arr.shape[0]) if arr.ndim == 2 else 1
+        show = _progress.want_progress(show_progress, n, self._auto_progress_rows)
+        if not show and n < 10_000:  # the common path: one call, nothing else
+            return self._impl.add(arr, id_arr, num_threads)
+        return _progress.observed_add(type(self).__name__, lambda a, i: self._impl.add(a, i, num_threads), arr,
+                                      id_arr, show_progress=show, chunkable=self._chunkable_add(id_arr))
+
+    def _chunkable_add(self, ids: Optional[np.ndarray]) -> bool:
+        """Whether adding in chunks equals one call (not when ids repeat: a batch may treat that differently)."""
+        return ids is None or len(np.unique(ids)) == len(ids)
 
     def remove(self, ids: Any) -> int:
         """Remove ``ids``; returns how many of them existed. Removed ids never come back from search."""
@@ -112,7 +142,7 @@ class VectorIndex:
         >>> index = af.FlatIndex(2)
         >>> _ = index.add(np.array([[0, 0], [1, 0], [5, 5]], dtype=np.float32))
         >>> ids, dist = index.search([0.9, 0.0], k=2)
-        >>> ids.tolist(), dist.round(2).tolist()
+        >>> ids.tolist(), dist.astype(np.float64).round(2).tolist()
         ([[1, 0]], [[0.01, 0.81]])
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -151,8 +181,12 @@ class VectorIndex:
         self._impl = self._core_class.from_bytes(state["annforge"])
 
 
-def load(path: PathLike, *, mmap: bool = False) -> Any:
-    """Load any annforge file; returns an instance of the class that saved it.
+def load(path: PathLike, *, mmap: bool = False) -> AnyIndex:
+    """Load any annforge index file; returns an instance of the class that saved it.
+
+    The return type is the union ``FlatIndex | HNSWIndex | IVFPQIndex | ScaNNIndex | MinHashLSH |
+    MinHashLSHForest``; narrow it with ``isinstance`` (or annotate the variable) to reach a family's
+    own methods and search knobs.
 
     ``mmap=True`` maps the file read-only: vectors stay in the page cache instead of being copied into
     memory (the first modification copies them). Every checksum is verified either way; a truncated,
@@ -168,4 +202,4 @@ def load(path: PathLike, *, mmap: bool = False) -> Any:
     if not isinstance(p, str):
         p = os.fsdecode(p)
     kind = _core.file_kind(p)
-    return family_for(kind)._load(p, bool(mmap))
+    return family_for(kind)._load(p, bool(mmap))  # type: ignore[return-value]

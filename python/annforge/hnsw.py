@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_float_matrix
-from ._base import VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, register_family
 
 _STORAGES = ("f32", "f16", "sq8")
 
@@ -61,6 +61,11 @@ class HNSWIndex(VectorIndex):
     """
 
     _core_class = _core.HNSWIndex
+    _auto_progress_rows = 50_000  # a progress bar by default from here (about 10 s on 2 cores at 384-d)
+
+    def _chunkable_add(self, ids: Optional[np.ndarray]) -> bool:
+        # sq8 learns its value ranges from the first batch: splitting the first add would change them
+        return super()._chunkable_add(ids) and not (self.storage == "sq8" and len(self) == 0)
 
     def __init__(
         self,
@@ -114,6 +119,25 @@ class HNSWIndex(VectorIndex):
     @default_ef.setter
     def default_ef(self, ef: int) -> None:
         self._impl.default_ef = _check_int("ef", ef, 1)
+
+    def search(
+        self,
+        q: Any,
+        k: int,
+        *,
+        ef: Optional[int] = None,
+        filter: FilterLike = None,
+        num_threads: int = 0,
+        **params: Any,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
+
+        ``ef``: candidate list size (default :attr:`default_ef`; ``max(ef, k)`` is used). Larger is
+        slower and more accurate. ``filter`` and the rest as in :meth:`VectorIndex.search`.
+        """
+        if ef is not None:
+            params["ef"] = ef
+        return super().search(q, k, filter=filter, num_threads=num_threads, **params)
 
     def tune(
         self,

@@ -3,13 +3,13 @@ re-ranking; and ``annforge.kmeans``, the clustering it is built on."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _core, _progress
 from ._arrays import as_float_matrix
-from ._base import VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, register_family
 
 
 class KMeansResult(NamedTuple):
@@ -108,6 +108,7 @@ class IVFPQIndex(VectorIndex):
     """
 
     _core_class = _core.IVFPQIndex
+    _auto_progress_rows = 500_000
 
     def __init__(
         self,
@@ -138,6 +139,29 @@ class IVFPQIndex(VectorIndex):
         self._opq = bool(opq)
         self._seed = int(seed)
 
+    def search(
+        self,
+        q: Any,
+        k: int,
+        *,
+        nprobe: Optional[int] = None,
+        refine_factor: Optional[int] = None,
+        filter: FilterLike = None,
+        num_threads: int = 0,
+        **params: Any,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
+
+        ``nprobe``: cells visited (default ``min(nlist, 16)``); ``refine_factor``: ``refine_factor * k``
+        candidates are re-ranked exactly with the ``refine`` copy (default 4; ignored without one).
+        ``filter`` and the rest as in :meth:`VectorIndex.search`.
+        """
+        if nprobe is not None:
+            params["nprobe"] = nprobe
+        if refine_factor is not None:
+            params["refine_factor"] = refine_factor
+        return super().search(q, k, filter=filter, num_threads=num_threads, **params)
+
     # -- training ----------------------------------------------------------------------------------
     def train(self, x: Any, *, num_threads: int = 0) -> None:
         """Learn the coarse centroids, the PQ codebooks (and the OPQ rotation with ``opq=True``).
@@ -146,6 +170,7 @@ class IVFPQIndex(VectorIndex):
         Training again discards every stored vector.
         """
         arr = as_float_matrix(x, "training vectors")
+        done = _progress.log_phase("IVFPQIndex", "train", len(arr))
         if getattr(self, "_opq", False) and not self._impl.is_trained:
             if arr.ndim != 2 or arr.shape[1] != self.dim:
                 raise ValueError(f"training vectors must be [n, {self.dim}], got shape {arr.shape}")
@@ -157,7 +182,9 @@ class IVFPQIndex(VectorIndex):
             if self.metric == "cosine":
                 base = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-30)
             self._impl.set_rotation(_train_opq_rotation(base, self.m, self.nbits, self._seed))
+            _progress.log.info("IVFPQIndex.train: OPQ rotation learnt")
         self._impl.train(arr, num_threads)
+        done()
 
     @property
     def is_trained(self) -> bool:

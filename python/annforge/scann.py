@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _core, _progress
 from ._arrays import as_float_matrix
-from ._base import VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, register_family
 
 
 def parallel_cost_multiplier(threshold: float, sq_norm: float, dim: int) -> float:
@@ -54,6 +54,7 @@ class ScaNNIndex(VectorIndex):
     """
 
     _core_class = _core.ScaNNIndex
+    _auto_progress_rows = 200_000
 
     def __init__(
         self,
@@ -93,12 +94,38 @@ class ScaNNIndex(VectorIndex):
                                       reorder, int(seed))
         self._impl.set_training_options(int(training_sample_size), int(codebook_iterations), int(encode_rounds))
 
+    def search(
+        self,
+        q: Any,
+        k: int,
+        *,
+        leaves_to_search: Optional[int] = None,
+        reorder_k: Optional[int] = None,
+        filter: FilterLike = None,
+        num_threads: int = 0,
+        **params: Any,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
+
+        ``leaves_to_search``: leaves scanned (default ``min(num_leaves, max(8, ceil(num_leaves / 10)))``);
+        ``reorder_k``: candidates rescored exactly with the ``reorder`` copy (default ``max(100, 4 k)``).
+        ``filter`` and the rest as in :meth:`VectorIndex.search`.
+        """
+        if leaves_to_search is not None:
+            params["leaves_to_search"] = leaves_to_search
+        if reorder_k is not None:
+            params["reorder_k"] = reorder_k
+        return super().search(q, k, filter=filter, num_threads=num_threads, **params)
+
     def train(self, x: Any, *, num_threads: int = 0) -> None:
         """Learn the leaves and the (anisotropic) codebooks. Training again discards every stored vector.
 
         Needs at least ``max(16, num_leaves)`` rows.
         """
-        self._impl.train(as_float_matrix(x, "training vectors"), num_threads)
+        arr = as_float_matrix(x, "training vectors")
+        done = _progress.log_phase("ScaNNIndex", "train", len(arr))
+        self._impl.train(arr, num_threads)
+        done()
 
     @property
     def is_trained(self) -> bool:

@@ -142,6 +142,8 @@ def scann_sweep(n: int, dim: int, quick: bool = False) -> List[Dict[str, Any]]:
 
 # ---- faiss ---------------------------------------------------------------------------------------
 class _FaissAdapter(Adapter):
+    index: Any
+
     def _metric(self) -> int:
         import faiss
 
@@ -235,7 +237,7 @@ class USearch(Adapter):
 
     def prepare(self, params: Dict[str, Any]) -> None:
         super().prepare(params)
-        self.index.expansion_search = int(params["ef"])
+        self.index.expansion_search = int(params["ef"])  # type: ignore[misc]  # settable, stub says read-only
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
         matches = self.index.search(q, k, threads=self.threads)

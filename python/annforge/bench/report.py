@@ -128,19 +128,22 @@ def write_csv(path: Path, rows: List[Dict[str, Any]], fields: Optional[List[str]
             w.writerow({**r, "params": _fmt_params(r["params"])})
 
 
-# Distinguishable styles for many series: 10 colours x 3 line styles x 12 markers, all combinations differ.
+# Distinguishable styles for many series: 10 colours x 12 markers x 3 line styles.
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 _LINESTYLES = ["-", "--", ":"]
 
 
 def series_style(i: int) -> Dict[str, Any]:
-    """Colour, marker and line style of the ``i``-th series; distinct for at least 120 series.
+    """Colour, marker and line style of the ``i``-th series; distinct for 360 series.
 
-    >>> len({tuple(series_style(i).values()) for i in range(120)})
-    120
+    The marker advances by 11 (coprime with 12) every 10 series, so the 120 (colour, marker) pairs
+    all differ before the line style changes.
+
+    >>> len({tuple(series_style(i).values()) for i in range(360)})
+    360
     """
-    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)],
-            "linestyle": _LINESTYLES[(i // 10) % len(_LINESTYLES)]}
+    return {"color": f"C{i % 10}", "marker": _MARKERS[(i + i // 10) % len(_MARKERS)],
+            "linestyle": _LINESTYLES[(i // 120) % len(_LINESTYLES)]}
 
 
 def _recall_axis(ax: Any, recalls: List[float], floor: float) -> None:
@@ -186,7 +189,7 @@ def write_plot(path: Path, rows: List[Dict[str, Any]], k: int, title: str, serie
     groups = [None] if overall_key is None else list(dict.fromkeys(r[overall_key] for r in rows))
     for j, group in enumerate(groups):
         front = sorted((r["recall"], r["qps"]) for r in rows
-                       if r.get("global_pareto") and (group is None or r[overall_key] == group))
+                       if r.get("global_pareto") and (overall_key is None or r[overall_key] == group))
         label = "overall Pareto frontier" + ("" if group is None else f" [{group}]")
         ax.plot([p[0] for p in front], [p[1] for p in front], color="0.55", linewidth=5, alpha=0.35,
                 linestyle=_LINESTYLES[j % len(_LINESTYLES)], zorder=1, label=label, solid_capstyle="round")

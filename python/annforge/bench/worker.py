@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -120,8 +120,8 @@ def main(spec_path: str) -> int:
         chunks = [queries[i:i + batch] for i in range(0, len(queries), batch)]
         adapter.search(chunks[0], k)  # warm-up: caches, lazy allocations, thread start
         best = float("inf")
-        found = None
-        for _ in range(repeats):
+        found: List[np.ndarray] = []
+        for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             out = [adapter.search(c, k) for c in chunks]
             best = min(best, time.perf_counter() - t0)
