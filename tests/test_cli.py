@@ -191,7 +191,7 @@ def test_piped_run_logs_one_line_per_algorithm(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset", ["default", "angular-64"])
 def test_default_sweeps_reach_095(dataset: str) -> None:
     """Every annforge family's default sweep reaches recall@10 >= 0.95 on the built-in datasets."""
-    from annforge.bench.algorithms import REGISTRY
+    from annforge.bench.algorithms import REGISTRY, sweep_points
     from annforge.bench.datasets import ensure_ground_truth
 
     ds = load_dataset(dataset)
@@ -199,7 +199,7 @@ def test_default_sweeps_reach_095(dataset: str) -> None:
     gt, _ = ensure_ground_truth(ds, 10)
     for algo in ("annforge-hnsw", "annforge-ivfpq", "annforge-scann"):
         spec = REGISTRY[algo]
-        sweep = spec["sweep"](len(ds.base), ds.dim) if callable(spec["sweep"]) else spec["sweep"]
+        sweep = sweep_points(algo, len(ds.base), ds.dim)
         adapter = spec["cls"](ds.dim, ds.metric, 0, 0, **spec["build"])
         adapter.build(ds.base)
         best = 0.0

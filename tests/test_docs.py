@@ -144,3 +144,19 @@ def test_load_returns_a_union_of_the_families() -> None:
 def test_package_ships_type_information() -> None:
     assert (PACKAGE / "py.typed").exists() and (PACKAGE / "_core.pyi").exists()
     assert os.path.getsize(PACKAGE / "_core.pyi") > 1000
+
+
+@pytest.mark.slow
+def test_api_reference_builds_strict(tmp_path: Path) -> None:
+    """What tools/build_docs.sh runs: `mkdocs build --strict` (a broken reference or docstring fails)."""
+    pytest.importorskip("mkdocstrings_handlers.python")
+    if not (ROOT / "mkdocs.yml").exists():
+        pytest.skip("no mkdocs.yml (not a source checkout)")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "site" / "api" / "indexes" / "index.html").read_text()
+    assert "HNSWIndex" in page and "refine_factor" in page and "language-pycon" in page

@@ -387,13 +387,13 @@ def test_bad_parameters(data) -> None:
 
 
 def test_bench_adapter(data) -> None:
-    from annforge.bench.algorithms import REGISTRY
+    from annforge.bench.algorithms import REGISTRY, sweep_points
 
     x, q = data
     spec = REGISTRY["annforge-scann"]
     adapter = spec["cls"](DIM, "ip", 1, 1, **spec["build"])
     adapter.build(x)
-    adapter.prepare(spec["quick"][-1])
+    adapter.prepare(sweep_points("annforge-scann", len(x), DIM, quick=True)[-1])
     ids = adapter.search(q, 10)
     truth = np.argsort(brute_force(x, q, "ip"), axis=1)[:, :10]
     assert ids.shape == (len(q), 10) and recall(ids, truth) >= 0.8

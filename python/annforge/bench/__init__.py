@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .algorithms import MINHASH_REGISTRY, REGISTRY, default_algorithms
+from .algorithms import MINHASH_REGISTRY, REGISTRY, default_algorithms, sweep_points
 from .datasets import (Dataset, DatasetError, SetDataset, ensure_ground_truth, exact_pairs, ground_truth_cache_path,
                        load_dataset, load_text_sets, minhash_corpus)
 from .report import (MINHASH_CSV_FIELDS, mark_pareto, print_minhash_table, print_table, write_csv, write_json,
@@ -140,11 +140,9 @@ def _registry(s: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 
 def _sweep_for(algo: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
-    spec = _registry(s)[algo]
-    grid = spec["quick"] if s["quick"] else spec["sweep"]
-    if callable(grid):  # sized from the dataset (set by main / run_benchmark)
-        grid = grid(int(s.get("n") or 20_000), int(s.get("dim") or 128))
-    points = [dict(p) for p in grid]
+    # sized from the dataset (n and dim are set by main / run_benchmark)
+    points = sweep_points(algo, int(s.get("n") or 20_000), int(s.get("dim") or 128), bool(s["quick"]),
+                          _registry(s))
     override = s["sweep_overrides"].get(algo)
     if override:
         import itertools

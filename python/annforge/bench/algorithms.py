@@ -325,6 +325,18 @@ REGISTRY: Dict[str, Dict[str, Any]] = {
 }
 
 
+def sweep_points(algo: str, n: int, dim: int, quick: bool = False,
+                 registry: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """The default sweep of ``algo`` for ``n`` vectors of ``dim`` dimensions (``quick``: the short one).
+
+    >>> sweep_points("annforge-hnsw", 1000, 8, quick=True)
+    [{'ef': 10}, {'ef': 40}]
+    """
+    spec = (REGISTRY if registry is None else registry)[algo]
+    grid = spec["quick"] if quick else spec["sweep"]
+    return [dict(p) for p in (grid(n, dim) if callable(grid) else grid)]
+
+
 def available_algorithms() -> List[str]:
     """Names of every adapter whose library is importable here."""
     return [name for name, spec in REGISTRY.items() if spec["available"]()]
