@@ -317,8 +317,8 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     sizes = [len(x) for x in ds.sets]
-    console.print(f"dataset [bold]{escape(ds.name)}[/]: {len(ds.sets):,} documents, {np.mean(sizes):.1f} shingles on average, "
-                  f"threads={s['threads']}")
+    console.print(f"dataset [bold]{escape(ds.name)}[/]: {len(ds.sets):,} documents, {np.mean(sizes):.1f} shingles "
+                  f"on average, threads={s['threads']}")
     algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
     s["algos"] = algos
     total = sum(len(_sweep_for(a, s)) for a in algos if a in MINHASH_REGISTRY)

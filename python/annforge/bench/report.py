@@ -89,9 +89,10 @@ def print_table(rows: List[Dict[str, Any]], k: int, title: str, all_rows: bool =
 def print_minhash_table(rows: List[Dict[str, Any]], title: str) -> None:
     """The ``--workload minhash`` table: every sweep point (each threshold has its own exact truth)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col, just in [("algorithm", "left"), ("params", "left"), ("pair recall", "right"), ("precision", "right"),
                       ("sig docs/s", "right"), ("insert/s", "right"), ("queries/s", "right"),
                       ("true pairs", "right"), ("candidates", "right")]:
