@@ -208,3 +208,15 @@ def test_default_sweeps_reach_095(dataset: str) -> None:
             ids = adapter.search(ds.queries, 10)
             best = max(best, np.mean([len(np.intersect1d(f, g)) / 10 for f, g in zip(ids, gt)]))
         assert best >= 0.95, (algo, dataset, best)
+
+
+def test_piped_minhash_run_logs_one_line_per_library(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    words = [f"w{i}" for i in range(40)]
+    docs = [" ".join(words[i:i + 12]) for i in range(25)] + [" ".join(words[:12])]
+    (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n")
+    assert bench_main(["--workload", "minhash", "--dataset", str(tmp_path / "docs.txt"), "--algos",
+                       "annforge-minhash-lsh", "--repeats", "1", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert any(line.startswith("annforge-minhash-lsh: 3/3 points, pair recall") for line in out.splitlines()), out
+    assert bench_main(["--workload", "minhash", "--dataset", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err

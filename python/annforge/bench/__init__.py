@@ -248,9 +248,12 @@ def load_set_dataset(s: Dict[str, Any]) -> SetDataset:
     return load_text_sets(str(s["dataset"]), s["shingle"])
 
 
-def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = None,
-                          task: Any = None) -> List[Dict[str, Any]]:
-    """Exact Jaccard pairs per threshold, then each MinHash library in its own subprocess; one row per point."""
+def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = None, task: Any = None,
+                          log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Exact Jaccard pairs per threshold, then each MinHash library in its own subprocess; one row per point.
+
+    ``log`` (output that is not a terminal) receives one line per finished library.
+    """
     algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
     unknown = [a for a in algos if a not in MINHASH_REGISTRY]
     if unknown:
@@ -302,6 +305,9 @@ def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = Non
                 _say(progress, f"[red]{algo} exited with {proc.returncode}[/] {escape(' '.join(tail))}")
             if progress is not None and done < len(sweep):
                 progress.update(task, advance=len(sweep) - done)
+            if log is not None and done:
+                log(f"{algo}: {done}/{len(sweep)} points, pair recall "
+                    + ", ".join(f"{r['recall']:.3f}" for r in rows if r["algo"] == algo))
     return rows
 
 
@@ -322,10 +328,13 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
     s["algos"] = algos
     total = sum(len(_sweep_for(a, s)) for a in algos if a in MINHASH_REGISTRY)
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=total)
-        rows = run_minhash_benchmark(ds, s, progress, task)
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("starting", total=total)
+            rows = run_minhash_benchmark(ds, s, progress, task)
+    else:  # a pipe or a file: one line per finished library instead of a progress bar
+        rows = run_minhash_benchmark(ds, s, log=lambda line: console.print(escape(line), soft_wrap=True))
     if not rows:
         console.print("[red]no results[/]")
         return 1
