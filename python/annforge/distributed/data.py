@@ -252,10 +252,10 @@ def dedup(
     else:
         if isinstance(docs_or_dataset, (str, bytes)) or not isinstance(docs_or_dataset, Sequence):
             raise TypeError("docs must be a sequence of documents or a ray.data.Dataset")
-        import ray.data
+        from ray.data import from_items
 
         column, id_column = "doc", "id"
-        ds = ray.data.from_items([{"id": i, "doc": d} for i, d in enumerate(docs_or_dataset)])
+        ds = from_items([{"id": i, "doc": d} for i, d in enumerate(docs_or_dataset)])
         if not len(docs_or_dataset):
             return []
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # validates and picks (bands, rows)

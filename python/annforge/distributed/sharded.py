@@ -249,6 +249,7 @@ class ShardedIndex:
         # Per shard: the file that holds its latest saved state and whether it changed since.
         self._saved_path: List[Optional[str]] = list(sources)
         self._dirty = [False] * num_shards
+        self._loss_reported = [False] * num_shards  # a failure already told the caller the changes are lost
         options = {"max_restarts": int(max_restarts), "max_task_retries": 0, "max_concurrency": 4}
         options.update(actor_options or {})
         remote = _remote_shard().options(**options)
@@ -376,6 +377,10 @@ class ShardedIndex:
         """
         root = os.fspath(path)
         manifest = _read_manifest(root)
+        sources = [os.path.join(root, shard["file"]) for shard in manifest["shards"]]
+        for i, source in enumerate(sources):
+            if not os.path.isfile(source):
+                raise OSError(f"shard {i}: {source} is missing")
         router = None
         if manifest["partition"] == "kmeans":
             router_path = os.path.join(root, manifest["router"])
@@ -383,10 +388,6 @@ class ShardedIndex:
             router = loaded  # type: ignore[assignment]
             if len(router) != manifest["num_shards"] or router.dim != manifest["dim"]:
                 raise OSError(f"{router_path} does not hold {manifest['num_shards']} centroids of dim {manifest['dim']}")
-        sources = [os.path.join(root, shard["file"]) for shard in manifest["shards"]]
-        for i, source in enumerate(sources):
-            if not os.path.isfile(source):
-                raise OSError(f"shard {i}: {source} is missing")
         sharded = cls._start(
             num_shards=manifest["num_shards"], partition=manifest["partition"], dim=manifest["dim"],
             metric=manifest["metric"], family=manifest["family"], router=router, next_id=manifest["next_id"],
@@ -652,6 +653,7 @@ class ShardedIndex:
             if raw:
                 results[pos] = reply
                 continue
+            self._loss_reported[s] = False
             if call[0] in _WRITES:
                 self._dirty[s] = True
             payload = reply[1:]
@@ -664,7 +666,9 @@ class ShardedIndex:
         if self._saved_path[s] is None:
             return "It was never saved, so a restarted actor cannot get its vectors back."
         if self._dirty[s]:
-            return f"It changed since it was saved to {self._saved_path[s]}; those changes are lost."
+            self._loss_reported[s] = True
+            return (f"It changed since it was saved to {self._saved_path[s]}; if Ray restarts it, the changes made "
+                    "to it since that save are lost.")
         return f"Ray restarts it and it reloads {self._saved_path[s]}; retry the call."
 
     def _recover(self, s: int) -> bool:
@@ -685,9 +689,9 @@ class ShardedIndex:
             restored = bool(info["lost"] or info["source"] != path)
             if restored:
                 ray.get(self._actors[s].restore.remote(path, self._mmap))
-            lost_changes = self._dirty[s]
+            lost_changes = self._dirty[s] and not self._loss_reported[s]
             self._incarnation[s] = info["incarnation"]
-            self._dirty[s] = False
+            self._dirty[s] = self._loss_reported[s] = False
             if lost_changes:
                 raise ShardError(
                     s, f"shard {s} was restarted after a failure and reloaded {path}; the changes made to it "
