@@ -240,27 +240,41 @@ def test_search_dataset_matches_direct_search(data, tmp_path):
     index.add(x)
     want = index.search(q, 5, ef=32)
     index.save(tmp_path / "index.af")
-    with ShardedIndex.build(x, num_shards=2, make_index=lambda: af.FlatIndex(DIM)) as sharded:
-        sharded.save(tmp_path / "sharded")
     flat = af.FlatIndex(DIM)
     flat.add(x)
     want_flat = flat.search(q, 5)
-
     ds = ray.data.from_items([{"row": i, "embedding": v} for i, v in enumerate(q)], override_num_blocks=2)
-    # Both kinds of source in one pipeline (one Ray Data run): an index file, then a sharded directory.
-    searched = search_dataset(ds, str(tmp_path / "index.af"), 5, batch_size=32, ef=32)
-    searched = search_dataset(searched, tmp_path / "sharded", 5, batch_size=64, ids_column="nn",
-                              distances_column="nn_dist")
-    by_row = sorted(searched.take_all(), key=lambda r: r["row"])
+    with ShardedIndex.build(x, num_shards=2, make_index=lambda: af.FlatIndex(DIM)) as sharded:
+        sharded.save(tmp_path / "sharded")
+        # Three kinds of source in one pipeline (one Ray Data run, as each run costs seconds here): an
+        # index file, a saved sharded directory, and the live sharded index's actors.
+        searched = search_dataset(ds, str(tmp_path / "index.af"), 5, batch_size=32, ef=32)
+        searched = search_dataset(searched, tmp_path / "sharded", 5, batch_size=64, ids_column="nn",
+                                  distances_column="nn_dist")
+        searched = search_dataset(searched, sharded, 5, ids_column="live", distances_column="live_dist", concurrency=1)
+        by_row = sorted(searched.take_all(), key=lambda r: r["row"])
     np.testing.assert_array_equal(np.stack([r["neighbor_ids"] for r in by_row]), want[0])
     np.testing.assert_array_equal(np.stack([r["neighbor_distances"] for r in by_row]), want[1])
-    np.testing.assert_array_equal(np.stack([r["nn"] for r in by_row]), want_flat[0])
-    np.testing.assert_array_equal(np.stack([r["nn_dist"] for r in by_row]), want_flat[1])
+    for column in ("nn", "live"):
+        np.testing.assert_array_equal(np.stack([r[column] for r in by_row]), want_flat[0])
+        np.testing.assert_array_equal(np.stack([r[column + "_dist"] for r in by_row]), want_flat[1])
 
     with pytest.raises(OSError, match="does not exist"):
         search_dataset(ds, tmp_path / "nowhere.af", 5)
     with pytest.raises(TypeError, match="ray.data.Dataset"):
         search_dataset(q, index, 5)
+
+
+def test_build_from_a_dataset_with_ids(data):
+    x, q = data
+    ids = np.arange(len(x)) * 3 + 7
+    ds = ray.data.from_items([{"key": int(i), "embedding": v} for i, v in zip(ids, x)], override_num_blocks=3)
+    single = af.FlatIndex(DIM)
+    single.add(x, ids)
+    with ShardedIndex.build(ds, num_shards=2, partition="kmeans", id_column="key",
+                            make_index=lambda: af.FlatIndex(DIM)) as sharded:
+        assert sorted(sharded.ids().tolist()) == ids.tolist()
+        np.testing.assert_array_equal(sharded.search(q, 10)[0], single.search(q, 10)[0])
 
 
 def _corpus(seed: int):

@@ -603,6 +603,16 @@ class ShardedIndex:
                 pass
         self._actors = []
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Actor handles pickle (Ray Data workers searching a live ShardedIndex); the lock does not.
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def __enter__(self) -> "ShardedIndex":
         return self
 
