@@ -23,7 +23,10 @@ from annforge.distributed import (  # noqa: E402
     dedup,
     search_dataset,
 )
+from annforge.distributed import band_keys, groups_from_pairs, verified_pairs  # noqa: E402
 from annforge.distributed.sharded import shard_file_name  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from conftest import clustered  # noqa: E402
 
@@ -289,6 +292,35 @@ def _corpus(seed: int):
     docs.append([])  # two empty documents are duplicates of each other
     docs.append([])
     return docs
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]),
+    num_perm=st.sampled_from([16, 64, 128]),
+)
+def test_bucket_keys_verification_and_union_find_reproduce_af_dedup(seed, threshold, num_perm):
+    # The distributed path's three steps, run here without Ray Data: buckets by band key, pairs
+    # verified inside each bucket, union-find over the surviving pairs.
+    rng = np.random.default_rng(seed)
+    docs = [[f"t{j}" for j in rng.integers(0, 12, rng.integers(0, 8))] for _ in range(60)]
+    want = af.dedup(docs, threshold=threshold, num_perm=num_perm)
+    sigs = af.minhash_signatures(docs, num_perm=num_perm)
+    lsh = af.MinHashLSH(threshold=threshold, num_perm=num_perm)
+    keys = band_keys(sigs, lsh.bands, lsh.rows)
+    buckets: dict = {}
+    for doc, row in enumerate(keys):
+        for key in row.tolist():
+            buckets.setdefault(key, []).append(doc)
+    first, second = [], []
+    for members in buckets.values():
+        if len(members) > 1:
+            ids = np.array(members[::-1], dtype=np.int64)  # any order within a bucket
+            pairs = verified_pairs(ids, sigs[ids], threshold)
+            first.append(pairs["a"])
+            second.append(pairs["b"])
+    got = groups_from_pairs(np.concatenate(first), np.concatenate(second)) if first else []
+    assert got == want
 
 
 def test_distributed_dedup_equals_af_dedup():
