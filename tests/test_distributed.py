@@ -23,7 +23,7 @@ from annforge.distributed import (  # noqa: E402
     dedup,
     search_dataset,
 )
-from annforge.distributed import band_keys, groups_from_pairs, verified_pairs  # noqa: E402
+from annforge.distributed import band_keys, groups_from_pairs, hash_shards, verified_pairs  # noqa: E402
 from annforge.distributed.sharded import shard_file_name  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -159,6 +159,13 @@ def test_add_remove_save_load(data, tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OSError, match="shard 1: .* holds .* vectors, the manifest says"):
         ShardedIndex.load(path)
+
+
+def test_hash_routing_is_stable_and_balanced():
+    # Saved hash-partitioned collections route add/remove with this mapping: it must never change.
+    assert hash_shards(np.arange(8), 3).tolist() == [1, 2, 1, 0, 1, 2, 2, 0]
+    counts = np.bincount(hash_shards(np.arange(40_000), 4), minlength=4)
+    assert counts.min() > 9_600 and counts.max() < 10_400
 
 
 def test_build_checks_its_arguments(data):

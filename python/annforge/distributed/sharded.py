@@ -23,6 +23,7 @@ _FORMAT = "annforge-sharded"
 _VERSION = 1
 _PARTITIONS = ("hash", "kmeans")
 _WRITES = ("add", "remove")
+_HASH = "splitmix64"  # the id -> shard mapping of hash partitioning (hash_shards)
 
 
 class ShardError(RuntimeError):
@@ -52,10 +53,11 @@ def shard_file_name(shard: int) -> str:
 def hash_shards(ids: np.ndarray, num_shards: int) -> np.ndarray:
     """The shard of each id under hash partitioning: a 64-bit mix of the id (splitmix64) mod ``num_shards``.
 
-    Mixing first spreads consecutive ids (the common case) evenly.
+    Mixing first spreads consecutive ids (the common case) evenly. Saved hash-partitioned collections
+    depend on this mapping (the manifest names it ``"splitmix64"``), so it must never change.
 
     >>> hash_shards(np.arange(8), 3).tolist()
-    [2, 0, 0, 2, 2, 1, 1, 2]
+    [1, 2, 1, 0, 1, 2, 2, 0]
     """
     z = np.asarray(ids, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
@@ -579,6 +581,7 @@ class ShardedIndex:
                 "dim": self._dim,
                 "metric": self._metric,
                 "next_id": self._next_id,
+                "hash": _HASH,
                 "shards": [{"file": shard_file_name(i), "size": int(n)} for i, n in enumerate(sizes)],
             }
             if self._router is not None:
@@ -716,7 +719,10 @@ def _unwrap(exc: "ray.exceptions.RayTaskError", shard: int) -> BaseException:
     """The error an actor raised, as its own type (ValueError stays ValueError), naming the shard."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, (ValueError, TypeError, OSError, KeyError, IndexError)):
-        return type(cause)(f"shard {shard}: {cause}")
+        try:
+            return type(cause)(f"shard {shard}: {cause}")
+        except Exception:  # an exception class with its own constructor arguments
+            return cause
     return ShardError(shard, f"shard {shard} raised {exc}")
 
 
@@ -771,6 +777,8 @@ def _read_manifest(root: str) -> Dict[str, Any]:
         ok = False
     if not ok:
         raise OSError(f"{path} is missing fields or has fields of the wrong type")
+    if manifest["partition"] == "hash" and manifest.get("hash", _HASH) != _HASH:
+        raise OSError(f"{path} routes ids with {manifest['hash']!r}; this annforge knows only {_HASH!r}")
     return manifest
 
 
