@@ -322,10 +322,12 @@ class ShardedIndex:
             raise ValueError("make_index() must return an empty index (the shards get the vectors)")
 
         is_dataset = _is_dataset(vectors_or_dataset)
+        sample: Optional[np.ndarray]
         if is_dataset:
             if ids is not None:
                 raise ValueError("with a Ray dataset, give the ids as id_column, not ids=")
-            sample = _dataset_sample(vectors_or_dataset, column, train_size, seed)
+            needs_sample = partition == "kmeans" or getattr(template, "is_trained", True) is False
+            sample = _dataset_sample(vectors_or_dataset, column, train_size, seed) if needs_sample else None
             chunks: Iterator[Tuple[np.ndarray, Optional[np.ndarray]]] = _dataset_chunks(
                 vectors_or_dataset, column, id_column, chunk_size
             )
@@ -338,11 +340,13 @@ class ShardedIndex:
             chunks = ((x[s : s + chunk_size], all_ids[s : s + chunk_size]) for s in range(0, len(x), chunk_size))
 
         if getattr(template, "is_trained", True) is False:
+            assert sample is not None
             if not len(sample):
                 raise ValueError("no vectors to train the index on")
             template.train(sample, num_threads=num_threads)
         router = None
         if partition == "kmeans":
+            assert sample is not None
             router = _train_router(sample, num_shards, template.metric, seed, num_threads)
 
         import pickle
