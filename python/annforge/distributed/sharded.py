@@ -134,8 +134,8 @@ class _Shard:
 
     def add(self, x: np.ndarray, ids: np.ndarray, num_threads: int) -> Tuple[str, int]:
         index = self._live()
-        if getattr(index, "is_trained", True) is False:
-            index.train(x, num_threads=num_threads)
+        if getattr(index, "is_trained", True) is False:  # a template that make_index() left untrained
+            getattr(index, "train")(x, num_threads=num_threads)
         index.add(x, ids, num_threads=num_threads)
         return self.incarnation, len(ids)
 
@@ -213,6 +213,24 @@ class ShardedIndex:
     >>> sharded.close()
     """
 
+    _num_shards: int
+    _partition: str
+    _dim: int
+    _metric: str
+    _family: str
+    _router: Optional[FlatIndex]
+    _next_id: int
+    _mmap: bool
+    _num_threads: int
+    _lock: "threading.RLock"
+    _saved_dir: Optional[str]
+    _saved_path: List[Optional[str]]
+    _dirty: List[bool]
+    _loss_reported: List[bool]
+    _actors: List[Any]
+    _incarnation: List[str]
+    _sizes_at_open: List[int]
+
     def __init__(self) -> None:  # use build() or load()
         raise TypeError("create a ShardedIndex with ShardedIndex.build(...) or ShardedIndex.load(path)")
 
@@ -249,7 +267,7 @@ class ShardedIndex:
         self._lock = threading.RLock()
         self._saved_dir = saved_dir
         # Per shard: the file that holds its latest saved state and whether it changed since.
-        self._saved_path: List[Optional[str]] = list(sources)
+        self._saved_path = list(sources)
         self._dirty = [False] * num_shards
         self._loss_reported = [False] * num_shards  # a failure already told the caller the changes are lost
         options = {"max_restarts": int(max_restarts), "max_task_retries": 0, "max_concurrency": 4}
@@ -343,7 +361,7 @@ class ShardedIndex:
             assert sample is not None
             if not len(sample):
                 raise ValueError("no vectors to train the index on")
-            template.train(sample, num_threads=num_threads)
+            getattr(template, "train")(sample, num_threads=num_threads)
         router = None
         if partition == "kmeans":
             assert sample is not None
@@ -387,11 +405,13 @@ class ShardedIndex:
         for i, source in enumerate(sources):
             if not os.path.isfile(source):
                 raise OSError(f"shard {i}: {source} is missing")
-        router = None
+        router: Optional[FlatIndex] = None
         if manifest["partition"] == "kmeans":
             router_path = os.path.join(root, manifest["router"])
             loaded = family_for("FlatIndex")._load(router_path, False)
-            router = loaded  # type: ignore[assignment]
+            if not isinstance(loaded, FlatIndex):
+                raise OSError(f"{router_path} does not hold the shard centroids")
+            router = loaded
             if len(router) != manifest["num_shards"] or router.dim != manifest["dim"]:
                 raise OSError(f"{router_path} does not hold {manifest['num_shards']} centroids of dim {manifest['dim']}")
         sharded = cls._start(
@@ -597,7 +617,7 @@ class ShardedIndex:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, os.path.join(root, MANIFEST))
-            self._saved_path = files
+            self._saved_path = list(files)
             self._dirty = [False] * self._num_shards
             self._saved_dir = root
 
