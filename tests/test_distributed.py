@@ -30,7 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from conftest import clustered  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray's own
 
 DIM = 16
 

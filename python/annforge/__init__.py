@@ -41,7 +41,6 @@ __all__ = [
     "build_info",
     "embed",
     "store",
-    "distributed",
     "load",
     "set_simd_level",
     "simd_level",
