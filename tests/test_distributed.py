@@ -160,6 +160,14 @@ def test_add_remove_save_load(data, tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OSError, match="shard 1: .* holds .* vectors, the manifest says"):
         ShardedIndex.load(path)
+    manifest["shards"][1]["size"] -= 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    damaged = bytearray((path / shard_file_name(0)).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (path / shard_file_name(0)).write_bytes(bytes(damaged))
+    with pytest.raises(ShardError, match="shard 0 .*OSError: .*shard-00000.af") as info:
+        ShardedIndex.load(path)
+    assert info.value.shard == 0
 
 
 def test_hash_routing_is_stable_and_balanced():

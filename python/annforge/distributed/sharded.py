@@ -133,10 +133,7 @@ class _Shard:
         return self.incarnation, ids, dist
 
     def add(self, x: np.ndarray, ids: np.ndarray, num_threads: int) -> Tuple[str, int]:
-        index = self._live()
-        if getattr(index, "is_trained", True) is False:  # a template that make_index() left untrained
-            getattr(index, "train")(x, num_threads=num_threads)
-        index.add(x, ids, num_threads=num_threads)
+        self._live().add(x, ids, num_threads=num_threads)
         return self.incarnation, len(ids)
 
     def remove(self, ids: np.ndarray) -> Tuple[str, int]:
@@ -156,9 +153,6 @@ class _Shard:
         with self._lock:
             self._load(path, mmap)
             return self.incarnation, len(self._live())
-
-    def ping(self) -> str:
-        return self.incarnation
 
 
 def _from_bytes(data: bytes) -> VectorIndex:
@@ -274,7 +268,11 @@ class ShardedIndex:
         options.update(actor_options or {})
         remote = _remote_shard().options(**options)
         self._actors = [remote.remote(i, sources[i], mmap, template) for i in range(num_shards)]
-        infos = self._gather("info", [(i, ()) for i in range(num_shards)], raw=True)
+        try:
+            infos = self._gather("info", [(i, ()) for i in range(num_shards)], raw=True)
+        except BaseException:
+            self.close()
+            raise
         self._incarnation = [info["incarnation"] for info in infos]
         for i, info in enumerate(infos):
             if info["lost"]:
@@ -678,7 +676,7 @@ class ShardedIndex:
                 failure = failure or ShardError(
                     s,
                     f"shard {s} failed during {call[0]}(): its actor died or is unreachable "
-                    f"({type(exc).__name__}). {self._recovery_note(s)}",
+                    f"({type(exc).__name__}{_cause_of(exc)}). {self._recovery_note(s)}",
                 )
                 continue
             except ray.exceptions.RayTaskError as exc:
@@ -737,6 +735,13 @@ class ShardedIndex:
             warnings.warn(f"shard {s} was restarted after a failure and reloaded {path}", ShardRestartedWarning,
                           stacklevel=5)
             return restored
+
+
+def _cause_of(exc: BaseException) -> str:
+    """The error that made an actor's constructor fail (e.g. a corrupt shard file), if Ray reports one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    return f": {errors[-1]}" if errors and "__init__" in str(exc) else ""
 
 
 def _unwrap(exc: "ray.exceptions.RayTaskError", shard: int) -> BaseException:
