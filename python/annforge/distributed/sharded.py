@@ -270,18 +270,18 @@ class ShardedIndex:
         self._actors = [remote.remote(i, sources[i], mmap, template) for i in range(num_shards)]
         try:
             infos = self._gather("info", [(i, ()) for i in range(num_shards)], raw=True)
+            for i, info in enumerate(infos):
+                if info["lost"]:
+                    raise ShardError(i, f"shard {i} could not be opened: {info['lost_reason']}")
+                if info["dim"] != dim or info["metric"] != metric:
+                    raise OSError(
+                        f"shard {i} holds dim={info['dim']}, metric={info['metric']!r}; "
+                        f"the collection is dim={dim}, metric={metric!r}"
+                    )
         except BaseException:
             self.close()
             raise
         self._incarnation = [info["incarnation"] for info in infos]
-        for i, info in enumerate(infos):
-            if info["lost"]:
-                raise ShardError(i, f"shard {i} could not be opened: {info['lost_reason']}")
-            if info["dim"] != dim or info["metric"] != metric:
-                raise OSError(
-                    f"shard {i} holds dim={info['dim']}, metric={info['metric']!r}; "
-                    f"the collection is dim={dim}, metric={metric!r}"
-                )
         self._sizes_at_open = [int(info["size"]) for info in infos]
         return self
 
