@@ -375,7 +375,7 @@ class ShardedIndex:
         )
         try:
             for chunk_x, chunk_ids in chunks:
-                sharded.add(chunk_x, chunk_ids)
+                sharded._add(chunk_x, chunk_ids, replace=False)
         except BaseException:
             sharded.close()
             raise
@@ -531,12 +531,16 @@ class ShardedIndex:
         ``partition="kmeans"`` a replaced vector may move to another shard: its old copy is removed
         there in the same round of calls. Returns the int64 ids.
         """
+        return self._add(x, ids, replace=True)
+
+    def _add(self, x: Any, ids: Any, replace: bool) -> np.ndarray:
+        # replace=False (build): the ids are new, so no shard holds an old copy to remove.
         vectors = as_float_matrix(x, "vectors")
         if vectors.ndim == 1:
             vectors = vectors.reshape(1, -1)
         if vectors.ndim != 2 or vectors.shape[1] != self._dim:
             raise ValueError(f"vectors must be [n, {self._dim}], got shape {vectors.shape}")
-        explicit = ids is not None
+        explicit = ids is not None and replace
         with self._lock:
             new_ids = _check_ids(ids, len(vectors), first=self._next_id)
             if not len(new_ids):
