@@ -17,6 +17,7 @@ from . import _core
 from ._base import VectorIndex, load
 from .flat import FlatIndex
 from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_fvecs, write_ivecs
+from .merge import merge_topk
 from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 from .ivfpq import IVFPQIndex, kmeans
 from .hnsw import HNSWIndex
@@ -34,6 +35,7 @@ __all__ = [
     "MinHashLSH",
     "MinHashLSHForest",
     "dedup",
+    "merge_topk",
     "minhash_signatures",
     "IVFPQIndex",
     "kmeans",
@@ -52,8 +54,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # `af.embed` / `af.store` load on first use: optional layers that must not slow `import annforge`.
-    if name in ("embed", "store"):
+    # `af.embed` / `af.store` / `af.distributed` load on first use: optional layers that must not slow
+    # `import annforge`.
+    if name in ("embed", "store", "distributed"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
