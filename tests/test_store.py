@@ -4,12 +4,14 @@ recovery after a killed process, MMR."""
 from __future__ import annotations
 
 import operator
+import re
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from typing import Any, Dict, List
 
 import numpy as np
@@ -511,3 +513,117 @@ def test_trained_ivfpq_index_works_and_an_untrained_one_is_refused(tmp_path: Any
     col = Collection(folder)
     assert type(col.index).__name__ == "IVFPQIndex" and len(col.index) == len(col) == 601
     col.close()
+
+
+# -- a collection always reopens from SQLite; a damaged database is refused ---------------------------
+SQ8_CHILD = textwrap.dedent(
+    """
+    import sys, time, numpy as np
+    sys.path.insert(0, {python_dir!r})
+    import annforge as af
+    from annforge.store import Collection
+    col = Collection(sys.argv[1], index=af.HNSWIndex(8, metric="euclidean", M=8, storage="sq8"))
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    col.upsert(["r%d" % i for i in range(300)], metadatas=[{{"i": i}} for i in range(300)], embeddings=x)
+    print("written", col.generation, flush=True)
+    time.sleep(60)   # killed here: long before the first snapshot (snapshot_every=10000)
+    """
+)
+
+
+def test_sq8_hnsw_killed_before_its_first_snapshot_reopens_with_a_warning(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    script = tmp_path / "sq8_child.py"
+    script.write_text(SQ8_CHILD.format(python_dir=PYTHON_DIR))
+    child = subprocess.Popen([sys.executable, str(script), folder], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("written"), child.stderr.read() if child.stderr else line
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not [n for n in os.listdir(folder) if re.match(r"index\.\d+\.af$", n)]  # no snapshot was written
+    with pytest.warns(RuntimeWarning, match="no index snapshot was written.*rebuilt from the 300 records"):
+        col = _assert_consistent(folder)
+    assert len(col) == 300 and col.index.storage == "sq8" and col.index.M == 8 and col.metric == "l2"
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    assert col.search(x[17], k=1)[0].id == "r17"
+    col.close()  # writes the first snapshot: the next open needs no rebuild and says nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_consistent(folder).close()
+
+
+def _flip(path: str, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("family", ["hnsw", "hnsw-sq8", "flat"])
+def test_damaged_snapshot_and_damaged_base_rebuild_from_sqlite(tmp_path: Any, family: str) -> None:
+    folder = str(tmp_path / "c")
+    make = {"hnsw": lambda: af.HNSWIndex(4, M=6, ef_construction=50), "flat": lambda: af.FlatIndex(4),
+            "hnsw-sq8": lambda: af.HNSWIndex(4, storage="sq8")}[family]
+    x = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    with Collection(folder, index=make()) as col:
+        col.upsert([str(i) for i in range(40)], embeddings=x)
+    for name in ("index.1.af", "index.base.af"):
+        path = os.path.join(folder, name)
+        _flip(path, os.path.getsize(path) // 2)
+    with pytest.warns(RuntimeWarning, match=r"snapshot index\.1\.af is unreadable.*rebuilt from the 40 records"):
+        col = _assert_consistent(folder)
+    assert repr(col.index) == repr(make()).replace("size=0", "size=40")  # same parameters as created
+    col.close()
+
+
+def test_trained_index_with_every_file_damaged_says_what_to_do(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    ivf = af.IVFPQIndex(8, nlist=4, m=2, nbits=4)
+    ivf.train(x)
+    with Collection(folder, index=ivf) as col:
+        col.upsert([str(i) for i in range(300)], embeddings=x)
+    _flip(os.path.join(folder, "index.base.af"), 200)
+    with pytest.warns(RuntimeWarning, match="does not load"):  # the snapshot is fine: only the template is lost
+        col = _assert_consistent(folder)
+    col.upsert(["new"], embeddings=x[:1] + 5)
+    col._close_handles()  # no snapshot of the last write: the snapshot is emptied to rebuild into
+    with pytest.warns(RuntimeWarning):
+        col = _assert_consistent(folder)
+    col.close()
+    for name in os.listdir(folder):
+        if name.endswith(".af"):
+            _flip(os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)) // 2)
+    with pytest.raises(OSError, match="records are intact"):
+        Collection(folder)
+
+
+@pytest.mark.parametrize("offset_in_page", [0, 5])
+def test_bit_flipped_database_is_refused_on_open(tmp_path: Any, offset_in_page: int) -> None:
+    import sqlite3
+
+    folder = str(tmp_path / "c")
+    with Collection(folder, index=af.FlatIndex(4)) as col:
+        col.upsert([f"id{i}" for i in range(300)], documents=[f"text {i} " * 5 for i in range(300)],
+                   metadatas=[{"i": i} for i in range(300)], embeddings=np.ones((300, 4)))
+    db = os.path.join(folder, "collection.sqlite")
+    page_size = 4096
+    _flip(db, page_size + offset_in_page)  # the header of page 2, a b-tree page
+    try:  # what SQLite itself says about the file
+        conn = sqlite3.connect(db)
+        report = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        report = [str(exc)]
+    assert report != ["ok"]
+    with pytest.raises(OSError, match="damaged"):
+        Collection(folder)
+    with open(db, "wb") as fh:
+        fh.write(b"not a database at all" * 100)
+    with pytest.raises(OSError, match="damaged or not an SQLite file"):
+        Collection(folder)

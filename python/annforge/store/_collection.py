@@ -16,6 +16,14 @@ replaying rows and tombstones with a larger generation; the result is checked ag
 and, if anything disagrees (a damaged snapshot, tombstones already pruned), rebuilt from the base and
 every row. A process killed at any point therefore reopens to exactly the last committed transaction.
 
+A collection always reopens from SQLite: when no snapshot is usable (none was written before the process
+died, or every one is damaged, unreadable or of another index), the index is rebuilt from the stored
+vectors and a ``RuntimeWarning`` says why. The empty index it is rebuilt into comes from
+``index.base.af``; when that file is missing or unreadable, from the constructor parameters recorded in
+SQLite (FlatIndex, HNSWIndex), else from a loadable snapshot emptied of its vectors (trained families).
+The database itself is checked with SQLite's ``PRAGMA quick_check`` when it is opened: a damaged file
+raises OSError instead of answering from corrupted pages.
+
 Files in the collection folder: ``collection.sqlite`` (+ its WAL), ``index.base.af``,
 ``index.<generation>.af``. One process at a time may open a folder (an advisory lock is taken).
 """
@@ -26,8 +34,11 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import threading
 import uuid
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -48,6 +59,11 @@ _SNAPSHOT_RE = re.compile(r"^index\.(\d+)\.af$")
 _TMP_RE = re.compile(r"^index\.(?:\d+|base)\.af\.tmp-\d+$")
 _SQL_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's parameter limit
 _REPLAY_CHUNK = 8192  # vectors per index.add while replaying
+_PROGRESS_MIN_ROWS = 50_000  # a rebuild of this many rows shows a progress bar (in a terminal)
+
+# Folder (real path) -> the open Collection of this process that holds it; the LangChain store uses it
+# to share an open folder instead of failing on the folder lock (re-run notebook cells).
+_OPEN_IN_PROCESS: "weakref.WeakValueDictionary[str, Collection]" = weakref.WeakValueDictionary()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,6 +106,27 @@ def default_index(dim: int) -> VectorIndex:
     from ..hnsw import HNSWIndex
 
     return HNSWIndex(dim, metric="cosine")
+
+
+def _index_config(index: VectorIndex) -> Optional[Dict[str, Any]]:
+    """Constructor arguments that recreate ``index`` empty, for the families that need no training."""
+    name = type(index).__name__
+    if name == "FlatIndex":
+        return {"dim": index.dim, "metric": index.metric}
+    if name == "HNSWIndex":
+        return {"dim": index.dim, "metric": index.metric, "M": index.M,  # type: ignore[attr-defined]
+                "ef_construction": index.ef_construction, "seed": index.seed,  # type: ignore[attr-defined]
+                "storage": index.storage, "default_ef": index.default_ef}  # type: ignore[attr-defined]
+    return None
+
+
+def _index_from_config(cls_name: str, config: Dict[str, Any]) -> VectorIndex:
+    config = dict(config)
+    default_ef = config.pop("default_ef", None)
+    index = family_for(cls_name)(**config)
+    if default_ef is not None:
+        index.default_ef = int(default_ef)  # type: ignore[attr-defined]
+    return index
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -162,6 +199,9 @@ class Collection:
         Write an index snapshot once this many records changed since the last one, and at least a tenth
         of the collection did (so a large index is not rewritten for every small batch); ``None``: only
         on ``persist`` / ``close``. Reopening replays the changes a snapshot misses from SQLite.
+    quick_check:
+        Run SQLite's ``PRAGMA quick_check`` when an existing folder is opened and refuse a damaged database
+        with OSError (it reads every page once: about a second per GB).
 
     Filters (``where=``) are dicts such as ``{"lang": "en", "year": {"$gte": 2020}}`` (see
     :mod:`annforge.store` for the operators) or a callable ``metadata -> bool``.
@@ -184,6 +224,7 @@ class Collection:
         embedder: Any = None,
         *,
         snapshot_every: Optional[int] = 10_000,
+        quick_check: bool = True,
     ) -> None:
         if snapshot_every is not None and (isinstance(snapshot_every, bool) or int(snapshot_every) < 1):
             raise ValueError(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
@@ -193,7 +234,8 @@ class Collection:
         self._folder: Optional[str] = None
         self._folder_lock: Optional[_FolderLock] = None
         self._index: Optional[VectorIndex] = None
-        self._template: Optional[bytes] = None  # the empty index, to rebuild from
+        self._template: Optional[bytes] = None  # the empty index as saved in index.base.af
+        self._make_empty: Optional[Callable[[], VectorIndex]] = None  # a fresh empty index, to rebuild into
         self._factory: Optional[Callable[[int], VectorIndex]] = None
         self._changed_since_snapshot = 0
         self._snapshot_gen = -1
@@ -205,13 +247,21 @@ class Collection:
             os.makedirs(folder, exist_ok=True)
             self._folder_lock = _FolderLock(folder)
             self._folder = folder
-            self._conn = sqlite3.connect(
-                os.path.join(folder, DB_NAME), isolation_level=None, check_same_thread=False
-            )
-            # WAL + NORMAL: a killed process loses nothing committed; after a power cut the database may
-            # step back a few transactions, and snapshots newer than it are then ignored (see _open_index).
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            db_path = os.path.join(folder, DB_NAME)
+            existed = os.path.isfile(db_path) and os.path.getsize(db_path) > 0
+            try:
+                self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+                if existed and quick_check:
+                    self._check_database(db_path)
+                # WAL + NORMAL: a killed process loses nothing committed; after a power cut the database may
+                # step back a few transactions, and snapshots newer than it are then ignored (see _open_index).
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            except BaseException as exc:
+                self._close_handles()
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise OSError(f"collection database {db_path!r} is damaged or not an SQLite file: {exc}") from None
+                raise
         try:
             self._conn.executescript(_SCHEMA)
             self._init_settings()
@@ -224,9 +274,34 @@ class Collection:
                 self._factory = index if index is not None else default_index
             else:
                 raise TypeError(f"index must be an annforge index or a callable dim -> index, got {type(index).__name__}")
-        except BaseException:
+        except BaseException as exc:
             self._close_handles()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise OSError(f"collection database in {self._folder!r} is damaged: {exc}") from None
             raise
+        if self._folder is not None:
+            _OPEN_IN_PROCESS[os.path.realpath(self._folder)] = self
+
+    def _check_database(self, db_path: str) -> None:
+        problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise OSError(
+                f"collection database {db_path!r} is damaged (SQLite quick_check: {'; '.join(problems)}); "
+                "restore it from a copy (Collection.save_to) or open it with quick_check=False to salvage records"
+            )
+
+    @staticmethod
+    def _open_in_process(path: PathLike) -> Optional["Collection"]:
+        """The open Collection of this process that holds the folder ``path``, if any."""
+        found = _OPEN_IN_PROCESS.get(os.path.realpath(os.fspath(path)))
+        return found if found is not None and found._conn is not None else None
+
+    def _reopen(self) -> None:
+        """Close and open the same folder again (after its files were replaced)."""
+        assert self._folder is not None
+        folder, embedder, every = self._folder, self.embedder, self.snapshot_every
+        self._close_handles()
+        self.__init__(folder, embedder=embedder, snapshot_every=every)  # type: ignore[misc]
 
     # -- settings --------------------------------------------------------------------------------
     def _init_settings(self) -> None:
@@ -298,11 +373,15 @@ class Collection:
         template = index.to_bytes()
         if self._folder is not None:
             _write_atomic(os.path.join(self._folder, BASE_NAME), template)
+        config = _index_config(index)
         with self._transaction():
             self._set("index_class", type(index).__name__)
             self._set("dim", index.dim)
             self._set("metric", index.metric)
+            if config is not None:
+                self._set("index_config", json.dumps(config))
         self._template = template
+        self._make_empty, _ = self._empty_index_maker([])
         self._index = index
         self._snapshot_gen = -1
 
@@ -318,7 +397,8 @@ class Collection:
             )
 
     def _open_index(self) -> VectorIndex:
-        """Newest usable snapshot + replay of later generations, verified against SQLite; else a rebuild."""
+        """Newest usable snapshot + replay of later generations, verified against SQLite; else a rebuild
+        from the stored vectors, with a warning that says why."""
         if self._folder is None:  # pragma: no cover - in-memory collections never reopen
             raise OSError("in-memory collection has no saved index")
         db_gen = self.generation
@@ -335,48 +415,139 @@ class Collection:
                     os.remove(full)
                 else:
                     snapshots.append((gen, full))
-        with open(os.path.join(self._folder, BASE_NAME), "rb") as fh:
-            self._template = fh.read()
+        problems: List[str] = []
+        try:
+            with open(os.path.join(self._folder, BASE_NAME), "rb") as fh:
+                self._template = fh.read()
+        except OSError as exc:
+            self._template = None
+            problems.append(f"{BASE_NAME} is unreadable ({exc.strerror or exc})")
+        expected = (self._setting("index_class"), self.dim, self.metric)
+        loaded: List[VectorIndex] = []  # snapshots that load, usable as an empty trained index
         for gen, full in sorted(snapshots, reverse=True):
+            name = os.path.basename(full)
             try:
                 index = load(full)
-                if (type(index).__name__, index.dim, index.metric) != (self._setting("index_class"), self.dim, self.metric):
-                    continue
+            except (OSError, ValueError) as exc:
+                problems.append(f"snapshot {name} is unreadable ({exc})")
+                continue
+            found = (type(index).__name__, index.dim, index.metric)
+            if found != expected:
+                problems.append(f"snapshot {name} holds a {found[0]}(dim={found[1]}, metric={found[2]!r}), "
+                                f"not this collection's {expected[0]}(dim={expected[1]}, metric={expected[2]!r})")
+                continue
+            loaded.append(index)
+            try:
                 self._replay(index, since=gen)
-            except (OSError, ValueError):  # damaged, or not the index this database describes
+            except (OSError, ValueError) as exc:
+                problems.append(f"snapshot {name} could not be brought up to date ({exc})")
                 continue
             if self._consistent(index):
+                self._make_empty, template_problem = self._empty_index_maker(loaded)
+                if template_problem:  # the index is fine; only a later rebuild would need the template
+                    warnings.warn(f"annforge collection {self._folder!r}: {template_problem}", RuntimeWarning, stacklevel=3)
                 self._snapshot_gen = gen if gen == db_gen else -1
                 self._changed_since_snapshot = 0 if gen == db_gen else 1
                 return index
-        index = self._rebuild()
+            problems.append(f"snapshot {name} disagrees with the records in SQLite")
+        count = len(self)
+        if not snapshots and count:
+            problems.append("no index snapshot was written (the process that wrote it probably died before "
+                            "its first snapshot)")
+        self._make_empty, template_problem = self._empty_index_maker(loaded)
+        if template_problem:
+            problems.append(template_problem)
+        index = self._rebuild(show_progress=count >= _PROGRESS_MIN_ROWS and sys.stderr.isatty())
+        if problems and count:
+            warnings.warn(
+                f"annforge collection {self._folder!r}: {'; '.join(problems)}; the index was rebuilt from the "
+                f"{count} records in SQLite (no record was lost)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._changed_since_snapshot = 1
         return index
 
-    def _rebuild(self) -> VectorIndex:
+    def _empty_index_maker(self, loaded: Sequence[VectorIndex]) -> Tuple[Optional[Callable[[], VectorIndex]], Optional[str]]:
+        """A function returning a fresh empty index of this collection, and what went wrong on the way.
+
+        Tried in order: the saved template (``index.base.af``), the constructor parameters recorded in
+        SQLite, a loaded snapshot emptied of its vectors (keeps the training of IVF-PQ / ScaNN), the
+        family's defaults for the recorded dimension and metric (FlatIndex / HNSWIndex only)."""
+        cls_name = str(self._setting("index_class"))
+        cls = family_for(cls_name)
+        problem: Optional[str] = None
+        if self._template is not None:
+            template = self._template
+            try:
+                cls.from_bytes(template)
+                return (lambda: cls.from_bytes(template)), None
+            except (OSError, ValueError) as exc:
+                problem = f"the empty index saved in {BASE_NAME} does not load ({exc})"
+        config_text = self._setting("index_config")
+        if config_text is not None:
+            config = json.loads(config_text)
+            _index_from_config(cls_name, config)
+            return (lambda: _index_from_config(cls_name, config)), None  # nothing lost: same parameters
+        for index in loaded:
+            try:
+                emptied = index.to_bytes()
+                fresh = cls.from_bytes(emptied)
+                ids = fresh.ids()
+                if len(ids):
+                    fresh.remove(ids)
+                data = fresh.to_bytes()
+                cls.from_bytes(data)
+            except (OSError, ValueError):
+                continue
+            return (lambda: cls.from_bytes(data)), problem
+        if cls_name in ("FlatIndex", "HNSWIndex"):
+            dim, metric = int(self._setting("dim") or 0), str(self._setting("metric"))
+            note = (f"{problem}; {cls_name} parameters other than dim={dim} and metric={metric!r} were not "
+                    "recorded, so the rebuilt index uses the defaults") if problem else None
+            return (lambda: _index_from_config(cls_name, {"dim": dim, "metric": metric})), note
+        return None, problem
+
+    def _rebuild(self, show_progress: bool = False) -> VectorIndex:
         """A fresh index from the empty template and every row in SQLite."""
-        assert self._template is not None
-        cls = family_for(str(self._setting("index_class")))
-        index = cls.from_bytes(self._template)
-        self._replay(index, since=-1)
+        if self._make_empty is None:
+            raise OSError(
+                f"collection {self._folder!r}: the index cannot be rebuilt: its empty template ({BASE_NAME}) "
+                "is unusable and no snapshot loads; the records are intact in the database (read them with "
+                "get(include_embeddings=True) and add them to a new collection)"
+            )
+        index = self._make_empty()
+        self._replay(index, since=-1, show_progress=show_progress)
         if not self._consistent(index):
             raise OSError("collection index could not be rebuilt consistently from its records")
         self._snapshot_gen = -1
         return index
 
-    def _replay(self, index: VectorIndex, since: int) -> None:
+    def _replay(self, index: VectorIndex, since: int, show_progress: bool = False) -> None:
         gone = [row[0] for row in self._conn.execute("SELECT num FROM tombstones WHERE gen > ?", (since,))]
         if gone:
             index.remove(np.asarray(gone, dtype=np.int64))
         dim = int(self._setting("dim") or 0)
-        cursor = self._conn.execute("SELECT num, embedding FROM records WHERE gen > ? ORDER BY num", (since,))
-        while True:
-            rows = cursor.fetchmany(_REPLAY_CHUNK)
-            if not rows:
-                break
-            nums = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-            index.add(vectors, nums)
+        bar = None
+        if show_progress:
+            from ..embed._progress import progress_bar
+
+            total = int(self._conn.execute("SELECT COUNT(*) FROM records WHERE gen > ?", (since,)).fetchone()[0])
+            bar = progress_bar(total, "rebuilding index", True)
+        try:
+            cursor = self._conn.execute("SELECT num, embedding FROM records WHERE gen > ? ORDER BY num", (since,))
+            while True:
+                rows = cursor.fetchmany(_REPLAY_CHUNK)
+                if not rows:
+                    break
+                nums = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+                index.add(vectors, nums)
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _consistent(self, index: VectorIndex) -> bool:
         stored = np.fromiter((r[0] for r in self._conn.execute("SELECT num FROM records ORDER BY num")), dtype=np.int64)
@@ -731,6 +902,10 @@ class Collection:
         conn, self._conn = getattr(self, "_conn", None), None  # type: ignore[assignment]
         if conn is not None:
             conn.close()
+        if self._folder is not None:
+            key = os.path.realpath(self._folder)
+            if _OPEN_IN_PROCESS.get(key) is self:
+                del _OPEN_IN_PROCESS[key]
         if self._folder_lock is not None:
             self._folder_lock.release()
             self._folder_lock = None
