@@ -627,3 +627,145 @@ def test_bit_flipped_database_is_refused_on_open(tmp_path: Any, offset_in_page: 
         fh.write(b"not a database at all" * 100)
     with pytest.raises(OSError, match="damaged or not an SQLite file"):
         Collection(folder)
+
+
+# -- chromadb semantics: add inserts, upsert replaces, update changes what is given --------------------
+def test_add_refuses_existing_ids_and_changes_nothing() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a", "b"], documents=["A", "B"], metadatas=[{"v": 1}, {"v": 2}], embeddings=[[0, 0], [1, 1]])
+    with pytest.raises(ValueError, match=r"1 of the ids already exist.*'b'.*upsert\(\)"):
+        col.add(["c", "b"], embeddings=[[2, 2], [3, 3]])
+    assert [r.id for r in col.get()] == ["a", "b"] and col.generation == 1 and len(col.index) == 2
+    assert col.get(["b"]) == [af.store.Record("b", "B", {"v": 2})]
+    many = [f"x{i}" for i in range(8)]
+    col.add(many, embeddings=np.zeros((8, 2)))
+    with pytest.raises(ValueError, match=r"8 of the ids.*'x0', 'x1', 'x2', 'x3', 'x4' and 3 more"):
+        col.add(many, embeddings=np.ones((8, 2)))
+    with pytest.raises(ValueError, match="duplicate ids"):
+        col.add(["n", "n"], embeddings=np.ones((2, 2)))
+
+
+def test_add_checks_ids_before_embedding_documents() -> None:
+    class CountingEmbedder(_WordEmbedder):
+        calls = 0
+
+        def encode(self, texts: List[str]) -> np.ndarray:
+            CountingEmbedder.calls += 1
+            return super().encode(texts)
+
+    col = Collection(None, index=af.FlatIndex(26), embedder=CountingEmbedder())
+    col.add(["a"], documents=["apple"])
+    with pytest.raises(ValueError, match="already exist"):
+        col.add(["a"], documents=["apricot"])
+    assert CountingEmbedder.calls == 1
+
+
+def test_update_changes_only_the_given_fields() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a", "b"], documents=["A", "B"], metadatas=[{"lang": "en", "year": 2020}, {"k": 1}],
+            embeddings=[[0, 0], [5, 5]])
+    col.update(["a"], embeddings=[[9, 9]])  # vector only
+    rec = col.get(["a"], include_embeddings=True)[0]
+    assert (rec.document, rec.metadata) == ("A", {"lang": "en", "year": 2020})
+    np.testing.assert_array_equal(rec.embedding, [9, 9])
+    assert col.search([9, 9], n_results=1)[0].id == "a"
+    col.update(["a", "b"], metadatas=[{"year": 2024, "lang": None}, None])  # merge; None removes a key
+    assert [r.metadata for r in col.get(["a", "b"])] == [{"year": 2024}, {"k": 1}]
+    col.update(["b", "a"], documents=["B2", None])  # no embedder: only the text changes
+    assert [r.document for r in col.get(["a", "b"])] == ["A", "B2"]
+    np.testing.assert_array_equal(col.get(["b"], include_embeddings=True)[0].embedding, [5, 5])
+    generation = col.generation
+    with pytest.raises(ValueError, match=r"1 of the ids are not in the collection \('zz'\)"):
+        col.update(["a", "zz"], documents=["new", "new"])
+    with pytest.raises(ValueError, match="needs documents, metadatas or embeddings"):
+        col.update(["a"])
+    with pytest.raises(ValueError, match="dimension"):
+        col.update(["a"], embeddings=[[1, 2, 3]])
+    with pytest.raises(TypeError):
+        col.update(["a"], metadatas=["not a dict"])
+    assert col.generation == generation and col.get(["a"])[0].document == "A"
+
+
+def test_update_of_documents_reembeds_them_with_the_embedder(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    col = Collection(folder, embedder=_WordEmbedder(), index=af.FlatIndex(26))
+    col.add(["1", "2"], documents=["apple pie", "zebra zoo"])
+    col.update(["1"], documents=["quick quiz"])
+    assert col.search("quiz", k=1)[0].id == "1" and col.get(["1"])[0].document == "quick quiz"
+    col._close_handles()  # not snapshotted: the reopened index replays the update
+    col = _assert_consistent(folder)
+    col.embedder = _WordEmbedder()
+    assert col.search("quiz", k=1)[0].id == "1"
+    col.close()
+
+
+def test_upsert_replaces_whole_records_and_inserts_new_ones() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a"], documents=["A"], metadatas=[{"v": 1}], embeddings=[[0, 0]])
+    col.upsert(["a", "b"], embeddings=[[1, 1], [2, 2]])
+    assert col.get(["a", "b"]) == [af.store.Record("a", None, {}), af.store.Record("b", None, {})]
+
+
+# -- what a chromadb user types into search / query / get ----------------------------------------------
+@pytest.fixture
+def animals() -> Collection:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["fox", "hen", "jay", "owl"], documents=["red fox", "red hen", "blue jay", None],
+            metadatas=[{"legs": 4}, {"legs": 2}, {"legs": 2}, {"legs": 2}],
+            embeddings=[[0, 0], [1, 0], [2, 0], [3, 0]])
+    return col
+
+
+def test_search_takes_n_results_and_where_document(animals: Collection) -> None:
+    assert [h.id for h in animals.search([0, 0], n_results=2)] == ["fox", "hen"]
+    assert [h.id for h in animals.search([0, 0])] == ["fox", "hen", "jay", "owl"]  # k defaults to 4
+    red = {"$contains": "red"}
+    assert [h.id for h in animals.search([3, 0], n_results=5, where_document=red)] == ["hen", "fox"]
+    assert [h.id for h in animals.search([0, 0], k=5, where_document={"$not_contains": "red"})] == ["jay", "owl"]
+    both = {"$and": [{"$contains": "red"}, {"$contains": "hen"}]}
+    assert [h.id for h in animals.search([0, 0], k=5, where_document=both)] == ["hen"]
+    either = {"$or": [{"$contains": "fox"}, {"$contains": "jay"}]}
+    assert [h.id for h in animals.search([0, 0], k=5, where_document=either, where={"legs": 2})] == ["jay"]
+    assert animals.search([0, 0], k=5, where_document={"$contains": "Red"}) == []  # case-sensitive
+    assert [r.id for r in animals.get(where_document=red)] == ["fox", "hen"]
+    assert [r.id for r in animals.get(where={"legs": 2}, offset=1, limit=1)] == ["jay"]
+    assert animals.count(where_document=red) == 2
+    assert animals.delete(where_document={"$contains": "jay"}) == 1 and "jay" not in animals
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (dict(k=2, n_results=2), TypeError, "not both"),
+        (dict(n_results=0), ValueError, "n_results must be a positive integer"),
+        (dict(include=["documents"]), TypeError, r"Collection.query"),
+        (dict(query_texts=["x"]), TypeError, r"Collection.query"),
+        (dict(where_document={"$regex": "r.d"}), ValueError, r"\$regex.*not supported.*\$contains"),
+        (dict(where_document={"$contains": ""}), ValueError, "non-empty string"),
+        (dict(where_document="red"), ValueError, "one operator"),
+        (dict(nprobe=3), ValueError, r"unknown search parameter 'nprobe'.*Collection.search itself takes"),
+    ],
+)
+def test_search_says_clearly_what_it_does_not_take(animals: Collection, kwargs: Dict[str, Any], exc: type,
+                                                   message: str) -> None:
+    with pytest.raises(exc, match=message):
+        animals.search([0, 0], **kwargs)
+
+
+def test_query_returns_chromadb_shaped_results(animals: Collection) -> None:
+    res = animals.query(query_embeddings=[[0, 0], [3, 0]], n_results=2, where={"legs": 2})
+    assert res["ids"] == [["hen", "jay"], ["owl", "jay"]]
+    assert res["documents"] == [["red hen", "blue jay"], [None, "blue jay"]]
+    assert res["metadatas"][0] == [{"legs": 2}, {"legs": 2}]
+    np.testing.assert_allclose(res["distances"], [[1, 4], [0, 1]])
+    assert res["embeddings"] is None and res["included"] == ["metadatas", "documents", "distances"]
+    emb = animals.query(query_embeddings=[0, 0], n_results=1, include=["embeddings"])
+    np.testing.assert_array_equal(emb["embeddings"][0][0], [0, 0])
+    assert emb["documents"] is None
+    words = Collection(None, embedder=_WordEmbedder())
+    words.add(["1", "2"], documents=["apple pie", "zebra zoo"])
+    assert words.query(query_texts=["zoo"], n_results=1)["ids"] == [["2"]]
+    with pytest.raises(ValueError, match="exactly one"):
+        animals.query()
+    with pytest.raises(ValueError, match="uris"):
+        animals.query(query_embeddings=[[0, 0]], include=["uris"])
