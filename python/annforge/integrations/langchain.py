@@ -5,7 +5,9 @@ It behaves like LangChain's FAISS store (``from_texts``, ``add_texts`` with ids 
 ``save_local``/``load_local``, ``as_retriever``, metadata filter dicts), with three differences:
 documents and metadata live in SQLite instead of a pickled docstore (so ``load_local`` never unpickles
 anything), filters are applied inside the index search (``k`` results whenever ``k`` documents match,
-no ``fetch_k`` over-fetching needed) and writes are crash-safe.
+no ``fetch_k`` over-fetching needed) and writes are crash-safe. ``save_local`` replaces an earlier save
+as FAISS's does; ``load_local`` works on the saved folder in place (later writes are saved as they
+happen) and, when this process already has that folder open, shares it.
 
 Scores from ``similarity_search_with_score`` are the index's distances (smaller is closer): squared
 Euclidean for ``"l2"`` (the default, a ``FlatIndex`` as FAISS's default ``IndexFlatL2``), ``1 - <q, x>``

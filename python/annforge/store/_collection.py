@@ -208,8 +208,11 @@ class Collection:
         Run SQLite's ``PRAGMA quick_check`` when an existing folder is opened and refuse a damaged database
         with OSError (it reads every page once: about a second per GB).
 
-    Filters (``where=``) are dicts such as ``{"lang": "en", "year": {"$gte": 2020}}`` (see
-    :mod:`annforge.store` for the operators) or a callable ``metadata -> bool``.
+    Writes, as in chromadb: :meth:`add` inserts new ids only (an existing id raises ValueError),
+    :meth:`upsert` inserts or replaces whole records, :meth:`update` changes the given fields of
+    existing records. Filters (``where=``) are dicts such as ``{"lang": "en", "year": {"$gte": 2020}}``
+    (see :mod:`annforge.store` for the operators) or a callable ``metadata -> bool``;
+    ``where_document={"$contains": "text"}`` filters on the document text.
 
     >>> import annforge as af, numpy as np
     >>> col = af.store.Collection(None, index=af.FlatIndex(3, metric="cosine"))
