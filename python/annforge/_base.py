@@ -181,7 +181,7 @@ class VectorIndex:
         >>> index = af.FlatIndex(2)
         >>> _ = index.add(np.array([[0, 0], [1, 0], [5, 5]], dtype=np.float32))
         >>> ids, dist = index.search([0.9, 0.0], k=2)
-        >>> ids.tolist(), dist.round(2).tolist()
+        >>> ids.tolist(), dist.astype(float).round(2).tolist()
         ([[1, 0]], [[0.01, 0.81]])
         >>> index.search([0.9, 0.0], k=2, filter={0, 2})[0].tolist()
         [[0, 2]]
