@@ -769,3 +769,18 @@ def test_query_returns_chromadb_shaped_results(animals: Collection) -> None:
         animals.query()
     with pytest.raises(ValueError, match="uris"):
         animals.query(query_embeddings=[[0, 0]], include=["uris"])
+
+
+def test_large_rebuild_shows_progress_in_a_terminal(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from annforge.store import _collection
+
+    folder = str(tmp_path / "c")
+    col = Collection(folder, index=af.FlatIndex(4))
+    col.upsert([str(i) for i in range(100)], embeddings=np.random.default_rng(0).standard_normal((100, 4)))
+    col._close_handles()  # no snapshot: reopening rebuilds
+    monkeypatch.setattr(_collection, "_PROGRESS_MIN_ROWS", 50)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with pytest.warns(RuntimeWarning, match="rebuilt from the 100 records"):
+        Collection(folder).close()
+    assert "rebuilding index" in capsys.readouterr().err

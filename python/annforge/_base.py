@@ -77,8 +77,8 @@ def as_filter(filter: Any, live_ids: Callable[[], np.ndarray]) -> Any:
                 "pass an array of allowed ids instead"
             )
         return np.flatnonzero(arr).astype(np.int64)
-    arr = as_ids(arr, "filter")
-    return np.empty(0, dtype=np.int64) if arr is None else arr
+    allowed = as_ids(arr, "filter")
+    return np.empty(0, dtype=np.int64) if allowed is None or allowed.size == 0 else allowed
 
 # Class name stored in a file -> Python class that loads it (filled by register_family).
 _FAMILIES: Dict[str, Type["VectorIndex"]] = {}
