@@ -460,8 +460,8 @@ class Collection:
             problems.append(f"snapshot {name} disagrees with the records in SQLite")
         count = len(self)
         if not snapshots and count:
-            problems.append("no index snapshot was written (the process that wrote it probably died before "
-                            "its first snapshot)")
+            problems.append("no index snapshot was written (the process that wrote the records was killed, or "
+                            "ended without close(), before its first snapshot)")
         self._make_empty, template_problem = self._empty_index_maker(loaded)
         if template_problem:
             problems.append(template_problem)
