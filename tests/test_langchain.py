@@ -208,3 +208,25 @@ def test_load_local_completes_a_save_interrupted_between_its_renames(tmp_path: A
     loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
     assert _ids(loaded) == ["id-1,0"]
     loaded.collection.close()
+
+
+def test_save_local_refuses_a_folder_another_process_has_open(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    _store(["1,0"]).save_local(str(tmp_path))
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(af.__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from annforge.store import Collection; "
+            "c = Collection(sys.argv[2]); print('open', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, python_dir, str(tmp_path / "index")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "open\n"
+        with pytest.raises(OSError, match="already open"):
+            _store(["5,5"]).save_local(str(tmp_path))
+    finally:
+        child.communicate("", timeout=60)
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
+    assert _ids(loaded) == ["id-1,0"]
+    loaded.collection.close()

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._base import VectorIndex
 from ..flat import FlatIndex
 from ..store import Collection, Hit
-from ..store._collection import DB_NAME, IndexSpec, WhereLike
+from ..store._collection import DB_NAME, IndexSpec, WhereLike, _FolderLock
 
 __all__ = ["AnnforgeEmbeddings", "AnnforgeVectorStore"]
 
@@ -339,21 +339,27 @@ class AnnforgeVectorStore(VectorStore):
         holder = Collection._open_in_process(dest)
         if holder is not None:
             holder._close_handles()  # its files are about to be replaced; reopened below
+        lock: Optional[_FolderLock] = None
         try:
             if os.path.lexists(dest):
                 if not os.path.isdir(dest) or os.path.islink(dest):
                     raise OSError(f"{dest!r} exists and is not a folder; refusing to replace it")
                 if os.listdir(dest) and not os.path.isfile(os.path.join(dest, DB_NAME)):
                     raise OSError(f"{dest!r} is not an annforge collection folder; refusing to replace it")
+                lock = _FolderLock(dest)  # another process writing there would write into the new save
                 os.rename(dest, retired)
             os.rename(staging, dest)
         except BaseException:
+            if lock is not None:
+                lock.release()
             shutil.rmtree(staging, ignore_errors=True)
             if os.path.isdir(retired) and not os.path.exists(dest):
                 os.rename(retired, dest)
             if holder is not None:
                 holder._reopen()
             raise
+        if lock is not None:
+            lock.release()
         shutil.rmtree(retired, ignore_errors=True)
         if holder is not None:
             holder._reopen()
