@@ -206,7 +206,8 @@ class Collection:
         on ``persist`` / ``close``. Reopening replays the changes a snapshot misses from SQLite.
     quick_check:
         Run SQLite's ``PRAGMA quick_check`` when an existing folder is opened and refuse a damaged database
-        with OSError (it reads every page once: about a second per GB).
+        with OSError (it reads every page once: about 1 s for a 400 MB database of 200k 384-d records,
+        against 2.8 s for the rest of opening it).
 
     Writes, as in chromadb: :meth:`add` inserts new ids only (an existing id raises ValueError),
     :meth:`upsert` inserts or replaces whole records, :meth:`update` changes the given fields of
