@@ -230,3 +230,14 @@ def test_save_local_refuses_a_folder_another_process_has_open(tmp_path: Any) -> 
     loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
     assert _ids(loaded) == ["id-1,0"]
     loaded.collection.close()
+
+
+def test_a_store_on_a_path_twice_in_one_process_shares_the_folder(tmp_path: Any) -> None:
+    folder = str(tmp_path / "kb")
+    first = AnnforgeVectorStore(AxisEmbeddings(), path=folder)
+    first.add_texts(["1,0"], ids=["a"])
+    again = AnnforgeVectorStore(AxisEmbeddings(), path=folder)  # the notebook cell run again
+    assert again.collection is first.collection and _ids(again) == ["a"]
+    with pytest.raises(ValueError, match="FlatIndex"):
+        AnnforgeVectorStore(AxisEmbeddings(), path=folder, index=af.FlatIndex(3))
+    first.collection.close()

@@ -97,7 +97,8 @@ class AnnforgeVectorStore(VectorStore):
         The LangChain ``Embeddings`` used for documents (``embed_documents``) and queries (``embed_query``).
     collection:
         An open :class:`~annforge.store.Collection` to use; otherwise one is created at ``path``
-        (``None``: in memory) with ``index``.
+        (``None``: in memory) with ``index``. With a ``path`` the store lives in that folder and every
+        write is saved as it happens; a folder another store of this process has open is shared.
     index:
         An empty annforge index, or a callable ``dim -> index``; default ``FlatIndex(dim, "l2")``.
         Use ``annforge.HNSWIndex(dim, metric="cosine")`` for large collections.
@@ -119,6 +120,11 @@ class AnnforgeVectorStore(VectorStore):
         relevance_score_fn: Optional[Callable[[float], float]] = None,
     ) -> None:
         self.embedding = embedding
+        if collection is None and path is not None:
+            # A folder this process already has open (a notebook cell run again) is shared, not refused.
+            collection = Collection._open_in_process(path)
+            if collection is not None:
+                collection._check_given_index(index)
         self.collection = collection if collection is not None else Collection(path, index=index or _flat_l2)
         self.override_relevance_score_fn = relevance_score_fn
 
