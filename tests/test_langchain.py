@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Generator, List
 
 import numpy as np
@@ -141,3 +142,102 @@ def test_annforge_embeddings_adapter_uses_encode_queries_for_queries() -> None:
     assert emb.embed_query("abc") == [0.0, 3.0]
     store = AnnforgeVectorStore.from_texts(["x", "yyyy"], emb)
     assert [d.page_content for d in store.similarity_search("yyy", k=1)] == ["yyyy"]
+
+
+# -- save_local / load_local as notebooks use them ---------------------------------------------------
+def _store(texts: List[str]) -> AnnforgeVectorStore:
+    return AnnforgeVectorStore.from_texts(texts, AxisEmbeddings(), ids=[f"id-{t}" for t in texts])
+
+
+def _ids(store: AnnforgeVectorStore) -> List[str]:
+    return sorted(r.id for r in store.collection.get())
+
+
+def test_save_local_twice_overwrites_like_faiss(tmp_path: Any) -> None:
+    first = _store(["1,0", "0,1"])
+    first.save_local(str(tmp_path))
+    first.save_local(str(tmp_path))  # the same cell run again
+    second = _store(["5,5"])
+    second.save_local(str(tmp_path))  # another store into the same place: replaces it
+    loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
+    assert _ids(loaded) == ["id-5,5"]
+    assert sorted(os.listdir(tmp_path)) == ["index"]  # no staging or replaced folders left behind
+    loaded.collection.close()
+
+
+def test_load_local_twice_in_one_process_shares_the_open_folder(tmp_path: Any) -> None:
+    _store(["1,0", "0,1"]).save_local(str(tmp_path), "kb")
+    a = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="kb")
+    b = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="kb")  # re-run cell
+    assert _ids(a) == _ids(b) == ["id-0,1", "id-1,0"]
+    a.add_texts(["3,3"], ids=["new"])
+    assert [d.id for d in b.similarity_search("3,3", k=1)] == ["new"]
+    # Re-running the cell that saves while the loaded stores are open: they see the new contents.
+    _store(["7,7"]).save_local(str(tmp_path), "kb")
+    assert _ids(a) == _ids(b) == ["id-7,7"]
+    assert [d.id for d in a.similarity_search("7,7", k=1)] == ["id-7,7"]
+    a.collection.close()
+    c = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings(), index_name="kb")  # opens it anew
+    assert _ids(c) == ["id-7,7"]
+    c.collection.close()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "/abs", "x\0y"])
+def test_save_local_refuses_index_names_that_are_not_plain(tmp_path: Any, name: str) -> None:
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    store = _store(["1,0"])
+    with pytest.raises(ValueError, match="plain file name"):
+        store.save_local(str(inner), index_name=name)
+    with pytest.raises(ValueError, match="plain file name"):
+        AnnforgeVectorStore.load_local(str(inner), AxisEmbeddings(), index_name=name)
+    assert os.listdir(tmp_path) == ["inner"] and os.listdir(inner) == []
+
+
+def test_save_local_refuses_to_replace_what_is_not_a_collection(tmp_path: Any) -> None:
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "thesis.tex").write_text("precious")
+    with pytest.raises(OSError, match="not an annforge collection"):
+        _store(["1,0"]).save_local(str(tmp_path))
+    assert os.listdir(tmp_path / "index") == ["thesis.tex"] and sorted(os.listdir(tmp_path)) == ["index"]
+
+
+def test_load_local_completes_a_save_interrupted_between_its_renames(tmp_path: Any) -> None:
+    _store(["1,0"]).save_local(str(tmp_path))
+    os.rename(tmp_path / "index", tmp_path / "index.replaced-123-abcd")  # killed right after this rename
+    loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
+    assert _ids(loaded) == ["id-1,0"]
+    loaded.collection.close()
+
+
+def test_save_local_refuses_a_folder_another_process_has_open(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    _store(["1,0"]).save_local(str(tmp_path))
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(af.__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from annforge.store import Collection; "
+            "c = Collection(sys.argv[2]); print('open', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, python_dir, str(tmp_path / "index")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "open\n"
+        with pytest.raises(OSError, match="already open"):
+            _store(["5,5"]).save_local(str(tmp_path))
+    finally:
+        child.communicate("", timeout=60)
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    loaded = AnnforgeVectorStore.load_local(str(tmp_path), AxisEmbeddings())
+    assert _ids(loaded) == ["id-1,0"]
+    loaded.collection.close()
+
+
+def test_a_store_on_a_path_twice_in_one_process_shares_the_folder(tmp_path: Any) -> None:
+    folder = str(tmp_path / "kb")
+    first = AnnforgeVectorStore(AxisEmbeddings(), path=folder)
+    first.add_texts(["1,0"], ids=["a"])
+    again = AnnforgeVectorStore(AxisEmbeddings(), path=folder)  # the notebook cell run again
+    assert again.collection is first.collection and _ids(again) == ["a"]
+    with pytest.raises(ValueError, match="FlatIndex"):
+        AnnforgeVectorStore(AxisEmbeddings(), path=folder, index=af.FlatIndex(3))
+    first.collection.close()

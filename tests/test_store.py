@@ -4,12 +4,14 @@ recovery after a killed process, MMR."""
 from __future__ import annotations
 
 import operator
+import re
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from typing import Any, Dict, List
 
 import numpy as np
@@ -346,7 +348,8 @@ def test_damaged_or_future_snapshots_fall_back_to_a_rebuild(tmp_path: Any, damag
     open(os.path.join(folder, "index.1.af.tmp-123"), "wb").close()  # an interrupted save
     with open(os.path.join(folder, "index.9.af"), "wb") as fh:  # newer than the database: ignored
         fh.write(b"garbage")
-    col = _assert_consistent(folder)
+    with pytest.warns(RuntimeWarning, match=r"snapshot index\.1\.af (is unreadable|holds a FlatIndex\(dim=4, metric='cosine'\))"):
+        col = _assert_consistent(folder)
     assert len(col) == 20
     col.close()
     assert sorted(n for n in os.listdir(folder) if n.startswith("index.")) == ["index.1.af", "index.base.af"]
@@ -508,6 +511,279 @@ def test_trained_ivfpq_index_works_and_an_untrained_one_is_refused(tmp_path: Any
     assert all(int(h.id) > 300 for h in col.search(x[3], k=5, where={"i": {"$gt": 300}}, nprobe=4))
     col.upsert(["extra"], embeddings=x[:1] + 0.5)
     col._close_handles()  # no snapshot of the last write: reopening replays it
-    col = Collection(folder)
+    with pytest.warns(RuntimeWarning, match="no index snapshot was written"):
+        col = Collection(folder)
     assert type(col.index).__name__ == "IVFPQIndex" and len(col.index) == len(col) == 601
     col.close()
+
+
+# -- a collection always reopens from SQLite; a damaged database is refused ---------------------------
+SQ8_CHILD = textwrap.dedent(
+    """
+    import sys, time, numpy as np
+    sys.path.insert(0, {python_dir!r})
+    import annforge as af
+    from annforge.store import Collection
+    col = Collection(sys.argv[1], index=af.HNSWIndex(8, metric="euclidean", M=8, storage="sq8"))
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    col.upsert(["r%d" % i for i in range(300)], metadatas=[{{"i": i}} for i in range(300)], embeddings=x)
+    print("written", col.generation, flush=True)
+    time.sleep(60)   # killed here: long before the first snapshot (snapshot_every=10000)
+    """
+)
+
+
+def test_sq8_hnsw_killed_before_its_first_snapshot_reopens_with_a_warning(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    script = tmp_path / "sq8_child.py"
+    script.write_text(SQ8_CHILD.format(python_dir=PYTHON_DIR))
+    child = subprocess.Popen([sys.executable, str(script), folder], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("written"), child.stderr.read() if child.stderr else line
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not [n for n in os.listdir(folder) if re.match(r"index\.\d+\.af$", n)]  # no snapshot was written
+    with pytest.warns(RuntimeWarning, match="no index snapshot was written.*rebuilt from the 300 records"):
+        col = _assert_consistent(folder)
+    assert len(col) == 300 and col.index.storage == "sq8" and col.index.M == 8 and col.metric == "l2"
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    assert col.search(x[17], k=1)[0].id == "r17"
+    col.close()  # writes the first snapshot: the next open needs no rebuild and says nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_consistent(folder).close()
+
+
+def _flip(path: str, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("family", ["hnsw", "hnsw-sq8", "flat"])
+def test_damaged_snapshot_and_damaged_base_rebuild_from_sqlite(tmp_path: Any, family: str) -> None:
+    folder = str(tmp_path / "c")
+    make = {"hnsw": lambda: af.HNSWIndex(4, M=6, ef_construction=50), "flat": lambda: af.FlatIndex(4),
+            "hnsw-sq8": lambda: af.HNSWIndex(4, storage="sq8")}[family]
+    x = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    with Collection(folder, index=make()) as col:
+        col.upsert([str(i) for i in range(40)], embeddings=x)
+    for name in ("index.1.af", "index.base.af"):
+        path = os.path.join(folder, name)
+        _flip(path, os.path.getsize(path) // 2)
+    with pytest.warns(RuntimeWarning, match=r"snapshot index\.1\.af is unreadable.*rebuilt from the 40 records"):
+        col = _assert_consistent(folder)
+    assert repr(col.index) == repr(make()).replace("size=0", "size=40")  # same parameters as created
+    col.close()
+
+
+def test_trained_index_with_every_file_damaged_says_what_to_do(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    ivf = af.IVFPQIndex(8, nlist=4, m=2, nbits=4)
+    ivf.train(x)
+    with Collection(folder, index=ivf) as col:
+        col.upsert([str(i) for i in range(300)], embeddings=x)
+    _flip(os.path.join(folder, "index.base.af"), 200)
+    with pytest.warns(RuntimeWarning, match="does not load"):  # the snapshot is fine: only the template is lost
+        col = _assert_consistent(folder)
+    col.upsert(["new"], embeddings=x[:1] + 5)
+    col._close_handles()  # no snapshot of the last write: the snapshot is emptied to rebuild into
+    with pytest.warns(RuntimeWarning):
+        col = _assert_consistent(folder)
+    col.close()
+    for name in os.listdir(folder):
+        if name.endswith(".af"):
+            _flip(os.path.join(folder, name), os.path.getsize(os.path.join(folder, name)) // 2)
+    with pytest.raises(OSError, match="records are intact"):
+        Collection(folder)
+
+
+@pytest.mark.parametrize("offset_in_page", [0, 5])
+def test_bit_flipped_database_is_refused_on_open(tmp_path: Any, offset_in_page: int) -> None:
+    import sqlite3
+
+    folder = str(tmp_path / "c")
+    with Collection(folder, index=af.FlatIndex(4)) as col:
+        col.upsert([f"id{i}" for i in range(300)], documents=[f"text {i} " * 5 for i in range(300)],
+                   metadatas=[{"i": i} for i in range(300)], embeddings=np.ones((300, 4)))
+    db = os.path.join(folder, "collection.sqlite")
+    page_size = 4096
+    _flip(db, page_size + offset_in_page)  # the header of page 2, a b-tree page
+    try:  # what SQLite itself says about the file
+        conn = sqlite3.connect(db)
+        report = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        report = [str(exc)]
+    assert report != ["ok"]
+    with pytest.raises(OSError, match="damaged"):
+        Collection(folder)
+    with open(db, "wb") as fh:
+        fh.write(b"not a database at all" * 100)
+    with pytest.raises(OSError, match="damaged or not an SQLite file"):
+        Collection(folder)
+
+
+# -- chromadb semantics: add inserts, upsert replaces, update changes what is given --------------------
+def test_add_refuses_existing_ids_and_changes_nothing() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a", "b"], documents=["A", "B"], metadatas=[{"v": 1}, {"v": 2}], embeddings=[[0, 0], [1, 1]])
+    with pytest.raises(ValueError, match=r"1 of the ids already exist.*'b'.*upsert\(\)"):
+        col.add(["c", "b"], embeddings=[[2, 2], [3, 3]])
+    assert [r.id for r in col.get()] == ["a", "b"] and col.generation == 1 and len(col.index) == 2
+    assert col.get(["b"]) == [af.store.Record("b", "B", {"v": 2})]
+    many = [f"x{i}" for i in range(8)]
+    col.add(many, embeddings=np.zeros((8, 2)))
+    with pytest.raises(ValueError, match=r"8 of the ids.*'x0', 'x1', 'x2', 'x3', 'x4' and 3 more"):
+        col.add(many, embeddings=np.ones((8, 2)))
+    with pytest.raises(ValueError, match="duplicate ids"):
+        col.add(["n", "n"], embeddings=np.ones((2, 2)))
+
+
+def test_add_checks_ids_before_embedding_documents() -> None:
+    class CountingEmbedder(_WordEmbedder):
+        calls = 0
+
+        def encode(self, texts: List[str]) -> np.ndarray:
+            CountingEmbedder.calls += 1
+            return super().encode(texts)
+
+    col = Collection(None, index=af.FlatIndex(26), embedder=CountingEmbedder())
+    col.add(["a"], documents=["apple"])
+    with pytest.raises(ValueError, match="already exist"):
+        col.add(["a"], documents=["apricot"])
+    assert CountingEmbedder.calls == 1
+
+
+def test_update_changes_only_the_given_fields() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a", "b"], documents=["A", "B"], metadatas=[{"lang": "en", "year": 2020}, {"k": 1}],
+            embeddings=[[0, 0], [5, 5]])
+    col.update(["a"], embeddings=[[9, 9]])  # vector only
+    rec = col.get(["a"], include_embeddings=True)[0]
+    assert (rec.document, rec.metadata) == ("A", {"lang": "en", "year": 2020})
+    np.testing.assert_array_equal(rec.embedding, [9, 9])
+    assert col.search([9, 9], n_results=1)[0].id == "a"
+    col.update(["a", "b"], metadatas=[{"year": 2024, "lang": None}, None])  # merge; None removes a key
+    assert [r.metadata for r in col.get(["a", "b"])] == [{"year": 2024}, {"k": 1}]
+    col.update(["b", "a"], documents=["B2", None])  # no embedder: only the text changes
+    assert [r.document for r in col.get(["a", "b"])] == ["A", "B2"]
+    np.testing.assert_array_equal(col.get(["b"], include_embeddings=True)[0].embedding, [5, 5])
+    generation = col.generation
+    with pytest.raises(ValueError, match=r"1 of the ids are not in the collection \('zz'\)"):
+        col.update(["a", "zz"], documents=["new", "new"])
+    with pytest.raises(ValueError, match="needs documents, metadatas or embeddings"):
+        col.update(["a"])
+    with pytest.raises(ValueError, match="dimension"):
+        col.update(["a"], embeddings=[[1, 2, 3]])
+    with pytest.raises(TypeError):
+        col.update(["a"], metadatas=["not a dict"])
+    assert col.generation == generation and col.get(["a"])[0].document == "A"
+
+
+def test_update_of_documents_reembeds_them_with_the_embedder(tmp_path: Any) -> None:
+    folder = str(tmp_path / "c")
+    col = Collection(folder, embedder=_WordEmbedder(), index=af.FlatIndex(26))
+    col.add(["1", "2"], documents=["apple pie", "zebra zoo"])
+    col.update(["1"], documents=["quick quiz"])
+    assert col.search("quiz", k=1)[0].id == "1" and col.get(["1"])[0].document == "quick quiz"
+    col._close_handles()  # not snapshotted: the reopened index replays the update
+    with pytest.warns(RuntimeWarning, match="no index snapshot was written"):
+        col = _assert_consistent(folder)
+    col.embedder = _WordEmbedder()
+    assert col.search("quiz", k=1)[0].id == "1"
+    col.close()
+
+
+def test_upsert_replaces_whole_records_and_inserts_new_ones() -> None:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["a"], documents=["A"], metadatas=[{"v": 1}], embeddings=[[0, 0]])
+    col.upsert(["a", "b"], embeddings=[[1, 1], [2, 2]])
+    assert col.get(["a", "b"]) == [af.store.Record("a", None, {}), af.store.Record("b", None, {})]
+
+
+# -- what a chromadb user types into search / query / get ----------------------------------------------
+@pytest.fixture
+def animals() -> Collection:
+    col = Collection(None, index=af.FlatIndex(2))
+    col.add(["fox", "hen", "jay", "owl"], documents=["red fox", "red hen", "blue jay", None],
+            metadatas=[{"legs": 4}, {"legs": 2}, {"legs": 2}, {"legs": 2}],
+            embeddings=[[0, 0], [1, 0], [2, 0], [3, 0]])
+    return col
+
+
+def test_search_takes_n_results_and_where_document(animals: Collection) -> None:
+    assert [h.id for h in animals.search([0, 0], n_results=2)] == ["fox", "hen"]
+    assert [h.id for h in animals.search([0, 0])] == ["fox", "hen", "jay", "owl"]  # k defaults to 4
+    red = {"$contains": "red"}
+    assert [h.id for h in animals.search([3, 0], n_results=5, where_document=red)] == ["hen", "fox"]
+    assert [h.id for h in animals.search([0, 0], k=5, where_document={"$not_contains": "red"})] == ["jay", "owl"]
+    both = {"$and": [{"$contains": "red"}, {"$contains": "hen"}]}
+    assert [h.id for h in animals.search([0, 0], k=5, where_document=both)] == ["hen"]
+    either = {"$or": [{"$contains": "fox"}, {"$contains": "jay"}]}
+    assert [h.id for h in animals.search([0, 0], k=5, where_document=either, where={"legs": 2})] == ["jay"]
+    assert animals.search([0, 0], k=5, where_document={"$contains": "Red"}) == []  # case-sensitive
+    assert [r.id for r in animals.get(where_document=red)] == ["fox", "hen"]
+    assert [r.id for r in animals.get(where={"legs": 2}, offset=1, limit=1)] == ["jay"]
+    assert animals.count(where_document=red) == 2
+    assert animals.delete(where_document={"$contains": "jay"}) == 1 and "jay" not in animals
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (dict(k=2, n_results=2), TypeError, "not both"),
+        (dict(n_results=0), ValueError, "n_results must be a positive integer"),
+        (dict(include=["documents"]), TypeError, r"Collection.query"),
+        (dict(query_texts=["x"]), TypeError, r"Collection.query"),
+        (dict(where_document={"$regex": "r.d"}), ValueError, r"\$regex.*not supported.*\$contains"),
+        (dict(where_document={"$contains": ""}), ValueError, "non-empty string"),
+        (dict(where_document="red"), ValueError, "one operator"),
+        (dict(nprobe=3), ValueError, r"unknown search parameter 'nprobe'.*Collection.search itself takes"),
+    ],
+)
+def test_search_says_clearly_what_it_does_not_take(animals: Collection, kwargs: Dict[str, Any], exc: type,
+                                                   message: str) -> None:
+    with pytest.raises(exc, match=message):
+        animals.search([0, 0], **kwargs)
+
+
+def test_query_returns_chromadb_shaped_results(animals: Collection) -> None:
+    res = animals.query(query_embeddings=[[0, 0], [3, 0]], n_results=2, where={"legs": 2})
+    assert res["ids"] == [["hen", "jay"], ["owl", "jay"]]
+    assert res["documents"] == [["red hen", "blue jay"], [None, "blue jay"]]
+    assert res["metadatas"][0] == [{"legs": 2}, {"legs": 2}]
+    np.testing.assert_allclose(res["distances"], [[1, 4], [0, 1]])
+    assert res["embeddings"] is None and res["included"] == ["metadatas", "documents", "distances"]
+    emb = animals.query(query_embeddings=[0, 0], n_results=1, include=["embeddings"])
+    np.testing.assert_array_equal(emb["embeddings"][0][0], [0, 0])
+    assert emb["documents"] is None
+    words = Collection(None, embedder=_WordEmbedder())
+    words.add(["1", "2"], documents=["apple pie", "zebra zoo"])
+    assert words.query(query_texts=["zoo"], n_results=1)["ids"] == [["2"]]
+    with pytest.raises(ValueError, match="exactly one"):
+        animals.query()
+    with pytest.raises(ValueError, match="uris"):
+        animals.query(query_embeddings=[[0, 0]], include=["uris"])
+
+
+def test_large_rebuild_shows_progress_in_a_terminal(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from annforge.store import _collection
+
+    folder = str(tmp_path / "c")
+    col = Collection(folder, index=af.FlatIndex(4))
+    col.upsert([str(i) for i in range(100)], embeddings=np.random.default_rng(0).standard_normal((100, 4)))
+    col._close_handles()  # no snapshot: reopening rebuilds
+    monkeypatch.setattr(_collection, "_PROGRESS_MIN_ROWS", 50)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with pytest.warns(RuntimeWarning, match="rebuilt from the 100 records"):
+        Collection(folder).close()
+    assert "rebuilding index" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Iterable, Optional, Tuple, Type, Union
 
 import numpy as np
@@ -22,6 +23,72 @@ if TYPE_CHECKING:  # the families import this module; their names are only neede
 
 FilterLike = Union[None, Iterable[int], np.ndarray, Callable[[int], bool]]
 PathLike = Union[str, "os.PathLike[str]"]
+
+# Every spelling of a metric the Python layer accepts -> the name the compiled core knows. Only names
+# whose meaning is unambiguous: "euclidean" ranks exactly as the squared distance annforge computes (the
+# distances stay squared), "angular" is ann-benchmarks' name for cosine distance.
+METRIC_ALIASES: Dict[str, str] = {
+    "l2": "l2", "euclidean": "l2", "sqeuclidean": "l2", "l2sq": "l2",
+    "ip": "ip", "inner_product": "ip", "dot": "ip", "dot_product": "ip",
+    "cosine": "cosine", "cos": "cosine", "angular": "cosine",
+}
+
+
+def parse_metric(metric: Any) -> str:
+    """The canonical metric name (``"l2"``, ``"ip"`` or ``"cosine"``) for any accepted spelling.
+
+    Case and ``-`` / ``_`` do not matter. ``euclidean`` / ``sqeuclidean`` / ``l2sq`` mean ``l2`` (the
+    distances annforge returns are squared Euclidean either way), ``inner_product`` / ``dot`` /
+    ``dot_product`` mean ``ip``, ``angular`` / ``cos`` mean ``cosine``.
+
+    >>> parse_metric("Euclidean"), parse_metric("inner-product"), parse_metric("angular")
+    ('l2', 'ip', 'cosine')
+    """
+    if not isinstance(metric, str):
+        raise TypeError(f"metric must be a string, got {type(metric).__name__}")
+    key = metric.strip().lower().replace("-", "_")
+    try:
+        return METRIC_ALIASES[key]
+    except KeyError:
+        accepted = ", ".join(sorted(METRIC_ALIASES))
+        raise ValueError(f"unknown metric {metric!r}: expected 'l2', 'ip' or 'cosine' (accepted spellings: {accepted})") from None
+
+
+def as_filter(filter: Any, live_ids: Callable[[], np.ndarray]) -> Any:
+    """What the compiled ``search`` takes for ``filter=``: None, a callable, or an int64 array of allowed ids.
+
+    Accepted: an array-like of ids (list, NumPy, torch), a ``set`` / ``frozenset`` (any ``Set``) of
+    ints, or a boolean mask *indexed by id*: ``mask[i]`` allows id ``i``, so the mask must be longer
+    than the largest live id (``live_ids`` is called to check that; with the automatic ids 0..n-1 a mask
+    of length ``len(index)`` fits).
+    """
+    if filter is None or callable(filter):
+        return filter
+    if isinstance(filter, AbstractSet):
+        values = list(filter)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"a filter set must hold integer ids, found {value!r} ({type(value).__name__})")
+        try:
+            return np.array(sorted(int(v) for v in values), dtype=np.int64)
+        except OverflowError:
+            raise ValueError("a filter set holds an id outside the int64 range") from None
+    if type(filter).__module__.startswith("torch"):
+        filter = filter.detach().cpu().numpy()
+    arr = np.asarray(filter)
+    if arr.dtype == np.bool_:
+        if arr.ndim != 1:
+            raise ValueError(f"a boolean filter mask must be 1-d (indexed by id), got shape {arr.shape}")
+        ids = live_ids()
+        if ids.size and int(ids.max()) >= arr.shape[0]:
+            raise ValueError(
+                f"the boolean filter mask has length {arr.shape[0]} but the index holds id {int(ids.max())}: "
+                "the mask is indexed by id (mask[i] allows id i), so it needs length > the largest id; "
+                "pass an array of allowed ids instead"
+            )
+        return np.flatnonzero(arr).astype(np.int64)
+    allowed = as_ids(arr, "filter")
+    return np.empty(0, dtype=np.int64) if allowed is None or allowed.size == 0 else allowed
 
 # Class name stored in a file -> Python class that loads it (filled by register_family).
 _FAMILIES: Dict[str, Type["VectorIndex"]] = {}
@@ -135,8 +202,10 @@ class VectorIndex:
         """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
 
         Best first; rows with fewer than ``k`` hits are padded with id -1 and distance +inf.
-        ``filter`` is an array of allowed ids or a callable ``id -> bool``; ``params`` are the
-        family's search knobs (see the class docstring).
+        ``filter`` restricts the results to some ids: an array-like or a ``set`` of allowed ids, a
+        boolean mask indexed by id (``mask[i]`` allows id ``i``; it must be longer than the largest
+        id), or a callable ``id -> bool``. ``params`` are the family's search knobs (see the class
+        docstring).
 
         >>> import annforge as af, numpy as np
         >>> index = af.FlatIndex(2)
@@ -144,13 +213,14 @@ class VectorIndex:
         >>> ids, dist = index.search([0.9, 0.0], k=2)
         >>> ids.tolist(), dist.astype(np.float64).round(2).tolist()
         ([[1, 0]], [[0.01, 0.81]])
+        >>> index.search([0.9, 0.0], k=2, filter={0, 2})[0].tolist()
+        [[0, 2]]
+        >>> index.search([0.9, 0.0], k=2, filter=np.array([False, True, True]))[0].tolist()
+        [[1, 2]]
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
-        if filter is not None and not callable(filter):
-            filter = as_ids(filter, "filter")
-            if filter is None:
-                filter = np.empty(0, dtype=np.int64)
+        filter = as_filter(filter, self._impl.ids)
         return self._impl.search(as_float_matrix(q, "queries"), int(k), filter, num_threads, params)
 
     # -- persistence -----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from typing import Any, List, Tuple
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_matrix, as_ids
-from ._base import FilterLike, VectorIndex, register_family
+from ._arrays import as_float_matrix
+from ._base import FilterLike, VectorIndex, as_filter, parse_metric, register_family
 
 
 @register_family
@@ -32,8 +32,7 @@ class FlatIndex(VectorIndex):
     def __init__(self, dim: int, metric: str = "l2") -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise TypeError(f"dim must be an integer, got {type(dim).__name__}")
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a string, got {type(metric).__name__}")
+        metric = parse_metric(metric)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         self._impl = _core.FlatIndex(int(dim), metric)
@@ -51,8 +50,7 @@ class FlatIndex(VectorIndex):
         >>> ids[0].tolist(), dist[0].tolist()
         ([0, 1], [0.0, 1.0])
         """
-        if filter is not None and not callable(filter):
-            filter = as_ids(filter, "filter")
+        filter = as_filter(filter, self._impl.ids)
         lims, ids, dist = self._impl.search_range(as_float_matrix(q, "queries"), float(radius), filter, num_threads)
         bounds = lims.tolist()
         return (

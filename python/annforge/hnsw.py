@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import as_float_matrix
-from ._base import FilterLike, VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, parse_metric, register_family
 
 _STORAGES = ("f32", "f16", "sq8")
 
@@ -81,8 +81,7 @@ class HNSWIndex(VectorIndex):
         M = _check_int("M", M, 2)
         ef_construction = _check_int("ef_construction", ef_construction, 1)
         seed = _check_int("seed", seed, 0)
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a string, got {type(metric).__name__}")
+        metric = parse_metric(metric)
         if not isinstance(storage, str):
             raise TypeError(f"storage must be a string, got {type(storage).__name__}")
         if storage not in _STORAGES:

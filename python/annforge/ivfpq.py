@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _core, _progress
 from ._arrays import as_float_matrix
-from ._base import FilterLike, VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, parse_metric, register_family
 
 
 class KMeansResult(NamedTuple):
@@ -128,8 +128,7 @@ class IVFPQIndex(VectorIndex):
                 raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
             if value < (0 if name == "seed" else 1):
                 raise ValueError(f"{name} must be >= {0 if name == 'seed' else 1}, got {value}")
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a string, got {type(metric).__name__}")
+        metric = parse_metric(metric)
         if refine is not None and not isinstance(refine, str):
             raise TypeError(f"refine must be 'f32', 'f16', 'sq8' or None, got {type(refine).__name__}")
         if not isinstance(residual, (bool, np.bool_)):

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _core, _progress
 from ._arrays import as_float_matrix
-from ._base import FilterLike, VectorIndex, register_family
+from ._base import FilterLike, VectorIndex, parse_metric, register_family
 
 
 def parallel_cost_multiplier(threshold: float, sq_norm: float, dim: int) -> float:
@@ -41,6 +41,11 @@ class ScaNNIndex(VectorIndex):
     ``leaves_to_search`` (default ``min(num_leaves, max(8, ceil(num_leaves / 10)))``) and ``reorder_k`` (default
     ``max(100, 4 k)``). Distances: ``ip`` is ``1 - <q, x>``, ``cosine`` ``1 - cos``, ``l2`` squared.
     A batch of queries is scanned leaf by leaf (same answers as one query at a time, more throughput).
+
+    The default metric is ``"ip"``, unlike the other families (``"l2"``): this family exists for
+    maximum-inner-product search, and its score-aware loss only applies to ``ip`` / ``cosine`` (with
+    ``"l2"`` the codes are plain isotropic ones). Pass ``metric="l2"`` (or ``"cosine"``) explicitly
+    when comparing with an index of another family.
 
     >>> import annforge as af, numpy as np
     >>> x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
@@ -80,8 +85,7 @@ class ScaNNIndex(VectorIndex):
             low = 1 if name in ("dim", "dims_per_block") else 0
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a string, got {type(metric).__name__}")
+        metric = parse_metric(metric)
         if reorder is not None and not isinstance(reorder, str):
             raise TypeError(f"reorder must be 'f32', 'f16', 'sq8' or None, got {type(reorder).__name__}")
         if anisotropic_threshold is not None:

@@ -34,7 +34,7 @@ __all__ = [
     "index_texts",
 ]
 
-POOLING_MODES = ("cls", "mean", "last_token", "first_last_mean", "embedding_last_mean", "weighted_mean")
+POOLING_MODES = ("cls", "mean", "max", "last_token", "first_last_mean", "embedding_last_mean", "weighted_mean")
 
 _LAZY = {"TorchEmbedder", "from_pretrained", "from_sentence_transformers"}
 

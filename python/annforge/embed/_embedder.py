@@ -6,7 +6,7 @@ import inspect
 import json
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ _POSITIONS_FROM_INPUT_IDS = frozenset(
 )
 
 # sentence-transformers' Pooling mode names -> ours.
-_ST_POOLING = {"cls": "cls", "mean": "mean", "lasttoken": "last_token", "weightedmean": "weighted_mean"}
+_ST_POOLING = {"cls": "cls", "mean": "mean", "max": "max", "lasttoken": "last_token", "weightedmean": "weighted_mean"}
+# Prompt names sentence-transformers' encode_document tries, in this order.
+_ST_DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
 def _resolve_dtype(dtype: DTypeLike, device: torch.device) -> Optional[torch.dtype]:
@@ -68,12 +70,18 @@ class TorchEmbedder:
 
     - ``"cls"``: the first real token of the last layer.
     - ``"mean"``: mean of the last layer over the real (non-padding) tokens.
+    - ``"max"``: per-dimension maximum of the last layer over the real tokens.
     - ``"last_token"``: the last real token (decoder embedders). The tokenizer's EOS is appended when
       the tokenizer does not add it already (``append_eos=None``); force with ``append_eos=True/False``.
     - ``"first_last_mean"``: token mean of (first transformer layer ``hidden_states[1]`` + last layer) / 2,
       SimCSE's ``avg_first_last``.
     - ``"embedding_last_mean"``: token mean of (embedding output ``hidden_states[0]`` + last layer) / 2.
     - ``"weighted_mean"``: SGPT position-weighted mean, the i-th real token weighs i.
+
+    Prefixes (instruction-tuned models such as E5 and BGE): ``query_instruction`` is prepended by
+    :meth:`encode_queries`, ``document_instruction`` by :meth:`encode` (documents, passages), e.g.
+    ``query_instruction="query: ", document_instruction="passage: "`` for E5.
+    :func:`from_pretrained` reads both from a sentence-transformers folder's prompts.
 
     Every strategy gives the same vector under left and right padding (``tokenizer.padding_side``): for
     left padding, position ids are computed from the attention mask.
@@ -104,8 +112,9 @@ class TorchEmbedder:
         *,
         append_eos: Optional[bool] = None,
         show_progress: Optional[bool] = None,
+        document_instruction: Optional[str] = None,
     ) -> None:
-        if pooling not in POOLERS:
+        if not isinstance(pooling, str) or pooling not in POOLERS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLING_MODES}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -113,6 +122,8 @@ class TorchEmbedder:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         if query_instruction is not None and not isinstance(query_instruction, str):
             raise TypeError("query_instruction must be a string or None")
+        if document_instruction is not None and not isinstance(document_instruction, str):
+            raise TypeError("document_instruction must be a string or None")
 
         if device is None:
             device = torch.device("cuda") if torch.cuda.is_available() else _model_device(model)
@@ -126,6 +137,7 @@ class TorchEmbedder:
         self.pooling = pooling
         self.normalize = bool(normalize)
         self.query_instruction = query_instruction
+        self.document_instruction = document_instruction
         self.batch_size = batch_size
         self.show_progress = show_progress
 
@@ -160,27 +172,29 @@ class TorchEmbedder:
         if self._dim is None:
             config = getattr(self.model, "config", None)
             size = getattr(config, "hidden_size", None) if config is not None else None
-            self._dim = int(size) if isinstance(size, int) else int(self.encode(["a"], show_progress=False).shape[1])
+            self._dim = int(size) if isinstance(size, int) else int(self._encode(["a"], False).shape[1])
         return self._dim
 
     def encode(self, texts: Union[str, Iterable[str]], *, show_progress: Optional[bool] = None) -> np.ndarray:
-        """Embed ``texts``: a float32 array ``[n, dim]`` in input order (rows L2-normalised if ``normalize``).
+        """Embed documents: a float32 array ``[n, dim]`` in input order (rows L2-normalised if ``normalize``),
+        with ``document_instruction`` prepended to every text when set.
 
         A single string is treated as a list of one.
         """
+        return self._encode(self._texts(texts, self.document_instruction), show_progress)
+
+    def encode_queries(self, texts: Union[str, Iterable[str]], *, show_progress: Optional[bool] = None) -> np.ndarray:
+        """Embed queries: like ``encode``, with ``query_instruction`` prepended instead (BGE / E5 /
+        instruct style, e.g. ``"query: "`` or ``"Represent this sentence for searching relevant passages: "``)."""
+        return self._encode(self._texts(texts, self.query_instruction), show_progress)
+
+    @staticmethod
+    def _texts(texts: Union[str, Iterable[str]], prefix: Optional[str]) -> List[str]:
         batch = [texts] if isinstance(texts, str) else list(texts)
         for t in batch:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be strings, got {type(t).__name__}")
-        return self._encode(batch, show_progress)
-
-    def encode_queries(self, texts: Union[str, Iterable[str]], *, show_progress: Optional[bool] = None) -> np.ndarray:
-        """Like ``encode``, with ``query_instruction`` prepended to every text (BGE / E5 / instruct style,
-        e.g. ``"query: "`` or ``"Represent this sentence for searching relevant passages: "``)."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        if self.query_instruction:
-            batch = [self.query_instruction + t for t in batch]
-        return self.encode(batch, show_progress=show_progress)
+        return [prefix + t for t in batch] if prefix else batch
 
     def __repr__(self) -> str:
         name = type(self.model).__name__
@@ -298,10 +312,22 @@ def _st_pooling_of(pooling_module: Any) -> str:
     return _ST_POOLING[mode]
 
 
+def _st_prompts(prompts: Dict[str, Any], default_name: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(query prefix, document prefix) as sentence-transformers' ``encode_query`` / ``encode_document``
+    pick them: the "query" prompt, the first of "document" / "passage" / "corpus", else the default prompt."""
+    prompts = {k: v for k, v in prompts.items() if isinstance(v, str) and v}
+    default = prompts.get(default_name) if isinstance(default_name, str) else None
+    query = prompts.get("query", default)
+    document = next((prompts[name] for name in _ST_DOCUMENT_PROMPTS if name in prompts), default)
+    return query, document
+
+
 def from_sentence_transformers(st_model: Any, **overrides: Any) -> TorchEmbedder:
     """A TorchEmbedder equivalent to a ``sentence_transformers.SentenceTransformer`` made of
     Transformer -> Pooling -> (Normalize): same model, tokenizer, pooling, normalisation, max length,
-    device, and its ``"query"`` prompt as ``query_instruction``. Keyword ``overrides`` win.
+    device, its ``"query"`` prompt as ``query_instruction`` and its ``"document"`` / ``"passage"`` /
+    ``"corpus"`` prompt as ``document_instruction`` (the one ``encode_document`` uses). Keyword
+    ``overrides`` win.
 
     Dense / LayerNorm / other extra modules are refused with ValueError (their output would differ).
 
@@ -330,11 +356,13 @@ def from_sentence_transformers(st_model: Any, **overrides: Any) -> TorchEmbedder
             normalize = True
         else:
             raise ValueError(f"sentence-transformers module {kind} is not supported by TorchEmbedder")
-    prompts = getattr(st_model, "prompts", None) or {}
+    query_prompt, document_prompt = _st_prompts(getattr(st_model, "prompts", None) or {},
+                                                getattr(st_model, "default_prompt_name", None))
     kwargs: Dict[str, Any] = {
         "pooling": pooling or "mean",
         "normalize": normalize,
-        "query_instruction": prompts.get("query") or None,
+        "query_instruction": query_prompt,
+        "document_instruction": document_prompt,
         "device": getattr(st_model, "device", None),
         "append_eos": False,  # sentence-transformers feeds the tokenizer's output as it is
     }
@@ -356,15 +384,20 @@ def from_pretrained(
 ) -> TorchEmbedder:
     """Load a model and tokenizer with ``transformers.AutoModel`` / ``AutoTokenizer`` and wrap them.
 
-    A local folder works offline. ``pooling="auto"`` reads a sentence-transformers folder's
-    ``1_Pooling/config.json`` (and ``modules.json`` for normalisation); when ``max_length`` is not
-    given, a ``sentence_bert_config.json`` ``max_seq_length`` is honoured. Other keyword arguments go
-    to :class:`TorchEmbedder` (``normalize``, ``query_instruction``, ``batch_size``, ``device``,
-    ``dtype``...).
+    A local folder works offline. ``pooling`` is one of :data:`POOLING_MODES` or ``"auto"``, which
+    reads a sentence-transformers folder's ``1_Pooling/config.json`` (and ``modules.json`` for
+    normalisation); it is checked before anything is loaded. From a sentence-transformers folder,
+    ``sentence_bert_config.json``'s ``max_seq_length`` and ``config_sentence_transformers.json``'s
+    ``prompts`` (``"query"`` -> ``query_instruction``; ``"document"`` / ``"passage"`` / ``"corpus"`` ->
+    ``document_instruction``) are used unless given. Other keyword arguments go to
+    :class:`TorchEmbedder` (``normalize``, ``query_instruction``, ``document_instruction``,
+    ``batch_size``, ``device``, ``dtype``...).
 
     >>> emb = af.embed.from_pretrained("BAAI/bge-small-en-v1.5", pooling="cls",     # doctest: +SKIP
     ...     query_instruction="Represent this sentence for searching relevant passages: ")
     """
+    if not isinstance(pooling, str) or (pooling != "auto" and pooling not in POOLERS):
+        raise ValueError(f"unknown pooling {pooling!r}; expected 'auto' or one of {POOLING_MODES}")
     from transformers import AutoModel, AutoTokenizer
 
     path = os.fspath(name_or_path)
@@ -376,7 +409,8 @@ def from_pretrained(
         mode = config.get("pooling_mode")
         if mode is None:
             flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-                     "lasttoken": "pooling_mode_lasttoken", "weightedmean": "pooling_mode_weightedmean_tokens"}
+                     "max": "pooling_mode_max_tokens", "lasttoken": "pooling_mode_lasttoken",
+                     "weightedmean": "pooling_mode_weightedmean_tokens"}
             active = [name for name, key in flags.items() if config.get(key)]
             mode = active[0] if len(active) == 1 else None
         if mode not in _ST_POOLING:
@@ -389,6 +423,13 @@ def from_pretrained(
         st_config = _read_json(os.path.join(path, "sentence_bert_config.json")) or {}
         if isinstance(st_config.get("max_seq_length"), int):
             embedder_kwargs["max_length"] = st_config["max_seq_length"]
+    if local:
+        st_settings = _read_json(os.path.join(path, "config_sentence_transformers.json")) or {}
+        prompts = st_settings.get("prompts")
+        if isinstance(prompts, dict):
+            query_prompt, document_prompt = _st_prompts(prompts, st_settings.get("default_prompt_name"))
+            embedder_kwargs.setdefault("query_instruction", query_prompt)
+            embedder_kwargs.setdefault("document_instruction", document_prompt)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **(tokenizer_kwargs or {}))
     model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, **(model_kwargs or {}))
     return TorchEmbedder(model, tokenizer, pooling=pooling, **embedder_kwargs)

@@ -17,7 +17,7 @@ import torch
 
 Tensor = torch.Tensor
 
-POOLING_MODES = ("cls", "mean", "last_token", "first_last_mean", "embedding_last_mean", "weighted_mean")
+POOLING_MODES = ("cls", "mean", "max", "last_token", "first_last_mean", "embedding_last_mean", "weighted_mean")
 
 # Strategies that need more than the last layer (the model is then run with output_hidden_states=True).
 NEEDS_ALL_LAYERS = frozenset({"first_last_mean", "embedding_last_mean"})
@@ -58,6 +58,16 @@ def pool_mean(hidden: Sequence[Tensor], mask: Tensor) -> Tensor:
     return _masked_mean(hidden[-1], mask, torch.ones_like(mask))
 
 
+def pool_max(hidden: Sequence[Tensor], mask: Tensor) -> Tensor:
+    """Per-dimension maximum of the last layer over the non-padding tokens (sentence-transformers'
+    ``pooling_mode_max_tokens``); a row without any real token gives zeros."""
+    tokens = hidden[-1].to(torch.float32)
+    keep = mask.bool().unsqueeze(-1)
+    lowest = torch.full((), float("-inf"), dtype=torch.float32, device=tokens.device)
+    peak = torch.where(keep, tokens, lowest).amax(dim=1)
+    return torch.where(keep.any(dim=1), peak, torch.zeros((), dtype=torch.float32, device=tokens.device))
+
+
 def pool_last_token(hidden: Sequence[Tensor], mask: Tensor) -> Tensor:
     """The last real token of the last layer (decoder embedders: E5-Mistral, GTE-Qwen, SFR...)."""
     return _gather_position(hidden[-1], last_token_index(mask))
@@ -92,6 +102,7 @@ def pool_embedding_last_mean(hidden: Sequence[Tensor], mask: Tensor) -> Tensor:
 POOLERS: Dict[str, Callable[[Sequence[Tensor], Tensor], Tensor]] = {
     "cls": pool_cls,
     "mean": pool_mean,
+    "max": pool_max,
     "last_token": pool_last_token,
     "first_last_mean": pool_first_last_mean,
     "embedding_last_mean": pool_embedding_last_mean,

@@ -5,7 +5,9 @@ It behaves like LangChain's FAISS store (``from_texts``, ``add_texts`` with ids 
 ``save_local``/``load_local``, ``as_retriever``, metadata filter dicts), with three differences:
 documents and metadata live in SQLite instead of a pickled docstore (so ``load_local`` never unpickles
 anything), filters are applied inside the index search (``k`` results whenever ``k`` documents match,
-no ``fetch_k`` over-fetching needed) and writes are crash-safe.
+no ``fetch_k`` over-fetching needed) and writes are crash-safe. ``save_local`` replaces an earlier save
+as FAISS's does; ``load_local`` works on the saved folder in place (later writes are saved as they
+happen) and, when this process already has that folder open, shares it.
 
 Scores from ``similarity_search_with_score`` are the index's distances (smaller is closer): squared
 Euclidean for ``"l2"`` (the default, a ``FlatIndex`` as FAISS's default ``IndexFlatL2``), ``1 - <q, x>``
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import uuid
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
 
@@ -43,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._base import VectorIndex
 from ..flat import FlatIndex
 from ..store import Collection, Hit
-from ..store._collection import IndexSpec, WhereLike
+from ..store._collection import DB_NAME, IndexSpec, WhereLike, _FolderLock
 
 __all__ = ["AnnforgeEmbeddings", "AnnforgeVectorStore"]
 
@@ -94,7 +97,8 @@ class AnnforgeVectorStore(VectorStore):
         The LangChain ``Embeddings`` used for documents (``embed_documents``) and queries (``embed_query``).
     collection:
         An open :class:`~annforge.store.Collection` to use; otherwise one is created at ``path``
-        (``None``: in memory) with ``index``.
+        (``None``: in memory) with ``index``. With a ``path`` the store lives in that folder and every
+        write is saved as it happens; a folder another store of this process has open is shared.
     index:
         An empty annforge index, or a callable ``dim -> index``; default ``FlatIndex(dim, "l2")``.
         Use ``annforge.HNSWIndex(dim, metric="cosine")`` for large collections.
@@ -116,6 +120,11 @@ class AnnforgeVectorStore(VectorStore):
         relevance_score_fn: Optional[Callable[[float], float]] = None,
     ) -> None:
         self.embedding = embedding
+        if collection is None and path is not None:
+            # A folder this process already has open (a notebook cell run again) is shared, not refused.
+            collection = Collection._open_in_process(path)
+            if collection is not None:
+                collection._check_given_index(index)
         self.collection = collection if collection is not None else Collection(path, index=index or _flat_l2)
         self.override_relevance_score_fn = relevance_score_fn
 
@@ -311,10 +320,55 @@ class AnnforgeVectorStore(VectorStore):
         return store
 
     def save_local(self, folder_path: str, index_name: str = "index") -> None:
-        """Save to ``folder_path/index_name/`` (a collection folder: SQLite + index files).
+        """Save to ``folder_path/index_name/`` (a collection folder: SQLite + index files), replacing
+        whatever an earlier ``save_local`` wrote there, as FAISS's ``save_local`` does.
 
-        When the store already lives in that folder this just writes an index snapshot."""
-        self.collection.save_to(os.path.join(os.fspath(folder_path), index_name))
+        ``index_name`` must be a plain name (no path separators, not ``.`` or ``..``). When the store
+        already lives in that folder this just writes an index snapshot. A store of this process that
+        has the folder open (an earlier ``load_local``) is reopened on the new contents. The new folder
+        is written beside the old one and swapped in with renames, so a crash leaves either the old or
+        the new save (``load_local`` completes an interrupted swap).
+        """
+        dest = _save_folder(folder_path, index_name)
+        own = self.collection.path
+        if own is not None and os.path.realpath(own) == os.path.realpath(dest):
+            self.collection.persist()
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging, retired = f"{dest}.saving-{tag}", f"{dest}.replaced-{tag}"
+        try:
+            self.collection.save_to(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        holder = Collection._open_in_process(dest)
+        if holder is not None:
+            holder._close_handles()  # its files are about to be replaced; reopened below
+        lock: Optional[_FolderLock] = None
+        try:
+            if os.path.lexists(dest):
+                if not os.path.isdir(dest) or os.path.islink(dest):
+                    raise OSError(f"{dest!r} exists and is not a folder; refusing to replace it")
+                if os.listdir(dest) and not os.path.isfile(os.path.join(dest, DB_NAME)):
+                    raise OSError(f"{dest!r} is not an annforge collection folder; refusing to replace it")
+                lock = _FolderLock(dest)  # another process writing there would write into the new save
+                os.rename(dest, retired)
+            os.rename(staging, dest)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(staging, ignore_errors=True)
+            if os.path.isdir(retired) and not os.path.exists(dest):
+                os.rename(retired, dest)
+            if holder is not None:
+                holder._reopen()
+            raise
+        if lock is not None:
+            lock.release()
+        shutil.rmtree(retired, ignore_errors=True)
+        if holder is not None:
+            holder._reopen()
 
     @classmethod
     def load_local(
@@ -327,8 +381,41 @@ class AnnforgeVectorStore(VectorStore):
         **kwargs: Any,
     ) -> VST:
         """Open what ``save_local`` wrote. Nothing is unpickled, so ``allow_dangerous_deserialization``
-        is accepted (for drop-in use in place of FAISS) and not needed."""
-        folder = os.path.join(os.fspath(folder_path), index_name)
-        if not os.path.isfile(os.path.join(folder, "collection.sqlite")):
+        is accepted (for drop-in use in place of FAISS) and not needed.
+
+        The store works on the folder in place: its writes are saved as they happen. Loading a folder
+        that a store of this process already has open (a notebook cell run twice) shares that open
+        collection instead of failing on the folder lock.
+        """
+        folder = _save_folder(folder_path, index_name)
+        _finish_interrupted_swap(folder)
+        if not os.path.isfile(os.path.join(folder, DB_NAME)):
             raise OSError(f"no annforge collection in {folder!r}")
-        return cls(embeddings, Collection(folder), **kwargs)
+        collection = Collection._open_in_process(folder) or Collection(folder)
+        return cls(embeddings, collection, **kwargs)
+
+
+def _save_folder(folder_path: Any, index_name: Any) -> str:
+    """``folder_path/index_name``, refusing index names that are not plain names."""
+    if not isinstance(index_name, str):
+        raise TypeError(f"index_name must be a string, got {type(index_name).__name__}")
+    bad = (not index_name or index_name in (".", "..") or "\0" in index_name or os.sep in index_name
+           or (os.altsep is not None and os.altsep in index_name) or "/" in index_name or "\\" in index_name)
+    if bad:
+        raise ValueError(f"index_name must be a plain file name (no path separators, not '.' or '..'), got {index_name!r}")
+    return os.path.join(os.fspath(folder_path), index_name)
+
+
+def _finish_interrupted_swap(folder: str) -> None:
+    """A save_local killed between its two renames leaves no ``folder`` but a ``folder.replaced-*``
+    (the previous save) and a complete ``folder.saving-*``: put the old save back in place."""
+    if os.path.exists(folder):
+        return
+    parent, name = os.path.split(folder)
+    try:
+        siblings = os.listdir(parent or ".")
+    except OSError:
+        return
+    retired = sorted(s for s in siblings if s.startswith(name + ".replaced-"))
+    if retired:
+        os.rename(os.path.join(parent, retired[-1]), folder)

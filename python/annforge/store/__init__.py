@@ -22,7 +22,8 @@ Filter dicts (``where=``; the dialect of LangChain's FAISS and Chroma stores):
 from __future__ import annotations
 
 from ._collection import Collection, Hit, Record, default_index
-from ._filters import compile_where
+from ._filters import compile_where, compile_where_document
 from ._mmr import maximal_marginal_relevance
 
-__all__ = ["Collection", "Hit", "Record", "compile_where", "default_index", "maximal_marginal_relevance"]
+__all__ = ["Collection", "Hit", "Record", "compile_where", "compile_where_document", "default_index",
+           "maximal_marginal_relevance"]

@@ -169,3 +169,42 @@ def as_predicate(where: Any) -> Callable[[Dict[str, Any]], bool]:
     if not callable(where):
         raise TypeError(f"filter must be a dict or a callable, got {type(where).__name__}")
     return where
+
+
+_DOCUMENT_OPERATORS = ("$contains", "$not_contains", "$and", "$or")
+
+
+def compile_where_document(where_document: Any, column: str = "document") -> Tuple[str, List[Any]]:
+    """SQL boolean expression and parameters for a chromadb-style document filter.
+
+    ``{"$contains": "text"}`` (the document holds ``text``, case-sensitive; a record without a document
+    does not), ``{"$not_contains": "text"}``, and ``{"$and": [...]}`` / ``{"$or": [...]}`` of those.
+    Anything else (``$regex`` among them) raises ValueError naming what is supported.
+
+    >>> compile_where_document({"$or": [{"$contains": "cat"}, {"$contains": "dog"}]})[1]
+    ['cat', 'dog']
+    """
+    params: List[Any] = []
+    supported = ", ".join(_DOCUMENT_OPERATORS)
+
+    def compile_one(node: Any) -> str:
+        if not isinstance(node, Mapping) or len(node) != 1:
+            raise ValueError(
+                f"where_document must be a dict with one operator, e.g. {{'$contains': 'text'}} "
+                f"(supported: {supported}); got {node!r}"
+            )
+        ((op, operand),) = node.items()
+        if op in ("$contains", "$not_contains"):
+            if not isinstance(operand, str) or not operand:
+                raise ValueError(f"{op} in where_document needs a non-empty string, got {operand!r}")
+            params.append(operand)
+            expr = f"coalesce(instr({column}, ?) > 0, 0)"
+            return expr if op == "$contains" else f"NOT {expr}"
+        if op in ("$and", "$or"):
+            if not isinstance(operand, (list, tuple)) or not operand:
+                raise ValueError(f"{op} in where_document needs a non-empty list of document filters")
+            joiner = " AND " if op == "$and" else " OR "
+            return "(" + joiner.join(compile_one(sub) for sub in operand) + ")"
+        raise ValueError(f"where_document operator {op!r} is not supported; supported: {supported}")
+
+    return compile_one(where_document), params
