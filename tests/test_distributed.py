@@ -370,3 +370,19 @@ def test_distributed_dedup_equals_af_dedup():
     with pytest.raises(ValueError, match="no column"):
         dedup(ds, column="text")
     assert dedup([], threshold=0.7) == []
+
+
+@pytest.mark.parametrize("name", ["annforge.distributed.sharded", "annforge.distributed.data"])
+def test_docstring_examples(name: str) -> None:
+    """The distributed modules' docstring examples, on this module's cluster (tests/test_docs.py runs the
+    other modules' examples; their own ``ray.init(..., ignore_reinit_error=True)`` reuses the cluster)."""
+    import doctest
+    import importlib
+
+    module = importlib.import_module(name)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (output above)"

@@ -25,11 +25,19 @@ PACKAGE = Path(af.__file__).resolve().parent
 _OPTIONAL = {"annforge.integrations.langchain": "langchain_core"}
 
 
+# Examples that start a Ray cluster run in tests/test_distributed.py, which starts one cluster for all of
+# them (a cluster per doctest would take most of a minute, and its workers need annforge installed).
+_OWN_TESTS = ("annforge.distributed",)
+
+
 def _modules() -> List[str]:
     names = ["annforge"]
     for info in pkgutil.walk_packages([str(PACKAGE)], prefix="annforge."):
-        if info.name.rsplit(".", 1)[-1] not in ("__main__", "_core"):
-            names.append(info.name)
+        if info.name.rsplit(".", 1)[-1] in ("__main__", "_core", "_cuda"):
+            continue
+        if info.name.startswith(_OWN_TESTS):
+            continue
+        names.append(info.name)
     return sorted(names)
 
 
