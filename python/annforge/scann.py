@@ -93,12 +93,16 @@ class ScaNNIndex(VectorIndex):
                                       reorder, int(seed))
         self._impl.set_training_options(int(training_sample_size), int(codebook_iterations), int(encode_rounds))
 
-    def train(self, x: Any, *, num_threads: int = 0) -> None:
+    def train(self, x: Any, *, num_threads: int = 0, device: Any = "cpu") -> None:
         """Learn the leaves and the (anisotropic) codebooks. Training again discards every stored vector.
 
-        Needs at least ``max(16, num_leaves)`` rows.
+        Needs at least ``max(16, num_leaves)`` rows. ``device="cuda"`` runs the leaf k-means's distance
+        steps on the GPU.
         """
-        self._impl.train(as_float_matrix(x, "training vectors"), num_threads)
+        from .gpu import kmeans_accelerator
+
+        accelerator = kmeans_accelerator(device)
+        self._impl.train(as_float_matrix(x, "training vectors"), num_threads, accelerator)
 
     @property
     def is_trained(self) -> bool:
