@@ -307,8 +307,8 @@ def knn(
     >>> import annforge as af, numpy as np
     >>> base = np.array([[0, 0], [1, 0], [0, 3]], dtype=np.float32)
     >>> ids, dist = af.knn(base, [[0.9, 0.1]], k=2)
-    >>> ids.tolist(), dist.round(2).tolist()
-    ([[1, 0]], [[0.02, 0.82]])
+    >>> ids.tolist(), [round(float(v), 2) for v in dist[0]]
+    ([[1, 0]], [0.02, 0.82])
     """
     from .flat import FlatIndex
 
