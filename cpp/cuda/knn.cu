@@ -19,7 +19,7 @@ namespace {
 
 constexpr int kThreads = 256;  // every kernel here: 8 warps per block
 constexpr int kTileN = 128;    // base rows per GEMM block
-constexpr int kTileK = 8;      // dimensions per shared-memory step
+constexpr int kTileK = 16;     // dimensions per shared-memory step (a multiple of 4)
 constexpr int kPad = 4;        // shared-memory row padding against bank conflicts on the transposed stores
 constexpr std::size_t kChunkRows = 16384;               // base rows per chunk (one selection per chunk)
 constexpr std::size_t kDistanceBudget = 64u << 20;      // floats of distances alive at once (256 MiB)
@@ -42,15 +42,37 @@ __device__ __forceinline__ bool after(float da, int la, float db, int lb) {
   return da > db || (da == db && static_cast<unsigned>(la) > static_cast<unsigned>(lb));
 }
 
+// Four consecutive values of a row starting at column c (zeros past d). kVec: d % 4 == 0 and the rows
+// are 16-byte (f32) / 8-byte (f16) aligned, so one vector load fetches them.
+template <bool kVec>
+__device__ __forceinline__ float4 load4(const float* row, std::size_t c, std::size_t d) {
+  if (kVec) return c < d ? *reinterpret_cast<const float4*>(row + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+  return make_float4(c < d ? row[c] : 0.f, c + 1 < d ? row[c + 1] : 0.f, c + 2 < d ? row[c + 2] : 0.f,
+                     c + 3 < d ? row[c + 3] : 0.f);
+}
+template <bool kVec>
+__device__ __forceinline__ float4 load4(const __half* row, std::size_t c, std::size_t d) {
+  if (kVec) {
+    if (c >= d) return make_float4(0.f, 0.f, 0.f, 0.f);
+    const uint2 raw = *reinterpret_cast<const uint2*>(row + c);
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
+  return make_float4(c < d ? __half2float(row[c]) : 0.f, c + 1 < d ? __half2float(row[c + 1]) : 0.f,
+                     c + 2 < d ? __half2float(row[c + 2]) : 0.f, c + 3 < d ? __half2float(row[c + 3]) : 0.f);
+}
+
 // out[row][col] for a tile of kTileM = 16 * TM rows of `a` (queries) and kTileN rows of `b` (base):
 // thread (ty, tx) computes rows ty + 16 * i and columns tx + 16 * j. Rows of `a` past `rows` and
-// columns past `cols` are computed from zeros and never written.
+// columns past the segment's end are computed from zeros and never written. The next kTileK slice is
+// fetched into registers while the current one is multiplied from shared memory.
 //
 // Column c of the tile maps to base row col_base + blockIdx.z * seg_stride + c, and the output goes to
 // out[(row * segments + blockIdx.z) * ldo + c]: with segments > 1 each query gets one output row per
 // segment of the base (small batches keep the GPU busy by splitting the base).
-template <int TM, typename T>
-__global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const float* __restrict__ a, const float* __restrict__ a_norms,
+template <int TM, typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, TM == 8 ? 2 : 1) gemm_nt_kernel(const float* __restrict__ a, const float* __restrict__ a_norms,
                                                            std::size_t rows, const T* __restrict__ b,
                                                            const float* __restrict__ b_norms, std::size_t nb,
                                                            std::size_t col_base, std::size_t seg_stride,
@@ -58,6 +80,9 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const float* __restri
                                                            const std::uint8_t* __restrict__ mask, float* __restrict__ out,
                                                            std::size_t ldo, int segments) {
   constexpr int kTileM = 16 * TM;
+  constexpr int kQuads = kTileK / 4;                                   // 4-value groups per row slice
+  constexpr int kASlots = (kTileM * kQuads + kThreads - 1) / kThreads;  // groups each thread loads
+  constexpr int kBSlots = (kTileN * kQuads + kThreads - 1) / kThreads;
   __shared__ float as[kTileK][kTileM + kPad];
   __shared__ float bs[kTileK][kTileN + kPad];
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
@@ -68,7 +93,48 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const float* __restri
   // Columns of this segment that exist: [0, cols_here).
   std::size_t cols_here = 0;
   if (seg_begin < nb) cols_here = min(seg_cols, nb - seg_begin);
-  if (col0 >= cols_here || row0 >= rows) return;
+  if (col0 >= cols_here || row0 >= rows) return;  // block-uniform
+
+  float4 ra[kASlots], rb[kBSlots];
+  auto fetch = [&](std::size_t k0) {
+#pragma unroll
+    for (int s = 0; s < kASlots; ++s) {
+      const int slot = tid + s * kThreads;
+      const std::size_t r = row0 + slot / kQuads;
+      ra[s] = (slot < kTileM * kQuads && r < rows) ? load4<kVec>(a + r * d, k0 + (slot % kQuads) * 4, d)
+                                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int s = 0; s < kBSlots; ++s) {
+      const int slot = tid + s * kThreads;
+      const std::size_t lc = col0 + slot / kQuads;
+      rb[s] = (slot < kTileN * kQuads && lc < cols_here)
+                  ? load4<kVec>(b + (seg_begin + lc) * d, k0 + (slot % kQuads) * 4, d)
+                  : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  auto stash = [&]() {  // registers -> shared memory, transposed (k-major)
+#pragma unroll
+    for (int s = 0; s < kASlots; ++s) {
+      const int slot = tid + s * kThreads;
+      if (slot >= kTileM * kQuads) continue;
+      const int r = slot / kQuads, c = (slot % kQuads) * 4;
+      as[c][r] = ra[s].x;
+      as[c + 1][r] = ra[s].y;
+      as[c + 2][r] = ra[s].z;
+      as[c + 3][r] = ra[s].w;
+    }
+#pragma unroll
+    for (int s = 0; s < kBSlots; ++s) {
+      const int slot = tid + s * kThreads;
+      if (slot >= kTileN * kQuads) continue;
+      const int r = slot / kQuads, c = (slot % kQuads) * 4;
+      bs[c][r] = rb[s].x;
+      bs[c + 1][r] = rb[s].y;
+      bs[c + 2][r] = rb[s].z;
+      bs[c + 3][r] = rb[s].w;
+    }
+  };
 
   float acc[TM][8];
 #pragma unroll
@@ -76,18 +142,12 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const float* __restri
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
+  fetch(0);
+  stash();
+  __syncthreads();
   for (std::size_t k0 = 0; k0 < d; k0 += kTileK) {
-    for (int idx = tid; idx < kTileM * kTileK; idx += kThreads) {
-      const int r = idx / kTileK, c = idx % kTileK;
-      const std::size_t gr = row0 + r, gc = k0 + c;
-      as[c][r] = (gr < rows && gc < d) ? a[gr * d + gc] : 0.0f;
-    }
-    for (int idx = tid; idx < kTileN * kTileK; idx += kThreads) {
-      const int r = idx / kTileK, c = idx % kTileK;
-      const std::size_t lc = col0 + r, gc = k0 + c;
-      bs[c][r] = (lc < cols_here && gc < d) ? load_value(b, (seg_begin + lc) * d + gc) : 0.0f;
-    }
-    __syncthreads();
+    const bool more = k0 + kTileK < d;  // block-uniform
+    if (more) fetch(k0 + kTileK);       // in flight during the products below
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       float av[TM], bv[8];
@@ -100,7 +160,11 @@ __global__ void __launch_bounds__(kThreads) gemm_nt_kernel(const float* __restri
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
-    __syncthreads();
+    __syncthreads();  // everyone is done reading this slice
+    if (more) {
+      stash();
+      __syncthreads();
+    }
   }
 
 #pragma unroll
@@ -426,6 +490,19 @@ int sm_count() {
   return std::max(sms, 1);
 }
 
+template <int TM, typename T>
+void launch_gemm_typed(const dim3& grid, bool vec, const float* a, const float* a_norms, std::size_t rows, const T* b,
+                       const float* b_norms, std::size_t nb, std::size_t col_base, std::size_t seg_stride,
+                       std::size_t seg_cols, std::size_t d, int ep, const std::uint8_t* mask, float* out,
+                       std::size_t ldo, int segments, cudaStream_t stream) {
+  if (vec)
+    gemm_nt_kernel<TM, T, true><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, b, b_norms, nb, col_base, seg_stride,
+                                                              seg_cols, d, ep, mask, out, ldo, segments);
+  else
+    gemm_nt_kernel<TM, T, false><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, b, b_norms, nb, col_base,
+                                                               seg_stride, seg_cols, d, ep, mask, out, ldo, segments);
+}
+
 // One launch of the GEMM with the right query-tile height (16 rows for small batches, 128 for large).
 void launch_gemm(const float* a, const float* a_norms, std::size_t rows, const void* b, bool b_f16,
                  const float* b_norms, std::size_t nb, std::size_t col_base, std::size_t seg_stride,
@@ -437,22 +514,25 @@ void launch_gemm(const float* a, const float* a_norms, std::size_t rows, const v
   const dim3 grid(static_cast<unsigned>(div_up(seg_cols, kTileN)), static_cast<unsigned>(div_up(rows, tile_m)),
                   static_cast<unsigned>(segments));
   const int ep = static_cast<int>(e);
+  // Vector loads need every row start aligned: d % 4 == 0 and aligned base pointers.
+  const bool vec = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(b) % (b_f16 ? 8 : 16) == 0;
   if (b_f16) {
     const auto* bh = static_cast<const __half*>(b);
     if (tall)
-      gemm_nt_kernel<8, __half><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, bh, b_norms, nb, col_base, seg_stride,
-                                                               seg_cols, d, ep, mask, out, ldo, segments);
+      launch_gemm_typed<8>(grid, vec, a, a_norms, rows, bh, b_norms, nb, col_base, seg_stride, seg_cols, d, ep, mask,
+                           out, ldo, segments, stream);
     else
-      gemm_nt_kernel<1, __half><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, bh, b_norms, nb, col_base, seg_stride,
-                                                               seg_cols, d, ep, mask, out, ldo, segments);
+      launch_gemm_typed<1>(grid, vec, a, a_norms, rows, bh, b_norms, nb, col_base, seg_stride, seg_cols, d, ep, mask,
+                           out, ldo, segments, stream);
   } else {
     const auto* bf = static_cast<const float*>(b);
     if (tall)
-      gemm_nt_kernel<8, float><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, bf, b_norms, nb, col_base, seg_stride,
-                                                              seg_cols, d, ep, mask, out, ldo, segments);
+      launch_gemm_typed<8>(grid, vec, a, a_norms, rows, bf, b_norms, nb, col_base, seg_stride, seg_cols, d, ep, mask,
+                           out, ldo, segments, stream);
     else
-      gemm_nt_kernel<1, float><<<grid, kThreads, 0, stream>>>(a, a_norms, rows, bf, b_norms, nb, col_base, seg_stride,
-                                                              seg_cols, d, ep, mask, out, ldo, segments);
+      launch_gemm_typed<1>(grid, vec, a, a_norms, rows, bf, b_norms, nb, col_base, seg_stride, seg_cols, d, ep, mask,
+                           out, ldo, segments, stream);
   }
   ANNFORGE_CUDA_CHECK_LAUNCH("gemm_nt_kernel");
 }
