@@ -206,7 +206,8 @@ class GpuFlatIndex(_GpuIndex):
     winners' distances are recomputed directly, as the CPU does; ties are ordered by id). Vectors are
     kept as float32 or, with ``dtype="f16"``, as half floats (half the memory; distances are then to
     the rounded vectors). The copy is a snapshot: later changes to the CPU index do not reach it.
-    ``k`` is at most 1024 on the GPU.
+    ``k`` is at most 1024 on the GPU. A callable ``filter`` is called once per stored id (the GPU
+    reads the resulting mask); an id array costs one ``np.isin``.
     """
 
     def __init__(self, index: Any, device: int = 0, dtype: str = "f32") -> None:
