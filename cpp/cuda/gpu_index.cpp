@@ -331,4 +331,22 @@ void GpuKMeansAccelerator::lower_min_distances(const float* pool, std::size_t n,
   stream_.sync();
 }
 
+bool GpuKMeansAccelerator::centroid_sums(const float* x, std::size_t n, std::size_t d, const std::int32_t* labels,
+                                         std::size_t k, double* sums) {
+  if (n == 0) return true;
+  for (std::size_t i = 0; i < n; ++i)  // a bad label would write outside the sums
+    ANNFORGE_CHECK(labels[i] >= 0 && static_cast<std::size_t>(labels[i]) < k, ErrorKind::Value,
+                   "k-means label out of range");
+  DeviceGuard guard(device_);
+  cudaStream_t s = stream_.get();
+  ensure(points_, x, n, d, false);
+  labels_.upload(labels, n, s);
+  sums_.resize(k * d);
+  ANNFORGE_CUDA_CHECK(cudaMemsetAsync(sums_.data(), 0, k * d * sizeof(double), s));
+  gpu::centroid_sums(points_.data.data(), n, d, labels_.data(), sums_.data(), s);
+  sums_.download(sums, k * d, s);
+  stream_.sync();
+  return true;
+}
+
 }  // namespace annforge::gpu

@@ -97,6 +97,8 @@ class GpuKMeansAccelerator final : public cluster::KMeansAccelerator {
                bool inner_product, std::int32_t* labels, float* score) override;
   void lower_min_distances(const float* pool, std::size_t n, std::size_t d, const float* centre,
                            float* mind) override;
+  bool centroid_sums(const float* x, std::size_t n, std::size_t d, const std::int32_t* labels, std::size_t k,
+                     double* sums) override;
 
  private:
   struct Cached {
@@ -111,7 +113,8 @@ class GpuKMeansAccelerator final : public cluster::KMeansAccelerator {
   Stream stream_;
   Cached points_, pool_;
   DeviceBuffer<float> centroids_, centroid_norms_, centre_, mind_, out_d_;
-  DeviceBuffer<std::int32_t> out_l_;
+  DeviceBuffer<std::int32_t> out_l_, labels_;
+  DeviceBuffer<double> sums_;
   WorkspacePtr ws_;
 };
 

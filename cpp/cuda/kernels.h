@@ -55,6 +55,10 @@ void normalize_rows(float* d_x, std::size_t n, std::size_t d, cudaStream_t strea
 // f32 -> f16 (round to nearest).
 void to_half(const float* d_x, std::size_t count, void* d_out, cudaStream_t stream);
 
+// sums[labels[i] * d + j] += x[i * d + j] (double atomics; sums must be zeroed; labels in [0, k)).
+void centroid_sums(const float* d_x, std::size_t n, std::size_t d, const std::int32_t* d_labels, double* d_sums,
+                   cudaStream_t stream);
+
 // mind[i] = min(mind[i], ||pool_i - centre||^2) (k-means++ seeding).
 void lower_min_distances(const float* d_pool, std::size_t n, std::size_t d, const float* d_centre, float* d_mind,
                          cudaStream_t stream);

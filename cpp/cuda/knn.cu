@@ -476,6 +476,16 @@ __global__ void lower_min_kernel(const float* __restrict__ pool, std::size_t n, 
   if (lane == 0) mind[warp] = fminf(mind[warp], s);
 }
 
+__global__ void centroid_sums_kernel(const float* __restrict__ x, std::size_t n, std::size_t d,
+                                     const std::int32_t* __restrict__ labels, double* __restrict__ sums) {
+  const std::size_t total = n * d;
+  for (std::size_t e = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    const std::size_t i = e / d, j = e % d;
+    atomicAdd(sums + static_cast<std::size_t>(labels[i]) * d + j, static_cast<double>(x[e]));
+  }
+}
+
 unsigned grid_for_warps(std::size_t warps) {
   return static_cast<unsigned>(div_up(warps * 32, kThreads));
 }
@@ -661,6 +671,14 @@ void to_half(const float* d_x, std::size_t count, void* d_out, cudaStream_t stre
   if (count == 0) return;
   to_half_kernel<<<grid_stride_blocks(count), kThreads, 0, stream>>>(d_x, count, static_cast<__half*>(d_out));
   ANNFORGE_CUDA_CHECK_LAUNCH("to_half_kernel");
+}
+
+void centroid_sums(const float* d_x, std::size_t n, std::size_t d, const std::int32_t* d_labels, double* d_sums,
+                   cudaStream_t stream) {
+  if (n == 0 || d == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<std::size_t>(div_up(n * d, kThreads), 65535u * 4));
+  centroid_sums_kernel<<<blocks, kThreads, 0, stream>>>(d_x, n, d, d_labels, d_sums);
+  ANNFORGE_CUDA_CHECK_LAUNCH("centroid_sums_kernel");
 }
 
 void lower_min_distances(const float* d_pool, std::size_t n, std::size_t d, const float* d_centre, float* d_mind,

@@ -259,7 +259,8 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
     // whatever the split, and whole rows are read front to back (a split over dimensions would stride
     // through the sample once per chunk and stall on memory).
     const std::size_t tasks = std::min(k, workers);  // one task per worker: each pass skips the fewest rows
-    parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
+    const bool summed = opt.accelerator && opt.accelerator->centroid_sums(xs, ns, d, labels.data(), k, sums.data());
+    if (!summed) parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
       const std::size_t c0 = k * t / tasks, c1 = k * (t + 1) / tasks;
       for (std::size_t i = 0; i < ns; ++i) {
         const auto c = static_cast<std::size_t>(labels[i]);

@@ -76,6 +76,12 @@ class KMeansAccelerator {
   // mind[i] = min(mind[i], ||pool_i - centre||^2) for the n rows of pool (k-means++ seeding).
   virtual void lower_min_distances(const float* pool, std::size_t n, std::size_t d, const float* centre,
                                    float* mind) = 0;
+  // sums[c * d + j] += x[i * d + j] over the rows i with labels[i] == c (sums arrive zeroed). May sum in
+  // any order; return false to leave the update to the CPU.
+  virtual bool centroid_sums(const float* x, std::size_t n, std::size_t d, const std::int32_t* labels, std::size_t k,
+                             double* sums) {
+    return false;
+  }
 };
 
 struct KMeansOptions {
