@@ -249,7 +249,8 @@ class GpuIVFPQIndex(_GpuIndex):
     Same ``search(q, k, filter=..., nprobe=..., refine_factor=...)`` as the CPU index: coarse probing,
     the list scan (8-bit or 4-bit codes, look-up tables in shared memory) and the exact re-ranking all
     run on the device. 4-bit tables stay in float (the CPU rounds them to 8 bits), so candidate sets can
-    differ slightly at the margin; re-ranked distances agree. ``k * refine_factor`` is at most 1024.
+    differ slightly at the margin; re-ranked distances agree. ``k * refine_factor`` and ``nprobe`` are
+    at most 1024 on the GPU.
     """
 
     def __init__(self, index: Any, device: int = 0) -> None:
