@@ -31,6 +31,20 @@ MatrixView as_matrix(const py::handle& obj, std::size_t cols, const char* what);
 IdArray as_ids(const py::handle& obj, std::size_t n, const char* what);
 
 void register_errors(py::module_& m);
+
+}  // namespace annforge::py_bindings
+
+namespace annforge::cluster {
+class KMeansAccelerator;
+}
+
+namespace annforge::py_bindings {
+
+// The name of the capsules that carry a cluster::KMeansAccelerator* (made by the optional annforge._cuda
+// module; the capsule owns the object).
+constexpr const char* kAcceleratorCapsule = "annforge.KMeansAccelerator";
+// None -> nullptr; a capsule of that name -> its accelerator; anything else -> TypeError.
+cluster::KMeansAccelerator* accelerator_from(const py::object& obj);
 void bind_kernels(py::module_& m);
 void bind_kernel_tests(py::module_& m);  // private hooks that run one kernel at a chosen level
 void bind_io(py::module_& m);

@@ -35,7 +35,7 @@ void bind_kmeans(py::module_& m) {
   m.def(
       "kmeans",
       [](const py::object& x, long long k, int niter, std::uint64_t seed, const std::string& init,
-         long long max_points_per_centroid, bool spherical, int num_threads) {
+         long long max_points_per_centroid, bool spherical, int num_threads, const py::object& accelerator) {
         if (k < 1) fail(ErrorKind::Value, "k must be >= 1, got ", k);
         if (niter < 0) fail(ErrorKind::Value, "niter must be >= 0, got ", niter);
         if (max_points_per_centroid < 0)
@@ -54,6 +54,7 @@ void bind_kmeans(py::module_& m) {
         opt.max_points_per_centroid = static_cast<std::size_t>(max_points_per_centroid);
         opt.spherical = spherical;
         opt.num_threads = num_threads;
+        opt.accelerator = accelerator_from(accelerator);
         (void)parallel::resolve_threads(num_threads);
         for (std::size_t i = 0; i < v.rows * d; ++i)
           if (!std::isfinite(v.data[i])) fail(ErrorKind::Value, "x contains NaN or infinity at row ", i / d);
@@ -70,7 +71,8 @@ void bind_kmeans(py::module_& m) {
                               res.empty_splits);
       },
       py::arg("x"), py::arg("k"), py::arg("niter") = 20, py::arg("seed") = 0, py::arg("init") = "kmeans++",
-      py::arg("max_points_per_centroid") = 256, py::arg("spherical") = false, py::arg("num_threads") = 0);
+      py::arg("max_points_per_centroid") = 256, py::arg("spherical") = false, py::arg("num_threads") = 0,
+      py::arg("accelerator") = py::none());
 
   // Trains a product quantizer and returns (codebooks [m, ksub, dsub], reconstruction of x): OPQ's inner step.
   m.def(
@@ -220,12 +222,13 @@ void bind_ivfpq(py::module_& m) {
   bind_vector_index_methods<IVFPQIndex>(cls);
   cls.def(
          "train",
-         [](IVFPQIndex& self, const py::object& x, int num_threads) {
+         [](IVFPQIndex& self, const py::object& x, int num_threads, const py::object& accelerator) {
            MatrixView v = as_matrix(x, self.dim(), "training vectors");
+           auto* acc = accelerator_from(accelerator);
            py::gil_scoped_release release;
-           self.train(v.data, v.rows, num_threads);
+           self.train(v.data, v.rows, num_threads, acc);
          },
-         py::arg("x"), py::arg("num_threads") = 0)
+         py::arg("x"), py::arg("num_threads") = 0, py::arg("accelerator") = py::none())
       .def_property_readonly("is_trained", &IVFPQIndex::is_trained)
       .def_property_readonly("nlist", &IVFPQIndex::nlist)
       .def_property_readonly("m", &IVFPQIndex::m)
@@ -264,6 +267,34 @@ void bind_ivfpq(py::module_& m) {
             self.set_rotation(v.data);
           },
           py::arg("rotation"))
+      .def("_layout",
+           [](const IVFPQIndex& self) {
+             IVFPQIndex::Layout lay;
+             {
+               py::gil_scoped_release release;
+               lay = self.layout();
+             }
+             auto arr = [](const auto& v) {
+               using T = typename std::decay_t<decltype(v)>::value_type;
+               py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+               std::copy(v.begin(), v.end(), a.mutable_data());
+               return a;
+             };
+             py::dict out;
+             out["rotation"] = arr(lay.rotation);
+             out["centroids"] = arr(lay.centroids);
+             out["codebooks"] = arr(lay.codebooks);
+             out["code_norms"] = arr(lay.code_norms);
+             out["sq8_offset"] = arr(lay.sq8_offset);
+             out["sq8_scale"] = arr(lay.sq8_scale);
+             out["list_offsets"] = arr(lay.list_offsets);
+             out["codes"] = arr(lay.codes);
+             out["ids"] = arr(lay.ids);
+             out["norm_terms"] = arr(lay.norm_terms);
+             out["refine"] = arr(lay.refine);
+             return out;
+           },
+           "The trained state as flat arrays, lists concatenated (what to_gpu() uploads).")
       .def_static(
           "load", [](const std::string& path, bool mmap) { return IVFPQIndex::read(open_reader(path, mmap)); },
           py::arg("path"), py::arg("mmap") = false)

@@ -91,12 +91,13 @@ void bind_scann(py::module_& m) {
   bind_vector_index_methods<ScaNNIndex>(cls);
   cls.def(
          "train",
-         [](ScaNNIndex& self, const py::object& x, int num_threads) {
+         [](ScaNNIndex& self, const py::object& x, int num_threads, const py::object& accelerator) {
            MatrixView v = as_matrix(x, self.dim(), "training vectors");
+           auto* acc = accelerator_from(accelerator);
            py::gil_scoped_release release;
-           self.train(v.data, v.rows, num_threads);
+           self.train(v.data, v.rows, num_threads, acc);
          },
-         py::arg("x"), py::arg("num_threads") = 0)
+         py::arg("x"), py::arg("num_threads") = 0, py::arg("accelerator") = py::none())
       .def("set_training_options", &ScaNNIndex::set_training_options, py::arg("sample_size"),
            py::arg("codebook_iterations"), py::arg("encode_rounds"))
       .def_property_readonly("is_trained", &ScaNNIndex::is_trained)

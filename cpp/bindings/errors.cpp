@@ -82,4 +82,14 @@ IdArray as_ids(const py::handle& obj, std::size_t n, const char* what) {
   return ids;
 }
 
+cluster::KMeansAccelerator* accelerator_from(const py::object& obj) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::capsule>(obj)) fail(ErrorKind::Type, "accelerator must be None or a k-means accelerator capsule");
+  const auto cap = py::reinterpret_borrow<py::capsule>(obj);
+  const char* name = cap.name();
+  if (!name || std::string(name) != kAcceleratorCapsule)
+    fail(ErrorKind::Type, "accelerator must be a capsule named ", kAcceleratorCapsule);
+  return cap.get_pointer<cluster::KMeansAccelerator>();
+}
+
 }  // namespace annforge::py_bindings

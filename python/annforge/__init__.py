@@ -22,6 +22,7 @@ from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signature
 from .ivfpq import IVFPQIndex, kmeans
 from .hnsw import HNSWIndex
 from .scann import ScaNNIndex
+from .gpu import gpu_available, knn
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -43,6 +44,8 @@ __all__ = [
     "ScaNNIndex",
     "VectorIndex",
     "build_info",
+    "gpu_available",
+    "knn",
     "embed",
     "store",
     "load",
@@ -88,7 +91,9 @@ def build_info() -> Dict[str, Any]:
     for a published wheel), ``simd_compiled`` (kernel levels in the binary), ``simd_available`` (those
     this CPU runs), ``simd_detected`` (the best of them), ``simd_selected`` (the active one, lowered by
     ``ANNFORGE_SIMD``), ``pq4_scan_compiled`` / ``pq4_scan_level`` (IVF-PQ fast-scan), ``threads``,
-    ``openmp`` and ``cuda`` (annforge uses its own thread pool and no GPU, so both are ``False``),
+    ``openmp`` (annforge uses its own thread pool: ``False``), ``cuda`` (the optional CUDA module is
+    built) and ``cuda_architectures`` (what it was compiled for, e.g. ``["80-real", "90-real",
+    "90-virtual"]``; ``[]`` without it),
     ``format_version``, ``platform`` and ``python``.
 
     >>> info = build_info()
@@ -98,6 +103,8 @@ def build_info() -> Dict[str, Any]:
     import os
     import platform
     import sys
+
+    from . import gpu as _gpu
 
     return {
         "version": __version__,
@@ -113,7 +120,8 @@ def build_info() -> Dict[str, Any]:
         "pq4_scan_level": str(_core._pq4_scan_level()),
         "threads": os.cpu_count() or 1,
         "openmp": False,
-        "cuda": False,
+        "cuda": _gpu.cuda_built(),
+        "cuda_architectures": _gpu.cuda_architectures(),
         "format_version": int(_core.FORMAT_VERSION),
         "platform": f"{sys.platform}-{platform.machine()}",
         "python": platform.python_version(),

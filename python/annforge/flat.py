@@ -37,6 +37,15 @@ class FlatIndex(VectorIndex):
             raise ValueError(f"dim must be >= 1, got {dim}")
         self._impl = _core.FlatIndex(int(dim), metric)
 
+    def to_gpu(self, device: Any = 0, *, dtype: str = "f32") -> Any:
+        """A copy on a CUDA device with the same ``search`` (:class:`annforge.gpu.GpuFlatIndex`).
+
+        ``dtype="f16"`` stores half floats. RuntimeError without the CUDA module or a GPU.
+        """
+        from .gpu import GpuFlatIndex
+
+        return GpuFlatIndex(self, device, dtype)
+
     def search_range(
         self, q: Any, radius: float, *, filter: FilterLike = None, num_threads: int = 0
     ) -> Tuple[List[np.ndarray], List[np.ndarray]]:

@@ -31,6 +31,7 @@ def kmeans(
     max_points_per_centroid: int = 256,
     spherical: bool = False,
     num_threads: int = 0,
+    device: Any = "cpu",
 ) -> KMeansResult:
     """Lloyd's k-means with the SIMD many-to-many kernel; deterministic for a seed (any thread count).
 
@@ -38,6 +39,7 @@ def kmeans(
     At most ``max_points_per_centroid * k`` rows (a seeded random sample) are used for the iterations
     (0 = all); the returned assignment covers every row. Empty clusters are re-seeded by splitting a
     large cluster. ``spherical=True`` keeps centroids at unit length and assigns by inner product.
+    ``device="cuda"`` runs the assignment and seeding distances on the GPU (same algorithm otherwise).
     Unpacks as ``centroids, assignment, objective, empty_splits``.
 
     >>> import annforge as af, numpy as np
@@ -55,8 +57,11 @@ def kmeans(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     arr = as_float_matrix(x, "x")
+    from .gpu import kmeans_accelerator
+
     centroids, assignment, objective, splits = _core.kmeans(
-        arr, int(k), int(niter), int(seed), init, int(max_points_per_centroid), bool(spherical), num_threads
+        arr, int(k), int(niter), int(seed), init, int(max_points_per_centroid), bool(spherical), num_threads,
+        kmeans_accelerator(device),
     )
     return KMeansResult(centroids, assignment, objective, int(splits))
 
@@ -162,12 +167,16 @@ class IVFPQIndex(VectorIndex):
         return super().search(q, k, filter=filter, num_threads=num_threads, **params)
 
     # -- training ----------------------------------------------------------------------------------
-    def train(self, x: Any, *, num_threads: int = 0) -> None:
+    def train(self, x: Any, *, num_threads: int = 0, device: Any = "cpu") -> None:
         """Learn the coarse centroids, the PQ codebooks (and the OPQ rotation with ``opq=True``).
 
         Needs at least ``max(nlist, 2**nbits)`` rows; about ``30 * nlist`` or more gives good cells.
-        Training again discards every stored vector.
+        Training again discards every stored vector. ``device="cuda"`` runs the coarse k-means's
+        distance steps on the GPU.
         """
+        from .gpu import kmeans_accelerator
+
+        accelerator = kmeans_accelerator(device)
         arr = as_float_matrix(x, "training vectors")
         done = _progress.log_phase("IVFPQIndex", "train", len(arr))
         if getattr(self, "_opq", False) and not self._impl.is_trained:
@@ -182,8 +191,17 @@ class IVFPQIndex(VectorIndex):
                 base = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-30)
             self._impl.set_rotation(_train_opq_rotation(base, self.m, self.nbits, self._seed))
             _progress.log.info("IVFPQIndex.train: OPQ rotation learnt")
-        self._impl.train(arr, num_threads)
+        self._impl.train(arr, num_threads, accelerator)
         done()
+
+    def to_gpu(self, device: Any = 0) -> Any:
+        """A copy on a CUDA device with the same ``search`` (:class:`annforge.gpu.GpuIVFPQIndex`).
+
+        RuntimeError without the CUDA module or a GPU; ValueError when untrained.
+        """
+        from .gpu import GpuIVFPQIndex
+
+        return GpuIVFPQIndex(self, device)
 
     @property
     def is_trained(self) -> bool:

@@ -121,14 +121,18 @@ class ScaNNIndex(VectorIndex):
             params["reorder_k"] = reorder_k
         return super().search(q, k, filter=filter, num_threads=num_threads, **params)
 
-    def train(self, x: Any, *, num_threads: int = 0) -> None:
+    def train(self, x: Any, *, num_threads: int = 0, device: Any = "cpu") -> None:
         """Learn the leaves and the (anisotropic) codebooks. Training again discards every stored vector.
 
-        Needs at least ``max(16, num_leaves)`` rows.
+        Needs at least ``max(16, num_leaves)`` rows. ``device="cuda"`` runs the leaf k-means's distance
+        steps on the GPU.
         """
+        from .gpu import kmeans_accelerator
+
+        accelerator = kmeans_accelerator(device)
         arr = as_float_matrix(x, "training vectors")
         done = _progress.log_phase("ScaNNIndex", "train", len(arr))
-        self._impl.train(arr, num_threads)
+        self._impl.train(arr, num_threads, accelerator)
         done()
 
     @property

@@ -43,7 +43,7 @@ void normalise_rows(float* c, std::size_t k, std::size_t d) {
 // k-means++ seeding over a pool of points: each next centre is drawn with probability proportional
 // to the squared distance to the nearest centre chosen so far.
 void seed_plus_plus(const float* xs, std::size_t ns, std::size_t d, std::size_t k, SplitMix64& rng,
-                    float* centroids) {
+                    float* centroids, KMeansAccelerator* accelerator) {
   const auto& K = simd::kernels();
   const std::size_t pool_size = std::min(ns, std::max(kPlusPlusMinPool, k * kPlusPlusPoolPerCentroid));
   std::vector<float> pool_buf;
@@ -59,11 +59,16 @@ void seed_plus_plus(const float* xs, std::size_t ns, std::size_t d, std::size_t 
   for (std::size_t c = 0; c < k; ++c) {
     std::copy(pool + chosen * d, pool + chosen * d + d, centroids + c * d);
     if (c + 1 == k) break;
-    K.l2_sqr_rows(centroids + c * d, pool, pool_size, d, dist.data());
     double total = 0;
-    for (std::size_t i = 0; i < pool_size; ++i) {
-      mind[i] = std::min(mind[i], dist[i]);
-      total += mind[i];
+    if (accelerator) {
+      accelerator->lower_min_distances(pool, pool_size, d, centroids + c * d, mind.data());
+      for (std::size_t i = 0; i < pool_size; ++i) total += mind[i];
+    } else {
+      K.l2_sqr_rows(centroids + c * d, pool, pool_size, d, dist.data());
+      for (std::size_t i = 0; i < pool_size; ++i) {
+        mind[i] = std::min(mind[i], dist[i]);
+        total += mind[i];
+      }
     }
     if (!(total > 0)) {  // every pool point coincides with a centre: any point will do
       chosen = rng.below(pool_size);
@@ -227,7 +232,7 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
     const auto idx = sample_indices(ns, k, rng);
     for (std::size_t c = 0; c < k; ++c) std::copy(xs + idx[c] * d, xs + idx[c] * d + d, C + c * d);
   } else {
-    seed_plus_plus(xs, ns, d, k, rng, C);
+    seed_plus_plus(xs, ns, d, k, rng, C, opt.accelerator);
   }
   if (opt.spherical) normalise_rows(C, k, d);
 
@@ -237,8 +242,12 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
   std::vector<std::size_t> counts(k);
   const std::size_t workers = parallel::resolve_threads(opt.num_threads);
   for (int it = 0; it < opt.niter; ++it) {
-    PackedCentroids packed(C, k, d);
-    packed.nearest(xs, ns, d, 1, opt.spherical, opt.num_threads, labels.data(), scores.data());
+    if (opt.accelerator) {
+      opt.accelerator->nearest(xs, ns, d, C, k, opt.spherical, labels.data(), scores.data());
+    } else {
+      PackedCentroids packed(C, k, d);
+      packed.nearest(xs, ns, d, 1, opt.spherical, opt.num_threads, labels.data(), scores.data());
+    }
     double objective = 0;
     for (std::size_t i = 0; i < ns; ++i) objective += opt.spherical ? 1.0 + scores[i] : scores[i];
     res.objective.push_back(objective);
@@ -250,7 +259,8 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
     // whatever the split, and whole rows are read front to back (a split over dimensions would stride
     // through the sample once per chunk and stall on memory).
     const std::size_t tasks = std::min(k, workers);  // one task per worker: each pass skips the fewest rows
-    parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
+    const bool summed = opt.accelerator && opt.accelerator->centroid_sums(xs, ns, d, labels.data(), k, sums.data());
+    if (!summed) parallel::parallel_for(tasks, opt.num_threads, [&](std::size_t t, std::size_t) {
       const std::size_t c0 = k * t / tasks, c1 = k * (t + 1) / tasks;
       for (std::size_t i = 0; i < ns; ++i) {
         const auto c = static_cast<std::size_t>(labels[i]);
@@ -293,8 +303,12 @@ KMeansResult kmeans(const float* x, std::size_t n, std::size_t d, std::size_t k,
   if (!opt.assign_all) return res;
   res.assignment.resize(n);
   std::vector<float> final_scores(n);
-  PackedCentroids packed(C, k, d);
-  packed.nearest(x, n, d, 1, opt.spherical, opt.num_threads, res.assignment.data(), final_scores.data());
+  if (opt.accelerator) {
+    opt.accelerator->nearest(x, n, d, C, k, opt.spherical, res.assignment.data(), final_scores.data());
+  } else {
+    PackedCentroids packed(C, k, d);
+    packed.nearest(x, n, d, 1, opt.spherical, opt.num_threads, res.assignment.data(), final_scores.data());
+  }
   return res;
 }
 

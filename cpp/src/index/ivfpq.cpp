@@ -207,7 +207,7 @@ float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
 // ---------------------------------------------------------------------------------------------------
 // Training
 
-void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
+void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator) {
   (void)parallel::resolve_threads(num_threads);
   check_finite(x, n, dim_, "training vectors");
   ANNFORGE_CHECK(n >= nlist_, ErrorKind::Value, "training needs at least nlist = ", nlist_, " vectors, got ", n);
@@ -234,6 +234,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads) {
   opt.max_points_per_centroid = kCoarsePointsPerCentroid;
   opt.num_threads = num_threads;
   opt.assign_all = false;
+  opt.accelerator = accelerator;
   auto coarse = cluster::kmeans(xt, n, d, nlist_, opt);
   cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
 
@@ -754,6 +755,37 @@ void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
     best.push(dv, L.ids[off]);
   }
   write_row(best.sorted(), k, ids, dist);
+}
+
+IVFPQIndex::Layout IVFPQIndex::layout() const {
+  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  check_trained();
+  Layout out;
+  out.rotation = rotation_;
+  out.centroids = centroids_;
+  out.codebooks = pq_.codebooks();
+  out.code_norms = code_norms_;
+  out.sq8_offset = sq8_offset_;
+  out.sq8_scale = sq8_scale_;
+  out.list_offsets.resize(nlist_ + 1, 0);
+  for (std::size_t l = 0; l < nlist_; ++l) out.list_offsets[l + 1] = out.list_offsets[l] + lists_[l].size();
+  const std::size_t total = out.list_offsets[nlist_], rb = refine_bytes();
+  out.codes.resize(total * m_);
+  out.ids.resize(total);
+  if (norm_terms_stored()) out.norm_terms.resize(total);
+  out.refine.resize(total * rb);
+  for (std::size_t l = 0; l < nlist_; ++l) {
+    const InvertedList& L = lists_[l];
+    const std::size_t base = out.list_offsets[l];
+    for (std::size_t i = 0; i < L.size(); ++i) {
+      for (std::size_t j = 0; j < m_; ++j)
+        out.codes[(base + i) * m_ + j] = nbits_ == 8 ? L.codes[i * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, i, j);
+      out.ids[base + i] = L.ids[i];
+      if (norm_terms_stored()) out.norm_terms[base + i] = L.norm_terms[i];
+    }
+    if (rb) std::memcpy(out.refine.data() + base * rb, L.refine.data(), L.size() * rb);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------

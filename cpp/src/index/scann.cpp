@@ -295,7 +295,7 @@ void ScaNNIndex::encode(const float* rows, std::size_t n, const std::int32_t* le
 // ---------------------------------------------------------------------------------------------------
 // Training
 
-void ScaNNIndex::train(const float* x, std::size_t n, int num_threads) {
+void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator) {
   (void)parallel::resolve_threads(num_threads);
   check_finite(x, n, dim_, "training vectors");
   std::size_t leaves, sample_size;
@@ -321,6 +321,7 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads) {
   opt.spherical = ip;
   opt.num_threads = num_threads;
   opt.assign_all = false;
+  opt.accelerator = accelerator;
   auto tree = cluster::kmeans(xt.data(), n, d, leaves, opt);
   cluster::PackedCentroids packed(tree.centroids.data(), leaves, d);
 

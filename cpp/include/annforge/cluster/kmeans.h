@@ -63,6 +63,27 @@ class PackedCentroids {
 
 enum class KMeansInit : std::uint8_t { KMeansPlusPlus = 0, Random = 1 };
 
+// The two heavy steps of kmeans(), offloaded to faster hardware when one is given (the optional CUDA
+// module implements it). Sampling, the seeding draws, the updates and the splits stay in kmeans(), so
+// the result has the CPU k-means's quality; only float rounding of the distances differs.
+class KMeansAccelerator {
+ public:
+  virtual ~KMeansAccelerator() = default;
+  // labels[i] = the nearest of the k centroids (k x d) to row i of x (n x d), ties to the lower index;
+  // score[i] = its squared l2 distance, or -<x, c> with inner_product.
+  virtual void nearest(const float* x, std::size_t n, std::size_t d, const float* centroids, std::size_t k,
+                       bool inner_product, std::int32_t* labels, float* score) = 0;
+  // mind[i] = min(mind[i], ||pool_i - centre||^2) for the n rows of pool (k-means++ seeding).
+  virtual void lower_min_distances(const float* pool, std::size_t n, std::size_t d, const float* centre,
+                                   float* mind) = 0;
+  // sums[c * d + j] += x[i * d + j] over the rows i with labels[i] == c (sums arrive zeroed). May sum in
+  // any order; return false to leave the update to the CPU.
+  virtual bool centroid_sums(const float* x, std::size_t n, std::size_t d, const std::int32_t* labels, std::size_t k,
+                             double* sums) {
+    return false;
+  }
+};
+
 struct KMeansOptions {
   int niter = 20;
   std::uint64_t seed = 0;
@@ -75,6 +96,8 @@ struct KMeansOptions {
   // Compute KMeansResult::assignment for every input point (one more pass over all n points).
   bool assign_all = true;
   int num_threads = 0;
+  // Runs the assignment and seeding distance steps when set (not owned).
+  KMeansAccelerator* accelerator = nullptr;
 };
 
 struct KMeansResult {

@@ -49,8 +49,9 @@ class IVFPQIndex final : public VectorIndex {
   static std::unique_ptr<IVFPQIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
   // Learns the coarse centroids, the PQ codebooks (on residuals) and the sq8 ranges. Needs
-  // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector.
-  void train(const float* x, std::size_t n, int num_threads);
+  // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector. `accelerator` (may be
+  // null) runs the coarse k-means's distance steps (the CUDA module's GPU k-means).
+  void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
   bool is_trained() const;
   // An orthonormal d x d matrix R (row-major) applied as x -> R x before everything else (OPQ). Only
   // before training; the Python layer learns R (alternating Procrustes).
@@ -66,6 +67,17 @@ class IVFPQIndex final : public VectorIndex {
   // Bytes of PQ code per vector (nbits * m / 8) and of the re-ranking copy.
   std::size_t code_bytes() const noexcept;
   std::size_t refine_bytes() const noexcept;
+
+  // The trained state as plain arrays, the lists concatenated in list order (what a GPU copy uploads).
+  struct Layout {
+    std::vector<float> rotation, centroids, codebooks, code_norms, sq8_offset, sq8_scale;
+    std::vector<std::uint64_t> list_offsets;  // nlist + 1: list l holds entries [offsets[l], offsets[l+1])
+    std::vector<std::uint8_t> codes;          // m bytes per entry, one per sub-quantizer (4-bit codes unpacked)
+    std::vector<idx_t> ids;
+    std::vector<float> norm_terms;            // per entry for l2 with residuals, else empty
+    std::vector<std::uint8_t> refine;         // refine_bytes() per entry
+  };
+  Layout layout() const;  // ValueError when untrained
 
   io::Kind kind() const override { return io::Kind::IVFPQ; }
   std::size_t size() const override;

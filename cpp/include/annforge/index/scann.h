@@ -73,7 +73,8 @@ class ScaNNIndex final : public VectorIndex {
   // plain k-means codebooks (ablation); encode_rounds is the coordinate-descent sweeps per encoding.
   void set_training_options(std::size_t sample_size, int codebook_iterations, int encode_rounds);
 
-  void train(const float* x, std::size_t n, int num_threads);
+  // `accelerator` (may be null) runs the leaf k-means's distance steps (the CUDA module's GPU k-means).
+  void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
   bool is_trained() const;
   std::size_t num_leaves() const;
   std::size_t dims_per_block() const noexcept { return dpb_; }
