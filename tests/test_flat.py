@@ -168,6 +168,7 @@ def test_filter_returns_k_when_k_allowed_exist_and_pads_otherwise() -> None:
     assert (got[:, 3:] == -1).all() and np.isinf(dist[:, 3:]).all()
 
 
+@pytest.mark.errors
 def test_filter_callable_exception_propagates() -> None:
     index = af.FlatIndex(3)
     index.add(np.eye(3))

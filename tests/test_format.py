@@ -121,12 +121,14 @@ def test_overwrite_is_atomic_and_old_readers_keep_working(tmp_path) -> None:
     assert len(af.load(path)) == 5
 
 
+@pytest.mark.errors
 def test_save_to_missing_directory_raises_oserror(tmp_path) -> None:
     index = af.FlatIndex(2)
     with pytest.raises(OSError, match="cannot create"):
         index.save(tmp_path / "no" / "such" / "dir.af")
 
 
+@pytest.mark.errors
 def test_named_problems(tmp_path) -> None:
     index = af.FlatIndex(8)
     index.add(np.random.default_rng(1).standard_normal((100, 8)))

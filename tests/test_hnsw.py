@@ -270,6 +270,7 @@ def _index_bytes() -> bytes:
         ("IDS ", 0, 0xFFFFFFFF, "id"),
     ],
 )
+@pytest.mark.errors
 def test_consistent_checksum_but_bad_graph_is_refused(tag: str, word: int, value: int, message: str) -> None:
     data = _index_bytes()
     patched = _core._hnsw_patch_u32_for_tests(data, tag, word, value)
@@ -280,6 +281,7 @@ def test_consistent_checksum_but_bad_graph_is_refused(tag: str, word: int, value
 
 
 @pytest.mark.parametrize("word,value,message", [(1, 10_000, "link out of range"), (0, 0xFFFF, "header")])
+@pytest.mark.errors
 def test_bad_graph_in_legacy_layout_is_refused(word: int, value: int, message: str) -> None:
     # Files from the first layout keep the level-0 header inside each record (section REC0).
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden_hnsw_f32_rec0.af")
@@ -311,6 +313,7 @@ def test_corrupted_links_fuzz_never_crashes() -> None:
 # --- bad input -------------------------------------------------------------------------------------
 
 
+@pytest.mark.errors
 def test_bad_input() -> None:
     index = af.HNSWIndex(4)
     index.add(np.zeros((3, 4)))

@@ -336,6 +336,7 @@ def test_untrained_index_round_trips(tmp_path) -> None:
     assert len(loaded) == 500
 
 
+@pytest.mark.errors
 def test_corrupted_file_is_refused(tmp_path, data) -> None:
     x, _ = data
     index = build(x[:500], nbits=4)
@@ -353,6 +354,7 @@ def test_corrupted_file_is_refused(tmp_path, data) -> None:
 # -- bad input ------------------------------------------------------------------------------------
 
 
+@pytest.mark.errors
 def test_untrained_index_refuses_add_and_search() -> None:
     index = af.IVFPQIndex(8, 4, 2)
     with pytest.raises(ValueError, match="index is not trained"):
@@ -361,6 +363,7 @@ def test_untrained_index_refuses_add_and_search() -> None:
         index.search(np.zeros((1, 8), dtype=np.float32), 1)
 
 
+@pytest.mark.errors
 def test_bad_parameters(data) -> None:
     x, q = data
     with pytest.raises(ValueError, match="multiple of m"):

@@ -87,6 +87,7 @@ def test_random_shapes(n: int, k: int, d: int, seed: int) -> None:
     assert res.assignment.min() >= 0 and res.assignment.max() < k
 
 
+@pytest.mark.errors
 def test_bad_input() -> None:
     x = np.zeros((10, 3), dtype=np.float32)
     with pytest.raises(ValueError):

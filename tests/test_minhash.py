@@ -174,6 +174,7 @@ def test_save_load_pickle(tmp_path):
             af.load(bad)
 
 
+@pytest.mark.errors
 def test_bad_input():
     with pytest.raises(ValueError):
         af.MinHash(num_perm=0)

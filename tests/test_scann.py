@@ -319,6 +319,7 @@ def test_untrained_index_round_trips(tmp_path) -> None:
     assert len(loaded) == 500 and loaded.num_leaves == 22
 
 
+@pytest.mark.errors
 def test_corrupted_file_is_refused(tmp_path, data) -> None:
     x, _ = data
     index = build(x[:500])
@@ -336,6 +337,7 @@ def test_corrupted_file_is_refused(tmp_path, data) -> None:
 # -- bad input ------------------------------------------------------------------------------------
 
 
+@pytest.mark.errors
 def test_bad_parameters(data) -> None:
     x, q = data
     with pytest.raises(ValueError, match="multiple of dims_per_block"):

@@ -7,6 +7,9 @@ import pytest
 
 import annforge as af
 
+# Every test here is an error path: CI runs this file again against the clang build (marker `errors`).
+pytestmark = pytest.mark.errors
+
 
 @pytest.fixture
 def index() -> af.FlatIndex:

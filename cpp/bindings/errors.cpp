@@ -6,7 +6,11 @@
 namespace annforge::py_bindings {
 
 void register_errors(py::module_& m) {
-  py::register_exception_translator([](std::exception_ptr p) {
+  // Local to this module: a global translator sits in pybind11's internals, shared by every pybind11
+  // module built against the same internals ABI (any GCC or clang with libstdc++), so it would also
+  // turn other modules' std::length_error into MemoryError, and their global translators would run
+  // on our exceptions first. Local translators are tried before the global ones.
+  py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const annforge::Error& e) {
