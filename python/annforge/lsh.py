@@ -19,6 +19,10 @@ from ._base import register_family
 
 _P61 = (1 << 61) - 1
 
+#: The scheme used when ``hashfunc="xxh64"`` and no ``scheme`` is given. It was ``"mersenne61"`` before
+#: C-MinHash became the default; signatures of the two schemes are not comparable (see :class:`MinHashLSH`).
+DEFAULT_SCHEME = "cminhash"
+
 
 @functools.lru_cache(maxsize=64)
 def _hasher(num_perm: int, seed: int, hashfunc: str, scheme: Optional[str], method: str) -> Any:
@@ -29,7 +33,7 @@ def _hasher(num_perm: int, seed: int, hashfunc: str, scheme: Optional[str], meth
     if hashfunc not in ("xxh64", "sha1_32"):
         raise ValueError(f"unknown hashfunc {hashfunc!r} (expected 'xxh64' or 'sha1_32')")
     if scheme is None:
-        scheme = "affine32" if hashfunc == "sha1_32" else "mersenne61"
+        scheme = "affine32" if hashfunc == "sha1_32" else ("mersenne61" if method == "oph" else DEFAULT_SCHEME)
     if scheme in ("affine32", "legacy"):
         # datasketch draws its permutations with numpy's RandomState; reproduce the draws exactly.
         gen = np.random.RandomState(seed)
