@@ -409,10 +409,17 @@ void bind_minhash(py::module_& m) {
           "query_keys",
           // One query, keys straight into a Python list: no CSR arrays, no thread hand-off. This is the
           // path of MinHashLSH.query(), called once per document in typical dedup loops.
-          [](const MinHashLSH& s, const py::object& sig) {
+          // expect_wide: 1 / 0 when the index holds 64-bit / 32-bit scheme signatures (-1: unknown); one
+          // value tells them apart (a 64-bit scheme's minimum is below 2^32 with probability ~n / 2^29).
+          [](const MinHashLSH& s, const py::object& sig, int expect_wide) {
             std::size_t rows = 0;
             SigArray a = as_sigs(sig, s.num_perm(), rows);
             ANNFORGE_CHECK(rows == 1, ErrorKind::Value, "query() takes one signature; use query_batch() for ", rows);
+            if (expect_wide >= 0 && (a.data()[0] > 0xffffffffu) != (expect_wide == 1))
+              fail(ErrorKind::Value, "signatures of different MinHash schemes cannot share an index: this index holds ",
+                   expect_wide ? "64-bit" : "32-bit", " signatures, the query is ", expect_wide ? "32-bit" : "64-bit",
+                   " (scheme 'cminhash' became the default for hashfunc='xxh64'; pass scheme='mersenne61' to keep "
+                   "producing the signatures of older annforge versions)");
             thread_local std::vector<std::uint32_t> scratch;
             thread_local std::vector<idx_t> keys;
             keys.clear();
@@ -428,7 +435,7 @@ void bind_minhash(py::module_& m) {
               PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), PyLong_FromLongLong(keys[i]));
             return out;
           },
-          py::arg("sig"))
+          py::arg("sig"), py::arg("expect_wide") = -1)
       .def(
           "query_arrays",
           // Batch queries -> a list of int64 arrays, one per query, built here rather than by slicing
