@@ -504,3 +504,36 @@ def test_float_keys_and_float_num_perm_refused():
             af.MinHashLSHForest(num_perm=bad)
     with pytest.raises(ValueError):
         af.MinHashLSHForest(num_perm=0)
+
+
+@pytest.mark.parametrize("num_perm", [32, 128, 256])
+def test_bands_rows_follow_datasketchs_rule(num_perm):
+    for t in (0.3, 0.5, 0.7, 0.8, 0.9):
+        ref = datasketch.MinHashLSH(threshold=t, num_perm=num_perm)
+        ours = af.MinHashLSH(threshold=t, num_perm=num_perm)
+        assert (ours.bands, ours.rows) == (ref.b, ref.r)
+        assert (af.MinHashLSH(threshold=t, num_perm=num_perm, params=(2, 3)).bands, 2) == (2, 2)
+
+
+def test_default_scheme_pair_precision_and_recall_not_below_datasketch():
+    """Issue 18: at the same threshold and banding, the default signatures find candidate pairs at least as
+    precisely as datasketch's (sha1_32 signatures are bit-identical to datasketch's), over 3 seeds."""
+    from annforge.bench.datasets import exact_pairs, minhash_corpus
+
+    ds = minhash_corpus(2000, 500)
+    docs = [[t.encode() for t in s] for s in ds.sets]
+    truth = set(exact_pairs(ds.sets, 0.7))
+    stats = {}
+    for kw in (dict(), dict(hashfunc="sha1_32")):
+        rec, prec = [], []
+        for seed in (1, 2, 3):
+            sigs = af.minhash_signatures(docs, 128, seed=seed, **kw)
+            lsh = af.MinHashLSH(threshold=0.7, num_perm=128)
+            lsh.insert_batch(np.arange(len(sigs)), sigs)
+            f, s, _ = lsh.candidate_pairs()
+            found = set(zip(f.tolist(), s.tolist()))
+            rec.append(len(found & truth) / len(truth))
+            prec.append(len(found & truth) / max(1, len(found)))
+        stats[kw.get("hashfunc", "default")] = (np.mean(rec), np.mean(prec))
+    (r_ours, p_ours), (r_ds, p_ds) = stats["default"], stats["sha1_32"]
+    assert r_ours >= r_ds - 0.02 and p_ours >= p_ds - 0.02, stats
