@@ -537,3 +537,28 @@ def test_default_scheme_pair_precision_and_recall_not_below_datasketch():
         stats[kw.get("hashfunc", "default")] = (np.mean(rec), np.mean(prec))
     (r_ours, p_ours), (r_ds, p_ds) = stats["default"], stats["sha1_32"]
     assert r_ours >= r_ds - 0.02 and p_ours >= p_ds - 0.02, stats
+
+
+def test_dedup_streams_chunks_and_equals_the_steps_by_hand():
+    rng = np.random.default_rng(4)
+    base = [[f"w{int(x)}" for x in rng.choice(5000, 40, replace=False)] for _ in range(300)]
+    docs = base + [d[:-2] + ["new1", "new2"] for d in base[:60]] + [list(d) for d in base[60:90]]
+    sigs = af.minhash_signatures(docs, 128)
+    lsh = af.MinHashLSH(threshold=0.8, num_perm=128)
+    lsh.insert_batch(np.arange(len(docs)), sigs)
+    f, s, _ = lsh.candidate_pairs(min_score=0.8)
+    labels = af._core.connected_groups(len(docs), f, s)
+    by_hand: dict = {}
+    for i, lab in enumerate(labels.tolist()):
+        by_hand.setdefault(lab, []).append(i)
+    expected = [g for g in by_hand.values() if len(g) > 1]
+    assert len(expected) >= 60
+    for chunk in (7, 100, 10_000):
+        assert af.dedup(iter(docs), 0.8, chunk_size=chunk) == expected
+    assert af.dedup(docs, 0.8, show_progress=True) == expected
+    texts = [" ".join(d) for d in docs]
+    assert af.dedup((t for t in texts), 0.8, shingle="word1", chunk_size=50) == expected
+    with pytest.raises(ValueError):
+        af.dedup(docs, chunk_size=0)
+    with pytest.raises(TypeError):
+        af.dedup("just one string")

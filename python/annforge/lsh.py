@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import numbers
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -445,19 +446,51 @@ class MinHashLSHForest:
         self._impl = _core.MinHashLSHForest.from_bytes(state["annforge"])
 
 
-def dedup(docs: Sequence[Any], threshold: float = 0.8, *, num_perm: int = 128, seed: int = 1,
-          shingle: Optional[str] = None, num_threads: int = 0) -> List[List[int]]:
-    """Near-duplicate groups (lists of document indices, size >= 2) via LSH + estimated Jaccard + union-find.
+def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, seed: int = 1,
+          shingle: Optional[str] = None, num_threads: int = 0, hashfunc: str = "xxh64",
+          scheme: Optional[str] = None, weights: Tuple[float, float] = (0.5, 0.5),
+          params: Optional[Tuple[int, int]] = None, chunk_size: int = 20_000,
+          show_progress: bool = False) -> List[List[int]]:
+    """Near-duplicate groups (lists of document positions, size >= 2, each sorted, ordered by first member).
+
+    The steps: MinHash signatures, :class:`MinHashLSH` candidate pairs whose estimated Jaccard is
+    ``>= threshold``, then connected components (union-find). ``docs`` may be any iterable (a generator
+    over a corpus on disk): it is read ``chunk_size`` documents at a time, so memory holds one chunk of
+    documents plus the signatures and band tables, never the whole corpus. The groups are exactly those of
+    the same steps done by hand on the whole list. ``show_progress`` draws a bar (tqdm when installed).
 
     >>> import annforge as af
     >>> af.dedup([["a", "b", "c"], ["x"], ["a", "b", "c"]], threshold=0.8)
     [[0, 2]]
+    >>> af.dedup((["w%d" % (i % 3)] for i in range(7)), threshold=0.9, chunk_size=2)
+    [[0, 3, 6], [1, 4], [2, 5]]
     """
-    sigs = minhash_signatures(docs, num_perm=num_perm, seed=seed, shingle=shingle, num_threads=num_threads)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    lsh.insert_batch(np.arange(len(sigs), dtype=np.int64), sigs, num_threads=num_threads)
+    if isinstance(docs, (str, bytes)):
+        raise TypeError("docs must be an iterable of documents, not a single string")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    hasher = _hasher(num_perm, seed, hashfunc, scheme, "perm")
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights, params=params,
+                     scheme=str(hasher.scheme))
+    from .embed._progress import progress_bar
+
+    total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
+    bar = progress_bar(total, "dedup", show_progress)
+    n = 0
+    try:
+        it = iter(docs)
+        while True:
+            chunk = list(itertools.islice(it, chunk_size))
+            if not chunk:
+                break
+            sigs = hasher.signatures(chunk, shingle, int(num_threads))
+            lsh.insert_batch(np.arange(n, n + len(chunk), dtype=np.int64), sigs, num_threads=num_threads)
+            n += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
     first, second, _ = lsh.candidate_pairs(min_score=float(threshold), num_threads=num_threads)
-    labels = _core.connected_groups(len(sigs), first, second)
+    labels = _core.connected_groups(n, first, second)
     groups: dict = {}
     for i, lab in enumerate(labels.tolist()):
         groups.setdefault(lab, []).append(i)
