@@ -167,6 +167,12 @@ class MinHash:
         return out
 
 
+@functools.lru_cache(maxsize=256)
+def _optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> Tuple[int, int]:
+    # A few milliseconds of numerical integration: not to be paid by every index created in a loop.
+    return _core.optimal_bands_rows(threshold, num_perm, fp_weight, fn_weight)
+
+
 def _as_sig(sig: Any) -> Any:
     if isinstance(sig, MinHash):  # its state as is (no copy): the core only reads it
         return sig._state if sig._h.method != "oph" else sig.hashvalues
@@ -247,7 +253,7 @@ class MinHashLSH:
             w = tuple(float(x) for x in weights)
             if len(w) != 2:
                 raise ValueError("weights must be two numbers (false positive, false negative)")
-            bands, rows = _core.optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
+            bands, rows = _optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
         else:
             bands, rows = (_check_count("bands", params[0]), _check_count("rows", params[1]))
         if scheme is not None and scheme not in _SCHEMES:
