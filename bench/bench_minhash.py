@@ -91,7 +91,14 @@ def _quality(found, truth):
     return dict(recall=hit / max(1, len(truth)), precision=hit / max(1, len(found)), candidates=len(found))
 
 
-def worker_annforge(w, texts, toks, k, t, threads, rep, truth):
+def _mean_quality(qs):
+    """Means over seeds, plus each seed's recall / precision (one seed moves them by points)."""
+    out = {key: float(np.mean([q[key] for q in qs])) for key in ("recall", "precision", "candidates")}
+    out["seeds"] = [[round(q["recall"], 4), round(q["precision"], 4)] for q in qs]
+    return out
+
+
+def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
     import annforge as af
 
     out = {}
@@ -116,16 +123,26 @@ def worker_annforge(w, texts, toks, k, t, threads, rep, truth):
         out["query" + label] = nq / s
         s, _ = _best(lambda: lsh.query_batch(sigs, num_threads=threads), rep)
         out["query_batch" + label] = len(sigs) / s
-        f, g, _ = lsh.candidate_pairs()
-        out["quality" + label] = _quality(set(zip(f.tolist(), g.tolist())), truth)
         out["bands_rows" + label] = [lsh.bands, lsh.rows]
+        if seeds:
+            qs = []
+            for seed in seeds:
+                sg = af.minhash_signatures(toks, k, seed=seed, num_threads=threads)
+                lsh = af.MinHashLSH(threshold=t, num_perm=k, params=params)
+                lsh.insert_batch(keys, sg, num_threads=threads)
+                f, g, _ = lsh.candidate_pairs()
+                qs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+            out["quality" + label] = _mean_quality(qs)
+    # Where signing time goes: num_perm=1 leaves the Python boundary and the token hashing alone.
+    s, _ = _best(lambda: af.minhash_signatures(toks, 1, num_threads=threads), rep)
+    out["sign_tokens_k1"] = len(toks) / s
     s, groups = _best(lambda: af.dedup(texts, t, num_perm=k, shingle="word3", num_threads=threads), rep)
     out["dedup_docs_per_s"] = len(texts) / s
     out["dedup_groups"] = len(groups)
     return out
 
 
-def worker_rensa(w, texts, toks, k, t, threads, rep, truth, variant):
+def worker_rensa(w, texts, toks, k, t, threads, rep, truth, variant, seeds):
     import rensa
 
     cls = rensa.RMinHash if variant == "R" else rensa.CMinHash
@@ -162,8 +179,15 @@ def worker_rensa(w, texts, toks, k, t, threads, rep, truth, variant):
             out["query" + label] = nq / s
             s, cands = _best(lambda: lsh.query_all(objs), rep)
             out["query_batch" + label] = len(objs) / s
-            out["quality" + label] = _quality(_pairs(cands), truth)
             out["bands_rows" + label] = [bands, k // bands]
+            if seeds:
+                qs = []
+                for seed in seeds:
+                    q_objs = rensa.RMinHash.from_token_sets(toks, k, 41 + seed)
+                    q_lsh = rensa.RMinHashLSH(t, k, bands)
+                    q_lsh.insert_matrix(rensa.RMinHash.digest_matrix_from_token_sets(toks, k, 41 + seed))
+                    qs.append(_quality(_pairs(q_lsh.query_all(q_objs)), truth))
+                out["quality" + label] = _mean_quality(qs)
 
         def dedup():
             d = rensa.RMinHashDeduplicator(t, k, True, 8, 42)
@@ -184,16 +208,20 @@ def worker_rensa(w, texts, toks, k, t, threads, rep, truth, variant):
         # datasketch) for the quality figures only.
         import annforge as af
 
-        sigs = np.array([m.digest_u64() for m in objs], dtype=np.uint64)
-        lsh = af.MinHashLSH(threshold=t, num_perm=k)
-        lsh.insert_batch(np.arange(len(sigs)), sigs)
-        f, g, _ = lsh.candidate_pairs()
-        out["quality"] = _quality(set(zip(f.tolist(), g.tolist())), truth)
-        out["bands_rows"] = [lsh.bands, lsh.rows]
+        qs = []
+        for seed in seeds:
+            sigs = np.array(rensa.CMinHash.digests64_from_token_sets(toks, k, 41 + seed), dtype=np.uint64)
+            lsh = af.MinHashLSH(threshold=t, num_perm=k)
+            lsh.insert_batch(np.arange(len(sigs)), sigs)
+            f, g, _ = lsh.candidate_pairs()
+            qs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+            out["bands_rows"] = [lsh.bands, lsh.rows]
+        if qs:
+            out["quality"] = _mean_quality(qs)
     return out
 
 
-def worker_datasketch(w, texts, toks, k, t, threads, rep, truth, sample):
+def worker_datasketch(w, texts, toks, k, t, threads, rep, truth, sample, seeds):
     import annforge as af
     import datasketch
 
@@ -224,9 +252,18 @@ def worker_datasketch(w, texts, toks, k, t, threads, rep, truth, sample):
     nq = min(len(mhs), 20000)
     s, _ = _best(lambda: [lsh.query(m) for m in mhs[:nq]], 1)
     out["query"] = nq / s
-    cands = [lsh.query(m) for m in mhs]
-    out["quality"] = _quality(_pairs(cands), truth)
     out["bands_rows"] = [lsh.b, lsh.r]
+    qs = []
+    for seed in seeds:
+        hv = af.minhash_signatures(enc, k, seed=seed, hashfunc="sha1_32")
+        q_lsh = datasketch.MinHashLSH(threshold=t, num_perm=k)
+        q_mhs = [datasketch.MinHash(num_perm=k, seed=seed, hashvalues=row, scheme="affine32") for row in hv]
+        with q_lsh.insertion_session() as session:
+            for i, m in enumerate(q_mhs):
+                session.insert(i, m)
+        qs.append(_quality(_pairs([q_lsh.query(m) for m in q_mhs]), truth))
+    if qs:
+        out["quality"] = _mean_quality(qs)
     return out
 
 
@@ -238,18 +275,21 @@ def run_worker(spec_path):
     texts, toks = data["texts"], data["tokens"]
     truth = set(map(tuple, data["truth"]))
     lib, k, t, threads, rep = spec["lib"], spec["num_perm"], spec["threshold"], spec["threads"], spec["repeats"]
+    seeds = spec["quality_seeds"]
     if lib == "annforge":
-        out = worker_annforge(spec, texts, toks, k, t, threads, rep, truth)
+        out = worker_annforge(spec, texts, toks, k, t, threads, rep, truth, seeds)
     elif lib in ("rensa-R", "rensa-C"):
-        out = worker_rensa(spec, texts, toks, k, t, threads, rep, truth, lib[-1])
+        out = worker_rensa(spec, texts, toks, k, t, threads, rep, truth, lib[-1], seeds)
     else:
-        out = worker_datasketch(spec, texts, toks, k, t, threads, rep, truth, spec["ds_sample"])
+        out = worker_datasketch(spec, texts, toks, k, t, threads, rep, truth, spec["ds_sample"], seeds)
     print("RESULT " + json.dumps(out), flush=True)
 
 
 # ---- driver -----------------------------------------------------------------------------------------------
 def merge_best(acc, new):
     for key, v in new.items():
+        if key.startswith("quality") and key in acc:
+            continue  # measured once
         if isinstance(v, (int, float)) and not key.startswith("dedup_") or key == "dedup_docs_per_s":
             acc[key] = max(acc.get(key, 0.0), v)
         else:
@@ -268,7 +308,8 @@ def main():
     ap.add_argument("--libs", default="annforge,rensa-R,rensa-C,datasketch")
     ap.add_argument("--ds-sample", type=int, default=2000, help="documents datasketch signs (its rate is scaled)")
     ap.add_argument("--apt-lists", default="/var/lib/apt/lists")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="corpus seed")
+    ap.add_argument("--seeds", type=int, default=5, help="MinHash seeds averaged for pair recall / precision")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -299,7 +340,10 @@ def main():
                     spec = os.path.join(work, "spec.json")
                     with open(spec, "w") as f:
                         json.dump(dict(lib=lib, data=data, num_perm=a.num_perm, threshold=a.threshold, threads=n,
-                                       repeats=a.repeats, ds_sample=a.ds_sample), f)
+                                       repeats=a.repeats, ds_sample=a.ds_sample,
+                                       # pair quality does not depend on threads or timing: first round only
+                                       quality_seeds=list(range(1, a.seeds + 1)) if r == 0 and n == lanes[0]
+                                       else []), f)
                     env = dict(os.environ, RAYON_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n))
                     proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True,
                                           text=True, env=env)
@@ -314,6 +358,7 @@ def main():
 
 def report(best, libs, lanes):
     metrics = [("sign_tokens", "signatures/s, token lists (objects for rensa / datasketch)"),
+               ("sign_tokens_k1", "  same with num_perm=1: boundary + token hashing only"),
                ("sign_tokens_matrix", "signatures/s, rensa digest_matrix_from_token_sets"),
                ("sign_raw_text", "signatures/s, raw text shingled in C++ (word3)"),
                ("insert", "LSH inserts/s (batch, threshold banding)"), ("query", "LSH queries/s (one at a time)"),
@@ -331,11 +376,12 @@ def report(best, libs, lanes):
             print(f"{label:58s}" + "".join(f"{v:14,.0f}" if v is not None else f"{'-':>14s}" for v in vals))
         for suffix in ("", "_8x16"):
             for lib in cols:
-                res = best[(lib, n)] or best[(lib, lanes[0])]
+                res = best[(lib, lanes[0])]
                 q = res.get("quality" + suffix)
                 if q:
                     print(f"pair quality{suffix or ''} {lib:12s} bands x rows {res.get('bands_rows' + suffix)}: "
-                          f"recall {q['recall']:.4f} precision {q['precision']:.4f} candidates {q['candidates']}")
+                          f"mean recall {q['recall']:.4f} precision {q['precision']:.4f} candidates "
+                          f"{q['candidates']:.0f}; per seed (recall, precision) {q['seeds']}")
         a = best.get(("annforge", n), {})
         for lib in ("rensa-R", "rensa-C"):
             r = best.get((lib, n), {})
