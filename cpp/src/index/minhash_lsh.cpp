@@ -6,6 +6,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "annforge/index/minhash.h"
 #include "annforge/parallel/executor.h"
 
@@ -170,9 +174,28 @@ void SignatureStore::check_new(const idx_t* keys, std::size_t n) const {
                  "too many entries (limit 2^32 - 1)");
 }
 
+namespace {
+// Large batches fault in the signature buffer 4 KiB at a time (a third of a bulk insert's time went to
+// page faults); where transparent huge pages are opt-in, ask for them on the buffer. Advice only.
+void advise_huge_pages(void* data, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t{1} << 21;
+  if (bytes < 4 * kHuge) return;
+  const auto begin = (reinterpret_cast<std::uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const auto end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+}  // namespace
+
 void SignatureStore::reserve(std::size_t n) {
   // Growth by doubling would copy the signatures several times during one large batch.
+  const std::uint64_t* before = sigs_.data();
   sigs_.reserve(sigs_.size() + n * num_perm_);
+  if (sigs_.data() != before) advise_huge_pages(sigs_.data(), sigs_.capacity() * sizeof(std::uint64_t));
   keys_.reserve(keys_.size() + n);
   alive_.reserve(alive_.size() + n);
   slot_of_.reserve(slot_of_.size() + n);
