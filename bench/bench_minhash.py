@@ -1,191 +1,397 @@
-"""annforge MinHash/LSH vs datasketch 2.0 on Debian package descriptions with injected near-duplicates.
+"""MinHash / LSH: annforge vs rensa (RMinHash, CMinHash) vs datasketch on Debian package descriptions.
 
-    python bench/bench_minhash.py --docs 40000 --dup-frac 0.2 --num-perm 128 --threshold 0.8
+    python bench/bench_minhash.py --docs 40000 --dups 4000 --rounds 3 --threads 1,2
+
+Corpus: the long package descriptions of Debian's Translation-en lists (``--apt-lists``, default
+/var/lib/apt/lists; ``apt-get update -o Acquire::Languages=en`` fetches them), falling back to the short
+descriptions of ``apt-cache dumpavail``; then ``--dups`` near-duplicates (1-4 words of a random document
+replaced). Every library sees the same word-3-shingle token sets (str); annforge's raw-text path shingles
+the same texts in C++ (``shingle="word3"``, identical shingles).
+
+Each library runs in its own process per round, rounds interleave the libraries, and each figure is the
+best over rounds (the machine is shared). Threads: annforge's ``num_threads``; rensa's rayon pool via
+RAYON_NUM_THREADS (its default, all cores, is the 2-thread lane on a 2-core machine); datasketch is
+single-threaded Python. Pair recall / precision: LSH candidate pairs against every pair with exact
+Jaccard >= threshold (prefix filtering), at each library's own banding for the threshold (annforge and
+datasketch: the same (bands, rows) rule; rensa needs a band count dividing num_perm: the rule's, rounded
+to the nearest divisor, rows = num_perm // bands), and at 8 x 16 for all.
 """
 
 import argparse
+import glob
+import json
+import os
 import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 
-def corpus(n_docs, dup_frac, seed):
-    out = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True).stdout
-    descs, cur = [], None
-    for line in out.splitlines():
-        if line.startswith("Description"):
-            cur = [line.split(":", 1)[1].strip()]
-        elif cur is not None and line.startswith(" "):
-            cur.append(line.strip())
-        elif cur is not None:
-            descs.append(" ".join(cur))
-            cur = None
-    descs = sorted(set(d for d in descs if len(d.split()) >= 8))
+# ---- corpus -------------------------------------------------------------------------------------------
+def _descriptions(apt_lists):
+    descs = []
+    files = sorted(glob.glob(os.path.join(apt_lists, "*Translation-en*")))
+    for f in files:
+        txt = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", f], capture_output=True, text=True).stdout
+        cur = None
+        for line in txt.splitlines() + [""]:
+            if line.startswith("Description-en:"):
+                cur = [line.split(":", 1)[1].strip()]
+            elif cur is not None and line.startswith(" "):
+                if line.strip() != ".":
+                    cur.append(line.strip())
+            elif cur is not None:
+                descs.append(" ".join(cur))
+                cur = None
+    source = f"Translation-en long descriptions ({len(files)} files in {apt_lists})"
+    if not descs:
+        out = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True).stdout
+        descs = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Description")]
+        source = "apt-cache dumpavail short descriptions"
+    return sorted(set(d for d in descs if len(d.split()) >= 20)), source
+
+
+def corpus(n_docs, n_dups, seed, apt_lists):
+    descs, source = _descriptions(apt_lists)
     rng = np.random.default_rng(seed)
-    n_dup = int(n_docs * dup_frac)
-    base = [descs[i % len(descs)] for i in range(n_docs - n_dup)]
+    base = [descs[i] for i in rng.permutation(len(descs))[:n_docs]]
     docs = list(base)
-    for _ in range(n_dup):
+    for _ in range(n_dups):
         w = base[int(rng.integers(len(base)))].split()
-        for _ in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(1, 5))):
             w[int(rng.integers(len(w)))] = "edit%d" % int(rng.integers(1 << 30))
         docs.append(" ".join(w))
-    return docs
+    return docs, source
 
 
-def best(fn, repeats=3):
-    t = []
+def shingles(text, n=3):
+    w = text.split()
+    k = min(n, len(w))
+    return list(dict.fromkeys(" ".join(w[i:i + k]) for i in range(len(w) - k + 1)))
+
+
+# ---- workers (one process per library and round) --------------------------------------------------------
+def _best(fn, repeats):
+    best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = fn()
-        t.append(time.perf_counter() - t0)
-    return min(t), r
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
 
 
-def interleaved(fns, rounds):
-    """Fastest time of each function over `rounds` rounds that run them one after the other."""
-    t = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            t[i] = min(t[i], time.perf_counter() - t0)
-    return t
+def _pairs(cands):
+    return {(min(i, int(j)), max(i, int(j))) for i, keys in enumerate(cands) for j in keys if int(j) != i}
+
+
+def _quality(found, truth):
+    hit = len(found & truth)
+    return dict(recall=hit / max(1, len(truth)), precision=hit / max(1, len(found)), candidates=len(found))
+
+
+def _mean_quality(qs):
+    """Means over seeds, plus each seed's recall / precision (one seed moves them by points)."""
+    out = {key: float(np.mean([q[key] for q in qs])) for key in ("recall", "precision", "candidates")}
+    out["seeds"] = [[round(q["recall"], 4), round(q["precision"], 4)] for q in qs]
+    return out
+
+
+def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
+    import annforge as af
+
+    out = {}
+    sign = lambda: af.minhash_signatures(toks, k, num_threads=threads)  # noqa: E731
+    sign()
+    s, sigs = _best(sign, rep)
+    out["sign_tokens"] = len(toks) / s
+    s, _ = _best(lambda: af.minhash_signatures(texts, k, shingle="word3", num_threads=threads), rep)
+    out["sign_raw_text"] = len(texts) / s
+    keys = np.arange(len(sigs))
+    for label, params in (("", None), ("_8x16", (8, 16))):
+        def build():
+            lsh = af.MinHashLSH(threshold=t, num_perm=k, params=params)
+            lsh.insert_batch(keys, sigs, num_threads=threads)
+            return lsh
+        build()  # warm-up
+        s, lsh = _best(build, rep)
+        out["insert" + label] = len(sigs) / s
+        nq = min(len(sigs), 20000)
+        rows = list(sigs[:nq])
+        s, cands = _best(lambda: [lsh.query(r) for r in rows], rep)
+        out["query" + label] = nq / s
+        s, _ = _best(lambda: lsh.query_batch(sigs, num_threads=threads), rep)
+        out["query_batch" + label] = len(sigs) / s
+        out["bands_rows" + label] = [lsh.bands, lsh.rows]
+        if seeds:
+            qs = []
+            for seed in seeds:
+                sg = af.minhash_signatures(toks, k, seed=seed, num_threads=threads)
+                lsh = af.MinHashLSH(threshold=t, num_perm=k, params=params)
+                lsh.insert_batch(keys, sg, num_threads=threads)
+                f, g, _ = lsh.candidate_pairs()
+                qs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+            out["quality" + label] = _mean_quality(qs)
+    # Where signing time goes: num_perm=1 leaves the Python boundary and the token hashing alone.
+    s, _ = _best(lambda: af.minhash_signatures(toks, 1, num_threads=threads), rep)
+    out["sign_tokens_k1"] = len(toks) / s
+    s, groups = _best(lambda: af.dedup(texts, t, num_perm=k, shingle="word3", num_threads=threads), rep)
+    out["dedup_docs_per_s"] = len(texts) / s
+    out["dedup_groups"] = len(groups)
+    return out
+
+
+def worker_rensa(w, texts, toks, k, t, threads, rep, truth, variant, seeds):
+    import rensa
+
+    cls = rensa.RMinHash if variant == "R" else rensa.CMinHash
+    out = {}
+
+    def objects():
+        res = []
+        for tk in toks:
+            m = cls(k, 42)
+            m.update(tk)
+            res.append(m)
+        return res
+
+    objects()
+    s, objs = _best(objects, rep)
+    out["sign_tokens"] = len(toks) / s
+    if variant == "R":
+        s, mat = _best(lambda: rensa.RMinHash.digest_matrix_from_token_sets(toks, k, 42), rep)
+        out["sign_tokens_matrix"] = len(toks) / s
+        for label, bands in (("", None), ("_8x16", 8)):
+            if bands is None:  # the datasketch rule's band count, rounded to a divisor of k (rensa needs one)
+                import annforge as af
+                b0 = af.MinHashLSH(threshold=t, num_perm=k).bands
+                bands = min((b for b in range(1, k + 1) if k % b == 0), key=lambda b: (abs(b - b0), b))
+            def build():
+                lsh = rensa.RMinHashLSH(t, k, bands)
+                lsh.insert_matrix(mat)
+                return lsh
+            build()  # warm-up
+            s, lsh = _best(build, rep)
+            out["insert" + label] = len(toks) / s
+            nq = min(len(objs), 20000)
+            s, _ = _best(lambda: [lsh.query(m) for m in objs[:nq]], rep)
+            out["query" + label] = nq / s
+            s, cands = _best(lambda: lsh.query_all(objs), rep)
+            out["query_batch" + label] = len(objs) / s
+            out["bands_rows" + label] = [bands, k // bands]
+            if seeds:
+                qs = []
+                for seed in seeds:
+                    q_objs = rensa.RMinHash.from_token_sets(toks, k, 41 + seed)
+                    q_lsh = rensa.RMinHashLSH(t, k, bands)
+                    q_lsh.insert_matrix(rensa.RMinHash.digest_matrix_from_token_sets(toks, k, 41 + seed))
+                    qs.append(_quality(_pairs(q_lsh.query_all(q_objs)), truth))
+                out["quality" + label] = _mean_quality(qs)
+
+        def dedup():
+            d = rensa.RMinHashDeduplicator(t, k, True, 8, 42)
+            dup = 0
+            for i, text in enumerate(texts):
+                m = rensa.RMinHash(k, 42)
+                m.update(shingles(text))
+                if d.is_duplicate(str(i), m):
+                    dup += 1
+                else:
+                    d.add(str(i), m)
+            return dup
+        s, dup = _best(dedup, rep)
+        out["dedup_docs_per_s"] = len(texts) / s
+        out["dedup_flagged"] = dup
+    else:
+        # No LSH class takes CMinHash: its signatures are banded by annforge's index (the same rule as
+        # datasketch) for the quality figures only.
+        import annforge as af
+
+        qs = []
+        for seed in seeds:
+            sigs = np.array(rensa.CMinHash.digests64_from_token_sets(toks, k, 41 + seed), dtype=np.uint64)
+            lsh = af.MinHashLSH(threshold=t, num_perm=k)
+            lsh.insert_batch(np.arange(len(sigs)), sigs)
+            f, g, _ = lsh.candidate_pairs()
+            qs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+            out["bands_rows"] = [lsh.bands, lsh.rows]
+        if qs:
+            out["quality"] = _mean_quality(qs)
+    return out
+
+
+def worker_datasketch(w, texts, toks, k, t, threads, rep, truth, sample, seeds):
+    import annforge as af
+    import datasketch
+
+    out = {}
+    enc = [[x.encode() for x in tk] for tk in toks]
+
+    def sign():
+        res = []
+        for tk in enc[:sample]:
+            m = datasketch.MinHash(num_perm=k, seed=1)
+            m.update_batch(tk)
+            res.append(m)
+        return res
+    s, _ = _best(sign, 1)
+    out["sign_tokens"] = min(sample, len(enc)) / s
+    # The full corpus' datasketch signatures, built fast: annforge's sha1_32 mode is bit-identical.
+    hv = af.minhash_signatures(enc, k, seed=1, hashfunc="sha1_32")
+    mhs = [datasketch.MinHash(num_perm=k, seed=1, hashvalues=row, scheme="affine32") for row in hv]
+
+    def build():
+        lsh = datasketch.MinHashLSH(threshold=t, num_perm=k)
+        with lsh.insertion_session() as session:
+            for i, m in enumerate(mhs):
+                session.insert(i, m)
+        return lsh
+    s, lsh = _best(build, 1)
+    out["insert"] = len(mhs) / s
+    nq = min(len(mhs), 20000)
+    s, _ = _best(lambda: [lsh.query(m) for m in mhs[:nq]], 1)
+    out["query"] = nq / s
+    out["bands_rows"] = [lsh.b, lsh.r]
+    qs = []
+    for seed in seeds:
+        hv = af.minhash_signatures(enc, k, seed=seed, hashfunc="sha1_32")
+        q_lsh = datasketch.MinHashLSH(threshold=t, num_perm=k)
+        q_mhs = [datasketch.MinHash(num_perm=k, seed=seed, hashvalues=row, scheme="affine32") for row in hv]
+        with q_lsh.insertion_session() as session:
+            for i, m in enumerate(q_mhs):
+                session.insert(i, m)
+        qs.append(_quality(_pairs([q_lsh.query(m) for m in q_mhs]), truth))
+    if qs:
+        out["quality"] = _mean_quality(qs)
+    return out
+
+
+def run_worker(spec_path):
+    with open(spec_path) as f:
+        spec = json.load(f)
+    with open(spec["data"]) as f:
+        data = json.load(f)
+    texts, toks = data["texts"], data["tokens"]
+    truth = set(map(tuple, data["truth"]))
+    lib, k, t, threads, rep = spec["lib"], spec["num_perm"], spec["threshold"], spec["threads"], spec["repeats"]
+    seeds = spec["quality_seeds"]
+    if lib == "annforge":
+        out = worker_annforge(spec, texts, toks, k, t, threads, rep, truth, seeds)
+    elif lib in ("rensa-R", "rensa-C"):
+        out = worker_rensa(spec, texts, toks, k, t, threads, rep, truth, lib[-1], seeds)
+    else:
+        out = worker_datasketch(spec, texts, toks, k, t, threads, rep, truth, spec["ds_sample"], seeds)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# ---- driver -----------------------------------------------------------------------------------------------
+def merge_best(acc, new):
+    for key, v in new.items():
+        if key.startswith("quality") and key in acc:
+            continue  # measured once
+        if isinstance(v, (int, float)) and not key.startswith("dedup_") or key == "dedup_docs_per_s":
+            acc[key] = max(acc.get(key, 0.0), v)
+        else:
+            acc[key] = v
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=40000)
-    ap.add_argument("--dup-frac", type=float, default=0.2)
+    ap.add_argument("--dups", type=int, default=4000)
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--threshold", type=float, default=0.8)
-    ap.add_argument("--ds-sample", type=int, default=3000, help="documents datasketch signs (timed, then scaled)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seeds", type=int, default=3, help="MinHash seeds averaged for pair recall")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="timed repeats inside one worker")
+    ap.add_argument("--libs", default="annforge,rensa-R,rensa-C,datasketch")
+    ap.add_argument("--ds-sample", type=int, default=2000, help="documents datasketch signs (its rate is scaled)")
+    ap.add_argument("--apt-lists", default="/var/lib/apt/lists")
+    ap.add_argument("--seed", type=int, default=0, help="corpus seed")
+    ap.add_argument("--seeds", type=int, default=5, help="MinHash seeds averaged for pair recall / precision")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    import annforge as af
-    import datasketch
+    if a.worker:
+        return run_worker(a.worker)
 
-    docs = corpus(a.docs, a.dup_frac, a.seed)
-    shingles = [sorted(set(d.split())) for d in docs]  # word1 shingles for both libraries
-    enc = [[t.encode() for t in s] for s in shingles]
-    k = a.num_perm
-    print(f"{len(docs)} docs, mean {np.mean([len(s) for s in shingles]):.1f} shingles, num_perm={k}")
+    from annforge.bench.datasets import exact_pairs
 
-    sample = enc[: a.ds_sample]
-
-    def ds_sign():
-        out = []
-        for toks in sample:
-            m = datasketch.MinHash(num_perm=k, seed=1)
-            m.update_batch(toks)
-            out.append(m)
-        return out
-
-    t_ds, _ = best(ds_sign, 2)
-    ds_rate = len(sample) / t_ds
-    res = {}
-    for name, kw in [("perm xxh64", {}), ("oph", {"method": "oph"}), ("sha1_32 compat", {"hashfunc": "sha1_32"})]:
-        for th in (1, 0):
-            t, sigs = best(lambda: af.minhash_signatures(enc, num_perm=k, num_threads=th, **kw))
-            res[(name, th)] = sigs
-            print(f"signatures {name:15s} threads={th or 'all'}: {len(enc)/t:10.0f} docs/s  = {len(enc)/t/ds_rate:6.1f}x datasketch ({ds_rate:.0f} docs/s, 1 thread)")
-    t, _ = best(lambda: af.minhash_signatures(docs, num_perm=k, shingle="word1", num_threads=1))
-    print(f"signatures raw text shingle=word1 1 thread: {len(docs)/t:.0f} docs/s = {len(docs)/t/ds_rate:.1f}x")
-
-    # LSH: ours on xxh64 signatures; datasketch on its own MinHash objects (full corpus).
-    sigs = res[("perm xxh64", 0)]
-    ds_mh = []
-    for toks in enc:
-        m = datasketch.MinHash(num_perm=k, seed=1)
-        m.update_batch(toks)
-        ds_mh.append(m)
-    ours = af.MinHashLSH(threshold=a.threshold, num_perm=k)
-    t_ins, _ = best(lambda: (setattr(ours, "_x", None), ours.__init__(threshold=a.threshold, num_perm=k),
-                             ours.insert_batch(np.arange(len(sigs)), sigs)), 1)
-    ds = datasketch.MinHashLSH(threshold=a.threshold, num_perm=k)
+    texts, source = corpus(a.docs, a.dups, a.seed, a.apt_lists)
+    toks = [shingles(d) for d in texts]
     t0 = time.perf_counter()
-    for i, m in enumerate(ds_mh):
-        ds.insert(i, m)
-    t_ds_ins = time.perf_counter() - t0
-    print(f"LSH insert: annforge {len(sigs)/t_ins:.0f}/s, datasketch {len(sigs)/t_ds_ins:.0f}/s -> {t_ds_ins/t_ins:.1f}x  (bands,rows)={ours.bands, ours.rows} ds={ds.b, ds.r}")
-    # Queries: both libraries index the SAME signatures (sha1_32 mode is bit-identical to datasketch), so
-    # they return the same candidate sets (checked below) and do the same amount of result building. Both
-    # query from a prebuilt list (numpy rows / MinHash objects), after one untimed pass. The timed passes
-    # alternate between the libraries (best of 5 each), so a burst of load on this shared machine cannot
-    # land on one library's passes only.
-    nq = min(5000, len(sigs))
-    compat = res[("sha1_32 compat", 0)]
-    assert np.array_equal(compat[:100], np.array([m.hashvalues for m in ds_mh[:100]], dtype=np.uint64))
-    same = af.MinHashLSH(threshold=a.threshold, num_perm=k)
-    same.insert_batch(np.arange(len(compat)), compat)
-    q_rows, q_mh = list(compat[:nq]), ds_mh[:nq]
-    ours_c = [sorted(c) for c in (same.query(r) for r in q_rows)]
-    assert ours_c == [sorted(ds.query(m)) for m in q_mh], "candidate sets differ from datasketch's"
-    t_q, t_qb, t_dq = interleaved([lambda: [same.query(r) for r in q_rows],
-                                   lambda: same.query_batch(compat[:nq], num_threads=1),
-                                   lambda: [ds.query(m) for m in q_mh]], rounds=5)
-    print(f"LSH query ({nq} queries, identical signatures and candidates, mean {np.mean([len(c) for c in ours_c]):.2f}): "
-          f"one at a time annforge {nq/t_q:.0f}/s, datasketch {nq/t_dq:.0f}/s -> {t_dq/t_q:.1f}x; "
-          f"batch 1 thread {nq/t_qb:.0f}/s -> {t_dq/t_qb:.1f}x")
-
-    # Pair recall / precision at the threshold against exact Jaccard over ALL pairs (prefix filtering finds
-    # every pair with J >= t exactly), averaged over several seeds: both libraries are randomised, and one
-    # seed's luck on a few hundred pairs moves recall by several points.
-    sets = [frozenset(s) for s in shingles]
-    truth = exact_pairs(sets, a.threshold)
-    print(f"exact pairs with Jaccard >= {a.threshold}: {len(truth)}")
-    stats = {"annforge": [], "datasketch": []}
-    for seed in range(1, a.seeds + 1):
-        sig_s = af.minhash_signatures(enc, num_perm=k, seed=seed)
-        lsh_s = af.MinHashLSH(threshold=a.threshold, num_perm=k)
-        lsh_s.insert_batch(np.arange(len(sig_s)), sig_s)
-        f, s2, _ = lsh_s.candidate_pairs()
-        stats["annforge"].append(set(zip(f.tolist(), s2.tolist())))
-        ds_s = datasketch.MinHashLSH(threshold=a.threshold, num_perm=k)
-        mhs = []
-        for i, toks in enumerate(enc):
-            m = datasketch.MinHash(num_perm=k, seed=seed)
-            m.update_batch(toks)
-            ds_s.insert(i, m)
-            mhs.append(m)
-        pairs = set()
-        for i, m in enumerate(mhs):
-            for j in ds_s.query(m):
-                if j != i:
-                    pairs.add((min(i, j), max(i, j)))
-        stats["datasketch"].append(pairs)
-    for name, runs in stats.items():
-        rec = [len(p & truth) / max(1, len(truth)) for p in runs]
-        prec = [len(p & truth) / max(1, len(p)) for p in runs]
-        print(f"{name:10s} pair recall {np.mean(rec):.4f} (seeds: {' '.join(f'{r:.3f}' for r in rec)})  "
-              f"precision {np.mean(prec):.4f}  candidates {np.mean([len(p) for p in runs]):.0f}")
+    truth = sorted(exact_pairs(toks, a.threshold))
+    print(f"corpus: {source}; {len(texts)} documents ({a.dups} injected near-duplicates), "
+          f"mean {np.mean([len(d.split()) for d in texts]):.1f} words, {np.mean([len(x) for x in toks]):.1f} "
+          f"word-3 shingles; num_perm={a.num_perm}, threshold={a.threshold}; "
+          f"{len(truth)} pairs with exact Jaccard >= {a.threshold} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    libs = a.libs.split(",")
+    lanes = [int(x) for x in a.threads.split(",")]
+    best = {(lib, n): {} for lib in libs for n in lanes}
+    with tempfile.TemporaryDirectory(prefix="bench-minhash-") as work:
+        data = os.path.join(work, "data.json")
+        with open(data, "w") as f:
+            json.dump(dict(texts=texts, tokens=toks, truth=truth), f)
+        for r in range(a.rounds):
+            for n in lanes:
+                for lib in libs:
+                    if lib == "datasketch" and (n != lanes[0] or r > 0):
+                        continue  # single-threaded and slow: one round, reported in every lane
+                    spec = os.path.join(work, "spec.json")
+                    with open(spec, "w") as f:
+                        json.dump(dict(lib=lib, data=data, num_perm=a.num_perm, threshold=a.threshold, threads=n,
+                                       repeats=a.repeats, ds_sample=a.ds_sample,
+                                       # pair quality does not depend on threads or timing: first round only
+                                       quality_seeds=list(range(1, a.seeds + 1)) if r == 0 and n == lanes[0]
+                                       else []), f)
+                    env = dict(os.environ, RAYON_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n))
+                    proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True,
+                                          text=True, env=env)
+                    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                    if proc.returncode or not lines:
+                        print(f"{lib} threads={n} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                        continue
+                    merge_best(best[(lib, n)], json.loads(lines[-1][7:]))
+                    print(f"round {r + 1} {lib} threads={n} done", flush=True)
+    report(best, libs, lanes)
 
 
-def exact_pairs(sets, threshold):
-    """Every pair (i < j) with Jaccard >= threshold, by prefix filtering on globally rare-first token order."""
-    from collections import Counter, defaultdict
+def report(best, libs, lanes):
+    metrics = [("sign_tokens", "signatures/s, token lists (objects for rensa / datasketch)"),
+               ("sign_tokens_k1", "  same with num_perm=1: boundary + token hashing only"),
+               ("sign_tokens_matrix", "signatures/s, rensa digest_matrix_from_token_sets"),
+               ("sign_raw_text", "signatures/s, raw text shingled in C++ (word3)"),
+               ("insert", "LSH inserts/s (batch, threshold banding)"), ("query", "LSH queries/s (one at a time)"),
+               ("query_batch", "LSH queries/s (batch)"), ("insert_8x16", "LSH inserts/s (batch, 8x16 bands)"),
+               ("query_8x16", "LSH queries/s (one at a time, 8x16)"), ("query_batch_8x16", "LSH queries/s (batch, 8x16)"),
+               ("dedup_docs_per_s", "dedup end to end, docs/s (raw text in)")]
+    for n in lanes:
+        print(f"\n== threads={n} (datasketch: 1 thread) ==")
+        cols = [lib for lib in libs]
+        print(f"{'':58s}" + "".join(f"{c:>14s}" for c in cols))
+        for key, label in metrics:
+            vals = [(best[(lib, n)] or best[(lib, lanes[0])]).get(key) for lib in cols]
+            if all(v is None for v in vals):
+                continue
+            print(f"{label:58s}" + "".join(f"{v:14,.0f}" if v is not None else f"{'-':>14s}" for v in vals))
+        for suffix in ("", "_8x16"):
+            for lib in cols:
+                res = best[(lib, lanes[0])]
+                q = res.get("quality" + suffix)
+                if q:
+                    print(f"pair quality{suffix or ''} {lib:12s} bands x rows {res.get('bands_rows' + suffix)}: "
+                          f"mean recall {q['recall']:.4f} precision {q['precision']:.4f} candidates "
+                          f"{q['candidates']:.0f}; per seed (recall, precision) {q['seeds']}")
+        a = best.get(("annforge", n), {})
+        for lib in ("rensa-R", "rensa-C"):
+            r = best.get((lib, n), {})
+            for key in ("sign_tokens", "insert_8x16", "query_8x16", "query_batch_8x16", "insert", "query"):
+                if a.get(key) and r.get(key):
+                    print(f"annforge / {lib} {key}: {a[key] / r[key]:.2f}x")
+        if a.get("sign_tokens") and best.get(("rensa-R", n), {}).get("sign_tokens_matrix"):
+            print(f"annforge sign_tokens / rensa-R sign_tokens_matrix: "
+                  f"{a['sign_tokens'] / best[('rensa-R', n)]['sign_tokens_matrix']:.2f}x")
 
-    freq = Counter(t for s in sets for t in s)
-    ordered = [sorted(s, key=lambda t: (freq[t], t)) for s in sets]
-    index = defaultdict(list)
-    found = set()
-    for i, toks in enumerate(ordered):
-        n = len(toks)
-        if n == 0:
-            continue
-        # J >= t needs |A & B| >= t|A|, so the first n - ceil(t n) + 1 rare tokens of A must meet B's prefix.
-        prefix = n - int(np.ceil(threshold * n - 1e-9)) + 1
-        cands = set()
-        for t in toks[:prefix]:
-            cands.update(index[t])
-            index[t].append(i)
-        for j in cands:
-            inter = len(sets[i] & sets[j])
-            if inter / (len(sets[i]) + len(sets[j]) - inter) >= threshold:
-                found.add((j, i))
-    return found
 
 if __name__ == "__main__":
     main()

@@ -356,3 +356,210 @@ def test_band_keys_do_not_collide_on_structured_values(shift):
     assert [len(c) for c in lsh.query_batch(sigs)] == [1] * len(sigs)
     first, _, _ = lsh.candidate_pairs()
     assert len(first) == 0
+
+
+# ---- C-MinHash (the default scheme) -------------------------------------------------------------------
+def _estimate_stats(scheme, method, sizes, seeds=300, num_perm=128):
+    """(J, bias, variance / classic MinHash variance) of the Jaccard estimate over `seeds` seeds."""
+    na, inter, nb = sizes
+    base = np.random.default_rng(5).choice(10**9, na + nb, replace=False)
+    a, b = base[:na].tolist(), base[:inter].tolist() + base[na:na + nb - inter].tolist()
+    j = inter / len(set(a) | set(b))
+    est = np.array([np.mean(np.equal(*af.minhash_signatures([a, b], num_perm, seed=s, scheme=scheme, method=method)))
+                    for s in range(seeds)])
+    return j, est.mean() - j, est.var(ddof=1) / (j * (1 - j) / num_perm)
+
+
+def _unbiased_and_not_worse(j, bias, var_ratio, seeds=300, num_perm=128):
+    # Bias within 4 standard errors of the mean; variance at most 25% above J(1-J)/K (the ratio's own
+    # standard error over 300 seeds is about 0.08).
+    return abs(bias) < 4 * np.sqrt(j * (1 - j) / num_perm / seeds) and var_ratio < 1.25
+
+
+@pytest.mark.parametrize("sizes", [(5, 3, 5), (20, 10, 20), (60, 40, 60), (300, 150, 300), (1000, 900, 1000)])
+def test_cminhash_unbiased_with_variance_no_worse_than_minhash(sizes):
+    j, bias, ratio = _estimate_stats("cminhash", "perm", sizes)
+    assert _unbiased_and_not_worse(j, bias, ratio), (j, bias, ratio)
+
+
+def test_variance_check_can_fail():
+    """The same check rejects densified OPH on sets much smaller than num_perm (its variance is higher)."""
+    j, bias, ratio = _estimate_stats(None, "oph", (5, 3, 5))
+    assert not _unbiased_and_not_worse(j, bias, ratio), (j, bias, ratio)
+
+
+def test_cminhash_is_the_default_and_recorded():
+    m = af.MinHash(num_perm=64)
+    assert m.scheme == "cminhash" and af.MinHash(hashfunc="sha1_32").scheme == "affine32"
+    m.update_batch(["a", "b", "c"])
+    assert int(m.hashvalues.max()) <= 0xFFFFFFFF
+    old = af.MinHash(num_perm=64, scheme="mersenne61")
+    old.update_batch(["a", "b", "c"])
+    with pytest.raises(ValueError):
+        m.jaccard(old)
+    np.testing.assert_array_equal(af.minhash_signatures([["a", "b", "c"]], 64)[0], m.hashvalues)
+    with pytest.raises(ValueError, match="xxh64"):
+        af.MinHash(hashfunc="sha1_32", scheme="cminhash")
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_cminhash_every_simd_level_identical(level):
+    if level not in af.available_simd_levels():
+        pytest.skip(f"{level} not available here")
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 10**6, int(rng.integers(0, 300))).tolist() for _ in range(40)]
+    before = af.simd_level()
+    try:
+        af.set_simd_level("scalar")
+        ref = [af.minhash_signatures(docs, k) for k in (1, 63, 64, 130)]
+        af.set_simd_level(level)
+        for k, r in zip((1, 63, 64, 130), ref):
+            np.testing.assert_array_equal(af.minhash_signatures(docs, k), r)
+    finally:
+        af.set_simd_level(before)
+
+
+def test_cminhash_values_match_the_definition():
+    """Reference in Python: value j = pi((sigma(token) + j) * M1), pi(z) = (z ^ z >> 16) * M2 (32-bit)."""
+    m1, m2, mask = 0x85EBCA6B, 0xC2B2AE35, 0xFFFFFFFF
+    h = af._core.MinHasher(16, 9, "xxh64", "cminhash", "perm")
+    toks = [b"x", b"hello world", b"a" * 40, b""]
+    sig = af.minhash_signatures([toks], 16, seed=9)[0]
+
+    def pi(z):
+        z ^= z >> 16
+        return (z * m2) & mask
+
+    sigma = [int(x) & mask for x in h.hash_items(toks)]
+    assert [int(v) for v in sig] == [min(pi(((s + j) * m1) & mask) for s in sigma) for j in range(16)]
+
+
+def test_token_kinds_threads_and_raw_text_agree():
+    texts = ["alpha beta  gamma\tdelta epsilon", "one two three four", "x", "", "naïve café au lait s'il vous plaît"]
+    for spec in ("word1", "word2", "word3", "char4"):
+        raw = af.minhash_signatures(texts, 64, shingle=spec, num_threads=1)
+        n = int(spec[4:])
+        toks = []
+        for t in texts:
+            units = t.split() if spec.startswith("word") else list(t)
+            w = min(n, len(units))
+            grams = [(" " if spec.startswith("word") else "").join(units[i:i + w]) for i in range(len(units) - w + 1)]
+            toks.append(grams if units else [])
+        np.testing.assert_array_equal(raw, af.minhash_signatures(toks, 64, num_threads=1))
+        np.testing.assert_array_equal(raw, af.minhash_signatures([[g.encode() for g in d] for d in toks], 64))
+        np.testing.assert_array_equal(raw, af.minhash_signatures(texts, 64, shingle=spec, num_threads=2))
+    big = [[str(i + j) for j in range(30)] for i in range(5000)]  # several boundary chunks
+    np.testing.assert_array_equal(af.minhash_signatures(big, 32, num_threads=1),
+                                  af.minhash_signatures(big, 32, num_threads=2))
+    np.testing.assert_array_equal(af.minhash_signatures((d for d in big[:10]), 32), af.minhash_signatures(big[:10], 32))
+    with pytest.raises(TypeError):
+        af.minhash_signatures([["a", 1.5]], 32)
+
+
+def test_lsh_refuses_mixed_schemes(tmp_path):
+    docs = [["a", "b", "c", str(i)] for i in range(20)]
+    new = af.minhash_signatures(docs, 64)
+    old = af.minhash_signatures(docs, 64, scheme="mersenne61")
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64, scheme="cminhash")
+    lsh.insert_batch(np.arange(20), new)
+    for bad in (lambda: lsh.insert_batch(np.arange(20, 40), old), lambda: lsh.query(old[0]),
+                lambda: lsh.query_batch(old), lambda: lsh.insert(99, old[1])):
+        with pytest.raises(ValueError, match="mersenne61"):
+            bad()
+    path = str(tmp_path / "l.af")
+    lsh.save(path)
+    back = af.load(path)
+    assert back.scheme == "cminhash" and 0 in back.query(new[0])
+    with pytest.raises(ValueError):
+        back.query(old[0])
+    # Learnt from MinHash objects; raw arrays alone leave it open.
+    m = af.MinHash(num_perm=64, scheme="mersenne61")
+    m.update_batch(docs[0])
+    learnt = af.MinHashLSH(threshold=0.5, num_perm=64)
+    learnt.insert(0, m)
+    assert learnt.scheme == "mersenne61"
+    with pytest.raises(ValueError):
+        learnt.query(new[0])
+    open_ = af.MinHashLSH(threshold=0.5, num_perm=64)
+    open_.insert_batch(np.arange(20), old)
+    assert open_.scheme is None and 0 in open_.query(old[0])
+
+
+def test_float_keys_and_float_num_perm_refused():
+    sigs = af.minhash_signatures([["a"], ["b"]], 64)
+    lsh = af.MinHashLSH(threshold=0.5, num_perm=64)
+    with pytest.raises(TypeError):
+        lsh.insert_batch([1.7, 2.2], sigs)
+    with pytest.raises(TypeError):
+        lsh.insert_batch(np.array([1.0, 2.0]), sigs)
+    with pytest.raises(TypeError):
+        lsh.insert_batch([True, False], sigs)
+    assert len(lsh) == 0
+    lsh.insert_batch(np.array([1, 2], dtype=np.uint8), sigs)
+    assert sorted(lsh._impl.keys().tolist()) == [1, 2]
+    forest = af.MinHashLSHForest(num_perm=64)
+    with pytest.raises(TypeError):
+        forest.insert_batch([1.5, 2.5], sigs)
+    for bad in (64.7, 64.0, "64", True):
+        with pytest.raises(TypeError):
+            af.MinHashLSHForest(num_perm=bad)
+    with pytest.raises(ValueError):
+        af.MinHashLSHForest(num_perm=0)
+
+
+@pytest.mark.parametrize("num_perm", [32, 128, 256])
+def test_bands_rows_follow_datasketchs_rule(num_perm):
+    for t in (0.3, 0.5, 0.7, 0.8, 0.9):
+        ref = datasketch.MinHashLSH(threshold=t, num_perm=num_perm)
+        ours = af.MinHashLSH(threshold=t, num_perm=num_perm)
+        assert (ours.bands, ours.rows) == (ref.b, ref.r)
+        assert (af.MinHashLSH(threshold=t, num_perm=num_perm, params=(2, 3)).bands, 2) == (2, 2)
+
+
+def test_default_scheme_pair_precision_and_recall_not_below_datasketch():
+    """Issue 18: at the same threshold and banding, the default signatures find candidate pairs at least as
+    precisely as datasketch's (sha1_32 signatures are bit-identical to datasketch's), over 3 seeds."""
+    from annforge.bench.datasets import exact_pairs, minhash_corpus
+
+    ds = minhash_corpus(2000, 500)
+    docs = [[t.encode() for t in s] for s in ds.sets]
+    truth = set(exact_pairs(ds.sets, 0.7))
+    stats = {}
+    for kw in (dict(), dict(hashfunc="sha1_32")):
+        rec, prec = [], []
+        for seed in (1, 2, 3):
+            sigs = af.minhash_signatures(docs, 128, seed=seed, **kw)
+            lsh = af.MinHashLSH(threshold=0.7, num_perm=128)
+            lsh.insert_batch(np.arange(len(sigs)), sigs)
+            f, s, _ = lsh.candidate_pairs()
+            found = set(zip(f.tolist(), s.tolist()))
+            rec.append(len(found & truth) / len(truth))
+            prec.append(len(found & truth) / max(1, len(found)))
+        stats[kw.get("hashfunc", "default")] = (np.mean(rec), np.mean(prec))
+    (r_ours, p_ours), (r_ds, p_ds) = stats["default"], stats["sha1_32"]
+    assert r_ours >= r_ds - 0.02 and p_ours >= p_ds - 0.02, stats
+
+
+def test_dedup_streams_chunks_and_equals_the_steps_by_hand():
+    rng = np.random.default_rng(4)
+    base = [[f"w{int(x)}" for x in rng.choice(5000, 40, replace=False)] for _ in range(300)]
+    docs = base + [d[:-2] + ["new1", "new2"] for d in base[:60]] + [list(d) for d in base[60:90]]
+    sigs = af.minhash_signatures(docs, 128)
+    lsh = af.MinHashLSH(threshold=0.8, num_perm=128)
+    lsh.insert_batch(np.arange(len(docs)), sigs)
+    f, s, _ = lsh.candidate_pairs(min_score=0.8)
+    labels = af._core.connected_groups(len(docs), f, s)
+    by_hand: dict = {}
+    for i, lab in enumerate(labels.tolist()):
+        by_hand.setdefault(lab, []).append(i)
+    expected = [g for g in by_hand.values() if len(g) > 1]
+    assert len(expected) >= 60
+    for chunk in (7, 100, 10_000):
+        assert af.dedup(iter(docs), 0.8, chunk_size=chunk) == expected
+    assert af.dedup(docs, 0.8, show_progress=True) == expected
+    texts = [" ".join(d) for d in docs]
+    assert af.dedup((t for t in texts), 0.8, shingle="word1", chunk_size=50) == expected
+    with pytest.raises(ValueError):
+        af.dedup(docs, chunk_size=0)
+    with pytest.raises(TypeError):
+        af.dedup("just one string")

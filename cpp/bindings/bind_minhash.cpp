@@ -16,17 +16,23 @@ namespace {
 using namespace annforge::minhash;
 using SigArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
-// One token -> bytes appended to the corpus: str (UTF-8), bytes-like, or an integer (8 bytes, little-endian).
-void add_token(Corpus& c, PyObject* tok) {
+// Calls sink(pointer, size) with one token's bytes: str (its UTF-8 buffer, read in place), bytes-like, or
+// an integer (8 bytes, little-endian).
+template <typename Sink>
+void with_token_bytes(PyObject* tok, Sink&& sink) {
   if (PyUnicode_Check(tok)) {
+    if (PyUnicode_IS_COMPACT_ASCII(tok)) {  // ASCII: the characters are the UTF-8 bytes, read in place
+      sink(static_cast<const char*>(PyUnicode_DATA(tok)), static_cast<std::size_t>(PyUnicode_GET_LENGTH(tok)));
+      return;
+    }
     Py_ssize_t n = 0;
     const char* p = PyUnicode_AsUTF8AndSize(tok, &n);
     if (!p) throw py::error_already_set();
-    c.add_item(p, static_cast<std::size_t>(n));
+    sink(p, static_cast<std::size_t>(n));
   } else if (PyBytes_Check(tok)) {
-    c.add_item(PyBytes_AS_STRING(tok), static_cast<std::size_t>(PyBytes_GET_SIZE(tok)));
+    sink(PyBytes_AS_STRING(tok), static_cast<std::size_t>(PyBytes_GET_SIZE(tok)));
   } else if (PyByteArray_Check(tok)) {
-    c.add_item(PyByteArray_AS_STRING(tok), static_cast<std::size_t>(PyByteArray_GET_SIZE(tok)));
+    sink(PyByteArray_AS_STRING(tok), static_cast<std::size_t>(PyByteArray_GET_SIZE(tok)));
   } else if (PyLong_Check(tok) && !PyBool_Check(tok)) {
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(tok, &overflow);
@@ -34,32 +40,36 @@ void add_token(Corpus& c, PyObject* tok) {
     if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
     unsigned char b[8];
     for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(static_cast<unsigned long long>(v) >> (8 * i));
-    c.add_item(reinterpret_cast<const char*>(b), 8);
+    sink(reinterpret_cast<const char*>(b), 8);
   } else if (py::isinstance<py::int_>(tok) && !PyBool_Check(tok)) {  // numpy integers
-    add_token(c, py::int_(py::reinterpret_borrow<py::object>(tok)).ptr());
+    with_token_bytes(py::int_(py::reinterpret_borrow<py::object>(tok)).ptr(), sink);
   } else {
     fail(ErrorKind::Type, "tokens must be str, bytes or int, got ", Py_TYPE(tok)->tp_name);
   }
 }
 
-// Integer arrays: every element is one 8-byte little-endian token.
-bool add_int_array(Corpus& c, const py::handle& doc) {
-  if (!py::isinstance<py::array>(doc)) return false;
-  auto arr = py::reinterpret_borrow<py::array>(doc);
-  if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u') return false;
-  auto v = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
-  if (!v || v.ndim() != 1) fail(ErrorKind::Value, "an integer-array document must be 1-D");
-  const std::int64_t* p = v.data();
-  for (py::ssize_t i = 0; i < v.size(); ++i) {
-    unsigned char b[8];
-    for (int k = 0; k < 8; ++k) b[k] = static_cast<unsigned char>(static_cast<std::uint64_t>(p[i]) >> (8 * k));
-    c.add_item(reinterpret_cast<const char*>(b), 8);
-  }
-  return true;
+void add_token(Corpus& c, PyObject* tok) {
+  with_token_bytes(tok, [&c](const char* p, std::size_t n) { c.add_item(p, n); });
 }
 
-void add_tokens(Corpus& c, const py::handle& doc) {
-  if (add_int_array(c, doc)) return;
+// Calls sink(pointer, size) for every token of one document (a list of tokens or an integer array).
+template <typename Sink>
+void for_each_token(const py::handle& doc, Sink&& sink) {
+  if (py::isinstance<py::array>(doc)) {
+    auto arr = py::reinterpret_borrow<py::array>(doc);
+    if (arr.dtype().kind() == 'i' || arr.dtype().kind() == 'u') {
+      // Integer arrays: every element is one 8-byte little-endian token.
+      auto v = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+      if (!v || v.ndim() != 1) fail(ErrorKind::Value, "an integer-array document must be 1-D");
+      const std::int64_t* p = v.data();
+      for (py::ssize_t i = 0; i < v.size(); ++i) {
+        unsigned char b[8];
+        for (int k = 0; k < 8; ++k) b[k] = static_cast<unsigned char>(static_cast<std::uint64_t>(p[i]) >> (8 * k));
+        sink(reinterpret_cast<const char*>(b), 8);
+      }
+      return;
+    }
+  }
   if (PyUnicode_Check(doc.ptr()) || PyBytes_Check(doc.ptr()))
     fail(ErrorKind::Type, "a document is a string: pass shingle='word3' (or 'char5', ...) to shingle raw text, "
                           "or give a list of tokens");
@@ -72,7 +82,11 @@ void add_tokens(Corpus& c, const py::handle& doc) {
   py::object guard = py::reinterpret_steal<py::object>(seq);
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
   PyObject** items = PySequence_Fast_ITEMS(seq);
-  for (Py_ssize_t i = 0; i < n; ++i) add_token(c, items[i]);
+  for (Py_ssize_t i = 0; i < n; ++i) with_token_bytes(items[i], sink);
+}
+
+void add_tokens(Corpus& c, const py::handle& doc) {
+  for_each_token(doc, [&c](const char* p, std::size_t n) { c.add_item(p, n); });
 }
 
 void add_text(Corpus& c, const py::handle& doc) {
@@ -265,6 +279,40 @@ void bind_minhash(py::module_& m) {
           "signatures",
           [](const MinHasher& h, const py::object& docs, const py::object& shingle, int num_threads) {
             const Shingle sh = shingle_of(shingle);
+            if (sh.kind == Shingle::Kind::None && h.hashfunc() == HashFunc::XXH64) {
+              // Pre-tokenised input: hash each token straight from its Python buffer (no copy into a
+              // corpus; a short XXH64 costs about what the copy did), then sign without the GIL.
+              if (PyUnicode_Check(docs.ptr()) || PyBytes_Check(docs.ptr()))
+                fail(ErrorKind::Type, "docs must be a list of documents, not a single string");
+              // Chunks of documents: hash one chunk under the GIL, sign it without; the hash buffer stays
+              // small (cache-resident, no page faults) whatever the corpus size.
+              PyObject* outer = PySequence_Fast(docs.ptr(), "docs must be a sequence or iterable of documents");
+              if (!outer) throw py::error_already_set();
+              py::object outer_guard = py::reinterpret_steal<py::object>(outer);
+              const std::size_t n_docs = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(outer));
+              py::array_t<std::uint64_t> out({static_cast<py::ssize_t>(n_docs), static_cast<py::ssize_t>(h.num_perm())});
+              std::uint64_t* o = out.mutable_data();
+              constexpr std::size_t kChunkDocs = 2048;
+              std::vector<std::uint64_t> hv, offsets;
+              for (std::size_t start = 0; start < n_docs; start += kChunkDocs) {
+                const std::size_t end = std::min(n_docs, start + kChunkDocs);
+                hv.clear();
+                offsets.assign(1, 0);
+                const bool cmh = h.scheme() == Scheme::CMinHash;
+                const std::uint64_t seed = h.seed();
+                for (std::size_t d = start; d < end; ++d) {
+                  py::handle doc = PySequence_Fast_GET_ITEM(outer, static_cast<Py_ssize_t>(d));
+                  if (cmh)  // the same value as hash_item, one call less per token
+                    for_each_token(doc, [&](const char* p, std::size_t n) { hv.push_back(token_hash(p, n, seed)); });
+                  else
+                    for_each_token(doc, [&](const char* p, std::size_t n) { hv.push_back(h.hash_item(p, n)); });
+                  offsets.push_back(hv.size());
+                }
+                py::gil_scoped_release release;
+                h.signatures_from_hashes(hv.data(), offsets.data(), end - start, o + start * h.num_perm(), num_threads);
+              }
+              return out;
+            }
             Corpus c = build_corpus(docs, sh);
             py::array_t<std::uint64_t> out({static_cast<py::ssize_t>(c.num_docs()), static_cast<py::ssize_t>(h.num_perm())});
             std::uint64_t* o = out.mutable_data();
@@ -370,10 +418,17 @@ void bind_minhash(py::module_& m) {
           "query_keys",
           // One query, keys straight into a Python list: no CSR arrays, no thread hand-off. This is the
           // path of MinHashLSH.query(), called once per document in typical dedup loops.
-          [](const MinHashLSH& s, const py::object& sig) {
+          // expect_wide: 1 / 0 when the index holds 64-bit / 32-bit scheme signatures (-1: unknown); one
+          // value tells them apart (a 64-bit scheme's minimum is below 2^32 with probability ~n / 2^29).
+          [](const MinHashLSH& s, const py::object& sig, int expect_wide) {
             std::size_t rows = 0;
             SigArray a = as_sigs(sig, s.num_perm(), rows);
             ANNFORGE_CHECK(rows == 1, ErrorKind::Value, "query() takes one signature; use query_batch() for ", rows);
+            if (expect_wide >= 0 && (a.data()[0] > 0xffffffffu) != (expect_wide == 1))
+              fail(ErrorKind::Value, "signatures of different MinHash schemes cannot share an index: this index holds ",
+                   expect_wide ? "64-bit" : "32-bit", " signatures, the query is ", expect_wide ? "32-bit" : "64-bit",
+                   " (scheme 'cminhash' became the default for hashfunc='xxh64'; pass scheme='mersenne61' to keep "
+                   "producing the signatures of older annforge versions)");
             thread_local std::vector<std::uint32_t> scratch;
             thread_local std::vector<idx_t> keys;
             keys.clear();
@@ -389,7 +444,7 @@ void bind_minhash(py::module_& m) {
               PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), PyLong_FromLongLong(keys[i]));
             return out;
           },
-          py::arg("sig"))
+          py::arg("sig"), py::arg("expect_wide") = -1)
       .def(
           "query_arrays",
           // Batch queries -> a list of int64 arrays, one per query, built here rather than by slicing

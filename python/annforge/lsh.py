@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+import numbers
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,6 +21,12 @@ from . import _core
 from ._base import register_family
 
 _P61 = (1 << 61) - 1
+
+#: The scheme used when ``hashfunc="xxh64"`` and no ``scheme`` is given. It was ``"mersenne61"`` before
+#: C-MinHash became the default; signatures of the two schemes are not comparable (see :class:`MinHashLSH`).
+DEFAULT_SCHEME = "cminhash"
+_SCHEMES = ("cminhash", "mersenne61", "affine32", "legacy")
+_U32_MAX = 0xFFFFFFFF
 
 
 @functools.lru_cache(maxsize=64)
@@ -29,7 +38,7 @@ def _hasher(num_perm: int, seed: int, hashfunc: str, scheme: Optional[str], meth
     if hashfunc not in ("xxh64", "sha1_32"):
         raise ValueError(f"unknown hashfunc {hashfunc!r} (expected 'xxh64' or 'sha1_32')")
     if scheme is None:
-        scheme = "affine32" if hashfunc == "sha1_32" else "mersenne61"
+        scheme = "affine32" if hashfunc == "sha1_32" else ("mersenne61" if method == "oph" else DEFAULT_SCHEME)
     if scheme in ("affine32", "legacy"):
         # datasketch draws its permutations with numpy's RandomState; reproduce the draws exactly.
         gen = np.random.RandomState(seed)
@@ -61,9 +70,22 @@ def minhash_signatures(
 
     ``docs``: lists of tokens (str → UTF-8, bytes, int → 8 bytes little-endian) or raw strings with
     ``shingle="word3"`` / ``"char5"`` (words split on ASCII whitespace and joined by one space).
-    ``hashfunc="sha1_32"`` reproduces ``datasketch.MinHash(num_perm, seed)`` bit for bit (its default
-    ``scheme="affine32"``; ``scheme="legacy"`` for datasketch < 2.0). ``method="oph"``: densified
-    one-permutation hashing (one hash per token; much faster, same estimator).
+
+    Schemes (``scheme=None`` picks the first that fits ``hashfunc`` / ``method``):
+
+    - ``"cminhash"`` (default for ``hashfunc="xxh64"``): C-MinHash-(σ, π) — P. Li and X. Li, "C-MinHash:
+      Rigorously Reducing K Permutations to Two", AISTATS 2022 (arXiv:2109.03337). σ is a seeded 64-bit
+      token hash cut to 32 bits, and hash ``j`` is a fixed 32-bit bijection π applied to the circulant
+      shift ``σ(token) + j``. The Jaccard estimate is unbiased and its variance is no larger than classic
+      MinHash's; values are 32-bit.
+    - ``"mersenne61"``: classic MinHash, ``(a_j h + b_j) mod (2^61 - 1)`` (the default before C-MinHash;
+      signatures stored from that version need ``scheme="mersenne61"`` to stay comparable).
+    - ``hashfunc="sha1_32"`` reproduces ``datasketch.MinHash(num_perm, seed)`` bit for bit (its default
+      ``scheme="affine32"``; ``scheme="legacy"`` for datasketch < 2.0).
+    - ``method="oph"``: densified one-permutation hashing (one hash per token; its variance is above
+      classic MinHash's for sets smaller than ``num_perm``).
+
+    Signatures of different schemes, seeds or ``num_perm`` are not comparable.
 
     >>> import annforge as af
     >>> s = af.minhash_signatures([["a", "b", "c"], ["a", "b", "d"]], num_perm=64)
@@ -92,6 +114,11 @@ class MinHash:
     @property
     def num_perm(self) -> int:
         return int(self._h.num_perm)
+
+    @property
+    def scheme(self) -> str:
+        """The permutation scheme (``"cminhash"``, ``"mersenne61"``, ``"affine32"`` or ``"legacy"``)."""
+        return str(self._h.scheme)
 
     @property
     def hashvalues(self) -> np.ndarray:
@@ -140,6 +167,12 @@ class MinHash:
         return out
 
 
+@functools.lru_cache(maxsize=256)
+def _optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> Tuple[int, int]:
+    # A few milliseconds of numerical integration: not to be paid by every index created in a loop.
+    return _core.optimal_bands_rows(threshold, num_perm, fp_weight, fn_weight)
+
+
 def _as_sig(sig: Any) -> Any:
     if isinstance(sig, MinHash):  # its state as is (no copy): the core only reads it
         return sig._state if sig._h.method != "oph" else sig.hashvalues
@@ -152,11 +185,51 @@ def _as_int_key(key: Any) -> int:
     return int(key)
 
 
+def _as_int_keys(keys: Any) -> np.ndarray:
+    """Keys as int64 without silent conversion: floats (1.7) and bools are refused like in ``insert``."""
+    arr = np.asarray(keys)
+    if arr.dtype == object:
+        for k in arr.ravel().tolist():
+            _as_int_key(k)
+        arr = arr.astype(np.int64)
+    elif arr.size and (arr.dtype.kind not in "iu" or arr.dtype == np.bool_):
+        raise TypeError(f"keys must be integers (int64), got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _wide_scheme(scheme: str) -> bool:
+    """Whether a scheme's values use 64 bits (only mersenne61; the others stay below 2**32)."""
+    return scheme == "mersenne61"
+
+
+_MIXED = ("signatures of different MinHash schemes cannot share an index: this index holds {have} signatures, "
+          "these are {got} ({hint})")
+_HINT = ("scheme 'cminhash' became the default for hashfunc='xxh64'; pass scheme='mersenne61' to "
+         "minhash_signatures / MinHash to keep producing the signatures of older annforge versions")
+
+
 @register_family  # type: ignore[arg-type]
 class MinHashLSH:
     """Banded LSH over MinHash signatures; keys are int64.
 
-    (bands, rows) minimise ``weights[0] * FP + weights[1] * FN`` integrated around ``threshold``.
+    ``params=None`` (default): (bands, rows) minimise ``weights[0] * FP + weights[1] * FN``, the false
+    positive / negative probabilities integrated below / above ``threshold`` (datasketch's rule);
+    ``params=(bands, rows)`` sets them directly.
+
+    The index records which scheme its signatures come from (``scheme=``, else learnt from the first
+    :class:`MinHash` inserted; saved with the index). Once known, inserting or querying signatures of
+    another scheme raises ValueError instead of silently matching nothing: :class:`MinHash` objects by
+    name, raw arrays by their values (64-bit ``"mersenne61"``, the default before ``"cminhash"``, against
+    the 32-bit schemes). While unknown (raw arrays only, files saved before schemes were recorded), any
+    uint64 signatures are accepted.
 
     >>> import annforge as af
     >>> sigs = af.minhash_signatures([["a", "b", "c", "d"], ["a", "b", "c", "d"], ["x", "y"]], num_perm=128)
@@ -167,7 +240,7 @@ class MinHashLSH:
     """
 
     def __init__(self, threshold: float = 0.9, num_perm: int = 128, weights: Tuple[float, float] = (0.5, 0.5),
-                 params: Optional[Tuple[int, int]] = None) -> None:
+                 params: Optional[Tuple[int, int]] = None, *, scheme: Optional[str] = None) -> None:
         if not isinstance(threshold, (int, float, np.floating)) or isinstance(threshold, bool):
             raise TypeError("threshold must be a number")
         if not 0.0 <= float(threshold) <= 1.0:
@@ -180,10 +253,62 @@ class MinHashLSH:
             w = tuple(float(x) for x in weights)
             if len(w) != 2:
                 raise ValueError("weights must be two numbers (false positive, false negative)")
-            bands, rows = _core.optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
+            bands, rows = _optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
         else:
-            bands, rows = params
+            bands, rows = (_check_count("bands", params[0]), _check_count("rows", params[1]))
+        if scheme is not None and scheme not in _SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r} (expected one of {', '.join(_SCHEMES)})")
         self._impl = _core.MinHashLSH(int(num_perm), int(bands), int(rows), float(threshold))
+        self._scheme: Optional[str] = scheme
+        self._wide: Optional[bool] = None if scheme is None else _wide_scheme(scheme)
+        self._save_meta()
+
+    @property
+    def scheme(self) -> Optional[str]:
+        """The scheme of the indexed signatures (None while unknown: raw arrays only tell 64- from 32-bit)."""
+        return self._scheme
+
+    def _save_meta(self) -> None:
+        self._impl.user_meta = json.dumps({"scheme": self._scheme, "wide": self._wide}).encode()
+
+    def _load_meta(self) -> None:
+        self._scheme, self._wide = None, None
+        raw = bytes(self._impl.user_meta)
+        if raw:
+            try:
+                meta = json.loads(raw.decode())
+            except ValueError:
+                meta = {}
+            if isinstance(meta, dict):
+                if meta.get("scheme") in _SCHEMES:
+                    self._scheme = meta["scheme"]
+                if isinstance(meta.get("wide"), bool):
+                    self._wide = meta["wide"]
+
+    def _check(self, sig: Any, learn: bool) -> Any:
+        """``sig`` as the core takes it, after checking its scheme against the index's (learning it if asked)."""
+        if isinstance(sig, MinHash):
+            got = sig.scheme
+            if self._scheme is not None and got != self._scheme:
+                raise ValueError(_MIXED.format(have=self._scheme, got=got, hint=_HINT))
+            if self._wide is not None and _wide_scheme(got) != self._wide:
+                raise ValueError(_MIXED.format(have="64-bit" if self._wide else "32-bit", got=got, hint=_HINT))
+            if learn and self._scheme is None:
+                self._scheme, self._wide = got, _wide_scheme(got)
+                self._save_meta()
+            return _as_sig(sig)
+        if self._wide is None:  # raw values alone cannot name a scheme (any uint64 array is accepted)
+            return sig
+        arr = np.asarray(sig)
+        if arr.size and arr.dtype.kind in "iu":
+            # A 64-bit scheme's row minimum is below 2**32 with probability ~ (set size) / 2**29, a 32-bit
+            # scheme's never above it: one comparison per row tells them apart.
+            rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim else arr.reshape(1, 1)
+            wide_rows = rows[:, 0] > _U32_MAX
+            if wide_rows.any() if not self._wide else not wide_rows.all():
+                raise ValueError(_MIXED.format(have="64-bit" if self._wide else "32-bit",
+                                               got="32-bit" if self._wide else "64-bit", hint=_HINT))
+        return sig
 
     bands = property(lambda self: int(self._impl.bands))
     rows = property(lambda self: int(self._impl.rows))
@@ -197,11 +322,13 @@ class MinHashLSH:
 
     def insert(self, key: Any, sig: Any) -> None:
         """Index one signature under ``key`` (ValueError when the key exists)."""
-        self._impl.insert([_as_int_key(key)], _as_sig(sig))
+        self._impl.insert([_as_int_key(key)], self._check(sig, True))
 
     def insert_batch(self, keys: Any, sigs: Any, *, num_threads: int = 0) -> None:
-        """Index many signatures ``[n, num_perm]`` at once."""
-        self._impl.insert(np.asarray(keys, dtype=np.int64), sigs, num_threads)
+        """Index many signatures ``[n, num_perm]`` at once (integer keys; TypeError for floats)."""
+        if isinstance(sigs, (list, tuple)) and sigs and isinstance(sigs[0], MinHash):
+            sigs = np.stack([self._check(m, True) for m in sigs])
+        self._impl.insert(_as_int_keys(keys), self._check(sigs, True), num_threads)
 
     def remove(self, key: Any) -> None:
         """Remove ``key`` (ValueError when absent)."""
@@ -212,16 +339,18 @@ class MinHashLSH:
         """Keys whose signature shares a band with ``sig`` (a uint64 array or a :class:`MinHash`)."""
         # The common case (a uint64 row) goes straight to the core: this wrapper is a visible part of a
         # sub-microsecond query.
-        return self._impl.query_keys(sig if type(sig) is np.ndarray else _as_sig(sig))
+        if type(sig) is np.ndarray:  # the width check on one value is done by the core
+            return self._impl.query_keys(sig, -1 if self._wide is None else int(self._wide))
+        return self._impl.query_keys(self._check(sig, False), -1)
 
     def query_with_scores(self, sig: Any, min_score: float = -1.0) -> List[Tuple[int, float]]:
         """Candidates with their estimated Jaccard, best first."""
-        _, keys, scores = self._impl.query(_as_sig(sig), True, float(min_score))
+        _, keys, scores = self._impl.query(self._check(sig, False), True, float(min_score))
         return list(zip(keys.tolist(), scores.tolist()))
 
     def query_batch(self, sigs: Any, *, num_threads: int = 0) -> List[np.ndarray]:
         """Candidates of many queries (a list of int64 arrays)."""
-        return self._impl.query_arrays(sigs, num_threads)
+        return self._impl.query_arrays(self._check(sigs, False), num_threads)
 
     def candidate_pairs(self, min_score: float = -1.0, *, num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair of indexed keys sharing a bucket: ``(first, second, estimated_jaccard)``."""
@@ -235,6 +364,7 @@ class MinHashLSH:
     def _load(cls, path: str, mmap: bool) -> "MinHashLSH":
         obj = cls.__new__(cls)
         obj._impl = _core.MinHashLSH.load(path, mmap)
+        obj._load_meta()
         return obj
 
     def to_bytes(self) -> bytes:
@@ -244,6 +374,7 @@ class MinHashLSH:
     def from_bytes(cls, data: bytes) -> "MinHashLSH":
         obj = cls.__new__(cls)
         obj._impl = _core.MinHashLSH.from_bytes(bytes(data))
+        obj._load_meta()
         return obj
 
     def __getstate__(self) -> dict:
@@ -251,6 +382,7 @@ class MinHashLSH:
 
     def __setstate__(self, state: dict) -> None:
         self._impl = _core.MinHashLSH.from_bytes(state["annforge"])
+        self._load_meta()
 
 
 @register_family  # type: ignore[arg-type]
@@ -265,7 +397,7 @@ class MinHashLSHForest:
     """
 
     def __init__(self, num_perm: int = 128, l: int = 8) -> None:
-        self._impl = _core.MinHashLSHForest(int(num_perm), int(l))
+        self._impl = _core.MinHashLSHForest(_check_count("num_perm", num_perm), _check_count("l", l))
 
     def __len__(self) -> int:
         return len(self._impl)
@@ -274,7 +406,8 @@ class MinHashLSHForest:
         self._impl.insert([_as_int_key(key)], _as_sig(sig))
 
     def insert_batch(self, keys: Any, sigs: Any) -> None:
-        self._impl.insert(np.asarray(keys, dtype=np.int64), sigs)
+        """Index many signatures ``[n, num_perm]`` at once (integer keys; TypeError for floats)."""
+        self._impl.insert(_as_int_keys(keys), sigs)
 
     def remove(self, key: Any) -> None:
         """Remove ``key`` (ValueError when absent); the next query re-sorts the trees."""
@@ -319,19 +452,51 @@ class MinHashLSHForest:
         self._impl = _core.MinHashLSHForest.from_bytes(state["annforge"])
 
 
-def dedup(docs: Sequence[Any], threshold: float = 0.8, *, num_perm: int = 128, seed: int = 1,
-          shingle: Optional[str] = None, num_threads: int = 0) -> List[List[int]]:
-    """Near-duplicate groups (lists of document indices, size >= 2) via LSH + estimated Jaccard + union-find.
+def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, seed: int = 1,
+          shingle: Optional[str] = None, num_threads: int = 0, hashfunc: str = "xxh64",
+          scheme: Optional[str] = None, weights: Tuple[float, float] = (0.5, 0.5),
+          params: Optional[Tuple[int, int]] = None, chunk_size: int = 20_000,
+          show_progress: bool = False) -> List[List[int]]:
+    """Near-duplicate groups (lists of document positions, size >= 2, each sorted, ordered by first member).
+
+    The steps: MinHash signatures, :class:`MinHashLSH` candidate pairs whose estimated Jaccard is
+    ``>= threshold``, then connected components (union-find). ``docs`` may be any iterable (a generator
+    over a corpus on disk): it is read ``chunk_size`` documents at a time, so memory holds one chunk of
+    documents plus the signatures and band tables, never the whole corpus. The groups are exactly those of
+    the same steps done by hand on the whole list. ``show_progress`` draws a bar (tqdm when installed).
 
     >>> import annforge as af
     >>> af.dedup([["a", "b", "c"], ["x"], ["a", "b", "c"]], threshold=0.8)
     [[0, 2]]
+    >>> af.dedup((["w%d" % (i % 3)] for i in range(7)), threshold=0.9, chunk_size=2)
+    [[0, 3, 6], [1, 4], [2, 5]]
     """
-    sigs = minhash_signatures(docs, num_perm=num_perm, seed=seed, shingle=shingle, num_threads=num_threads)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    lsh.insert_batch(np.arange(len(sigs), dtype=np.int64), sigs, num_threads=num_threads)
+    if isinstance(docs, (str, bytes)):
+        raise TypeError("docs must be an iterable of documents, not a single string")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    hasher = _hasher(num_perm, seed, hashfunc, scheme, "perm")
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights, params=params,
+                     scheme=str(hasher.scheme))
+    from .embed._progress import progress_bar
+
+    total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
+    bar = progress_bar(total, "dedup", show_progress)
+    n = 0
+    try:
+        it = iter(docs)
+        while True:
+            chunk = list(itertools.islice(it, chunk_size))
+            if not chunk:
+                break
+            sigs = hasher.signatures(chunk, shingle, int(num_threads))
+            lsh.insert_batch(np.arange(n, n + len(chunk), dtype=np.int64), sigs, num_threads=num_threads)
+            n += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
     first, second, _ = lsh.candidate_pairs(min_score=float(threshold), num_threads=num_threads)
-    labels = _core.connected_groups(len(sigs), first, second)
+    labels = _core.connected_groups(n, first, second)
     groups: dict = {}
     for i, lab in enumerate(labels.tolist()):
         groups.setdefault(lab, []).append(i)

@@ -17,6 +17,27 @@ void permute_mersenne_baseline(const std::uint64_t* hv, std::size_t n, const std
   permute_mersenne_body(hv, n, a_hi, a_lo, b, num_perm, sig);
 }
 
+void cminhash_baseline(const std::uint32_t* u, std::size_t n, const std::uint32_t* shift, std::size_t num_perm,
+                       std::uint32_t* sig) {
+  cminhash_body(u, n, shift, num_perm, sig);
+}
+
+CMinHashFn cminhash_kernel() {
+  switch (simd::kernels().level) {
+#if defined(ANNFORGE_HAVE_AVX512)
+    case simd::Level::AVX512: return &cminhash_avx512;
+#endif
+#if defined(ANNFORGE_HAVE_AVX2)
+    case simd::Level::AVX2: return &cminhash_avx2;
+#endif
+    default: return &cminhash_baseline;
+  }
+}
+
+std::uint32_t cminhash_position(std::uint64_t token_hash) noexcept {
+  return static_cast<std::uint32_t>(token_hash) * kCMinHashM1;
+}
+
 PermuteFn permute_mersenne_kernel() {
   // Follows the kernel table's active level, so ANNFORGE_SIMD / set_simd_level lower this one too.
   switch (simd::kernels().level) {
@@ -75,7 +96,8 @@ Scheme parse_scheme(const std::string& name) {
   if (name == "mersenne61") return Scheme::Mersenne61;
   if (name == "affine32") return Scheme::Affine32;
   if (name == "legacy") return Scheme::Legacy;
-  fail(ErrorKind::Value, "unknown scheme '", name, "' (expected 'mersenne61', 'affine32' or 'legacy')");
+  if (name == "cminhash") return Scheme::CMinHash;
+  fail(ErrorKind::Value, "unknown scheme '", name, "' (expected 'cminhash', 'mersenne61', 'affine32' or 'legacy')");
 }
 Method parse_method(const std::string& name) {
   if (name == "perm") return Method::Permutation;
@@ -88,6 +110,7 @@ const char* scheme_name(Scheme s) {
     case Scheme::Mersenne61: return "mersenne61";
     case Scheme::Affine32: return "affine32";
     case Scheme::Legacy: return "legacy";
+    case Scheme::CMinHash: return "cminhash";
   }
   return "?";
 }
@@ -123,6 +146,13 @@ MinHasher::MinHasher(std::size_t num_perm, std::uint64_t seed, HashFunc hash, Sc
   if (method == Method::OPH) {
     ANNFORGE_CHECK(scheme == Scheme::Mersenne61 && hash == HashFunc::XXH64, ErrorKind::Value,
                    "method='oph' needs hashfunc='xxh64' and the native scheme");
+    return;
+  }
+  if (scheme == Scheme::CMinHash) {
+    ANNFORGE_CHECK(hash == HashFunc::XXH64, ErrorKind::Value, "scheme='cminhash' needs hashfunc='xxh64'");
+    ANNFORGE_CHECK(a_.empty() && b_.empty(), ErrorKind::Value, "scheme='cminhash' takes no permutation parameters");
+    shift_.resize(num_perm);
+    for (std::size_t j = 0; j < num_perm; ++j) shift_[j] = static_cast<std::uint32_t>(j) * kCMinHashM1;
     return;
   }
   if (scheme == Scheme::Mersenne61) {
@@ -162,6 +192,8 @@ void MinHasher::clear(std::uint64_t* sig) const noexcept { std::fill(sig, sig + 
 
 std::uint64_t MinHasher::hash_item(const char* p, std::size_t n) const noexcept {
   if (hash_ == HashFunc::SHA1_32) return sha1_hash32(p, n);
+  // OPH and C-MinHash draw their randomness from the token hash itself, so it is seeded.
+  if (scheme_ == Scheme::CMinHash) return token_hash(p, n, seed_);
   const std::uint64_t h = hash64(p, n, method_ == Method::OPH ? seed_ : 0);
   return scheme_ == Scheme::Mersenne61 ? h : (h & kEmpty32);
 }
@@ -178,6 +210,20 @@ void MinHasher::update_hashes(const std::uint64_t* hv, std::size_t n, std::uint6
     return;
   }
   switch (scheme_) {
+    case Scheme::CMinHash: {
+      const CMinHashFn fn = cminhash_kernel();
+      thread_local std::vector<std::uint32_t> acc;
+      acc.resize(k);
+      for (std::size_t j = 0; j < k; ++j) acc[j] = static_cast<std::uint32_t>(sig[j]);
+      std::uint32_t u[256];
+      for (std::size_t start = 0; start < n; start += 256) {
+        const std::size_t m = std::min<std::size_t>(256, n - start);
+        for (std::size_t t = 0; t < m; ++t) u[t] = cminhash_position(hv[start + t]);
+        fn(u, m, shift_.data(), k, acc.data());
+      }
+      for (std::size_t j = 0; j < k; ++j) sig[j] = acc[j];
+      break;
+    }
     case Scheme::Mersenne61: {
       const PermuteFn fn = permute_mersenne_kernel();
       std::uint64_t reduced[256];
@@ -260,9 +306,17 @@ void MinHasher::document_hashes(const Corpus& c, std::size_t doc, const Shingle&
       const std::size_t words = pos.size() / 2;
       if (words == 0) continue;
       const std::size_t w = std::min<std::size_t>(sh.n, words);
+      // Where the words of a shingle are already separated by single spaces, the joined shingle is a
+      // slice of the text: hash it in place. `run` counts the single-space gaps ending at word s + w - 1.
+      std::size_t run = 0;
+      for (std::size_t q = 1; q < w; ++q) run = pos[2 * q] == pos[2 * q - 1] + 1 && p[pos[2 * q - 1]] == ' ' ? run + 1 : 0;
       for (std::size_t s = 0; s + w <= words; ++s) {
-        if (w == 1) {
-          hv.push_back(hash_item(p + pos[2 * s], pos[2 * s + 1] - pos[2 * s]));
+        if (s > 0) {
+          const std::size_t q = s + w - 1;  // the gap before the shingle's last word is new
+          if (w > 1) run = pos[2 * q] == pos[2 * q - 1] + 1 && p[pos[2 * q - 1]] == ' ' ? run + 1 : 0;
+        }
+        if (w == 1 || run >= w - 1) {
+          hv.push_back(hash_item(p + pos[2 * s], pos[2 * (s + w - 1) + 1] - pos[2 * s]));
           continue;
         }
         joined.clear();
@@ -308,6 +362,21 @@ void MinHasher::signatures(const Corpus& corpus, const Shingle& shingle, std::ui
       std::uint64_t* sig = out + d * num_perm_;
       clear(sig);
       update_hashes(s.hv.data(), s.hv.size(), sig);
+      densify(sig);
+    }
+  });
+}
+
+void MinHasher::signatures_from_hashes(const std::uint64_t* hv, const std::uint64_t* doc_hashes, std::size_t num_docs,
+                                       std::uint64_t* out, int num_threads) const {
+  const std::size_t chunk = 64;
+  const std::size_t tasks = (num_docs + chunk - 1) / chunk;
+  parallel::parallel_for(tasks, num_threads, [&](std::size_t task, std::size_t) {
+    const std::size_t end = std::min(num_docs, (task + 1) * chunk);
+    for (std::size_t d = task * chunk; d < end; ++d) {
+      std::uint64_t* sig = out + d * num_perm_;
+      clear(sig);
+      update_hashes(hv + doc_hashes[d], static_cast<std::size_t>(doc_hashes[d + 1] - doc_hashes[d]), sig);
       densify(sig);
     }
   });

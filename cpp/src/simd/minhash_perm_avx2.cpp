@@ -1,4 +1,4 @@
-// The MinHash permutation loop compiled for AVX2 (this file alone gets -mavx2).
+// The MinHash permutation loops (Mersenne-61 and C-MinHash) compiled for AVX2 (this file alone gets -mavx2).
 #include <cstddef>
 #include <cstdint>
 
@@ -12,6 +12,10 @@ void permute_mersenne_avx2(const std::uint64_t* hv, std::size_t n, const std::ui
                            const std::uint64_t* a_lo, const std::uint64_t* b, std::size_t num_perm,
                            std::uint64_t* sig) {
   permute_mersenne_body(hv, n, a_hi, a_lo, b, num_perm, sig);
+}
+void cminhash_avx2(const std::uint32_t* u, std::size_t n, const std::uint32_t* shift, std::size_t num_perm,
+                  std::uint32_t* sig) {
+  cminhash_body(u, n, shift, num_perm, sig);
 }
 }  // namespace annforge::minhash
 #endif

@@ -352,12 +352,16 @@ class SetAdapter:
     """Base for set-similarity adapters: ``sign(docs)``, ``insert(sigs)``, ``query(sig) -> keys``.
 
     ``docs`` are lists of ``bytes`` tokens (the same encoding for every library); keys are the
-    document positions. ``params`` carries the sweep point (``threshold``, ``num_perm``).
+    document positions. ``params`` carries the sweep point (``threshold``, ``num_perm``, and optionally
+    ``bands`` and ``rows``). Without ``bands``/``rows`` every library picks them by datasketch's rule
+    (the weighted false-positive / false-negative integral around the threshold), so all libraries
+    band the same way; with them, every library uses exactly that banding.
     """
 
     def __init__(self, threads: int, params: Dict[str, Any], seed: int = 1) -> None:
         self.threads, self.params, self.seed = threads, dict(params), seed
         self.threshold, self.num_perm = float(params["threshold"]), int(params["num_perm"])
+        self.bands_rows = (int(params["bands"]), int(params["rows"])) if "bands" in params else None
 
     def sign(self, docs: List[List[bytes]]) -> Any:
         raise NotImplementedError
@@ -380,7 +384,7 @@ class AnnforgeMinHashLSH(SetAdapter):
     def insert(self, sigs: Any) -> None:
         import annforge
 
-        self.lsh = annforge.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self.lsh = annforge.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, params=self.bands_rows)
         self.lsh.insert_batch(np.arange(len(sigs), dtype=np.int64), sigs, num_threads=self.threads)
 
     def query(self, sigs: Any, i: int) -> List[int]:
@@ -403,7 +407,7 @@ class DatasketchLSH(SetAdapter):
     def insert(self, sigs: Any) -> None:
         import datasketch
 
-        self.lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self.lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, params=self.bands_rows)
         with self.lsh.insertion_session() as session:
             for i, m in enumerate(sigs):
                 session.insert(i, m)

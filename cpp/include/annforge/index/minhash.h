@@ -1,7 +1,12 @@
 // MinHash signatures for Jaccard similarity: token hashing, shingling, permutations, one-permutation
 // hashing, and the datasketch-compatible schemes.
 //
-// Three permutation schemes:
+// Four permutation schemes:
+//   CMinHash (default)   C-MinHash-(sigma, pi) of Li & Li, "C-MinHash: Rigorously Reducing K Permutations to
+//                        Two" (AISTATS 2022, arXiv:2109.03337): sigma(token) = low 32 bits of a seeded
+//                        XXH64, and the K hash values are pi at the K circulant shifts sigma + j of that
+//                        position (pi a fixed 32-bit bijection). Unbiased; variance <= classic MinHash.
+//                        32-bit values, a handful of SIMD operations per (token, permutation).
 //   Mersenne61 (native)  h = hash64(token); sig_j = min over tokens of (a_j * h + b_j) mod (2^61 - 1),
 //                        computed exactly (the 128-bit product is folded with 32-bit limbs so the
 //                        loop over permutations vectorises; see minhash_perm.inc).
@@ -24,6 +29,8 @@ namespace annforge::minhash {
 
 constexpr std::uint64_t kMersenne61 = (std::uint64_t{1} << 61) - 1;
 
+// Our own short-token hash (one or two 128-bit multiplies for tokens up to 32 bytes): C-MinHash's sigma.
+std::uint64_t token_hash(const void* data, std::size_t n, std::uint64_t seed) noexcept;
 // Our own 64-bit hash (the XXH64 algorithm, written here).
 std::uint64_t hash64(const void* data, std::size_t n, std::uint64_t seed = 0) noexcept;
 // SHA-1 (written here; no OpenSSL): 20-byte digest.
@@ -32,7 +39,7 @@ void sha1(const void* data, std::size_t n, unsigned char digest[20]) noexcept;
 std::uint32_t sha1_hash32(const void* data, std::size_t n) noexcept;
 
 enum class HashFunc : std::uint8_t { XXH64 = 0, SHA1_32 = 1 };
-enum class Scheme : std::uint8_t { Mersenne61 = 0, Affine32 = 1, Legacy = 2 };
+enum class Scheme : std::uint8_t { Mersenne61 = 0, Affine32 = 1, Legacy = 2, CMinHash = 3 };
 enum class Method : std::uint8_t { Permutation = 0, OPH = 1 };
 
 HashFunc parse_hashfunc(const std::string& name);
@@ -94,6 +101,10 @@ class MinHasher {
   void update_document(const Corpus& corpus, std::size_t doc, const Shingle& shingle, std::uint64_t* sig) const;
   // Signatures of every document of `corpus` into out[num_docs * num_perm], parallel over documents.
   void signatures(const Corpus& corpus, const Shingle& shingle, std::uint64_t* out, int num_threads) const;
+  // The same from token hashes already computed by hash_item(): document d owns
+  // hv[doc_hashes[d], doc_hashes[d+1]). The cheap path for pre-tokenised input (hashed at the boundary).
+  void signatures_from_hashes(const std::uint64_t* hv, const std::uint64_t* doc_hashes, std::size_t num_docs,
+                              std::uint64_t* out, int num_threads) const;
 
  private:
   // Item hashes of one document (after shingling) appended to `hv`.
@@ -107,6 +118,7 @@ class MinHasher {
   Method method_;
   std::vector<std::uint64_t> a_, b_;
   std::vector<std::uint64_t> a_hi_, a_lo_;  // 32-bit limbs of a (native scheme)
+  std::vector<std::uint32_t> shift_;        // C-MinHash: j * M1, the j-th circulant shift (times M1)
 };
 
 // Fraction of equal positions (the estimator for both methods).
@@ -124,5 +136,15 @@ void permute_mersenne_avx2(const std::uint64_t*, std::size_t, const std::uint64_
                            const std::uint64_t*, std::size_t, std::uint64_t*);
 void permute_mersenne_avx512(const std::uint64_t*, std::size_t, const std::uint64_t*, const std::uint64_t*,
                              const std::uint64_t*, std::size_t, std::uint64_t*);
+
+// Kernel: sig[j] = min(sig[j], pi(u + shift[j])) for every u (C-MinHash; see minhash_perm.inc).
+using CMinHashFn = void (*)(const std::uint32_t* u, std::size_t n, const std::uint32_t* shift, std::size_t num_perm,
+                            std::uint32_t* sig);
+CMinHashFn cminhash_kernel();
+void cminhash_baseline(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
+void cminhash_avx2(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
+void cminhash_avx512(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
+// C-MinHash's sigma(token) * M1 from a token's 64-bit hash (the kernel's input).
+std::uint32_t cminhash_position(std::uint64_t token_hash) noexcept;
 
 }  // namespace annforge::minhash

@@ -53,6 +53,8 @@ class SignatureStore {
   std::int64_t slot_of(idx_t key) const;  // -1 when absent (not `long`: 32 bits on Windows)
   // Fails with ValueError (changing nothing) when a key exists or repeats inside the batch.
   void check_new(const idx_t* keys, std::size_t n) const;
+  // Room for `n` more entries.
+  void reserve(std::size_t n);
   std::size_t append(idx_t key, const std::uint64_t* sig);
   void kill(std::size_t slot);
   std::vector<idx_t> live_keys() const;
@@ -172,8 +174,9 @@ class MinHashLSH {
   // Sorted, distinct slots sharing a band with `q` (replaces the contents of `cand`).
   void collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const;
   void query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
-  // Indexes slots [first, first + n) in every band (one task per band).
-  void index_slots(std::size_t first, std::size_t n, int num_threads);
+  // Indexes slots [first, first + n) in every band (one task per band); band_keys (band-major, n per
+  // band) when the caller computed them already.
+  void index_slots(std::size_t first, std::size_t n, int num_threads, const std::uint64_t* band_keys = nullptr);
 
   // Queries share it; insert/remove take it exclusively (queries run with the GIL released).
   mutable parallel::WriterPreferringMutex mutex_;
