@@ -503,7 +503,8 @@ def _from_bytes(af: Any, data: bytes) -> Any:
 
 
 def worker(args: argparse.Namespace) -> int:
-    if args.memory_limit_gb > 0:
+    # AddressSanitizer reserves terabytes of address space for its shadow memory: no limit under it.
+    if args.memory_limit_gb > 0 and "asan" not in os.environ.get("LD_PRELOAD", ""):
         limit = int(args.memory_limit_gb * (1 << 30))
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     seeds = [open(p, "rb").read() for p in args.seed_files]
