@@ -284,6 +284,33 @@ def m_byte(rng: random.Random, f: ParsedFile) -> str:
     return f"byte @{pos} {f.sections[i][0]!r}"
 
 
+def m_small(rng: random.Random, f: ParsedFile) -> str:
+    # Small integers stay in range for links, counts, levels and list sizes, so they pass the range
+    # checks and reach the graph and list code with a structure no build would produce.
+    i = _pick_section(rng, f)
+    if i is None or len(f.sections[i][1]) < 4:
+        return "none"
+    p = f.sections[i][1]
+    pos = rng.randrange(len(p) // 4) * 4
+    value = rng.randrange(0, 70)
+    struct.pack_into("<I", p, pos, value)
+    return f"small u32 {value} @{pos} {f.sections[i][0]!r}"
+
+
+def m_shuffle(rng: random.Random, f: ParsedFile) -> str:
+    # Swap two aligned words (ids, links, codes, vectors) inside one section.
+    i = _pick_section(rng, f)
+    if i is None:
+        return "none"
+    p = f.sections[i][1]
+    width = rng.choice([1, 4, 8])
+    if len(p) < 2 * width:
+        return "none"
+    a, b = rng.randrange(len(p) // width) * width, rng.randrange(len(p) // width) * width
+    p[a:a + width], p[b:b + width] = p[b:b + width], p[a:a + width]
+    return f"shuffle {width}B @{a},{b} {f.sections[i][0]!r}"
+
+
 def m_truncate(rng: random.Random, f: ParsedFile) -> str:
     i = _pick_section(rng, f)
     if i is None:
@@ -349,8 +376,8 @@ def m_header(rng: random.Random, f: ParsedFile) -> str:
 
 
 MUTATORS: List[Tuple[Callable[[random.Random, ParsedFile], str], int]] = [
-    (m_bitflip, 14), (m_float, 14), (m_int, 24), (m_byte, 10), (m_truncate, 7), (m_grow, 6), (m_swap, 5),
-    (m_drop, 4), (m_copy, 4), (m_header, 2),
+    (m_bitflip, 14), (m_float, 14), (m_int, 20), (m_byte, 10), (m_small, 10), (m_shuffle, 6), (m_truncate, 6),
+    (m_grow, 5), (m_swap, 5), (m_drop, 4), (m_copy, 4), (m_header, 2),
 ]
 
 
