@@ -36,6 +36,8 @@ class PyCallableSelector final : public IdSelector {
 };
 
 std::unique_ptr<IdSelector> make_selector(const py::object& filter);
+// A Python integer k as long long; one beyond its range is a ValueError (not pybind's TypeError).
+long long as_k(const py::handle& k);
 SearchKnobs make_knobs(const py::dict& params);
 
 template <typename Index, typename PyClass>
@@ -64,8 +66,9 @@ void bind_vector_index_methods(PyClass& cls) {
           py::arg("x"), py::arg("ids") = py::none(), py::arg("num_threads") = 0)
       .def(
           "search",
-          [](const Index& self, const py::object& q, long long k, const py::object& filter, int num_threads,
-             const py::dict& params) {
+          [](const Index& self, const py::object& q, const py::object& k_obj, const py::object& filter,
+             int num_threads, const py::dict& params) {
+            const long long k = as_k(k_obj);
             Index::check_k(k);  // before the nq x k output is allocated
             MatrixView v = as_matrix(q, self.dim(), "queries");
             SearchOptions opt;
