@@ -91,7 +91,7 @@ def test_fuzz_smoke_every_family(tmp_path) -> None:
     # A few hundred re-sealed mutations across every family, each loaded three ways and used; the full
     # run (>= 2000 per family) is `python tools/fuzz_files.py --cases 2000`.
     out = tmp_path / "summary.json"
-    cases = 30 if "asan" not in os.environ.get("LD_PRELOAD", "") else 12
+    cases = 24 if "asan" not in os.environ.get("LD_PRELOAD", "") else 10
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "fuzz_files.py"), "--cases", str(cases), "--seed", "7",
          "--corpus", os.fspath(tmp_path / "corpus"), "--json", os.fspath(out)],
@@ -107,6 +107,27 @@ def test_fuzz_smoke_every_family(tmp_path) -> None:
     # The mutations reach the parsers: some files load, many are refused, across all families.
     assert sum(r["loaded"] for r in summary["families"].values()) > 0
     assert sum(r["refused"] for r in summary["families"].values()) > 0
+
+
+def test_fuzz_tool_isolates_crashes_and_hangs(tmp_path) -> None:
+    # A crash and a hang injected into a batch: the tool reports exactly those cases, runs every other
+    # case, and saves both files to the corpus.
+    out = tmp_path / "summary.json"
+    env = dict(os.environ, ANNFORGE_FUZZ_INJECT="hang:2,crash:7")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "fuzz_files.py"), "--families", "flat", "--cases", "10",
+         "--batch", "4", "--case-timeout", "1", "--startup-allowance", "6", "--corpus", os.fspath(tmp_path / "corpus"), "--json", os.fspath(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    import json
+
+    row = json.loads(out.read_text())["families"]["flat"]
+    assert row["cases"] == 10 and row["failures"] == 2, row
+    assert row["refused"] + row["loaded"] + row["loaded_then_value_error"] == 8
+    assert sorted(os.listdir(tmp_path / "corpus")) == ["flat-2.af", "flat-2.af.txt", "flat-7.af", "flat-7.af.txt"]
+    assert "crash (signal 11)" in (tmp_path / "corpus" / "flat-7.af.txt").read_text()
+    assert "hang" in (tmp_path / "corpus" / "flat-2.af.txt").read_text()
 
 
 @pytest.mark.sanitize

@@ -31,6 +31,7 @@ import json
 import os
 import random
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -536,8 +537,14 @@ def worker(args: argparse.Namespace) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     seeds = [open(p, "rb").read() for p in args.seed_files]
     with tempfile.TemporaryDirectory() as workdir:
+        # Self-test hook (tests/test_file_safety.py): "crash:<case>,hang:<case>" makes those cases fail.
+        inject = dict(item.split(":")[::-1] for item in os.environ.get("ANNFORGE_FUZZ_INJECT", "").split(",") if item)
         for case in args.worker_cases:
             print(f"S {case}", flush=True)
+            if inject.get(str(case)) == "crash":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if inject.get(str(case)) == "hang":
+                time.sleep(3600)
             data, _what = make_case(seeds, args.family, case, args.seed)
             outcome = run_case(data, args.family, workdir)
             print(f"R {case} {outcome.replace(chr(10), ' ')}", flush=True)
@@ -573,46 +580,59 @@ def _run_worker(cmd: List[str], timeout: float) -> Tuple[Optional[int], str]:
         return None, out
 
 
+def _alone(args: argparse.Namespace, family: str, seed_files: List[str], case: int) -> str:
+    """Outcome of one case in a worker of its own; crashes and hangs become FAIL outcomes."""
+    rc, out = _run_worker(_worker_cmd(args, family, seed_files, [case]), args.case_timeout + args.startup_allowance)
+    result = [ln for ln in out.splitlines() if ln.startswith("R ")]
+    if rc is None:
+        return f"FAIL hang (no answer within {args.case_timeout + args.startup_allowance:.0f} s)"
+    if rc < 0:
+        return f"FAIL crash (signal {-rc})"
+    if rc != 0 or not result:
+        tail = out.split("#STDERR", 1)[-1].strip().splitlines()[-3:]
+        return f"FAIL worker exit {rc}: {' | '.join(tail)}"
+    return result[0].split(" ", 2)[2]
+
+
 def fuzz_family(args: argparse.Namespace, family: str, seed_files: List[str], seeds: List[bytes],
                 log: Callable[[str], None]) -> Tally:
     tally = Tally()
     todo = list(range(args.first_case, args.first_case + args.cases))
     while todo:
         batch = todo[:args.batch]
-        rc, out = _run_worker(_worker_cmd(args, family, seed_files, batch), args.case_timeout * len(batch) + 30)
+        rc, out = _run_worker(_worker_cmd(args, family, seed_files, batch),
+                              args.case_timeout * len(batch) + args.startup_allowance)
         done: Dict[int, str] = {}
-        started: List[int] = []
         for line in out.splitlines():
-            if line.startswith("S "):
-                started.append(int(line.split()[1]))
-            elif line.startswith("R "):
+            if line.startswith("R "):
                 _, case, outcome = line.split(" ", 2)
                 done[int(case)] = outcome
-        for case in batch:
-            if case in done:
-                _record(tally, args, family, seeds, case, done[case], log)
         if rc == 0 and len(done) == len(batch):
+            for case in batch:
+                _record(tally, args, family, seeds, case, done[case], log)
             todo = todo[len(batch):]
             continue
-        # The worker died or hung: the first case without a result is the suspect; run it alone.
-        suspect = next(c for c in batch if c not in done)
-        rc1, out1 = _run_worker(_worker_cmd(args, family, seed_files, [suspect]), args.case_timeout + 20)
-        result = [ln for ln in out1.splitlines() if ln.startswith("R ")]
-        if rc1 is None:
-            outcome = f"FAIL hang (no answer within {args.case_timeout + 20} s)"
-        elif rc1 < 0:
-            outcome = f"FAIL crash (signal {-rc1})"
-        elif rc1 != 0 or not result:
-            tail = out1.split("#STDERR", 1)[-1].strip().splitlines()[-3:]
-            outcome = f"FAIL worker exit {rc1}: {' | '.join(tail)}"
-        else:
-            outcome = result[0].split(" ", 2)[2]
-            if rc is None:
-                outcome = f"FAIL hang in batch (alone: {outcome})"
-            elif rc < 0:
-                outcome = f"FAIL crash in batch (signal {-rc}; alone: {outcome})"
-        _record(tally, args, family, seeds, suspect, outcome, log)
-        todo = todo[todo.index(suspect) + 1:]
+        # The worker died or hung. The first case without a result is the suspect: run it alone.
+        missing = [c for c in batch if c not in done]
+        suspect = missing[0] if missing else None
+        finished = [c for c in batch if c in done and (suspect is None or c < suspect)]
+        suspect_outcome = _alone(args, family, seed_files, suspect) if suspect is not None else ""
+        if suspect is None or not suspect_outcome.startswith("FAIL"):
+            # Alone it passes (or the worker died after its last case): an earlier case may have
+            # damaged the process. Re-run the batch case by case to find the one that fails alone.
+            for case in finished:
+                done[case] = _alone(args, family, seed_files, case)
+            if not any(done[c].startswith("FAIL") for c in finished):
+                what = "hang" if rc is None else f"crash (signal {-rc})" if rc < 0 else f"exit {rc}"
+                culprit = suspect if suspect is not None else finished[-1]
+                suspect, suspect_outcome = culprit, f"FAIL {what} in a batch only, every case passes alone"
+                finished = [c for c in finished if c != culprit]
+        for case in finished:
+            _record(tally, args, family, seeds, case, done[case], log)
+        if suspect is not None:
+            _record(tally, args, family, seeds, suspect, suspect_outcome, log)
+        last = max(finished + ([suspect] if suspect is not None else []))
+        todo = todo[todo.index(last) + 1:]
     return tally
 
 
@@ -660,6 +680,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="master seed (cases are reproducible from it)")
     ap.add_argument("--batch", type=int, default=250, help="cases per worker process")
     ap.add_argument("--case-timeout", type=float, default=10.0, help="seconds a case may take")
+    ap.add_argument("--startup-allowance", type=float, default=20.0,
+                    help="seconds a worker may take to start, on top of --case-timeout per case")
     ap.add_argument("--memory-limit-gb", type=float, default=4.0, help="address-space limit per worker (0: none)")
     ap.add_argument("--corpus", default="", help="folder for failing files (with a .txt describing each)")
     ap.add_argument("--json", default="", help="write the summary as JSON here")
