@@ -324,14 +324,17 @@ def test_save_load_mmap_pickle(tmp_path, data, nbits: int, refine, residual: boo
     assert len(af.load(path)) == len(index)  # the file did not change
 
 
-def test_untrained_index_round_trips(tmp_path) -> None:
+def test_untrained_index_is_not_saved(tmp_path) -> None:
+    # Loading refuses untrained files (issue 15), so saving refuses to write one; train, then save.
     index = af.IVFPQIndex(16, 4, 4, nbits=4, refine="sq8")
     path = os.fspath(tmp_path / "u.af")
+    with pytest.raises(ValueError, match="not trained"):
+        index.save(path)
+    x = clustered(500, 16)
+    index.train(x)
     index.save(path)
     loaded = af.load(path)
-    assert not loaded.is_trained and loaded.refine == "sq8"
-    x = clustered(500, 16)
-    loaded.train(x)
+    assert loaded.is_trained and loaded.refine == "sq8"
     loaded.add(x)
     assert len(loaded) == 500
 

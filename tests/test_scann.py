@@ -306,17 +306,20 @@ def test_save_load_mmap_pickle(tmp_path, data, metric: str, reorder) -> None:
     assert len(af.load(path)) == len(index)  # the file did not change
 
 
-def test_untrained_index_round_trips(tmp_path) -> None:
+def test_untrained_index_is_not_saved(tmp_path) -> None:
+    # Loading refuses untrained files (issue 15), so saving refuses to write one; train, then save.
     index = af.ScaNNIndex(16, None, dims_per_block=4, anisotropic_threshold=None, reorder="sq8")
     path = os.fspath(tmp_path / "u.af")
+    with pytest.raises(ValueError, match="not trained"):
+        index.save(path)
+    x = clustered(500, 16)
+    index.train(x)
     index.save(path)
     loaded = af.load(path)
-    assert not loaded.is_trained and loaded.reorder == "sq8" and loaded.anisotropic_threshold is None
-    assert loaded.dims_per_block == 4
-    x = clustered(500, 16)
-    loaded.train(x)
+    assert loaded.is_trained and loaded.reorder == "sq8" and loaded.anisotropic_threshold is None
+    assert loaded.dims_per_block == 4 and loaded.num_leaves == 22
     loaded.add(x)
-    assert len(loaded) == 500 and loaded.num_leaves == 22
+    assert len(loaded) == 500
 
 
 @pytest.mark.errors

@@ -11,6 +11,19 @@ std::unique_ptr<IdSelector> make_selector(const py::object& filter) {
   return std::make_unique<IdSetSelector>(ids.data(), static_cast<std::size_t>(ids.size()));
 }
 
+long long as_k(const py::handle& k) {
+  if (PyBool_Check(k.ptr())) fail(ErrorKind::Type, "k must be an integer, got bool");
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(k.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    fail(ErrorKind::Type, "k must be an integer, got ", Py_TYPE(k.ptr())->tp_name);
+  }
+  if (overflow > 0) fail(ErrorKind::Value, "k must be <= ", VectorIndex::kMaxK, ", got ", std::string(py::str(k)));
+  if (overflow < 0) fail(ErrorKind::Value, "k must be >= 1, got ", std::string(py::str(k)));
+  return v;
+}
+
 SearchKnobs make_knobs(const py::dict& params) {
   SearchKnobs knobs;
   for (auto item : params) {

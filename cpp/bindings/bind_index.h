@@ -17,15 +17,27 @@ class PyCallableSelector final : public IdSelector {
   explicit PyCallableSelector(py::object fn) : fn_(std::move(fn)) {}
   bool contains(idx_t id) const override {
     py::gil_scoped_acquire gil;
-    return py::cast<bool>(fn_(id));  // an exception propagates to the search caller
+    const py::object answer = fn_(id);  // an exception propagates to the search caller
+    if (PyBool_Check(answer.ptr())) return answer.ptr() == Py_True;
+    // numpy's bool scalar (what `lambda i: mask[i]` returns) is the one other boolean accepted.
+    const std::string type_name = Py_TYPE(answer.ptr())->tp_name;
+    if (type_name == "numpy.bool" || type_name == "numpy.bool_") return PyObject_IsTrue(answer.ptr()) == 1;
+    fail(ErrorKind::Type, "the search filter ", describe(), " must return a bool, but returned ", type_name,
+         " for id ", id);
   }
   bool thread_safe() const override { return false; }
 
  private:
+  std::string describe() const {  // the callable as the user wrote it: its repr
+    std::string r = py::repr(fn_);
+    return r.size() > 80 ? r.substr(0, 77) + "..." : r;
+  }
   py::object fn_;
 };
 
 std::unique_ptr<IdSelector> make_selector(const py::object& filter);
+// A Python integer k as long long; one beyond its range is a ValueError (not pybind's TypeError).
+long long as_k(const py::handle& k);
 SearchKnobs make_knobs(const py::dict& params);
 
 template <typename Index, typename PyClass>
@@ -54,9 +66,10 @@ void bind_vector_index_methods(PyClass& cls) {
           py::arg("x"), py::arg("ids") = py::none(), py::arg("num_threads") = 0)
       .def(
           "search",
-          [](const Index& self, const py::object& q, long long k, const py::object& filter, int num_threads,
-             const py::dict& params) {
-            if (k < 1) fail(ErrorKind::Value, "k must be >= 1, got ", k);
+          [](const Index& self, const py::object& q, const py::object& k_obj, const py::object& filter,
+             int num_threads, const py::dict& params) {
+            const long long k = as_k(k_obj);
+            Index::check_k(k);  // before the nq x k output is allocated
             MatrixView v = as_matrix(q, self.dim(), "queries");
             SearchOptions opt;
             opt.num_threads = num_threads;

@@ -182,7 +182,9 @@ void PackedCentroids::nearest(const float* x, std::size_t n, std::size_t ldx, st
       const float xn = inner_product ? 0.0f : K.dot(x + (i0 + i) * ldx, x + (i0 + i) * ldx, d);
       auto finish = [&](float s) { return inner_product ? s : std::max(0.0f, s + xn); };
       if (m == 1) {
-        labels[i0 + i] = best_label[i];
+        // Every point gets a centre (callers index lists with it): when no score was finite and
+        // ordered (overflow to inf, or NaN), the first centre, at distance +inf.
+        labels[i0 + i] = best_label[i] < 0 ? 0 : best_label[i];
         score[i0 + i] = best_label[i] < 0 ? std::numeric_limits<float>::infinity() : finish(best[i]);
       } else {
         auto& sorted = heaps[i].sorted();

@@ -386,6 +386,16 @@ std::unique_ptr<FlatIndex> FlatIndex::read(const std::shared_ptr<io::FileReader>
   const auto* id_ptr = reinterpret_cast<const idx_t*>(ids.data);
   const auto* vec_ptr = reinterpret_cast<const float*>(vecs.data);
   const auto* norm_ptr = reinterpret_cast<const float*>(norms.data);
+  // Searches trust the stored squared norms: they must be those of the (finite) vectors. The
+  // tolerance covers summation order differences between SIMD levels.
+  check_loaded_rows(vec_ptr, n, d, reader->origin(), "FlatIndex vectors");
+  const auto& K = simd::kernels();
+  for (std::size_t i = 0; i < n; ++i) {
+    const float expected = K.dot(vec_ptr + i * d, vec_ptr + i * d, d);
+    if (!(std::fabs(norm_ptr[i] - expected) <= 1e-2f * expected + 1e-30f))
+      fail(ErrorKind::IO, reader->origin(), ": corrupted FlatIndex: stored norm of row ", i,
+           " does not match its vector");
+  }
   if (reader->mapped()) {  // sections are 64-byte aligned in the file and the mapping is page aligned
     index->vectors_ = AlignedBuffer<float>::view(vec_ptr, n * d, reader->keepalive());
     index->sq_norms_ = AlignedBuffer<float>::view(norm_ptr, n, reader->keepalive());
@@ -398,7 +408,7 @@ std::unique_ptr<FlatIndex> FlatIndex::read(const std::shared_ptr<io::FileReader>
   for (std::size_t i = 0; i < n; ++i) {
     idx_t id;
     std::memcpy(&id, id_ptr + i, sizeof id);
-    if (id < 0 || id >= index->next_id_ || index->slot_of_.contains(id))
+    if (!index->id_below_next(id) || index->slot_of_.contains(id))
       fail(ErrorKind::IO, reader->origin(), ": corrupted FlatIndex: invalid or repeated id ", id);
     index->slot_of_.set(id, static_cast<idx_t>(i));
     index->slot_ids_.push_back(id);

@@ -1021,6 +1021,13 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
                            idx_t* out_ids, float* out_dist, Scratch& scratch) const {
   auto& results = scratch.results;
   results.clear();
+  if (live_ == 0) {  // nothing to find (and an empty sq8 index has no quantizer to fold the query with)
+    for (std::size_t i = 0; i < k; ++i) {
+      out_ids[i] = -1;
+      out_dist[i] = std::numeric_limits<float>::infinity();
+    }
+    return;
+  }
   Query& q = scratch.query;
   prepare_query(qv, q);
   const std::uint64_t e = entry_.load();
@@ -1299,21 +1306,38 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   if (index->storage_ == HnswStorage::SQ8) {
     const io::Bytes ex = reader->section(kTagExact), sq = reader->section(kTagSq8);
     if (ex.size != n * d * sizeof(float)) bad("exact-vector section size");
-    if (sq.size != 2 * d * sizeof(float)) bad("sq8 parameter section size");
+    // The quantizer is trained by the first add(): an index that never held a vector has none.
+    if (trained > 1 || (trained == 0 && n != 0)) bad("sq8 trained flag");
+    if (sq.size != (trained ? 2 * d * sizeof(float) : 0)) bad("sq8 parameter section size");
     const auto* ex_ptr = reinterpret_cast<const float*>(ex.data);
     if (reader->mapped())
       index->exact_ = AlignedBuffer<float>::view(ex_ptr, n * d, reader->keepalive());
     else
       index->exact_.append(ex_ptr, n * d);
-    index->sq8_offset_.resize(d);
-    index->sq8_scale_.resize(d);
-    std::memcpy(index->sq8_offset_.mutable_data(), sq.data, d * sizeof(float));
-    std::memcpy(index->sq8_scale_.mutable_data(), sq.data + d * sizeof(float), d * sizeof(float));
-    for (std::size_t j = 0; j < d; ++j)
-      if (!std::isfinite(index->sq8_offset_[j]) || !std::isfinite(index->sq8_scale_[j]) || !(index->sq8_scale_[j] > 0))
-        bad("sq8 parameters are not finite and positive");
+    if (trained) {
+      index->sq8_offset_.resize(d);
+      index->sq8_scale_.resize(d);
+      std::memcpy(index->sq8_offset_.mutable_data(), sq.data, d * sizeof(float));
+      std::memcpy(index->sq8_scale_.mutable_data(), sq.data + d * sizeof(float), d * sizeof(float));
+      for (std::size_t j = 0; j < d; ++j)
+        if (!(std::fabs(index->sq8_offset_[j]) < 1e18f) || !(index->sq8_scale_[j] > 0) ||
+            !(index->sq8_scale_[j] < 1e16f))  // bounded so folded queries and sums stay finite
+          bad("sq8 parameters out of range (scales must be positive, values below 1e18)");
+    }
     index->sq8_trained_ = trained != 0;
   }
+
+  // Stored vectors: finite (a NaN distance would break the ordering every search and sort relies on),
+  // f32 ones also small enough that distances cannot overflow.
+  for (std::size_t s = 0; s < n; ++s) {
+    const unsigned char* v = index->vec(static_cast<Slot>(s));
+    if (index->storage_ == HnswStorage::F32)
+      check_loaded_rows(reinterpret_cast<const float*>(v), 1, d, origin, "HNSWIndex vectors");
+    else if (index->storage_ == HnswStorage::F16)
+      check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(v), d, origin, "HNSWIndex vectors");
+  }
+  if (index->storage_ == HnswStorage::SQ8)
+    check_loaded_rows(index->exact_.data(), n, d, origin, "HNSWIndex exact vectors");
 
   // Entry point.
   const Slot entry_slot = static_cast<Slot>(entry & 0xffffffffu);
@@ -1338,7 +1362,7 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
       index->free_slots_.push_back(static_cast<Slot>(s));
       continue;
     }
-    if (id < 0 || id >= index->next_id_ || index->slot_of_.contains(id)) bad("invalid or repeated id ", id);
+    if (!index->id_below_next(id) || index->slot_of_.contains(id)) bad("invalid or repeated id ", id);
     index->slot_of_.set(id, static_cast<idx_t>(s));
     ++index->live_;
   }

@@ -128,20 +128,29 @@ std::size_t IVFPQIndex::refine_bytes() const noexcept {
   return 0;
 }
 
+namespace {
+// Whether the d x d row-major matrix has orthonormal rows, R R^T = I within 1e-3 per entry (a rotation
+// must not change distances). Finite entries are checked first, so no product can overflow.
+bool is_orthonormal(const float* r, std::size_t d) {
+  for (std::size_t i = 0; i < d * d; ++i)
+    if (!std::isfinite(r[i])) return false;
+  const auto& K = simd::kernels();  // d^2 / 2 dot products: SIMD keeps a 1024-d check well under a second
+  for (std::size_t i = 0; i < d; ++i)
+    for (std::size_t j = i; j < d; ++j) {
+      const float s = K.dot(r + i * d, r + j * d, d);
+      if (!(std::fabs(s - (i == j ? 1.0f : 0.0f)) < 1e-3f)) return false;
+    }
+  return true;
+}
+}  // namespace
+
 void IVFPQIndex::set_rotation(const float* rotation) {
   std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   ANNFORGE_CHECK(!trained_, ErrorKind::State, "the rotation must be set before train()");
   const std::size_t d = dim_;
   for (std::size_t i = 0; i < d * d; ++i)
     ANNFORGE_CHECK(std::isfinite(rotation[i]), ErrorKind::Value, "rotation contains NaN or infinity");
-  // Orthonormal rows: R R^T = I (otherwise distances would change).
-  for (std::size_t i = 0; i < d; ++i)
-    for (std::size_t j = i; j < d; ++j) {
-      double s = 0;
-      for (std::size_t t = 0; t < d; ++t) s += static_cast<double>(rotation[i * d + t]) * rotation[j * d + t];
-      ANNFORGE_CHECK(std::fabs(s - (i == j ? 1.0 : 0.0)) < 1e-3, ErrorKind::Value,
-                     "rotation must be an orthonormal matrix");
-    }
+  ANNFORGE_CHECK(is_orthonormal(rotation, d), ErrorKind::Value, "rotation must be an orthonormal matrix");
   rotation_.assign(rotation, rotation + d * d);
 }
 
@@ -793,6 +802,8 @@ IVFPQIndex::Layout IVFPQIndex::layout() const {
 
 void IVFPQIndex::write(io::FileWriter& w) const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  // A file is an index ready to search: loading refuses untrained ones, so none is written.
+  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(nlist_))
@@ -845,6 +856,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   if (nlist < 1 || nlist > (std::uint64_t(1) << 24)) corrupt("nlist out of range");
   if (m < 1 || m > dim || dim % m != 0 || (nbits != 4 && nbits != 8)) corrupt("invalid product quantizer shape");
   if (refine > 3 || trained > 1 || has_rotation > 1 || residual > 1) corrupt("invalid flags");
+  if (!trained) corrupt("the index is not trained (only trained indexes are saved)");
 
   auto index = std::make_unique<IVFPQIndex>(dim, nlist, m, nbits, static_cast<Metric>(metric),
                                             static_cast<RefineKind>(refine), seed, residual == 1);
@@ -860,18 +872,27 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
     for (float v : out)
       if (!std::isfinite(v)) corrupt("non-finite parameter");
   };
-  if (has_rotation) floats(kTagRotation, d * d, index->rotation_);
-  if (!trained) return index;
+  if (has_rotation) {
+    floats(kTagRotation, d * d, index->rotation_);
+    if (!is_orthonormal(index->rotation_.data(), d)) corrupt("the OPQ rotation is not orthonormal");
+  }
 
   floats(kTagCentroids, nlist * d, index->centroids_);
+  check_loaded_rows(index->centroids_.data(), nlist, d, origin, "IVFPQIndex coarse centroids");
   std::vector<float> codebooks;
-  floats(kTagCodebooks, m * index->pq_.ksub() * (d / m), codebooks);
+  const std::size_t dsub = d / m;
+  floats(kTagCodebooks, m * index->pq_.ksub() * dsub, codebooks);
+  check_loaded_rows(codebooks.data(), m * index->pq_.ksub(), dsub, origin, "IVFPQIndex codebooks");
   index->pq_.set_codebooks(codebooks.data());
   if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
     std::vector<float> both;
     floats(kTagSq8, 2 * d, both);
     index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
     index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
+    for (std::size_t j = 0; j < d; ++j)
+      if (!(index->sq8_scale_[j] > 0.0f) || !(std::fabs(index->sq8_offset_[j]) < 1e18f) ||
+          !(index->sq8_scale_[j] < 1e16f))
+        corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
   }
 
   io::ByteReader sizes(reader->section(kTagListSizes), "IVFPQIndex list sizes");
@@ -891,6 +912,11 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
   if (codes.size != code_total) corrupt("code section size mismatch");
   if (refv.size != total * rb) corrupt("re-ranking section size mismatch");
+  if (refine == static_cast<std::uint8_t>(RefineKind::F32))
+    check_loaded_finite(reinterpret_cast<const float*>(refv.data), total * d, origin, "IVFPQIndex re-ranking vectors");
+  if (refine == static_cast<std::uint8_t>(RefineKind::F16))
+    check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(refv.data), total * d, origin,
+                            "IVFPQIndex re-ranking vectors");
 
   index->lists_.assign(nlist, InvertedList());
   index->where_.reserve(total);
@@ -904,7 +930,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
     for (std::size_t i = 0; i < sz; ++i) {
       idx_t id;
       std::memcpy(&id, id_ptr + i, sizeof id);
-      if (id < 0 || id >= index->next_id_ || index->where_.contains(id)) corrupt("invalid or repeated id");
+      if (!index->id_below_next(id) || index->where_.contains(id)) corrupt("invalid or repeated id");
       index->where_.set(id, pack_location(l, i));
     }
     if (mapped) {
@@ -935,6 +961,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
         for (std::size_t j = 0; j < m; ++j)
           code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
         const float term = index->norm_term(l, code.data());
+        if (!std::isfinite(term)) corrupt("a vector's norm term is not finite");
         L.norm_terms.push_back(term);
         lower_floor(L, i, term);
       }

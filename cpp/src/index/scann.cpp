@@ -789,6 +789,8 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 
 void ScaNNIndex::write(io::FileWriter& w) const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  // A file is an index ready to search: loading refuses untrained ones, so none is written.
+  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(num_leaves_))
@@ -838,12 +840,12 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
   if (dpb < 1 || dpb > dim || dim % dpb != 0) corrupt("invalid dims_per_block");
   if (!(std::isnan(threshold) || (std::isfinite(threshold) && threshold >= 0))) corrupt("invalid threshold");
   if (refine > 3 || trained > 1) corrupt("invalid flags");
+  if (!trained) corrupt("the index is not trained (only trained indexes are saved)");
 
   auto index = std::make_unique<ScaNNIndex>(dim, leaves, dpb, threshold, static_cast<Metric>(metric),
                                             static_cast<RefineKind>(refine), seed);
   io::ByteReader common(meta_bytes, "ScaNNIndex metadata");
   index->read_common(common);
-  if (!trained) return index;
   const std::size_t d = dim, m = dim / dpb;
   auto floats = [&](std::uint32_t tag, std::size_t count, std::vector<float>& out) {
     const io::Bytes b = reader->section(tag);
@@ -856,14 +858,20 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
       if (!std::isfinite(v)) corrupt("non-finite parameter");
   };
   floats(kTagCentres, leaves * d, index->centres_);
+  check_loaded_rows(index->centres_.data(), leaves, d, origin, "ScaNNIndex leaf centres");
   std::vector<float> books;
   floats(kTagCodebooks, m * kCentres * dpb, books);
+  check_loaded_rows(books.data(), m * kCentres, dpb, origin, "ScaNNIndex codebooks");
   index->pq_.set_codebooks(books.data());
   if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
     std::vector<float> both;
     floats(kTagSq8, 2 * d, both);
     index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
     index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
+    for (std::size_t j = 0; j < d; ++j)
+      if (!(index->sq8_scale_[j] > 0.0f) || !(std::fabs(index->sq8_offset_[j]) < 1e18f) ||
+          !(index->sq8_scale_[j] < 1e16f))
+        corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
   }
 
   io::ByteReader sizes(reader->section(kTagLeafSizes), "ScaNNIndex leaf sizes");
@@ -883,6 +891,11 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
   if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
   if (codes.size != code_total) corrupt("code section size mismatch");
   if (refv.size != total * rb) corrupt("reorder section size mismatch");
+  if (refine == static_cast<std::uint8_t>(RefineKind::F32))
+    check_loaded_finite(reinterpret_cast<const float*>(refv.data), total * d, origin, "ScaNNIndex reorder vectors");
+  if (refine == static_cast<std::uint8_t>(RefineKind::F16))
+    check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(refv.data), total * d, origin,
+                            "ScaNNIndex reorder vectors");
 
   index->leaves_.assign(leaves, Leaf());
   index->where_.reserve(total);
@@ -896,7 +909,7 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
     for (std::size_t i = 0; i < sz; ++i) {
       idx_t id;
       std::memcpy(&id, id_ptr + i, sizeof id);
-      if (id < 0 || id >= index->next_id_ || index->where_.contains(id)) corrupt("invalid or repeated id");
+      if (!index->id_below_next(id) || index->where_.contains(id)) corrupt("invalid or repeated id");
       index->where_.set(id, pack_location(l, i));
     }
     if (mapped) {
@@ -925,7 +938,9 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
       L.norm_terms.reserve(L.size());
       for (std::size_t i = 0; i < L.size(); ++i) {
         for (std::size_t j = 0; j < m; ++j) code[j] = codec::pq4::get_code(L.codes.data(), m, i, j);
-        L.norm_terms.push_back(index->norm_term(l, code.data()));
+        const float term = index->norm_term(l, code.data());
+        if (!std::isfinite(term)) corrupt("a vector's norm term is not finite");
+        L.norm_terms.push_back(term);
       }
     }
   }

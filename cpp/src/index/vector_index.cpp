@@ -51,9 +51,37 @@ void VectorIndex::check_finite(const float* x, std::size_t n, std::size_t dim, c
   }
 }
 
-void VectorIndex::check_k(std::size_t k) {
+void VectorIndex::check_k(long long k) {
   ANNFORGE_CHECK(k >= 1, ErrorKind::Value, "k must be >= 1, got ", k);
-  ANNFORGE_CHECK(k <= (1u << 24), ErrorKind::Value, "k must be <= 16777216, got ", k);
+  ANNFORGE_CHECK(k <= kMaxK, ErrorKind::Value, "k must be <= ", kMaxK, ", got ", k);
+}
+
+void VectorIndex::check_loaded_finite(const float* x, std::size_t n, const std::string& origin, const char* what) {
+  constexpr std::size_t kBlock = 1024;  // as check_finite: x*0 sums to NaN only when a value is NaN or inf
+  for (std::size_t start = 0; start < n; start += kBlock) {
+    const std::size_t end = start + kBlock < n ? start + kBlock : n;
+    float acc = 0.0f;
+    for (std::size_t i = start; i < end; ++i) acc += x[i] * 0.0f;
+    if (acc != acc) fail(ErrorKind::IO, origin, ": corrupted ", what, ": holds NaN or infinity");
+  }
+}
+
+void VectorIndex::check_loaded_finite_f16(const std::uint16_t* x, std::size_t n, const std::string& origin,
+                                          const char* what) {
+  std::uint16_t all_ones = 0;  // exponent bits all set means inf or NaN
+  for (std::size_t i = 0; i < n; ++i) all_ones |= static_cast<std::uint16_t>((x[i] & 0x7c00u) == 0x7c00u);
+  if (all_ones) fail(ErrorKind::IO, origin, ": corrupted ", what, ": holds NaN or infinity");
+}
+
+void VectorIndex::check_loaded_rows(const float* rows, std::size_t n, std::size_t dim, const std::string& origin,
+                                    const char* what) {
+  check_loaded_finite(rows, n * dim, origin, what);
+  const auto& K = simd::kernels();
+  for (std::size_t i = 0; i < n; ++i) {
+    const float sq = K.dot(rows + i * dim, rows + i * dim, dim);
+    if (!(sq <= kMaxLoadedSqNorm))
+      fail(ErrorKind::IO, origin, ": corrupted ", what, ": row ", i, " has a squared norm above 1e37");
+  }
 }
 
 void VectorIndex::prepare_rows(const float* x, std::size_t n, std::vector<float>& out) const {
@@ -81,13 +109,19 @@ void VectorIndex::assign_ids(const idx_t* ids, std::size_t n, idx_t* out_ids) {
     validate_new_ids(ids, n);
     for (std::size_t i = 0; i < n; ++i) {
       out_ids[i] = ids[i];
-      if (ids[i] >= next_id_) next_id_ = ids[i] + 1;
+      // ids[i] <= 2^63 - 1, so the unsigned next id (at most 2^63) cannot overflow.
+      const auto next = static_cast<std::uint64_t>(ids[i]) + 1;
+      if (next > next_id_) next_id_ = next;
     }
   } else {
-    ANNFORGE_CHECK(next_id_ <= std::numeric_limits<idx_t>::max() - static_cast<idx_t>(n), ErrorKind::Value,
-                   "automatic ids would overflow int64");
-    for (std::size_t i = 0; i < n; ++i) out_ids[i] = next_id_ + static_cast<idx_t>(i);
-    next_id_ += static_cast<idx_t>(n);
+    // Automatic ids next_id_ .. next_id_ + n - 1 must all be <= 2^63 - 1. Checked before anything
+    // changes, so a refused call leaves the index as it was.
+    constexpr auto kIdLimit = static_cast<std::uint64_t>(std::numeric_limits<idx_t>::max()) + 1;  // 2^63
+    ANNFORGE_CHECK(n <= kIdLimit - next_id_, ErrorKind::Value, "cannot assign ", n,
+                   " automatic id(s): the index already used id ", next_id_ - 1, " and ids must fit in int64 (max ",
+                   std::numeric_limits<idx_t>::max(), "); pass explicit ids below that");
+    for (std::size_t i = 0; i < n; ++i) out_ids[i] = static_cast<idx_t>(next_id_ + i);
+    next_id_ += n;
   }
 }
 
@@ -98,10 +132,10 @@ void VectorIndex::write_common(io::ByteWriter& w) const {
 void VectorIndex::read_common(io::ByteReader& r) {
   const auto dim = r.read<std::uint64_t>();
   const auto metric = r.read<std::uint8_t>();
-  const auto next = r.read<idx_t>();
+  const auto next = r.read<std::uint64_t>();  // at most 2^63: see next_id_
   if (dim < 1 || dim > (1u << 20)) r.corrupt("dimension out of range");
   if (metric > 2) r.corrupt("unknown metric code");
-  if (next < 0) r.corrupt("negative next id");
+  if (next > static_cast<std::uint64_t>(std::numeric_limits<idx_t>::max()) + 1) r.corrupt("next id out of range");
   dim_ = static_cast<std::size_t>(dim);
   metric_ = static_cast<Metric>(metric);
   next_id_ = next;

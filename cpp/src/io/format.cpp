@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 
@@ -9,7 +10,9 @@
 #include <io.h>
 #include <process.h>
 #else
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -44,6 +47,48 @@ std::size_t align_up(std::size_t x) { return (x + kAlignment - 1) / kAlignment *
 }
 
 }  // namespace
+
+#if !defined(_WIN32)
+namespace {
+void remove_stale_temporaries_or_throw(const std::string& path) {
+  // A save killed half-way leaves `<path>.tmp-<pid>`; once that process is gone nothing will ever
+  // rename or remove it. A live pid (even a reused one) keeps its file: it may be a save in progress.
+  std::string dir = ".", base = path;
+  const auto slash = path.find_last_of('/');
+  if (slash != std::string::npos) {
+    dir = slash == 0 ? "/" : path.substr(0, slash);
+    base = path.substr(slash + 1);
+  }
+  if (base.empty()) return;
+  const std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  if (!d) return;
+  const std::string prefix = base + ".tmp-";
+  const pid_t self = getpid();
+  while (const dirent* e = ::readdir(d.get())) {
+    const char* name = e->d_name;
+    if (std::strncmp(name, prefix.c_str(), prefix.size()) != 0) continue;
+    const char* digits = name + prefix.size();
+    const std::size_t len = std::strlen(digits);
+    if (len == 0 || len > 9 || std::strspn(digits, "0123456789") != len) continue;
+    const long pid = std::strtol(digits, nullptr, 10);
+    if (pid <= 0 || pid == self) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+    (void)::unlink((dir + "/" + name).c_str());
+  }
+}
+}  // namespace
+#endif
+
+void remove_stale_temporaries(const std::string& path) noexcept {
+#if !defined(_WIN32)
+  try {
+    remove_stale_temporaries_or_throw(path);
+  } catch (...) {  // out of memory for a file name: the files stay for a later call
+  }
+#else
+  (void)path;
+#endif
+}
 
 const char* kind_name(std::uint32_t kind) {
   switch (static_cast<Kind>(kind)) {
@@ -190,6 +235,7 @@ std::vector<unsigned char> FileWriter::to_bytes() const {
 }
 
 void FileWriter::write_file(const std::string& path) const {
+  remove_stale_temporaries(path);
 #if defined(_WIN32)
   const std::string tmp = path + ".tmp-" + std::to_string(_getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -247,6 +293,7 @@ void FileWriter::write_file(const std::string& path) const {
 std::shared_ptr<FileReader> FileReader::open(const std::string& path, bool mmap) {
   std::shared_ptr<FileReader> r(new FileReader());
   r->origin_ = path;
+  remove_stale_temporaries(path);
 #if !defined(_WIN32)
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) io_fail(path, std::string("cannot open: ") + std::strerror(errno));

@@ -50,7 +50,8 @@ class PackedCentroids {
   // For each of the n points (rows of x, stride ldx floats), the m nearest centroids, nearest first:
   // labels[i*m + r] and score[i*m + r]. With `inner_product` false the score is the squared L2
   // distance; with it true the score is -<x, c> (so "smaller is closer" either way). Ties go to the
-  // lower centroid index; rows with m > k are padded with label -1 and score +inf.
+  // lower centroid index; rows with m > k are padded with label -1 and score +inf. With m = 1 every
+  // point gets a valid label: centroid 0 at score +inf when no score was finite (overflow or NaN).
   void nearest(const float* x, std::size_t n, std::size_t ldx, std::size_t m, bool inner_product, int num_threads,
                std::int32_t* labels, float* score) const;
 

@@ -73,22 +73,42 @@ class VectorIndex {
   void save(const std::string& path) const;
   std::vector<unsigned char> to_bytes() const;
 
+  // The k every search accepts, in [1, kMaxK] (ValueError otherwise). Public so that callers can check
+  // k before they allocate the nq x k output.
+  static constexpr long long kMaxK = 1 << 24;
+  static void check_k(long long k);
+
  protected:
   // Shared input checks (ValueError with the argument named): finite values.
   static void check_finite(const float* x, std::size_t n, std::size_t dim, const char* what);
-  static void check_k(std::size_t k);
   // Copies rows into `out`, normalising them for the cosine metric (zero rows stay zero).
   void prepare_rows(const float* x, std::size_t n, std::vector<float>& out) const;
   // Distances as users see them, from a raw inner product (ip/cosine: 1 - <q,x>).
   // Ids for add(): validated given ids, or consecutive new ones; advances next_id_.
   void assign_ids(const idx_t* ids, std::size_t n, idx_t* out_ids);
+  // Loader checks of values a file provides (OSError "<origin>: corrupted <what>: ..."): stored vectors
+  // must be finite, and centres / code words small enough (squared norm <= kMaxLoadedSqNorm) that the
+  // sums of norms and dot products a search forms from them cannot overflow to inf or NaN.
+  static constexpr float kMaxLoadedSqNorm = 1.0e37f;  // FLT_MAX / 34
+  static void check_loaded_finite(const float* x, std::size_t n, const std::string& origin, const char* what);
+  static void check_loaded_finite_f16(const std::uint16_t* x, std::size_t n, const std::string& origin,
+                                      const char* what);
+  static void check_loaded_rows(const float* rows, std::size_t n, std::size_t dim, const std::string& origin,
+                                const char* what);
   // The metadata every family writes first and reads back (dim, metric, next id).
   void write_common(io::ByteWriter& w) const;
   void read_common(io::ByteReader& r);
+  // Whether `id` is one this index could have handed out or been given (0 <= id < next id): loaders
+  // refuse stored ids that are not.
+  bool id_below_next(idx_t id) const noexcept {
+    return id >= 0 && static_cast<std::uint64_t>(id) < next_id_;
+  }
 
   std::size_t dim_;
   Metric metric_;
-  idx_t next_id_ = 0;
+  // One past the largest id used so far, in [0, 2^63]: 2^63 once id 2^63 - 1 was used, after which
+  // no automatic id is left (an int64 could not hold that value).
+  std::uint64_t next_id_ = 0;
 };
 
 }  // namespace annforge

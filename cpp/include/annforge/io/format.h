@@ -200,6 +200,10 @@ class ByteWriter {
   std::vector<unsigned char> bytes_;
 };
 
+// Deletes `<path>.tmp-<pid>` files whose process no longer exists (left by a save that was killed);
+// saving and opening a path both call it. Never throws: a file it cannot remove stays.
+void remove_stale_temporaries(const std::string& path) noexcept;
+
 // The kind stored in a file's header, after full verification (OSError on any problem).
 std::uint32_t file_kind(const std::string& path);
 
