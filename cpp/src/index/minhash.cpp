@@ -5,50 +5,11 @@
 #include <limits>
 
 #include "annforge/parallel/executor.h"
-#include "annforge/simd/kernels.h"
-
-#include "../simd/minhash_perm.inc"
 
 namespace annforge::minhash {
 
-void permute_mersenne_baseline(const std::uint64_t* hv, std::size_t n, const std::uint64_t* a_hi,
-                               const std::uint64_t* a_lo, const std::uint64_t* b, std::size_t num_perm,
-                               std::uint64_t* sig) {
-  permute_mersenne_body(hv, n, a_hi, a_lo, b, num_perm, sig);
-}
-
-void cminhash_baseline(const std::uint32_t* u, std::size_t n, const std::uint32_t* shift, std::size_t num_perm,
-                       std::uint32_t* sig) {
-  cminhash_body(u, n, shift, num_perm, sig);
-}
-
-CMinHashFn cminhash_kernel() {
-  switch (simd::kernels().level) {
-#if defined(ANNFORGE_HAVE_AVX512)
-    case simd::Level::AVX512: return &cminhash_avx512;
-#endif
-#if defined(ANNFORGE_HAVE_AVX2)
-    case simd::Level::AVX2: return &cminhash_avx2;
-#endif
-    default: return &cminhash_baseline;
-  }
-}
-
 std::uint32_t cminhash_position(std::uint64_t token_hash) noexcept {
-  return static_cast<std::uint32_t>(token_hash) * kCMinHashM1;
-}
-
-PermuteFn permute_mersenne_kernel() {
-  // Follows the kernel table's active level, so ANNFORGE_SIMD / set_simd_level lower this one too.
-  switch (simd::kernels().level) {
-#if defined(ANNFORGE_HAVE_AVX512)
-    case simd::Level::AVX512: return &permute_mersenne_avx512;
-#endif
-#if defined(ANNFORGE_HAVE_AVX2)
-    case simd::Level::AVX2: return &permute_mersenne_avx2;
-#endif
-    default: return &permute_mersenne_baseline;
-  }
+  return static_cast<std::uint32_t>(token_hash) * simd::kCMinHashM1;
 }
 
 namespace {
@@ -152,7 +113,7 @@ MinHasher::MinHasher(std::size_t num_perm, std::uint64_t seed, HashFunc hash, Sc
     ANNFORGE_CHECK(hash == HashFunc::XXH64, ErrorKind::Value, "scheme='cminhash' needs hashfunc='xxh64'");
     ANNFORGE_CHECK(a_.empty() && b_.empty(), ErrorKind::Value, "scheme='cminhash' takes no permutation parameters");
     shift_.resize(num_perm);
-    for (std::size_t j = 0; j < num_perm; ++j) shift_[j] = static_cast<std::uint32_t>(j) * kCMinHashM1;
+    for (std::size_t j = 0; j < num_perm; ++j) shift_[j] = static_cast<std::uint32_t>(j) * simd::kCMinHashM1;
     return;
   }
   if (scheme == Scheme::Mersenne61) {

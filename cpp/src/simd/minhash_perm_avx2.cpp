@@ -2,12 +2,13 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "annforge/index/minhash.h"
+#include "annforge/simd/minhash_kernels.h"
 
+namespace annforge::simd {
 #if defined(ANNFORGE_HAVE_AVX2)
 #include "minhash_perm.inc"
 
-namespace annforge::minhash {
+namespace {
 void permute_mersenne_avx2(const std::uint64_t* hv, std::size_t n, const std::uint64_t* a_hi,
                            const std::uint64_t* a_lo, const std::uint64_t* b, std::size_t num_perm,
                            std::uint64_t* sig) {
@@ -17,5 +18,11 @@ void cminhash_avx2(const std::uint32_t* u, std::size_t n, const std::uint32_t* s
                   std::uint32_t* sig) {
   cminhash_body(u, n, shift, num_perm, sig);
 }
-}  // namespace annforge::minhash
+const MinHashKernels kTable = {&permute_mersenne_avx2, &cminhash_avx2};
+}  // namespace
+
+const MinHashKernels* minhash_kernels_avx2() { return &kTable; }
+#else
+const MinHashKernels* minhash_kernels_avx2() { return nullptr; }
 #endif
+}  // namespace annforge::simd

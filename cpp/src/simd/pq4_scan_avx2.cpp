@@ -1,6 +1,6 @@
 // 4-bit fast-scan accumulation with AVX2: two sub-quantizers per 256-bit register (one per 128-bit
 // lane, as _mm256_shuffle_epi8 looks up within lanes), 16-bit accumulators, lanes summed at the end.
-#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/simd/pq4_kernels.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -63,15 +63,15 @@ void below_avx2(const std::uint16_t* acc, std::size_t nblocks, const std::uint16
 
 }  // namespace
 
-codec::pq4::ScanFn pq4_scan_avx2() { return &scan_avx2; }
-codec::pq4::BelowFn pq4_below_avx2() { return &below_avx2; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx2() { return &scan_multi_avx2; }
+Pq4ScanFn pq4_scan_avx2() { return &scan_avx2; }
+Pq4BelowFn pq4_below_avx2() { return &below_avx2; }
+Pq4ScanMultiFn pq4_scan_multi_avx2() { return &scan_multi_avx2; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
-codec::pq4::ScanFn pq4_scan_avx2() { return nullptr; }
-codec::pq4::BelowFn pq4_below_avx2() { return nullptr; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx2() { return nullptr; }
+Pq4ScanFn pq4_scan_avx2() { return nullptr; }
+Pq4BelowFn pq4_below_avx2() { return nullptr; }
+Pq4ScanMultiFn pq4_scan_multi_avx2() { return nullptr; }
 }  // namespace annforge::simd
 #endif

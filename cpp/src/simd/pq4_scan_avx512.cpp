@@ -1,6 +1,6 @@
 // 4-bit fast-scan accumulation with AVX-512BW: four sub-quantizers per 512-bit register (one per
 // 128-bit lane), a 256-bit step for a trailing pair, 16-bit accumulators, lanes summed at the end.
-#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/simd/pq4_kernels.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -99,21 +99,21 @@ void below_avx512(const std::uint16_t* acc, std::size_t nblocks, const std::uint
                                                                   _mm512_set1_epi16(static_cast<short>(bounds[b]))));
 }
 
-const codec::pq4::LutKernels kLutKernels = {&lut_min_max, &lut_encode};
+const Pq4LutKernels kLutKernels = {&lut_min_max, &lut_encode};
 
 }  // namespace
 
-codec::pq4::ScanFn pq4_scan_avx512() { return &scan_avx512; }
-codec::pq4::BelowFn pq4_below_avx512() { return &below_avx512; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512() { return &scan_multi_avx512; }
-const codec::pq4::LutKernels* pq4_lut_avx512() { return &kLutKernels; }
+Pq4ScanFn pq4_scan_avx512() { return &scan_avx512; }
+Pq4BelowFn pq4_below_avx512() { return &below_avx512; }
+Pq4ScanMultiFn pq4_scan_multi_avx512() { return &scan_multi_avx512; }
+const Pq4LutKernels* pq4_lut_avx512() { return &kLutKernels; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
-codec::pq4::ScanFn pq4_scan_avx512() { return nullptr; }
-codec::pq4::BelowFn pq4_below_avx512() { return nullptr; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512() { return nullptr; }
-const codec::pq4::LutKernels* pq4_lut_avx512() { return nullptr; }
+Pq4ScanFn pq4_scan_avx512() { return nullptr; }
+Pq4BelowFn pq4_below_avx512() { return nullptr; }
+Pq4ScanMultiFn pq4_scan_multi_avx512() { return nullptr; }
+const Pq4LutKernels* pq4_lut_avx512() { return nullptr; }
 }  // namespace annforge::simd
 #endif

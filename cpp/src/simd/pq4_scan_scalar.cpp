@@ -1,5 +1,5 @@
 // 4-bit fast-scan accumulation, portable reference (see codec/pq4_fastscan.h for the block layout).
-#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/simd/pq4_kernels.h"
 
 namespace annforge::simd {
 namespace {
@@ -33,7 +33,7 @@ void below_scalar(const std::uint16_t* acc, std::size_t nblocks, const std::uint
 
 }  // namespace
 
-codec::pq4::ScanFn pq4_scan_scalar() { return &scan_scalar; }
-codec::pq4::BelowFn pq4_below_scalar() { return &below_scalar; }
+Pq4ScanFn pq4_scan_scalar() { return &scan_scalar; }
+Pq4BelowFn pq4_below_scalar() { return &below_scalar; }
 
 }  // namespace annforge::simd

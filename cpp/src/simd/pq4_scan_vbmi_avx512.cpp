@@ -7,7 +7,7 @@
 // [sub-quantizer][vector] to [vector][sub-quantizer]: the four looked-up bytes of one vector are then
 // adjacent and one vpdpbusd (x 1) adds them into that vector's 32-bit sum. 8 instead of 11 vector
 // operations per 128 looked-up codes; the sums are the same integers as the scalar kernel's.
-#include "annforge/codec/pq4_fastscan.h"
+#include "annforge/simd/pq4_kernels.h"
 
 #if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || \
     (defined(_MSC_VER) && defined(__AVX512BW__))
@@ -82,7 +82,7 @@ void scan_vbmi(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padd
   }
 }
 
-// Several queries' tables against one list (codec/pq4_fastscan.h, ScanMultiFn): the transposed
+// Several queries' tables against one list (simd/pq4_kernels.h, Pq4ScanMultiFn): the transposed
 // indices of each 64-byte row of codes are built once and looked up in every table, so per query
 // and row only two vpermb and two vpdpbusd remain.
 template <std::size_t G>
@@ -137,13 +137,13 @@ void scan_multi_vbmi(const std::uint8_t* blocks, std::size_t nblocks, std::size_
 
 }  // namespace
 
-codec::pq4::ScanFn pq4_scan_avx512vbmi() { return &scan_vbmi; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512vbmi() { return &scan_multi_vbmi; }
+Pq4ScanFn pq4_scan_avx512vbmi() { return &scan_vbmi; }
+Pq4ScanMultiFn pq4_scan_multi_avx512vbmi() { return &scan_multi_vbmi; }
 
 }  // namespace annforge::simd
 #else
 namespace annforge::simd {
-codec::pq4::ScanFn pq4_scan_avx512vbmi() { return nullptr; }
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512vbmi() { return nullptr; }
+Pq4ScanFn pq4_scan_avx512vbmi() { return nullptr; }
+Pq4ScanMultiFn pq4_scan_multi_avx512vbmi() { return nullptr; }
 }  // namespace annforge::simd
 #endif

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "annforge/simd/kernels.h"
+#include "annforge/simd/pq4_kernels.h"
 
 namespace annforge::codec::pq4 {
 
@@ -46,65 +47,32 @@ struct QuantizedLut {
   std::vector<float> mins, maxs;  // scratch (per-table offsets and maxima)
 };
 // Vectorised pieces of quantize_lut (they give the same bits as the portable loops).
-struct LutKernels {
-  // mins[j], maxs[j] of table j (16 floats each), j < m.
-  void (*min_max)(const float* lut, std::size_t m, float* mins, float* maxs);
-  // out[j*16+c] = truncate(min(255, (lut[j*16+c] - mins[j]) * scale + 0.5)), no fused multiply-add.
-  void (*encode)(const float* lut, std::size_t m, const float* mins, float scale, std::uint8_t* out);
-};
+using LutKernels = simd::Pq4LutKernels;
 // `kernels` may be null (portable loops); search code passes lut_kernels() once per call.
 void quantize_lut(const float* lut, std::size_t m, QuantizedLut& out, const LutKernels* kernels = nullptr);
+// The kernels, their signatures (simd/pq4_kernels.h) and their selection (simd/dispatch.cpp) live in
+// simd/; these names are the codec's view of them.
+using ScanFn = simd::Pq4ScanFn;            // one table: out[b * 32 + i] = sum_j table[j*16 + code_j(b, i)]
+using ScanMultiFn = simd::Pq4ScanMultiFn;  // the same sums for several tables while the codes are in L1
+using BelowFn = simd::Pq4BelowFn;          // masks[b] bit i = acc[b * 32 + i] < bounds[b]
+
 // The LUT kernels for scan_level(), or null when that level has none.
-const LutKernels* lut_kernels();
-
-// out[b * 32 + i] = sum_j table[j * 16 + code_j(block b, vector i)]  for b < nblocks.
-using ScanFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
-                        const std::uint8_t* table, std::uint16_t* out);
-
-// The same sums for several look-up tables at once: outs[t][b * 32 + i] for table t < ntables (any
-// number). The list-major search scans a list for a group of queries while its codes are in L1.
-using ScanMultiFn = void (*)(const std::uint8_t* blocks, std::size_t nblocks, std::size_t padded_m,
-                             const std::uint8_t* const* tables, std::size_t ntables, std::uint16_t* const* outs);
-
-// masks[b] bit i = (acc[b * 32 + i] < bounds[b]) for b < nblocks: which 16-bit sums of block b can
-// still enter a result heap (the search then computes float distances for those only).
-using BelowFn = void (*)(const std::uint16_t* acc, std::size_t nblocks, const std::uint16_t* bounds,
-                         std::uint32_t* masks);
-
+inline const LutKernels* lut_kernels() { return simd::pq4_lut_kernels(); }
 // The scan kernel for the active level (see scan_level()).
-ScanFn scan_kernel();
+inline ScanFn scan_kernel() { return simd::pq4_scan_kernel(); }
 // The threshold-mask kernel of the same level.
-BelowFn below_kernel();
-// The kernel for a level, or nullptr when it is not compiled in or this CPU cannot run it.
-ScanFn scan_kernel_for(simd::Level level);
-// The level scan_kernel() uses: the active kernel level (simd::kernels().level) capped to what this
-// CPU runs; while the build has no vector float kernels (detected_level() == Scalar) it follows the
-// CPU's own best level, lowered by ANNFORGE_SIMD. set_scan_level_override() pins it (tests).
-simd::Level scan_level();
-// -1 clears the override.
-void set_scan_level_override(int level);
-// At the AVX-512 level a second kernel serves CPUs with VBMI + VNNI: the same sums with fewer
-// operations (cpp/src/simd/pq4_scan_vbmi_avx512.cpp). scan_kernel() takes it whenever it can run.
-bool vbmi_scan_available();  // compiled in, and this CPU runs it
-bool vbmi_scan_active();     // scan_kernel() returns it now
-// Tests: 0 keeps scan_kernel() on the plain AVX-512 kernel, 1 or -1 (the default) allows VBMI.
-void set_vbmi_scan_override(int allow);
+inline BelowFn below_kernel() { return simd::pq4_below_kernel(); }
 // The several-tables kernel of the active level, or null where it has none (scalar).
-ScanMultiFn scan_multi_kernel();
+inline ScanMultiFn scan_multi_kernel() { return simd::pq4_scan_multi_kernel(); }
+// The kernel for a level, or nullptr when it is not compiled in or this CPU cannot run it.
+inline ScanFn scan_kernel_for(simd::Level level) { return simd::pq4_scan_kernel_for(level); }
+// The level scan_kernel() uses (simd::pq4_scan_level()); set_scan_level_override() pins it (tests),
+// -1 clears the override.
+inline simd::Level scan_level() { return simd::pq4_scan_level(); }
+inline void set_scan_level_override(int level) { simd::set_pq4_scan_level_override(level); }
+// The AVX-512 VBMI + VNNI variant (see simd/pq4_kernels.h).
+inline bool vbmi_scan_available() { return simd::pq4_vbmi_scan_available(); }
+inline bool vbmi_scan_active() { return simd::pq4_vbmi_scan_active(); }
+inline void set_vbmi_scan_override(int allow) { simd::set_pq4_vbmi_scan_override(allow); }
 
 }  // namespace annforge::codec::pq4
-
-namespace annforge::simd {
-// Implemented in cpp/src/simd/pq4_scan_{scalar,avx2,avx512}.cpp; nullptr when not compiled in.
-codec::pq4::ScanFn pq4_scan_scalar();
-codec::pq4::ScanFn pq4_scan_avx2();
-codec::pq4::ScanFn pq4_scan_avx512();
-codec::pq4::ScanFn pq4_scan_avx512vbmi();  // AVX-512 VBMI + VNNI; nullptr when not compiled in
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512vbmi();
-codec::pq4::ScanMultiFn pq4_scan_multi_avx2();    // nullptr when not compiled in
-codec::pq4::ScanMultiFn pq4_scan_multi_avx512();  // nullptr when not compiled in
-codec::pq4::BelowFn pq4_below_scalar();
-codec::pq4::BelowFn pq4_below_avx2();  // nullptr when not compiled in
-codec::pq4::BelowFn pq4_below_avx512();
-const codec::pq4::LutKernels* pq4_lut_avx512();
-}  // namespace annforge::simd

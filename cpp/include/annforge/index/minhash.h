@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "annforge/common.h"
+#include "annforge/simd/minhash_kernels.h"
 
 namespace annforge::minhash {
 
@@ -124,26 +125,13 @@ class MinHasher {
 // Fraction of equal positions (the estimator for both methods).
 double jaccard(const std::uint64_t* x, const std::uint64_t* y, std::size_t n) noexcept;
 
-// Kernel: sig[j] = min(sig[j], (a_j * h + b_j) mod (2^61-1)) for every h in hv; h must be < 2^61 - 1.
-// One copy per SIMD level (same plain loop, compiled with different flags), picked at run time.
-using PermuteFn = void (*)(const std::uint64_t* hv, std::size_t n, const std::uint64_t* a_hi,
-                           const std::uint64_t* a_lo, const std::uint64_t* b, std::size_t num_perm,
-                           std::uint64_t* sig);
-PermuteFn permute_mersenne_kernel();
-void permute_mersenne_baseline(const std::uint64_t*, std::size_t, const std::uint64_t*, const std::uint64_t*,
-                               const std::uint64_t*, std::size_t, std::uint64_t*);
-void permute_mersenne_avx2(const std::uint64_t*, std::size_t, const std::uint64_t*, const std::uint64_t*,
-                           const std::uint64_t*, std::size_t, std::uint64_t*);
-void permute_mersenne_avx512(const std::uint64_t*, std::size_t, const std::uint64_t*, const std::uint64_t*,
-                             const std::uint64_t*, std::size_t, std::uint64_t*);
-
-// Kernel: sig[j] = min(sig[j], pi(u + shift[j])) for every u (C-MinHash; see minhash_perm.inc).
-using CMinHashFn = void (*)(const std::uint32_t* u, std::size_t n, const std::uint32_t* shift, std::size_t num_perm,
-                            std::uint32_t* sig);
-CMinHashFn cminhash_kernel();
-void cminhash_baseline(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
-void cminhash_avx2(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
-void cminhash_avx512(const std::uint32_t*, std::size_t, const std::uint32_t*, std::size_t, std::uint32_t*);
+// The permutation kernels (one copy per SIMD level in simd/, picked by simd/dispatch.cpp from the
+// active level): sig[j] = min(sig[j], (a_j * h + b_j) mod (2^61-1)) for every h in hv, h < 2^61 - 1;
+// and C-MinHash's sig[j] = min(sig[j], pi(u + shift[j])) for every u.
+using PermuteFn = simd::MinHashPermuteFn;
+using CMinHashFn = simd::CMinHashFn;
+inline PermuteFn permute_mersenne_kernel() { return simd::minhash_kernels().permute_mersenne; }
+inline CMinHashFn cminhash_kernel() { return simd::minhash_kernels().cminhash; }
 // C-MinHash's sigma(token) * M1 from a token's 64-bit hash (the kernel's input).
 std::uint32_t cminhash_position(std::uint64_t token_hash) noexcept;
 
