@@ -3,7 +3,7 @@
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/codec/pq4_fastscan.h"
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/index/ivfpq.h"
 #include "annforge/parallel/executor.h"
 #include "bind_index.h"

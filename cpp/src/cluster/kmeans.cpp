@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "annforge/common.h"
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 
 namespace annforge::cluster {

@@ -5,7 +5,7 @@
 #include <limits>
 #include <mutex>
 
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 

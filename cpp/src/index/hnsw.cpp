@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/prefetch.h"

@@ -9,7 +9,7 @@
 
 #include "annforge/codec/pq4_fastscan.h"
 #include "annforge/index/list_major.h"
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/prefetch.h"

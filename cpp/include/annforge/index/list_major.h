@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "annforge/codec/pq4_fastscan.h"
-#include "annforge/index/topk.h"
+#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 
 namespace annforge {

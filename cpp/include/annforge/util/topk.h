@@ -1,4 +1,5 @@
-// Bounded "k smallest" selection shared by the index families.
+// Bounded "k smallest" selection shared by the index families and k-means (util/: no dependency on
+// any layer, so every layer may use it).
 #pragma once
 
 #include <algorithm>
