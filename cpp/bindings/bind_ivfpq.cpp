@@ -3,9 +3,9 @@
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/codec/pq4_fastscan.h"
-#include "annforge/util/topk.h"
 #include "annforge/index/ivfpq.h"
 #include "annforge/parallel/executor.h"
+#include "annforge/util/topk.h"
 #include "bind_index.h"
 
 #include <cmath>

@@ -5,8 +5,8 @@
 #include <limits>
 
 #include "annforge/common.h"
-#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
+#include "annforge/util/topk.h"
 
 namespace annforge::cluster {
 

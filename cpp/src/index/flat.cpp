@@ -5,9 +5,9 @@
 #include <limits>
 #include <mutex>
 
-#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
+#include "annforge/util/topk.h"
 
 namespace annforge {
 

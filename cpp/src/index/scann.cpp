@@ -8,9 +8,9 @@
 
 #include "annforge/codec/pq4_fastscan.h"
 #include "annforge/index/list_major.h"
-#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
+#include "annforge/util/topk.h"
 
 namespace annforge {
 

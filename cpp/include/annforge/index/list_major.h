@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "annforge/codec/pq4_fastscan.h"
-#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
+#include "annforge/util/topk.h"
 
 namespace annforge {
 
