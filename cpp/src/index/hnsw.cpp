@@ -5,10 +5,11 @@
 #include <cstring>
 #include <limits>
 
-#include "annforge/util/topk.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/prefetch.h"
+#include "annforge/util/splitmix64.h"
+#include "annforge/util/topk.h"
 
 namespace annforge {
 
@@ -38,12 +39,7 @@ inline std::uint32_t load_acquire(const std::uint32_t* p) {
 }
 inline void store_release(std::uint32_t* p, std::uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
-inline std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+using util::splitmix64;
 
 // Where the vector starts in a level-0 record and the record's size, for `links_bytes` of links ahead
 // of `code_bytes` of stored vector. Vectors of a cache line or more start on a cache line (the records

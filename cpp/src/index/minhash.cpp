@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "annforge/parallel/executor.h"
+#include "annforge/util/splitmix64.h"
 
 namespace annforge::minhash {
 
@@ -16,13 +17,6 @@ namespace {
 
 constexpr std::uint64_t kEmpty64 = std::numeric_limits<std::uint64_t>::max();
 constexpr std::uint64_t kEmpty32 = 0xffffffffu;
-
-inline std::uint64_t splitmix64(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 inline std::uint64_t mod_mersenne61(std::uint64_t h) {
   h = (h & kMersenne61) + (h >> 61);
@@ -122,8 +116,8 @@ MinHasher::MinHasher(std::size_t num_perm, std::uint64_t seed, HashFunc hash, Sc
       a_.resize(num_perm);
       b_.resize(num_perm);
       for (std::size_t j = 0; j < num_perm; ++j) {
-        a_[j] = 1 + splitmix64(state) % (kMersenne61 - 1);
-        b_[j] = splitmix64(state) % kMersenne61;
+        a_[j] = 1 + util::splitmix64_next(state) % (kMersenne61 - 1);
+        b_[j] = util::splitmix64_next(state) % kMersenne61;
       }
     }
     for (std::size_t j = 0; j < a_.size(); ++j)
@@ -232,7 +226,7 @@ void MinHasher::densify(std::uint64_t* sig) const {
     std::uint64_t state = seed_ * 0x9E3779B97F4A7C15ULL + i;
     std::size_t src = k;
     for (std::size_t attempt = 0; attempt < 64 * k; ++attempt) {
-      const std::size_t j = static_cast<std::size_t>(((splitmix64(state) >> 32) * k) >> 32);
+      const std::size_t j = static_cast<std::size_t>(((util::splitmix64_next(state) >> 32) * k) >> 32);
       if (filled[j]) {
         src = j;
         break;

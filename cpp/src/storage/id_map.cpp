@@ -2,21 +2,12 @@
 
 #include <algorithm>
 
+#include "annforge/util/splitmix64.h"
+
 namespace annforge {
 
-namespace {
-inline std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64 finaliser: sequential ids spread out
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-}  // namespace
-
 std::size_t IdMap::bucket(idx_t id) const noexcept {
-  return static_cast<std::size_t>(mix(static_cast<std::uint64_t>(id))) & (keys_.size() - 1);
+  return static_cast<std::size_t>(util::splitmix64_mix(static_cast<std::uint64_t>(id))) & (keys_.size() - 1);
 }
 
 idx_t IdMap::find(idx_t id) const noexcept {

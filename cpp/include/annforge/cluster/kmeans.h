@@ -13,26 +13,12 @@
 
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/aligned_buffer.h"
+#include "annforge/util/splitmix64.h"
 
 namespace annforge::cluster {
 
-// Small, fast, portable PRNG (identical streams on every platform, unlike std:: distributions).
-class SplitMix64 {
- public:
-  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n) (n > 0); the modulo bias is negligible for n << 2^64.
-  std::uint64_t below(std::uint64_t n) { return next() % n; }
-  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
-
- private:
-  std::uint64_t state_;
-};
+// The seeded generator of k-means++ and sampling (util/splitmix64.h).
+using util::SplitMix64;
 
 // A fixed set of centroids, packed once for the many-to-many kernel, answering "which m centroids are
 // nearest" for batches of points. Remembers the kernel table it was packed with (panel sizes differ
