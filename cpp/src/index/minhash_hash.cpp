@@ -3,54 +3,22 @@
 #include <cstring>
 
 #include "annforge/index/minhash.h"
+#include "annforge/util/xxh64.h"
 
 namespace annforge::minhash {
 namespace {
 
-constexpr std::uint64_t P1 = 0x9E3779B185EBCA87ULL;
-constexpr std::uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
-constexpr std::uint64_t P3 = 0x165667B19E3779F9ULL;
-constexpr std::uint64_t P4 = 0x85EBCA77C2B2AE63ULL;
-constexpr std::uint64_t P5 = 0x27D4EB2F165667C5ULL;
+// XXH64's primes, lane step and final mix are shared with the file checksum (util/xxh64.h).
+constexpr std::uint64_t P1 = util::kXxh64Prime1;
+constexpr std::uint64_t P2 = util::kXxh64Prime2;
+constexpr std::uint64_t P3 = util::kXxh64Prime3;
+constexpr std::uint64_t P4 = util::kXxh64Prime4;
+constexpr std::uint64_t P5 = util::kXxh64Prime5;
+using util::rotl64;
 
-inline std::uint64_t rotl64(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 inline std::uint32_t rotl32(std::uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
-
-// Little-endian loads regardless of the host: one memcpy load on little-endian hosts (the byte-assembly
-// loop was not folded into one load by GCC and cost a third of the token hash), bytes assembled elsewhere.
-#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ || \
-    defined(_MSC_VER)
-inline std::uint64_t load64(const unsigned char* p) {
-  std::uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-inline std::uint32_t load32(const unsigned char* p) {
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-#else
-inline std::uint64_t load64(const unsigned char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-inline std::uint32_t load32(const unsigned char* p) {
-  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) |
-         (std::uint32_t(p[3]) << 24);
-}
-#endif
-
-inline std::uint64_t xxh_round(std::uint64_t acc, std::uint64_t input) {
-  acc += input * P2;
-  acc = rotl64(acc, 31);
-  return acc * P1;
-}
-inline std::uint64_t xxh_merge(std::uint64_t acc, std::uint64_t val) {
-  acc ^= xxh_round(0, val);
-  return acc * P1 + P4;
-}
+inline std::uint64_t load64(const unsigned char* p) { return util::load64_le(p); }
+inline std::uint32_t load32(const unsigned char* p) { return util::load32_le(p); }
 
 inline std::uint32_t load32_be(const unsigned char* p) {
   return (std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) | (std::uint32_t(p[2]) << 8) |
@@ -148,23 +116,23 @@ std::uint64_t hash64(const void* data, std::size_t n, std::uint64_t seed) noexce
     std::uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
     const unsigned char* limit = end - 32;
     do {
-      v1 = xxh_round(v1, load64(p));
-      v2 = xxh_round(v2, load64(p + 8));
-      v3 = xxh_round(v3, load64(p + 16));
-      v4 = xxh_round(v4, load64(p + 24));
+      v1 = util::xxh64_round(v1, load64(p));
+      v2 = util::xxh64_round(v2, load64(p + 8));
+      v3 = util::xxh64_round(v3, load64(p + 16));
+      v4 = util::xxh64_round(v4, load64(p + 24));
       p += 32;
     } while (p <= limit);
     h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
-    h = xxh_merge(h, v1);
-    h = xxh_merge(h, v2);
-    h = xxh_merge(h, v3);
-    h = xxh_merge(h, v4);
+    h = util::xxh64_merge_round(h, v1);
+    h = util::xxh64_merge_round(h, v2);
+    h = util::xxh64_merge_round(h, v3);
+    h = util::xxh64_merge_round(h, v4);
   } else {
     h = seed + P5;
   }
   h += static_cast<std::uint64_t>(n);
   while (end - p >= 8) {
-    h ^= xxh_round(0, load64(p));
+    h ^= util::xxh64_round(0, load64(p));
     h = rotl64(h, 27) * P1 + P4;
     p += 8;
   }
@@ -178,12 +146,7 @@ std::uint64_t hash64(const void* data, std::size_t n, std::uint64_t seed) noexce
     h = rotl64(h, 11) * P1;
     ++p;
   }
-  h ^= h >> 33;
-  h *= P2;
-  h ^= h >> 29;
-  h *= P3;
-  h ^= h >> 32;
-  return h;
+  return util::xxh64_avalanche(h);
 }
 
 void sha1(const void* data, std::size_t n, unsigned char digest[20]) noexcept {

@@ -18,6 +18,8 @@
 #include <unistd.h>
 #endif
 
+#include "annforge/util/xxh64.h"
+
 namespace annforge::io {
 
 namespace {
@@ -28,17 +30,13 @@ constexpr std::size_t kHeaderSize = 64;
 constexpr std::size_t kEntrySize = 32;  // tag u32, reserved u32, offset u64, length u64, checksum u64
 constexpr std::uint32_t kMaxSections = 1024;
 
-constexpr std::uint64_t P1 = 0x9E3779B185EBCA87ULL;
-constexpr std::uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
-constexpr std::uint64_t P3 = 0x165667B19E3779F9ULL;
-
-inline std::uint64_t rotl(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-inline std::uint64_t load64(const unsigned char* p) {
-  std::uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;  // little-endian hosts only (checked by the byte-order mark on load)
-}
-inline std::uint64_t lane_round(std::uint64_t acc, std::uint64_t in) { return rotl(acc + in * P2, 31) * P1; }
+// The checksum is built on XXH64's lane step and final mix (util/xxh64.h); see Checksum::digest.
+constexpr std::uint64_t P1 = util::kXxh64Prime1;
+constexpr std::uint64_t P2 = util::kXxh64Prime2;
+constexpr std::uint64_t P3 = util::kXxh64Prime3;
+using util::rotl64;
+// Payload words are read little-endian, as the format stores them.
+inline std::uint64_t load64(const unsigned char* p) { return util::load64_le(p); }
 
 std::size_t align_up(std::size_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
 
@@ -124,15 +122,15 @@ void Checksum::update(const void* data, std::size_t n) {
     p += take;
     n -= take;
     if (pending_size_ < 32) return;
-    for (int i = 0; i < 4; ++i) lanes_[i] = lane_round(lanes_[i], load64(pending_ + 8 * i));
+    for (int i = 0; i < 4; ++i) lanes_[i] = util::xxh64_round(lanes_[i], load64(pending_ + 8 * i));
     pending_size_ = 0;
   }
   std::uint64_t a = lanes_[0], b = lanes_[1], c = lanes_[2], d = lanes_[3];
   for (; n >= 32; p += 32, n -= 32) {
-    a = lane_round(a, load64(p));
-    b = lane_round(b, load64(p + 8));
-    c = lane_round(c, load64(p + 16));
-    d = lane_round(d, load64(p + 24));
+    a = util::xxh64_round(a, load64(p));
+    b = util::xxh64_round(b, load64(p + 8));
+    c = util::xxh64_round(c, load64(p + 16));
+    d = util::xxh64_round(d, load64(p + 24));
   }
   lanes_[0] = a, lanes_[1] = b, lanes_[2] = c, lanes_[3] = d;
   std::memcpy(pending_, p, n);
@@ -140,15 +138,10 @@ void Checksum::update(const void* data, std::size_t n) {
 }
 
 std::uint64_t Checksum::digest() const {
-  std::uint64_t h = rotl(lanes_[0], 1) + rotl(lanes_[1], 7) + rotl(lanes_[2], 12) + rotl(lanes_[3], 18);
+  std::uint64_t h = rotl64(lanes_[0], 1) + rotl64(lanes_[1], 7) + rotl64(lanes_[2], 12) + rotl64(lanes_[3], 18);
   h ^= total_ * P3;
-  for (std::size_t i = 0; i < pending_size_; ++i) h = rotl(h ^ (pending_[i] * P1), 11) * P2;
-  h ^= h >> 33;
-  h *= P2;
-  h ^= h >> 29;
-  h *= P3;
-  h ^= h >> 32;
-  return h;
+  for (std::size_t i = 0; i < pending_size_; ++i) h = rotl64(h ^ (pending_[i] * P1), 11) * P2;
+  return util::xxh64_avalanche(h);
 }
 
 std::uint64_t checksum(const void* data, std::size_t n) {
