@@ -1,4 +1,5 @@
-// The MinHash permutation loops (Mersenne-61 and C-MinHash) compiled for AVX-512 (this file alone gets -mavx512f -mavx512dq -mavx512vl).
+// The MinHash permutation loops (Mersenne-61 and C-MinHash) compiled for AVX-512 (this file alone gets
+// -mavx512f -mavx512dq -mavx512vl).
 #include <cstddef>
 #include <cstdint>
 

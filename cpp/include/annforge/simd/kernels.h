@@ -5,6 +5,10 @@
 // ANNFORGE_SIMD environment variable (which can only lower the level). Kernels take a batch (one query
 // against many rows, or a block of queries against a packed block of rows) so that dispatch costs one
 // indirect call per batch, not per element.
+//
+// dispatch.cpp is the only place that reads the CPU's features and ANNFORGE_SIMD; it also selects the
+// 4-bit fast-scan kernels (simd/pq4_kernels.h) and the MinHash permutation kernels
+// (simd/minhash_kernels.h).
 #pragma once
 
 #include <cstddef>
