@@ -8,7 +8,7 @@ Compares, with the same nlist and code size:
   (plus annforge nbits=8 + f32 and nbits=4 without re-ranking, for the picture)
 Each library runs in its own process; every setting is timed after a warm-up, fastest of --repeats.
 
-    python bench/bench_ivfpq.py --data ~/.cache/annforge-dev/debian-minilm --nlist 256 --out bench_ivfpq.json
+    python bench/bench_ivfpq.py --data ~/.cache/annforge-dev/debian-minilm --nlist 256 --out bench/results/ivfpq.json
 """
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def main() -> None:
                     "substrings, e.g. --configs x4fs  (quick runs while iterating)")
     ap.add_argument("--nprobes", type=int, nargs="+", help=f"nprobe values to sweep (default {NPROBES})")
     ap.add_argument("--rfs", type=int, nargs="+", help=f"refine factors to sweep (default {REFINE_FACTORS})")
-    ap.add_argument("--out", default="bench_ivfpq.json")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ivfpq.json"),
+                    help="results as JSON (default bench/results/ivfpq.json; per-round parts are written beside it)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate the two library processes this many times and keep each setting's "
                          "fastest round; with 2 or more the summary says how far the rounds agree")

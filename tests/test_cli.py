@@ -30,6 +30,20 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def test_bench_without_rich_says_which_extra_to_install() -> None:
+    # rich is in the bench extra only; `annforge bench` without it is a one-line error, not a traceback
+    hide_rich = ("import sys; sys.modules['rich'] = None; from annforge.cli import main; "
+                 "sys.exit(main(['bench', '--quick', '--algos', 'annforge-flat']))")
+    proc = subprocess.run([sys.executable, "-c", hide_rich], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert 'pip install "annforge[bench]"' in proc.stderr and "rich" in proc.stderr
+    # listing the libraries needs no drawing
+    hide_rich = hide_rich.replace("'--quick', '--algos', 'annforge-flat'", "'--list'")
+    listed = subprocess.run([sys.executable, "-c", hide_rich], capture_output=True, text=True, env=_env(), timeout=120)
+    assert listed.returncode == 0 and "annforge-flat" in listed.stdout, listed.stderr
+
+
 def test_help_lists_commands_and_options() -> None:
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr

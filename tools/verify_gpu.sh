@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 JOBS=${JOBS:-$(nproc)}
 PKG="$ROOT/build/gpu/pkg"
 STAMP=$(date -u +%Y-%m-%d)
-RESULTS="$ROOT/bench/results/results_gpu_${STAMP}.txt"
+RESULTS="$ROOT/bench/results/gpu_${STAMP}.txt"
 start=$(date +%s)
 elapsed() { echo "[verify_gpu] $(( $(date +%s) - start )) s: $*"; }
 

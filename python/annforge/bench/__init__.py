@@ -496,6 +496,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, spec in {**REGISTRY, **MINHASH_REGISTRY}.items():
             print(f"{name:20s} {'available' if spec['available']() else 'not installed'}")
         return 0
+    try:  # the one optional dependency every bench path draws with; annforge itself does not need it
+        import rich  # noqa: F401
+    except ImportError:
+        return _fail('rich is not installed (it comes with the bench extra): pip install "annforge[bench]"')
     try:
         s = _settings(args)
     except FileNotFoundError as exc:
