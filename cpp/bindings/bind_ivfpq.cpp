@@ -83,13 +83,10 @@ void bind_kmeans(py::module_& m) {
         const auto d = static_cast<std::size_t>(arr.shape(1));
         MatrixView v = as_matrix(x, d, "x");
         codec::ProductQuantizer pq(d, m_sub, nbits);
-        std::vector<float> recon(v.rows * d);
+        std::vector<float> recon;
         {
           py::gil_scoped_release release;
-          pq.train(v.data, v.rows, seed, num_threads);
-          std::vector<std::uint8_t> codes(v.rows * m_sub);
-          pq.encode(v.data, v.rows, codes.data(), num_threads);
-          for (std::size_t i = 0; i < v.rows; ++i) pq.decode(codes.data() + i * m_sub, recon.data() + i * d);
+          recon = pq.fit_reconstruct(v.data, v.rows, seed, num_threads);
         }
         py::array_t<float> cb({static_cast<py::ssize_t>(m_sub), static_cast<py::ssize_t>(pq.ksub()),
                                static_cast<py::ssize_t>(pq.dsub())});
