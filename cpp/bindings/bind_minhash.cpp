@@ -336,9 +336,8 @@ void bind_minhash(py::module_& m) {
   });
   m.def("optimal_bands_rows", &optimal_bands_rows, py::arg("threshold"), py::arg("num_perm"), py::arg("fp_weight"),
         py::arg("fn_weight"));
-  m.def("permute_level_check", [](const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& hv,
-                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& a,
-                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& b) {
+  py::module_ testing = testing_module(m);
+  testing.def("permute_level_check", [](const SigArray& hv, const SigArray& a, const SigArray& b) {
     // Test hook: the active kernel on raw (already reduced) hashes, from an all-ones start.
     const auto k = static_cast<std::size_t>(a.size());
     std::vector<std::uint64_t> hi(k), lo(k);
