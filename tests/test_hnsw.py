@@ -273,7 +273,7 @@ def _index_bytes() -> bytes:
 @pytest.mark.errors
 def test_consistent_checksum_but_bad_graph_is_refused(tag: str, word: int, value: int, message: str) -> None:
     data = _index_bytes()
-    patched = _core._hnsw_patch_u32_for_tests(data, tag, word, value)
+    patched = _core._testing._hnsw_patch_u32_for_tests(data, tag, word, value)
     with pytest.raises(OSError, match=message):
         af.HNSWIndex.from_bytes(patched)
     # The hook itself keeps a file valid when the value is unchanged.
@@ -288,7 +288,7 @@ def test_bad_graph_in_legacy_layout_is_refused(word: int, value: int, message: s
     with open(path, "rb") as f:
         data = f.read()
     with pytest.raises(OSError, match=message):
-        af.HNSWIndex.from_bytes(_core._hnsw_patch_u32_for_tests(data, "REC0", word, value))
+        af.HNSWIndex.from_bytes(_core._testing._hnsw_patch_u32_for_tests(data, "REC0", word, value))
 
 
 @pytest.mark.sanitize
@@ -300,7 +300,7 @@ def test_corrupted_links_fuzz_never_crashes() -> None:
         tag = ["REC0", "UPPR", "LVLS"][int(rng.integers(3))]
         word = int(rng.integers(0, 40 if tag != "REC0" else 200 * record_words))
         try:
-            patched = _core._hnsw_patch_u32_for_tests(data, tag, word, int(rng.integers(0, 2**32)))
+            patched = _core._testing._hnsw_patch_u32_for_tests(data, tag, word, int(rng.integers(0, 2**32)))
         except ValueError:
             continue
         try:

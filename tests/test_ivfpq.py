@@ -432,14 +432,14 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
     try:
         for level in _core._pq4_scan_levels():
             _core._set_pq4_scan_level(level)
-            acc = _core._pq4_scan_raw(blocks, pm, table)
+            acc = _core._testing._pq4_scan_raw(blocks, pm, table)
             np.testing.assert_array_equal(acc, expected, err_msg=level)
             # The several-tables kernel (list-major search), where the level has one: 1..6 tables,
             # this one among random others, each with its own sums.
             others = rng.integers(0, 256, size=(5, pm * 16), dtype=np.uint8)
             for n in range(1, 7):
                 tables = np.vstack([table[None], others])[:n]
-                multi = _core._pq4_scan_multi_raw(blocks, pm, tables)
+                multi = _core._testing._pq4_scan_multi_raw(blocks, pm, tables)
                 if multi is None:
                     break
                 for t_i in range(n):
@@ -450,7 +450,7 @@ def test_fast_scan_kernels_match_numpy(pm: int, nblocks: int, seed: int, saturat
             for bound in bounds + [None]:  # None: a different bound per block
                 per_block = (rng.integers(0, 2**16, size=nblocks) if bound is None
                              else np.full(nblocks, bound)).astype(np.uint16)
-                masks = _core._pq4_below_raw(acc, per_block)
+                masks = _core._testing._pq4_below_raw(acc, per_block)
                 bits = ((acc.reshape(-1, 32) < per_block[:, None]).astype(np.uint64)
                         << np.arange(32, dtype=np.uint64))
                 np.testing.assert_array_equal(masks, bits.sum(axis=1).astype(np.uint32), err_msg=f"{level} {bound}")
@@ -469,7 +469,7 @@ def test_kth_smallest_matches_numpy(n: int, distinct: int, seed: int, data) -> N
     rng = np.random.default_rng(seed)
     values = rng.integers(0, distinct, size=n).astype(np.float32) * np.float32(0.37)
     k = data.draw(st.integers(0, n - 1))
-    assert _core._kth_smallest(values, k) == np.partition(values, k)[k]
+    assert _core._testing._kth_smallest(values, k) == np.partition(values, k)[k]
 
 
 @pytest.mark.sanitize
@@ -481,7 +481,7 @@ def test_topk_buffer_keeps_the_k_best_with_ties_by_label(n: int, k: int, distinc
     rng = np.random.default_rng(seed)
     dist = rng.integers(0, distinct, size=n).astype(np.float32)
     labels = rng.permutation(n).astype(np.int64) * 7
-    got_d, got_l = _core._topk_buffer(dist, labels, k)
+    got_d, got_l = _core._testing._topk_buffer(dist, labels, k)
     order = np.lexsort((labels, dist))[:k]
     np.testing.assert_array_equal(got_d, dist[order])
     np.testing.assert_array_equal(got_l, labels[order])

@@ -1,6 +1,6 @@
 """Distance kernels at every SIMD level this machine runs, against float64 NumPy references.
 
-Each kernel is called through the private ``_core._kernel*`` hooks, which (with ``guard=True``) copy
+Each kernel is called through the private ``_core._testing._kernel*`` hooks, which (with ``guard=True``) copy
 every input and output into buffers that end at an inaccessible page, so a kernel that reads or
 writes one element past its data crashes the test. Dimensions cover vector-width tails (1, 3, 17, 97)
 and the multi-block paths (384, 1000); row/query counts cover the 4-row groups and the GEMM micro-tile
@@ -58,6 +58,16 @@ def ref_dot(q: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p.sum(-1), np.abs(p).sum(-1)
 
 
+def test_test_hooks_live_only_in_the_testing_submodule():
+    """The production module carries no test hook; ``_core._testing`` holds them all."""
+    hooks = ["_kernel", "_kernel_dot_packed", "_kernel_panel_rows", "_hnsw_patch_u32_for_tests",
+             "permute_level_check", "_scann_loss", "_scann_encode", "_pq4_scan_raw", "_pq4_scan_multi_raw",
+             "_kth_smallest", "_topk_buffer", "_pq4_below_raw"]
+    assert [h for h in hooks if hasattr(_core, h)] == []
+    assert [h for h in hooks if not callable(getattr(_core._testing, h, None))] == []
+    assert _core._testing.__name__ == "annforge._core._testing"
+
+
 def test_levels_include_scalar_and_detected():
     assert "scalar" in LEVELS
     assert _core.detected_simd_level() in LEVELS
@@ -76,8 +86,8 @@ def test_f32_pairs_and_rows(level: str, d: int):
         x = rand(rng, n, d) * np.float32(3)
         for name, ref in (("l2_sqr", ref_l2), ("dot", ref_dot)):
             want, mag = ref(q, x)
-            assert_close(_core._kernel(level, name, q, x[0]), want[0], mag[0])
-            got = _core._kernel(level, name + "_rows", q, x)
+            assert_close(_core._testing._kernel(level, name, q, x[0]), want[0], mag[0])
+            got = _core._testing._kernel(level, name + "_rows", q, x)
             assert got.shape == (n,)
             assert_close(got, want, mag)
 
@@ -93,7 +103,7 @@ def test_f32_unaligned_inputs(level: str):
     assert q.ctypes.data % 8 == 4
     for name, ref in (("l2_sqr", ref_l2), ("dot", ref_dot)):
         want, mag = ref(q, x)
-        assert_close(_core._kernel(level, name + "_rows", q, x, guard=False), want, mag)
+        assert_close(_core._testing._kernel(level, name + "_rows", q, x, guard=False), want, mag)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -101,10 +111,10 @@ def test_f32_large_magnitudes_and_zero(level: str):
     d = 1000
     q = np.zeros(d, np.float32)
     x = np.zeros((5, d), np.float32)
-    assert _core._kernel(level, "dot", q, x[0]) == 0.0
-    assert np.all(_core._kernel(level, "l2_sqr_rows", q, x) == 0.0)
+    assert _core._testing._kernel(level, "dot", q, x[0]) == 0.0
+    assert np.all(_core._testing._kernel(level, "l2_sqr_rows", q, x) == 0.0)
     x[:, -1] = 1e18  # a single last (tail) element must not be dropped
-    assert np.allclose(_core._kernel(level, "l2_sqr_rows", q, x), 1e36, rtol=1e-6)
+    assert np.allclose(_core._testing._kernel(level, "l2_sqr_rows", q, x), 1e36, rtol=1e-6)
 
 
 # --- packed many-to-many ------------------------------------------------------------------------------
@@ -116,12 +126,12 @@ GEMM_SHAPES = [(1, 1), (1, 33), (5, 5), (5, 257), (33, 17), (33, 257), (257, 1),
 @pytest.mark.parametrize("d", DIMS)
 def test_pack_rows_layout(level: str, d: int):
     rng = np.random.default_rng(d + 1)
-    R = _core._kernel_panel_rows(level)
+    R = _core._testing._kernel_panel_rows(level)
     for n in (1, R - 1, R, R + 3, 2 * R + 5):
         if n < 1:
             continue
         x = rand(rng, n, d)
-        got = _core._kernel(level, "pack_rows", x)
+        got = _core._testing._kernel(level, "pack_rows", x)
         panels = -(-n // R)
         assert got.shape == (panels * R * d,)
         padded = np.zeros((panels * R, d), np.float32)
@@ -139,7 +149,7 @@ def test_dot_packed(level: str, d: int):
             continue  # the reference level is slow; its loop has no tiles to get wrong
         q = rand(rng, nq, d)
         x = rand(rng, n, d)
-        got = _core._kernel_dot_packed(level, q, x, d, n)
+        got = _core._testing._kernel_dot_packed(level, q, x, d, n)
         prod = q.astype(np.float64)[:, None, :] * x.astype(np.float64)[None, :, :]
         assert got.shape == (nq, n)
         assert_close(got, prod.sum(-1), np.abs(prod).sum(-1))
@@ -153,7 +163,7 @@ def test_dot_packed_strides(level: str):
         q_wide = rand(rng, nq, d + 5)
         x = rand(rng, n, d)
         ldo = n + 11
-        got = _core._kernel_dot_packed(level, q_wide, x, d, ldo)
+        got = _core._testing._kernel_dot_packed(level, q_wide, x, d, ldo)
         prod = q_wide[:, :d].astype(np.float64)[:, None, :] * x.astype(np.float64)[None, :, :]
         assert_close(got[:, :n], prod.sum(-1), np.abs(prod).sum(-1))
         assert np.all(got[:, n:] == FILL)
@@ -166,7 +176,7 @@ def test_dot_packed_exact_on_small_integers(level: str):
     nq, n, d = 37, 71, 300
     q = rng.integers(-8, 9, (nq, d)).astype(np.float32)
     x = rng.integers(-8, 9, (n, d)).astype(np.float32)
-    got = _core._kernel_dot_packed(level, q, x, d, n)
+    got = _core._testing._kernel_dot_packed(level, q, x, d, n)
     np.testing.assert_array_equal(got, (q.astype(np.int64) @ x.astype(np.int64).T).astype(np.float32))
 
 
@@ -188,8 +198,8 @@ def test_f16_kernels(level: str, d: int):
         xd = h.view(np.float16).astype(np.float64)
         for name, ref in (("l2_sqr_f16", ref_l2), ("dot_f16", ref_dot)):
             want, mag = ref(q, xd)
-            assert_close(_core._kernel(level, name, q, h[0]), want[0], mag[0])
-            assert_close(_core._kernel(level, name + "_rows", q, h), want, mag)
+            assert_close(_core._testing._kernel(level, name, q, h[0]), want[0], mag[0])
+            assert_close(_core._testing._kernel(level, name + "_rows", q, h), want, mag)
 
 
 def special_f32() -> np.ndarray:
@@ -210,14 +220,14 @@ def special_f32() -> np.ndarray:
 def test_f32_to_f16_bit_exact(level: str):
     x = special_f32()
     for n in (len(x), 1, 7, 15, 17):  # lengths that leave every tail size
-        got = _core._kernel(level, "f32_to_f16", x[:n])
-        ref = _core._kernel("scalar", "f32_to_f16", x[:n])
+        got = _core._testing._kernel(level, "f32_to_f16", x[:n])
+        ref = _core._testing._kernel("scalar", "f32_to_f16", x[:n])
         np.testing.assert_array_equal(got, ref)
     finite_or_inf = ~np.isnan(x)
     with np.errstate(over="ignore"):  # NumPy's own rounding is the reference for everything but NaN
-        np.testing.assert_array_equal(_core._kernel(level, "f32_to_f16", x)[finite_or_inf],
+        np.testing.assert_array_equal(_core._testing._kernel(level, "f32_to_f16", x)[finite_or_inf],
                                       f16_bits(x[finite_or_inf]))
-    nan_out = _core._kernel(level, "f32_to_f16", x[~finite_or_inf])
+    nan_out = _core._testing._kernel(level, "f32_to_f16", x[~finite_or_inf])
     assert np.all((nan_out & 0x7FFF) == 0x7E00)  # quiet NaN, sign kept
     np.testing.assert_array_equal(nan_out >> 15, (x[~finite_or_inf].view(np.uint32) >> 31).astype(np.uint16))
 
@@ -225,12 +235,13 @@ def test_f32_to_f16_bit_exact(level: str):
 @pytest.mark.parametrize("level", LEVELS)
 def test_f16_to_f32_all_patterns(level: str):
     h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    got = _core._kernel(level, "f16_to_f32", h)
-    np.testing.assert_array_equal(got.view(np.uint32), _core._kernel("scalar", "f16_to_f32", h).view(np.uint32))
+    got = _core._testing._kernel(level, "f16_to_f32", h)
+    want = _core._testing._kernel("scalar", "f16_to_f32", h)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     not_nan = (h & 0x7FFF) <= 0x7C00
     np.testing.assert_array_equal(got[not_nan], h[not_nan].view(np.float16).astype(np.float32))
     for n in (1, 7, 9, 23):
-        np.testing.assert_array_equal(_core._kernel(level, "f16_to_f32", h[-n:]), got[-n:])
+        np.testing.assert_array_equal(_core._testing._kernel(level, "f16_to_f32", h[-n:]), got[-n:])
 
 
 # --- sq8 ----------------------------------------------------------------------------------------------
@@ -248,11 +259,11 @@ def test_sq8_kernels(level: str, d: int):
         t = q.astype(np.float64) - xhat
         want = (t * t).sum(-1)
         mag = ((np.abs(q.astype(np.float64)) + np.abs(xhat)) ** 2).sum(-1)
-        assert_close(_core._kernel(level, "l2_sqr_sq8", q, codes[0], scale), want[0], mag[0])
-        assert_close(_core._kernel(level, "l2_sqr_sq8_rows", q, codes, scale), want, mag)
+        assert_close(_core._testing._kernel(level, "l2_sqr_sq8", q, codes[0], scale), want[0], mag[0])
+        assert_close(_core._testing._kernel(level, "l2_sqr_sq8_rows", q, codes, scale), want, mag)
         p = q.astype(np.float64) * codes.astype(np.float64)
-        assert_close(_core._kernel(level, "dot_u8", q, codes[0]), p[0].sum(), np.abs(p[0]).sum())
-        assert_close(_core._kernel(level, "dot_u8_rows", q, codes), p.sum(-1), np.abs(p).sum(-1))
+        assert_close(_core._testing._kernel(level, "dot_u8", q, codes[0]), p[0].sum(), np.abs(p[0]).sum())
+        assert_close(_core._testing._kernel(level, "dot_u8_rows", q, codes), p.sum(-1), np.abs(p).sum(-1))
 
 
 # --- selection ----------------------------------------------------------------------------------------
@@ -266,12 +277,12 @@ def test_indices_at_least(level: str):
         if n > 3:
             x[2] = np.nan  # never selected
         for bound in (-np.inf, -0.5, 0.0, 1.0, 2.5, np.inf, np.nan):
-            got = _core._kernel(level, "indices_at_least", x, np.array([bound], np.float32))
+            got = _core._testing._kernel(level, "indices_at_least", x, np.array([bound], np.float32))
             with np.errstate(invalid="ignore"):
                 want = np.flatnonzero(x >= np.float32(bound))
             np.testing.assert_array_equal(got, want, err_msg=f"n={n} bound={bound}")
     x = np.arange(100, dtype=np.float32)
-    np.testing.assert_array_equal(_core._kernel(level, "indices_at_least", x, np.array([42.0], np.float32)),
+    np.testing.assert_array_equal(_core._testing._kernel(level, "indices_at_least", x, np.array([42.0], np.float32)),
                                   np.arange(42, 100))
 
 
@@ -289,7 +300,7 @@ def test_set_simd_level_switches_and_rejects():
         with pytest.raises(ValueError):
             af.set_simd_level(level)
     with pytest.raises(ValueError):
-        _core._kernel("scalar", "no_such_kernel", np.zeros(3, np.float32))
+        _core._testing._kernel("scalar", "no_such_kernel", np.zeros(3, np.float32))
 
 
 def _level_in_subprocess(env_value: str | None) -> str:

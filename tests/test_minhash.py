@@ -45,7 +45,7 @@ def test_permutation_kernel_exact():
     a = rng.integers(1, p, 40, dtype=np.uint64)
     b = rng.integers(0, p, 40, dtype=np.uint64)
     hv = np.concatenate([rng.integers(0, p, 30, dtype=np.uint64), np.array([0, p - 1], dtype=np.uint64)])
-    got = af._core.permute_level_check(hv, a, b)
+    got = af._core._testing.permute_level_check(hv, a, b)
     assert [int(x) for x in got] == [min((int(x) * int(h) + int(y)) % p for h in hv) for x, y in zip(a, b)]
 
 
@@ -563,3 +563,15 @@ def test_dedup_streams_chunks_and_equals_the_steps_by_hand():
         af.dedup(docs, chunk_size=0)
     with pytest.raises(TypeError):
         af.dedup("just one string")
+
+
+def test_connected_groups_label_is_smallest_row_and_checks_pairs():
+    """The union-find grouping (cluster/union_find.h) through its binding: chains merge, labels are minima."""
+    first = np.array([4, 2, 7, 1], dtype=np.int64)
+    second = np.array([2, 0, 5, 1], dtype=np.int64)
+    labels = af._core.connected_groups(8, first, second)
+    np.testing.assert_array_equal(labels, [0, 1, 0, 3, 0, 5, 6, 5])
+    with pytest.raises(ValueError, match="out of range"):
+        af._core.connected_groups(3, np.array([0], dtype=np.int64), np.array([3], dtype=np.int64))
+    with pytest.raises(ValueError, match="differ in length"):
+        af._core.connected_groups(3, np.array([0, 1], dtype=np.int64), np.array([1], dtype=np.int64))

@@ -77,9 +77,10 @@ def test_loss_matches_reference() -> None:
     x = rng.standard_normal((50, 12)).astype(np.float32)
     xq = (x + 0.3 * rng.standard_normal((50, 12))).astype(np.float32)
     for eta in (0.5, 1.0, 7.0):
-        np.testing.assert_allclose(_core._scann_loss(x, xq, eta), np_loss(x, xq, eta), rtol=1e-9)
+        np.testing.assert_allclose(_core._testing._scann_loss(x, xq, eta), np_loss(x, xq, eta), rtol=1e-9)
     # eta = 1 is the plain squared error.
-    np.testing.assert_allclose(_core._scann_loss(x, xq, 1.0), ((x - xq).astype(np.float64) ** 2).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(_core._testing._scann_loss(x, xq, 1.0), ((x - xq).astype(np.float64) ** 2).sum(1),
+                               rtol=1e-6)
 
 
 def test_coordinate_descent_against_exhaustive_search() -> None:
@@ -102,7 +103,7 @@ def test_coordinate_descent_against_exhaustive_search() -> None:
 
         nearest = np.array([np.argmin(((books[j] - r[j * dpb:(j + 1) * dpb]) ** 2).sum(1)) for j in range(m)],
                            dtype=np.uint8)
-        codes = _core._scann_encode(books, r, x, alpha, 10, nearest)
+        codes = _core._testing._scann_encode(books, r, x, alpha, 10, nearest)
         got = loss(codes)
         best = min(loss(c) for c in itertools.product(range(16), repeat=m))
         assert got <= loss(nearest) + 1e-9  # never worse than the isotropic start
@@ -420,6 +421,6 @@ def test_coordinate_descent_never_increases_the_loss(m: int, dpb: int, threshold
         e = r.astype(np.float64) - books[np.arange(m), codes].reshape(-1)
         return float(e @ e + alpha * (e @ x) ** 2)
 
-    codes = _core._scann_encode(books, r, x, alpha, 8, start)
+    codes = _core._testing._scann_encode(books, r, x, alpha, 8, start)
     assert codes.dtype == np.uint8 and codes.max() < 16
     assert loss(codes) <= loss(start) * (1 + 1e-5) + 1e-5

@@ -32,6 +32,10 @@ IdArray as_ids(const py::handle& obj, std::size_t n, const char* what);
 
 void register_errors(py::module_& m);
 
+// `annforge._core._testing`: hooks that exist only for the test suite (one kernel at a chosen level, raw
+// fast-scan blocks, file patching). module.cpp creates it before any part registers into it.
+inline py::module_ testing_module(py::module_& m) { return m.attr("_testing").cast<py::module_>(); }
+
 }  // namespace annforge::py_bindings
 
 namespace annforge::cluster {
@@ -46,7 +50,7 @@ constexpr const char* kAcceleratorCapsule = "annforge.KMeansAccelerator";
 // None -> nullptr; a capsule of that name -> its accelerator; anything else -> TypeError.
 cluster::KMeansAccelerator* accelerator_from(const py::object& obj);
 void bind_kernels(py::module_& m);
-void bind_kernel_tests(py::module_& m);  // private hooks that run one kernel at a chosen level
+void bind_kernel_tests(py::module_& testing);  // hooks that run one kernel at a chosen level
 void bind_io(py::module_& m);
 void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);

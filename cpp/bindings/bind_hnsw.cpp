@@ -47,8 +47,9 @@ void bind_hnsw(py::module_& m) {
 
   // Test hook: rewrites one u32 inside a section and re-seals the file with valid checksums, so tests
   // can check that loading validates the graph itself (not only the checksums).
-  m.def("_hnsw_patch_u32_for_tests", [](const py::bytes& data, const std::string& tag, std::size_t word,
-                                        std::uint32_t value) {
+  py::module_ testing = testing_module(m);
+  testing.def("_hnsw_patch_u32_for_tests", [](const py::bytes& data, const std::string& tag, std::size_t word,
+                                              std::uint32_t value) {
     auto reader = bytes_reader(data);
     io::FileWriter w(io::Kind::HNSW);
     std::vector<std::vector<unsigned char>> copies;

@@ -1,5 +1,6 @@
 // IVFPQIndex bindings, plus the k-means / product-quantizer helpers the Python layer uses (annforge.kmeans,
-// OPQ training) and private hooks that pin the fast-scan SIMD level for tests.
+// OPQ training), private controls that pin the fast-scan SIMD level (tests, bench/bench_ivfpq.py) and, in
+// `_core._testing`, hooks that run the fast-scan kernels on raw blocks.
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/codec/pq4_fastscan.h"
@@ -83,13 +84,10 @@ void bind_kmeans(py::module_& m) {
         const auto d = static_cast<std::size_t>(arr.shape(1));
         MatrixView v = as_matrix(x, d, "x");
         codec::ProductQuantizer pq(d, m_sub, nbits);
-        std::vector<float> recon(v.rows * d);
+        std::vector<float> recon;
         {
           py::gil_scoped_release release;
-          pq.train(v.data, v.rows, seed, num_threads);
-          std::vector<std::uint8_t> codes(v.rows * m_sub);
-          pq.encode(v.data, v.rows, codes.data(), num_threads);
-          for (std::size_t i = 0; i < v.rows; ++i) pq.decode(codes.data() + i * m_sub, recon.data() + i * d);
+          recon = pq.fit_reconstruct(v.data, v.rows, seed, num_threads);
         }
         py::array_t<float> cb({static_cast<py::ssize_t>(m_sub), static_cast<py::ssize_t>(pq.ksub()),
                                static_cast<py::ssize_t>(pq.dsub())});
@@ -127,7 +125,9 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("level"),
       "Pin the fast-scan kernel to a level or 'avx512-vbmi' (tests); None follows the active level again.");
-  m.def(
+  // Test-only hooks on raw fast-scan blocks and the top-k selection.
+  py::module_ testing = testing_module(m);
+  testing.def(
       "_pq4_scan_raw",
       [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
          const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& table) {
@@ -141,7 +141,7 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("blocks"), py::arg("padded_m"), py::arg("table"),
       "The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.");
-  m.def(
+  testing.def(
       "_pq4_scan_multi_raw",
       [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
          const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& tables) -> py::object {
@@ -165,7 +165,7 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("blocks"), py::arg("padded_m"), py::arg("tables"),
       "The several-tables fast-scan kernel of the pinned level (tests), or None where the level has none.");
-  m.def(
+  testing.def(
       "_kth_smallest",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> values, std::size_t k) {
         const auto n = static_cast<std::size_t>(values.size());
@@ -174,7 +174,7 @@ void bind_kmeans(py::module_& m) {
         return kth_smallest(v.data(), scratch.data(), n, k);
       },
       py::arg("values"), py::arg("k"), "The selection TopKBuffer uses (tests).");
-  m.def(
+  testing.def(
       "_topk_buffer",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> dist,
          py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> labels, std::size_t k) {
@@ -192,7 +192,7 @@ void bind_kmeans(py::module_& m) {
         return py::make_tuple(d, l);
       },
       py::arg("dist"), py::arg("labels"), py::arg("k"), "Offers a stream to a TopKBuffer (tests).");
-  m.def(
+  testing.def(
       "_pq4_below_raw",
       [](const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& acc,
          const py::array_t<std::uint16_t, py::array::c_style | py::array::forcecast>& bounds) {

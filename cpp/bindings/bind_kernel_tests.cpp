@@ -1,8 +1,8 @@
-// Private test hooks: run one kernel of one SIMD level on NumPy arrays (tests/test_kernels.py).
+// Test hooks (in `annforge._core._testing`): run one kernel of one SIMD level on NumPy arrays (tests/test_kernels.py).
 //
-//   _core._kernel(level, name, *arrays, guard=True) -> float | ndarray
-//   _core._kernel_dot_packed(level, q, x, d, ldo, guard=True) -> ndarray (nq, ldo)
-//   _core._kernel_panel_rows(level) -> int
+//   _core._testing._kernel(level, name, *arrays, guard=True) -> float | ndarray
+//   _core._testing._kernel_dot_packed(level, q, x, d, ldo, guard=True) -> ndarray (nq, ldo)
+//   _core._testing._kernel_panel_rows(level) -> int
 //
 // With guard=True every input is copied into a buffer that ends exactly at an inaccessible page (POSIX
 // only), and so is every output, so a kernel that reads or writes one element past the end of its data
@@ -287,7 +287,7 @@ py::array_t<float> run_dot_packed(const std::string& level, const py::handle& qo
 
 }  // namespace
 
-void bind_kernel_tests(py::module_& m) {
+void bind_kernel_tests(py::module_& m) {  // m: the _testing submodule
   m.def(
       "_kernel",
       [](const std::string& level, const std::string& name, py::args args, bool guard) {

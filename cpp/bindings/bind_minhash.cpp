@@ -3,8 +3,8 @@
 #include <pybind11/stl.h>
 
 #include <limits>
-#include <numeric>
 
+#include "annforge/cluster/union_find.h"
 #include "annforge/index/minhash.h"
 #include "annforge/index/minhash_lsh.h"
 #include "bind_common.h"
@@ -336,9 +336,8 @@ void bind_minhash(py::module_& m) {
   });
   m.def("optimal_bands_rows", &optimal_bands_rows, py::arg("threshold"), py::arg("num_perm"), py::arg("fp_weight"),
         py::arg("fn_weight"));
-  m.def("permute_level_check", [](const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& hv,
-                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& a,
-                                   const py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>& b) {
+  py::module_ testing = testing_module(m);
+  testing.def("permute_level_check", [](const SigArray& hv, const SigArray& a, const SigArray& b) {
     // Test hook: the active kernel on raw (already reduced) hashes, from an all-ones start.
     const auto k = static_cast<std::size_t>(a.size());
     std::vector<std::uint64_t> hi(k), lo(k);
@@ -351,25 +350,10 @@ void bind_minhash(py::module_& m) {
                               sig.data());
     return to_array(sig);
   });
-  // Union-find over pairs of row numbers: the label of each row is the smallest row of its group.
+  // The label of each row is the smallest row of its group (see cluster/union_find.h).
   m.def("connected_groups", [](std::size_t n, const IdArray& first, const IdArray& second) {
     ANNFORGE_CHECK(first.size() == second.size(), ErrorKind::Value, "pair arrays differ in length");
-    std::vector<std::int64_t> parent(n);
-    std::iota(parent.begin(), parent.end(), 0);
-    auto find = [&](std::int64_t x) {
-      while (parent[x] != x) x = parent[x] = parent[parent[x]];
-      return x;
-    };
-    for (py::ssize_t i = 0; i < first.size(); ++i) {
-      const std::int64_t x = first.data()[i], y = second.data()[i];
-      ANNFORGE_CHECK(x >= 0 && y >= 0 && static_cast<std::size_t>(x) < n && static_cast<std::size_t>(y) < n,
-                     ErrorKind::Value, "pair index out of range");
-      const std::int64_t rx = find(x), ry = find(y);
-      if (rx != ry) parent[std::max(rx, ry)] = std::min(rx, ry);
-    }
-    std::vector<std::int64_t> label(n);
-    for (std::size_t i = 0; i < n; ++i) label[i] = find(static_cast<std::int64_t>(i));
-    return to_array(label);
+    return to_array(cluster::connected_groups(n, first.data(), second.data(), static_cast<std::size_t>(first.size())));
   });
 
   py::class_<MinHashLSH> lsh(m, "MinHashLSH");

@@ -35,8 +35,9 @@ py::array_t<float> float_array(const std::vector<float>& v, std::vector<py::ssiz
 }
 
 void bind_scann_helpers(py::module_& m) {
+  py::module_ testing = testing_module(m);
   m.def("_scann_eta", &scann::parallel_cost_multiplier, py::arg("threshold"), py::arg("sq_norm"), py::arg("dim"));
-  m.def(
+  testing.def(
       "_scann_loss",
       [](const py::object& x, const py::object& xq, double eta) {
         py::array ax = py::array::ensure(x);
@@ -51,7 +52,7 @@ void bind_scann_helpers(py::module_& m) {
       },
       py::arg("x"), py::arg("x_quantized"), py::arg("eta"));
   // codebooks [m, 16, dpb]; residual, x: [dim]; codes: uint8 [m] starting point. Returns the new codes.
-  m.def(
+  testing.def(
       "_scann_encode",
       [](const py::array_t<float, py::array::c_style | py::array::forcecast>& codebooks,
          const py::array_t<float, py::array::c_style | py::array::forcecast>& residual,

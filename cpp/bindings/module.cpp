@@ -10,9 +10,11 @@ PYBIND11_MODULE(_core, m) {
 #ifdef ANNFORGE_COMPILER
   m.attr("compiler") = ANNFORGE_COMPILER;
 #endif
+  // Test-only hooks live apart from the production surface; the parts below add theirs to it.
+  auto testing = m.def_submodule("_testing", "hooks for annforge's own test suite (private, unstable)");
   b::register_errors(m);
   b::bind_kernels(m);
-  b::bind_kernel_tests(m);
+  b::bind_kernel_tests(testing);
   b::bind_io(m);
   b::bind_flat(m);
   b::bind_minhash(m);

@@ -8,7 +8,9 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['FORMAT_VERSION', 'FlatIndex', 'HNSWIndex', 'IVFPQIndex', 'MinHashLSH', 'MinHashLSHForest', 'MinHasher', 'ScaNNIndex', 'available_simd_levels', 'build_type', 'bytes_kind', 'compiled_pq4_scan_levels', 'compiled_simd_levels', 'compiler', 'connected_groups', 'detected_simd_level', 'file_kind', 'kmeans', 'minhash_hash64', 'minhash_sha1', 'native_build', 'optimal_bands_rows', 'permute_level_check', 'set_simd_level', 'simd_level']
+import types
+_testing: types.ModuleType  # test-only hooks (cpp/bindings), untyped
+__all__: list[str] = ['FORMAT_VERSION', 'FlatIndex', 'HNSWIndex', 'IVFPQIndex', 'MinHashLSH', 'MinHashLSHForest', 'MinHasher', 'ScaNNIndex', 'available_simd_levels', 'build_type', 'bytes_kind', 'compiled_pq4_scan_levels', 'compiled_simd_levels', 'compiler', 'connected_groups', 'detected_simd_level', 'file_kind', 'kmeans', 'minhash_hash64', 'minhash_sha1', 'native_build', 'optimal_bands_rows', 'set_simd_level', 'simd_level']
 class FlatIndex:
     @staticmethod
     def from_bytes(arg0: bytes) -> FlatIndex:
@@ -374,57 +376,19 @@ class ScaNNIndex:
     @property
     def reorder(self) -> typing.Any:
         ...
-def _hnsw_patch_u32_for_tests(arg0: bytes, arg1: str, arg2: typing.SupportsInt | typing.SupportsIndex, arg3: typing.SupportsInt | typing.SupportsIndex) -> bytes:
-    ...
-def _kernel(level: str, name: str, *args, guard: bool = True) -> typing.Any:
-    """
-    Private test hook: run one kernel of the Kernels table at one SIMD level.
-    """
-def _kernel_dot_packed(level: str, q: typing.Any, x: typing.Any, d: typing.SupportsInt | typing.SupportsIndex, ldo: typing.SupportsInt | typing.SupportsIndex, guard: bool = True) -> numpy.typing.NDArray[numpy.float32]:
-    """
-    Private test hook: pack_rows(x) then dot_packed(q[:, :d]) with output stride ldo.
-    """
-def _kernel_panel_rows(level: str) -> int:
-    """
-    Private test hook: the packed-panel height of one SIMD level.
-    """
-def _kth_smallest(values: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], k: typing.SupportsInt | typing.SupportsIndex) -> float:
-    """
-    The selection TopKBuffer uses (tests).
-    """
-def _pq4_below_raw(acc: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16], bounds: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16]) -> numpy.typing.NDArray[numpy.uint32]:
-    """
-    The threshold-mask kernel of the pinned level (tests).
-    """
 def _pq4_scan_level() -> str:
     ...
 def _pq4_scan_levels() -> list:
     """
     SIMD levels the 4-bit fast-scan kernel can run at here ('avx512-vbmi': AVX-512 with VBMI + VNNI).
     """
-def _pq4_scan_multi_raw(blocks: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], padded_m: typing.SupportsInt | typing.SupportsIndex, tables: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8]) -> typing.Any:
-    """
-    The several-tables fast-scan kernel of the pinned level (tests), or None where the level has none.
-    """
-def _pq4_scan_raw(blocks: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], padded_m: typing.SupportsInt | typing.SupportsIndex, table: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8]) -> numpy.typing.NDArray[numpy.uint16]:
-    """
-    The fast-scan kernel of the pinned level on raw blocks (tests): 16-bit sums, 32 per block.
-    """
 def _pq_fit_reconstruct(x: typing.Any, m: typing.SupportsInt | typing.SupportsIndex, nbits: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex = 0, num_threads: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32]]:
     ...
-def _scann_encode(codebooks: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], residual: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], alpha: typing.SupportsFloat | typing.SupportsIndex, rounds: typing.SupportsInt | typing.SupportsIndex, codes: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8]) -> numpy.typing.NDArray[numpy.uint8]:
-    ...
 def _scann_eta(threshold: typing.SupportsFloat | typing.SupportsIndex, sq_norm: typing.SupportsFloat | typing.SupportsIndex, dim: typing.SupportsInt | typing.SupportsIndex) -> float:
-    ...
-def _scann_loss(x: typing.Any, x_quantized: typing.Any, eta: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     ...
 def _set_pq4_scan_level(level: typing.Any) -> None:
     """
     Pin the fast-scan kernel to a level or 'avx512-vbmi' (tests); None follows the active level again.
-    """
-def _topk_buffer(dist: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], labels: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], k: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]:
-    """
-    Offers a stream to a TopKBuffer (tests).
     """
 def available_simd_levels() -> list:
     """
@@ -457,8 +421,6 @@ def minhash_hash64(arg0: bytes, arg1: typing.SupportsInt | typing.SupportsIndex)
 def minhash_sha1(arg0: bytes) -> bytes:
     ...
 def optimal_bands_rows(threshold: typing.SupportsFloat | typing.SupportsIndex, num_perm: typing.SupportsInt | typing.SupportsIndex, fp_weight: typing.SupportsFloat | typing.SupportsIndex, fn_weight: typing.SupportsFloat | typing.SupportsIndex) -> tuple[int, int]:
-    ...
-def permute_level_check(arg0: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], arg1: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], arg2: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64]) -> numpy.typing.NDArray[numpy.uint64]:
     ...
 def set_simd_level(level: str) -> None:
     """

@@ -72,6 +72,16 @@ void ProductQuantizer::decode(const std::uint8_t* code, float* out) const {
   }
 }
 
+std::vector<float> ProductQuantizer::fit_reconstruct(const float* x, std::size_t n, std::uint64_t seed,
+                                                     int num_threads) {
+  train(x, n, seed, num_threads);
+  std::vector<std::uint8_t> codes(n * m_);
+  encode(x, n, codes.data(), num_threads);
+  std::vector<float> recon(n * d_);
+  for (std::size_t i = 0; i < n; ++i) decode(codes.data() + i * m_, recon.data() + i * d_);
+  return recon;
+}
+
 void ProductQuantizer::inner_product_table(const float* q, float* table) const {
   const std::size_t ksub = ksub_, dsub = dsub_;
   for (std::size_t j = 0; j < m_; ++j) {

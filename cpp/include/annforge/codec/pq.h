@@ -33,6 +33,9 @@ class ProductQuantizer {
   // codes[i * m + j] = nearest centre of sub-vector j of row i (rows have stride d).
   void encode(const float* x, std::size_t n, std::uint8_t* codes, int num_threads) const;
   void decode(const std::uint8_t* code, float* out) const;  // one vector (m bytes -> d floats)
+  // Trains on x (n rows of d floats), then returns x encoded and decoded again (n x d floats): OPQ's
+  // inner step, which aligns its rotation to what the quantizer can reproduce.
+  std::vector<float> fit_reconstruct(const float* x, std::size_t n, std::uint64_t seed, int num_threads);
 
   // table[j * ksub + c] = <q_j, centre_jc>   (q: d floats)
   void inner_product_table(const float* q, float* table) const;
