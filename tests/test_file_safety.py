@@ -324,3 +324,42 @@ def test_stale_temporary_files_are_removed(tmp_path, trigger: str) -> None:
     assert alive.exists() and other.exists() and odd.exists()
     if trigger != "save":  # (a save of this process writes and renames that very name)
         assert own.exists()
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("family", ["flat", "hnsw", "hnsw_f16", "ivfpq", "scann"])
+def test_add_refuses_rows_the_loader_would_refuse(family: str, metric: str) -> None:
+    """A row whose squared norm overflows the distances (> 1e37) was accepted by add(), saved, and then the
+    file was refused at load: a save that lost everything. add() now refuses it under l2 / ip and changes
+    nothing; cosine rows are normalised before storing, so they are kept and survive the round trip."""
+    dim = 8
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((300, dim)).astype(np.float32)
+    if family == "flat":
+        index = af.FlatIndex(dim, metric=metric)
+    elif family == "hnsw":
+        index = af.HNSWIndex(dim, metric=metric)
+    elif family == "hnsw_f16":
+        index = af.HNSWIndex(dim, metric=metric, storage="f16")
+    elif family == "ivfpq":
+        index = af.IVFPQIndex(dim, nlist=4, m=4, nbits=4, metric=metric)
+        index.train(base)
+    else:
+        if metric == "l2":
+            pytest.skip("ScaNNIndex is for ip / cosine")
+        index = af.ScaNNIndex(dim, num_leaves=4, metric=metric)
+        index.train(base)
+    index.add(base)
+    huge = np.full((2, dim), 3e18, np.float32)  # squared norm 7.2e37 (finite in float32)
+    if metric == "cosine":
+        if family == "hnsw_f16":
+            return  # f16 storage has its own range rules
+        index.add(huge)
+        assert len(type(index).from_bytes(index.to_bytes())) == 302
+        return
+    before = index.to_bytes()
+    with pytest.raises(ValueError, match="squared norm"):
+        index.add(huge)
+    assert index.to_bytes() == before
+    assert len(type(index).from_bytes(before)) == 300

@@ -59,7 +59,7 @@ std::size_t FlatIndex::memory_bytes() const {
 
 void FlatIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);  // validates the argument
-  check_finite(x, n, dim_, "vectors");
+  check_storable(x, n, "vectors");
   if (ids) validate_new_ids(ids, n);
   std::vector<float> rows;
   prepare_rows(x, n, rows);

@@ -848,7 +848,7 @@ void HNSWIndex::grow_to(std::size_t slots) {
 
 void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   const std::size_t threads = parallel::resolve_threads(num_threads);
-  check_finite(x, n, dim_, "vectors");
+  check_storable(x, n, "vectors");
   if (ids) validate_new_ids(ids, n);
   if (n == 0) return;
   std::vector<float> rows;

@@ -218,7 +218,7 @@ float IVFPQIndex::norm_term(std::size_t list, const std::uint8_t* code) const {
 
 void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator) {
   (void)parallel::resolve_threads(num_threads);
-  check_finite(x, n, dim_, "training vectors");
+  check_storable(x, n, "training vectors");
   ANNFORGE_CHECK(n >= nlist_, ErrorKind::Value, "training needs at least nlist = ", nlist_, " vectors, got ", n);
   ANNFORGE_CHECK(n >= pq_.ksub(), ErrorKind::Value, "training needs at least 2^nbits = ", pq_.ksub(),
                  " vectors, got ", n);
@@ -405,7 +405,7 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     check_trained();
   }
-  check_finite(x, n, dim_, "vectors");
+  check_storable(x, n, "vectors");
   if (ids) validate_new_ids(ids, n);
   std::vector<float> rows;
   transform(x, n, rows);

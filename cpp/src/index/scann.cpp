@@ -297,7 +297,7 @@ void ScaNNIndex::encode(const float* rows, std::size_t n, const std::int32_t* le
 
 void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator) {
   (void)parallel::resolve_threads(num_threads);
-  check_finite(x, n, dim_, "training vectors");
+  check_storable(x, n, "training vectors");
   std::size_t leaves, sample_size;
   int codebook_iterations;
   {
@@ -540,7 +540,7 @@ void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     check_trained();
   }
-  check_finite(x, n, dim_, "vectors");
+  check_storable(x, n, "vectors");
   if (ids) validate_new_ids(ids, n);
   std::vector<float> rows;
   prepare_rows(x, n, rows);

@@ -51,6 +51,19 @@ void VectorIndex::check_finite(const float* x, std::size_t n, std::size_t dim, c
   }
 }
 
+void VectorIndex::check_storable(const float* x, std::size_t n, const char* what) const {
+  check_finite(x, n, dim_, what);
+  if (metric_ == Metric::Cosine) return;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* row = x + i * dim_;
+    double sq = 0;  // in double: the float sum would itself overflow for the rows this refuses
+    for (std::size_t j = 0; j < dim_; ++j) sq += static_cast<double>(row[j]) * row[j];
+    if (!(sq <= static_cast<double>(kMaxLoadedSqNorm)))
+      fail(ErrorKind::Value, what, " row ", i, " has a squared norm of ", sq, ", above ", kMaxLoadedSqNorm,
+           ": its ", metric_name(metric_), " distances would overflow float32 (scale the data down)");
+  }
+}
+
 void VectorIndex::check_k(long long k) {
   ANNFORGE_CHECK(k >= 1, ErrorKind::Value, "k must be >= 1, got ", k);
   ANNFORGE_CHECK(k <= kMaxK, ErrorKind::Value, "k must be <= ", kMaxK, ", got ", k);

@@ -81,6 +81,10 @@ class VectorIndex {
  protected:
   // Shared input checks (ValueError with the argument named): finite values.
   static void check_finite(const float* x, std::size_t n, std::size_t dim, const char* what);
+  // check_finite, plus what the loaders demand of stored rows: under l2 / ip each row's squared norm must
+  // be <= kMaxLoadedSqNorm (a larger one overflows the distances, and the saved file would be refused).
+  // Cosine rows are normalised before they are stored, so only finiteness matters there.
+  void check_storable(const float* x, std::size_t n, const char* what) const;
   // Copies rows into `out`, normalising them for the cosine metric (zero rows stay zero).
   void prepare_rows(const float* x, std::size_t n, std::vector<float>& out) const;
   // Distances as users see them, from a raw inner product (ip/cosine: 1 - <q,x>).
