@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "annforge/index/minhash.h"
+#include "annforge/util/fold_mul.h"
 #include "annforge/util/xxh64.h"
 
 namespace annforge::minhash {
@@ -59,21 +60,6 @@ void sha1_block(std::uint32_t state[5], const unsigned char* block) {
   state[4] += e;
 }
 
-// Full 64x64 -> 128-bit product folded to 64 bits (low ^ high): every input bit reaches the result.
-inline std::uint64_t mul_fold(std::uint64_t a, std::uint64_t b) {
-#if defined(__SIZEOF_INT128__)
-  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
-  return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
-#else
-  const std::uint64_t a0 = a & 0xffffffffu, a1 = a >> 32, b0 = b & 0xffffffffu, b1 = b >> 32;
-  const std::uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
-  const std::uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
-  const std::uint64_t lo = (mid << 32) | (p00 & 0xffffffffu);
-  const std::uint64_t hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
-  return lo ^ hi;
-#endif
-}
-
 }  // namespace
 
 std::uint64_t token_hash(const void* data, std::size_t n, std::uint64_t seed) noexcept {
@@ -98,14 +84,14 @@ std::uint64_t token_hash(const void* data, std::size_t n, std::uint64_t seed) no
   } else {
     std::size_t left = n;
     while (left > 16) {
-      s = mul_fold(load64(p) ^ P2, load64(p + 8) ^ s);
+      s = util::fold_mul(load64(p) ^ P2, load64(p + 8) ^ s);
       p += 16;
       left -= 16;
     }
     a = load64(p + left - 16);
     b = load64(p + left - 8);
   }
-  return mul_fold(P4 ^ static_cast<std::uint64_t>(n), mul_fold(a ^ P2, b ^ s));
+  return util::fold_mul(P4 ^ static_cast<std::uint64_t>(n), util::fold_mul(a ^ P2, b ^ s));
 }
 
 std::uint64_t hash64(const void* data, std::size_t n, std::uint64_t seed) noexcept {

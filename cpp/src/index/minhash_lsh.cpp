@@ -12,6 +12,7 @@
 
 #include "annforge/index/minhash.h"
 #include "annforge/parallel/executor.h"
+#include "annforge/util/fold_mul.h"
 
 namespace annforge::minhash {
 namespace {
@@ -358,25 +359,6 @@ MinHashLSH::MinHashLSH(std::size_t num_perm, std::size_t bands, std::size_t rows
   tables_.resize(bands);
 }
 
-namespace {
-
-// The 128-bit product of a and b folded to 64 bits (high ^ low): the mixing step of wyhash/rapidhash.
-inline std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) noexcept {
-#if defined(__SIZEOF_INT128__)
-  const unsigned __int128 p = static_cast<unsigned __int128>(a) * b;
-  return static_cast<std::uint64_t>(p) ^ static_cast<std::uint64_t>(p >> 64);
-#else
-  const std::uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32, b_lo = b & 0xffffffffu, b_hi = b >> 32;
-  const std::uint64_t ll = a_lo * b_lo, lh = a_lo * b_hi, hl = a_hi * b_lo, hh = a_hi * b_hi;
-  const std::uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
-  const std::uint64_t lo = (ll & 0xffffffffu) | (mid << 32);
-  const std::uint64_t hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
-  return lo ^ hi;
-#endif
-}
-
-}  // namespace
-
 // The bucket key of one band: values are taken in pairs, each pair mixed by one 128-bit multiply of the
 // two values keyed by secrets of their positions (independent multiplies, so they pipeline); the sum is
 // mixed once more with the band. Buckets match on all 64 bits, so two different bands share a bucket
@@ -389,9 +371,9 @@ std::uint64_t MinHashLSH::band_key(const std::uint64_t* sig, std::size_t band) c
   std::uint64_t sum = rows_;
   std::size_t i = 0;
   for (; i + 1 < rows_; i += 2)
-    sum += fold_mul(values[i] ^ (kSecret * (i + 1)), values[i + 1] ^ (kSecret2 * (i + 2)));
-  if (i < rows_) sum += fold_mul(values[i] ^ (kSecret * (i + 1)), kSecret2);
-  return fold_mul(sum ^ (kFinal * (band + 1)), kFinal);
+    sum += util::fold_mul(values[i] ^ (kSecret * (i + 1)), values[i + 1] ^ (kSecret2 * (i + 2)));
+  if (i < rows_) sum += util::fold_mul(values[i] ^ (kSecret * (i + 1)), kSecret2);
+  return util::fold_mul(sum ^ (kFinal * (band + 1)), kFinal);
 }
 
 std::size_t MinHashLSH::memory_bytes() const {
