@@ -312,8 +312,6 @@ def run_minhash_benchmark(ds: SetDataset, s: Dict[str, Any], progress: Any = Non
 
 
 def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     out = Path(s["out"])
     try:
         ds = load_set_dataset(s)
@@ -328,13 +326,7 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     algos = s["algos"] or [a for a, spec in MINHASH_REGISTRY.items() if spec["available"]()]
     s["algos"] = algos
     total = sum(len(_sweep_for(a, s)) for a in algos if a in MINHASH_REGISTRY)
-    if console.is_terminal:
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task("starting", total=total)
-            rows = run_minhash_benchmark(ds, s, progress, task)
-    else:  # a pipe or a file: one line per finished library instead of a progress bar
-        rows = run_minhash_benchmark(ds, s, log=lambda line: console.print(escape(line), soft_wrap=True))
+    rows = _run_with_progress(console, total, lambda **kw: run_minhash_benchmark(ds, s, **kw))
     if not rows:
         console.print("[red]no results[/]")
         return 1
@@ -354,6 +346,18 @@ def _main_minhash(s: Dict[str, Any], console: Any, t_start: float) -> int:
     if why:
         console.print(f"[yellow]{why}[/]")
     return 0
+
+
+def _run_with_progress(console: Any, total: int, run: Callable[..., Any]) -> Any:
+    """``run(progress=, task=)`` under a rich bar in a terminal; on a pipe or a file ``run(log=)`` prints one
+    line per finished algorithm instead (a bar there prints nothing for a minute)."""
+    if not console.is_terminal:
+        return run(log=lambda line: console.print(escape(line), soft_wrap=True))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        return run(progress=progress, task=progress.add_task("starting", total=total))
 
 
 def escape(text: str) -> str:
@@ -513,11 +517,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(labels) > 1:
         return _fail(f"--label takes one name for a run (several only with --compare), got {labels}")
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
-    interactive = console.is_terminal
-    if not interactive:
+    if not console.is_terminal:
         console = Console(width=140)
     t_start = time.perf_counter()
     if s["workload"] == "minhash":
@@ -535,13 +537,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     s["algos"] = algos
     s["n"], s["dim"] = len(ds.base), ds.dim
     total = sum(len(_sweep_for(a, s)) for a in algos if a in REGISTRY)
-    if interactive:
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task("starting", total=total)
-            rows = run_benchmark(ds, s, progress, task)
-    else:  # a pipe or a file: one line per finished algorithm instead of a progress bar
-        rows = run_benchmark(ds, s, log=lambda line: console.print(escape(line), soft_wrap=True))
+    rows = _run_with_progress(console, total, lambda **kw: run_benchmark(ds, s, **kw))
     if not rows:
         console.print("[red]no results[/]")
         return 1
