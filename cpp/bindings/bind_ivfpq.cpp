@@ -1,7 +1,8 @@
-// IVFPQIndex bindings, plus the k-means / product-quantizer helpers the Python layer uses (annforge.kmeans,
-// OPQ training), private controls that pin the fast-scan SIMD level (tests, bench/bench_ivfpq.py) and, in
-// `_core._testing`, hooks that run the fast-scan kernels on raw blocks.
+// IVFPQIndex bindings, plus annforge.kmeans, private controls that pin the fast-scan SIMD level (tests,
+// bench/bench_ivfpq.py) and, in `_core._testing`, hooks that run the fast-scan kernels on raw blocks and
+// OPQ's parts on their own.
 #include "annforge/cluster/kmeans.h"
+#include "annforge/codec/opq.h"
 #include "annforge/codec/pq.h"
 #include "annforge/codec/pq4_fastscan.h"
 #include "annforge/index/ivfpq.h"
@@ -75,27 +76,6 @@ void bind_kmeans(py::module_& m) {
       py::arg("max_points_per_centroid") = 256, py::arg("spherical") = false, py::arg("num_threads") = 0,
       py::arg("accelerator") = py::none());
 
-  // Trains a product quantizer and returns (codebooks [m, ksub, dsub], reconstruction of x): OPQ's inner step.
-  m.def(
-      "_pq_fit_reconstruct",
-      [](const py::object& x, std::size_t m_sub, std::size_t nbits, std::uint64_t seed, int num_threads) {
-        py::array arr = py::array::ensure(x);
-        if (!arr || arr.ndim() != 2) fail(ErrorKind::Value, "x must be a 2-D array [n, dim]");
-        const auto d = static_cast<std::size_t>(arr.shape(1));
-        MatrixView v = as_matrix(x, d, "x");
-        codec::ProductQuantizer pq(d, m_sub, nbits);
-        std::vector<float> recon;
-        {
-          py::gil_scoped_release release;
-          recon = pq.fit_reconstruct(v.data, v.rows, seed, num_threads);
-        }
-        py::array_t<float> cb({static_cast<py::ssize_t>(m_sub), static_cast<py::ssize_t>(pq.ksub()),
-                               static_cast<py::ssize_t>(pq.dsub())});
-        std::copy(pq.codebooks().begin(), pq.codebooks().end(), cb.mutable_data());
-        return py::make_tuple(cb, float_matrix(recon, v.rows, d));
-      },
-      py::arg("x"), py::arg("m"), py::arg("nbits"), py::arg("seed") = 0, py::arg("num_threads") = 0);
-
   m.def("_pq4_scan_levels", [] {
     py::list out;
     for (auto l : {simd::Level::Scalar, simd::Level::AVX2, simd::Level::AVX512})
@@ -127,6 +107,51 @@ void bind_kmeans(py::module_& m) {
       "Pin the fast-scan kernel to a level or 'avx512-vbmi' (tests); None follows the active level again.");
   // Test-only hooks on raw fast-scan blocks and the top-k selection.
   py::module_ testing = testing_module(m);
+  // OPQ's parts (codec/opq.h, codec/pq.h) on their own.
+  testing.def(
+      "_pq_fit_reconstruct",
+      [](const py::object& x, std::size_t m_sub, std::size_t nbits, std::uint64_t seed, int num_threads) {
+        MatrixView v = as_matrix(x, 0, "x");
+        codec::ProductQuantizer pq(v.cols, m_sub, nbits);
+        std::vector<float> recon;
+        {
+          py::gil_scoped_release release;
+          recon = pq.fit_reconstruct(v.data, v.rows, seed, num_threads);
+        }
+        return float_matrix(recon, v.rows, v.cols);
+      },
+      py::arg("x"), py::arg("m"), py::arg("nbits"), py::arg("seed") = 0, py::arg("num_threads") = 0,
+      "Trains a product quantizer on x and returns x encoded and decoded again.");
+  testing.def(
+      "_opq_rotation",
+      [](const py::object& x, std::size_t m_sub, std::size_t nbits, std::uint64_t seed, int niter,
+         std::size_t max_points, int num_threads) {
+        MatrixView v = as_matrix(x, 0, "x");
+        codec::OPQOptions options;
+        options.niter = niter;
+        options.max_points = max_points;
+        options.seed = seed;
+        options.num_threads = num_threads;
+        std::vector<float> r;
+        {
+          py::gil_scoped_release release;
+          r = codec::train_opq_rotation(v.data, v.rows, v.cols, m_sub, nbits, options);
+        }
+        return float_matrix(r, v.cols, v.cols);
+      },
+      py::arg("x"), py::arg("m"), py::arg("nbits"), py::arg("seed") = 0, py::arg("niter") = 8,
+      py::arg("max_points") = 16384, py::arg("num_threads") = 0, "codec::train_opq_rotation.");
+  testing.def(
+      "_orthogonal_polar_factor",
+      [](const py::array_t<double, py::array::c_style | py::array::forcecast>& a) {
+        ANNFORGE_CHECK(a.ndim() == 2 && a.shape(0) == a.shape(1), ErrorKind::Value, "a must be a square matrix");
+        const auto d = static_cast<std::size_t>(a.shape(0));
+        const std::vector<double> r = codec::orthogonal_polar_factor(a.data(), d);
+        py::array_t<double> out({a.shape(0), a.shape(1)});
+        std::copy(r.begin(), r.end(), out.mutable_data());
+        return out;
+      },
+      py::arg("a"), "codec::orthogonal_polar_factor: U V^T of a = U S V^T.");
   testing.def(
       "_pq4_scan_raw",
       [](const py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>& blocks, std::size_t padded_m,
@@ -212,13 +237,14 @@ void bind_ivfpq(py::module_& m) {
   bind_kmeans(m);
   py::class_<IVFPQIndex> cls(m, "IVFPQIndex");
   cls.def(py::init([](std::size_t dim, std::size_t nlist, std::size_t m_sub, std::size_t nbits,
-                      const std::string& metric, const py::object& refine, std::uint64_t seed, bool residual) {
+                      const std::string& metric, const py::object& refine, std::uint64_t seed, bool residual,
+                      bool opq) {
             const RefineKind kind = refine_from_py(refine);
             const Metric met = parse_metric(metric);
-            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed, residual);
+            return std::make_unique<IVFPQIndex>(dim, nlist, m_sub, nbits, met, kind, seed, residual, opq);
           }),
           py::arg("dim"), py::arg("nlist"), py::arg("m"), py::arg("nbits") = 8, py::arg("metric") = "l2",
-          py::arg("refine") = "f32", py::arg("seed") = 0, py::arg("residual") = true);
+          py::arg("refine") = "f32", py::arg("seed") = 0, py::arg("residual") = true, py::arg("opq") = false);
   bind_vector_index_methods<IVFPQIndex>(cls);
   cls.def(
          "train",

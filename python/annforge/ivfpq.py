@@ -66,23 +66,6 @@ def kmeans(
     return KMeansResult(centroids, assignment, objective, int(splits))
 
 
-def _train_opq_rotation(x: np.ndarray, m: int, nbits: int, seed: int, niter: int = 8) -> np.ndarray:
-    """Non-parametric OPQ (Ge et al. 2013): alternate PQ training and the orthogonal Procrustes
-    rotation that maps the data onto its reconstruction. Returns R (``x -> R x``)."""
-    rng = np.random.default_rng(seed)
-    n = min(len(x), 16384)
-    sample = x[np.sort(rng.choice(len(x), n, replace=False))].astype(np.float64)
-    d = x.shape[1]
-    rotation = np.eye(d)
-    for it in range(niter):
-        rotated = (sample @ rotation.T).astype(np.float32)
-        _, recon = _core._pq_fit_reconstruct(rotated, m, nbits, seed + it, 0)
-        # argmin_R ||R X - Y||  over orthogonal R: R = U V^T with U S V^T = svd(Y^T X).
-        u, _, vt = np.linalg.svd(recon.astype(np.float64).T @ sample)
-        rotation = u @ vt
-    return rotation.astype(np.float32)
-
-
 @register_family
 class IVFPQIndex(VectorIndex):
     """Inverted-file index with product quantization, 4-bit SIMD fast-scan and exact re-ranking.
@@ -139,9 +122,7 @@ class IVFPQIndex(VectorIndex):
         if not isinstance(residual, (bool, np.bool_)):
             raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
         self._impl = _core.IVFPQIndex(int(dim), int(nlist), int(m), int(nbits), metric, refine, int(seed),
-                                      bool(residual))
-        self._opq = bool(opq)
-        self._seed = int(seed)
+                                      bool(residual), bool(opq))
 
     def search(
         self,
@@ -179,18 +160,6 @@ class IVFPQIndex(VectorIndex):
         accelerator = kmeans_accelerator(device)
         arr = as_float_matrix(x, "training vectors")
         done = _progress.log_phase("IVFPQIndex", "train", len(arr))
-        if getattr(self, "_opq", False) and not self._impl.is_trained:
-            if arr.ndim != 2 or arr.shape[1] != self.dim:
-                raise ValueError(f"training vectors must be [n, {self.dim}], got shape {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError("training vectors contain NaN or infinity")
-            if len(arr) < 2**self.nbits:
-                raise ValueError(f"training needs at least 2^nbits = {2 ** self.nbits} vectors, got {len(arr)}")
-            base = arr
-            if self.metric == "cosine":
-                base = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-30)
-            self._impl.set_rotation(_train_opq_rotation(base, self.m, self.nbits, self._seed))
-            _progress.log.info("IVFPQIndex.train: OPQ rotation learnt")
         self._impl.train(arr, num_threads, accelerator)
         done()
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <mutex>
 
+#include "annforge/codec/opq.h"
 #include "annforge/codec/pq4_fastscan.h"
 #include "annforge/index/list_major.h"
 #include "annforge/parallel/executor.h"
@@ -100,9 +101,9 @@ struct IVFPQIndex::QueryScratch {
 };
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-                       RefineKind refine, std::uint64_t seed, bool residual)
+                       RefineKind refine, std::uint64_t seed, bool residual, bool opq)
     : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
-      residual_(residual), pq_(dim, m, nbits) {
+      residual_(residual), opq_(opq), pq_(dim, m, nbits) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
 }
@@ -226,6 +227,22 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   {
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
     rotation = rotation_;
+  }
+  if (opq_ && rotation.empty()) {
+    // OPQ sees the rows as the index does before its rotation: normalised for cosine.
+    std::vector<float> prepared;
+    const float* rows = x;
+    if (metric_ == Metric::Cosine) {
+      prepare_rows(x, n, prepared);
+      rows = prepared.data();
+    }
+    codec::OPQOptions options;
+    options.seed = seed_;
+    options.num_threads = num_threads;
+    rotation = codec::train_opq_rotation(rows, n, dim_, m_, nbits_, options);
+    std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
+    ANNFORGE_CHECK(!trained_ && rotation_.empty(), ErrorKind::State, "the index was trained concurrently");
+    rotation_ = rotation;
   }
   // Rows as training sees them: a transformed copy only when there is something to transform (a
   // 100k x 384 copy costs as much as a few k-means iterations in page faults alone).
@@ -859,7 +876,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   if (!trained) corrupt("the index is not trained (only trained indexes are saved)");
 
   auto index = std::make_unique<IVFPQIndex>(dim, nlist, m, nbits, static_cast<Metric>(metric),
-                                            static_cast<RefineKind>(refine), seed, residual == 1);
+                                            static_cast<RefineKind>(refine), seed, residual == 1, has_rotation == 1);
   io::ByteReader common(meta_bytes, "IVFPQIndex metadata");
   index->read_common(common);
   const std::size_t d = dim;

@@ -43,18 +43,20 @@ class IVFPQIndex final : public VectorIndex {
  public:
   // residual = true encodes x - c_list (faiss "IVF..,PQ.." / "..x4fsr"); false encodes x itself, the
   // lists only partitioning the data (faiss "IVF..,PQ..x4fs"): on normalised sentence embeddings the
-  // latter ranks better at the same code size.
+  // latter ranks better at the same code size. opq = true learns an OPQ rotation (codec/opq.h) in
+  // train() unless one is set already.
   IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
-             RefineKind refine, std::uint64_t seed, bool residual = true);
+             RefineKind refine, std::uint64_t seed, bool residual = true, bool opq = false);
   static std::unique_ptr<IVFPQIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
-  // Learns the coarse centroids, the PQ codebooks (on residuals) and the sq8 ranges. Needs
+  // Learns the OPQ rotation (opq, when none is set), the coarse centroids, the PQ codebooks (on
+  // residuals) and the sq8 ranges. Needs
   // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector. `accelerator` (may be
   // null) runs the coarse k-means's distance steps (the CUDA module's GPU k-means).
   void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
   bool is_trained() const;
   // An orthonormal d x d matrix R (row-major) applied as x -> R x before everything else (OPQ). Only
-  // before training; the Python layer learns R (alternating Procrustes).
+  // before training; with opq, train() learns R unless it was set here.
   void set_rotation(const float* rotation);
   std::vector<float> rotation() const;
   std::vector<float> coarse_centroids() const;
@@ -142,6 +144,7 @@ class IVFPQIndex final : public VectorIndex {
   RefineKind refine_;
   std::uint64_t seed_;
   bool residual_;
+  bool opq_;  // learn the rotation in train() (a loaded index: whether it has one)
   bool trained_ = false;
 
   mutable parallel::WriterPreferringMutex mutex_;
