@@ -10,8 +10,8 @@
 //                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
 //                     stores the middle term per vector (4 bytes), so the look-up table (-2 <q_j, centre>)
 //                     depends on the query only: it is built and quantised once per query, not per list.
-//   lists             per list: codes, ids and the re-ranking copy, kept dense; a global id -> (list,
-//                     offset) map makes remove/upsert O(1) (the last entry of the list moves into the hole).
+//   lists             invlists::InvertedLists (codes, ids, the re-ranking copy, norm terms), scanned by
+//                     invlists/probe_scan.h like ScaNN's leaves.
 //   re-ranking        refine_factor * k candidates rescored exactly from the stored copy.
 #pragma once
 
@@ -20,14 +20,14 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "annforge/parallel/shared_mutex.h"
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/index/vector_index.h"
-#include "annforge/storage/aligned_buffer.h"
-#include "annforge/storage/id_map.h"
+#include "annforge/invlists/inverted_lists.h"
 
 namespace annforge {
 
@@ -94,19 +94,8 @@ class IVFPQIndex final : public VectorIndex {
   void write(io::FileWriter& w) const override;
 
  private:
-  struct InvertedList {
-    AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
-    AlignedBuffer<idx_t> ids;            // external id per entry
-    AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 + residual only: ||c + r||^2 - ||c||^2 of the decoded vector
-    // l2 only: per block of 32 slots, a lower bound of that block's norm_terms (removals may leave it
-    // lower than needed: still a bound). Lets the fast-scan search reject 16-bit sums against the heap
-    // threshold before any float work.
-    std::vector<float> block_floor;
-    std::size_t size() const noexcept { return ids.size(); }
-  };
+  class Search;  // the probe scan's family side (invlists::ProbeFamily)
   struct QueryScratch;
-  struct QueryState;
 
   void check_trained() const;
   // Cosine normalisation, then the OPQ rotation.
@@ -119,9 +108,6 @@ class IVFPQIndex final : public VectorIndex {
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
-  void append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row);
-  void erase_at(std::size_t list, std::size_t offset);
-  static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
   // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
   float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
@@ -130,13 +116,14 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
-  // Look-up tables of one query (into `st`, or s.lut for 8-bit codes) and an empty candidate heap.
-  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
-  // 4-bit codes: `summed` may hold the list's 16-bit sums for this query already (list-major search).
-  void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, QueryState& st,
-                 const IdSelector* filter, const std::uint16_t* summed = nullptr) const;
-  // Re-ranks (or sorts) the query's candidates and writes its row of k results.
-  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
+  // One query's float look-up table (m x ksub: each code's share of the distance) into `lut`, and
+  // ||q||^2 into `query_term` where list_offset needs it.
+  void prepare_query(const float* q, QueryScratch& s, float* lut, float& query_term) const;
+  // What the table leaves out of the distance to list `list`'s entries (coarse_dist = ||q - c||^2).
+  float list_offset(const float* q, std::size_t list, float coarse_dist, float query_term) const;
+  // Re-ranks (or sorts) the query's candidates (labelled by location) and writes its row of k results.
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
+                    idx_t* ids, float* dist) const;
 
   std::size_t nlist_, m_, nbits_;
   RefineKind refine_;
@@ -151,8 +138,9 @@ class IVFPQIndex final : public VectorIndex {
   codec::ProductQuantizer pq_;
   std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
   std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
-  std::vector<InvertedList> lists_;
-  IdMap where_;                          // id -> (list << 32) | offset
+  // Per list: codes, ids, the re-ranking copy (as payload) and, for l2 with residuals, the norm terms
+  // ||c + r||^2 - ||c||^2 of the decoded vectors.
+  invlists::InvertedLists lists_;
 };
 
 }  // namespace annforge

@@ -19,15 +19,15 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/index/ivfpq.h"  // RefineKind
 #include "annforge/index/vector_index.h"
+#include "annforge/invlists/inverted_lists.h"
 #include "annforge/parallel/shared_mutex.h"
-#include "annforge/storage/aligned_buffer.h"
-#include "annforge/storage/id_map.h"
 
 namespace annforge {
 
@@ -104,15 +104,8 @@ class ScaNNIndex final : public VectorIndex {
   void write(io::FileWriter& w) const override;
 
  private:
-  struct Leaf {
-    AlignedBuffer<std::uint8_t> codes;   // fast-scan blocks of 32 vectors
-    AlignedBuffer<idx_t> ids;
-    AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r~||^2 - ||c||^2
-    std::size_t size() const noexcept { return ids.size(); }
-  };
+  class Search;  // the probe scan's family side (invlists::ProbeFamily)
   struct QueryScratch;
-  struct QueryState;
 
   void check_trained() const;
   bool use_inner_product() const noexcept { return metric_ != Metric::L2; }
@@ -121,15 +114,13 @@ class ScaNNIndex final : public VectorIndex {
   void encode(const float* rows, std::size_t n, const std::int32_t* leaves, const float* centres,
               const codec::ProductQuantizer& pq, int num_threads, std::uint8_t* codes) const;
   float norm_term(std::size_t leaf, const std::uint8_t* code) const;
-  void append(std::size_t leaf, idx_t id, const std::uint8_t* code, const float* row);
-  void erase_at(std::size_t leaf, std::size_t offset);
   void encode_refine(const float* row, std::uint8_t* out) const;
   void decode_refine(const std::uint8_t* stored, float* out) const;
-  // `sums`: the leaf's 16-bit sums for this query when the list-major search computed them already.
-  void scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, QueryState& st, const IdSelector* filter,
-                 const std::uint16_t* sums = nullptr) const;
-  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
-  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
+  // One query's float look-up table (m x 16: each code's share of the distance) into `lut`.
+  void prepare_query(const float* q, QueryScratch& s, float* lut) const;
+  // Re-ranks (or sorts) the query's candidates (labelled by location) and writes its row of k results.
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
+                    idx_t* ids, float* dist) const;
 
   std::size_t num_leaves_, dpb_, m_;
   double threshold_;
@@ -144,8 +135,8 @@ class ScaNNIndex final : public VectorIndex {
   cluster::PackedCentroids packed_;   // centres_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;        // m blocks x 16 centres x dpb (nbits 4)
   std::vector<float> sq8_offset_, sq8_scale_;
-  std::vector<Leaf> leaves_;
-  IdMap where_;  // id -> (leaf << 32) | offset
+  // Per leaf: codes, ids, the reorder copy (as payload) and, for l2, the norm terms ||c + r~||^2 - ||c||^2.
+  invlists::InvertedLists leaves_;
 };
 
 }  // namespace annforge
