@@ -7,7 +7,6 @@
 #include <mutex>
 
 #include "annforge/index/list_sections.h"
-#include "annforge/invlists/probe_scan.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/prefetch.h"
@@ -22,9 +21,6 @@ constexpr std::uint32_t kTagCentroids = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("PQCB");
 constexpr std::uint32_t kTagRotation = io::make_tag("ROTM");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
-
-constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
-constexpr std::size_t kCoarsePointsPerCentroid = 256;
 
 using invlists::location_list;
 
@@ -61,19 +57,10 @@ const char* refine_name(RefineKind kind) {
 
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
                        RefineKind refine, std::uint64_t seed, bool residual)
-    : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
+    : ListIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
       residual_(residual), pq_(dim, m, nbits) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
-}
-
-bool IVFPQIndex::is_trained() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return trained_;
-}
-
-void IVFPQIndex::check_trained() const {
-  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
 }
 
 std::size_t IVFPQIndex::code_bytes() const noexcept { return (nbits_ * m_ + 7) / 8; }
@@ -195,14 +182,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   }
   const std::size_t d = dim_;
 
-  cluster::KMeansOptions opt;
-  opt.niter = kCoarseIterations;
-  opt.seed = seed_;
-  opt.max_points_per_centroid = kCoarsePointsPerCentroid;
-  opt.num_threads = num_threads;
-  opt.assign_all = false;
-  opt.accelerator = accelerator;
-  auto coarse = cluster::kmeans(xt, n, d, nlist_, opt);
+  auto coarse = train_partition(xt, n, d, nlist_, seed_, false, num_threads, accelerator);
   cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
 
   // PQ codebooks on the residuals of an evenly spaced sample (at most 256 rows per PQ centre).
@@ -327,48 +307,18 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
   }
 }
 
-std::size_t IVFPQIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::size_t removed = 0;
-  for (std::size_t i = 0; i < n; ++i) removed += lists_.remove(ids[i]) ? 1 : 0;
-  return removed;
-}
-
-std::size_t IVFPQIndex::size() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return lists_.size();
-}
-
-bool IVFPQIndex::contains(idx_t id) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return lists_.contains(id);
-}
-
-std::vector<idx_t> IVFPQIndex::ids() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return lists_.ids();
-}
-
-void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::uint8_t> code(m_);
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = lists_.find(ids[i]);
-    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
-    const std::size_t l = location_list(loc);
-    float* row = out + i * dim_;
-    if (refine_ != RefineKind::None) {
-      decode_refine(lists_.payload_at(loc), row);
-    } else {
-      lists_.code_at(loc, code.data());
-      pq_.decode(code.data(), row);
-      if (residual_) {
-        const float* c = centroids_.data() + l * dim_;
-        for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
-      }
+void IVFPQIndex::decode_entry(idx_t loc, float* row, std::uint8_t* code) const {
+  if (refine_ != RefineKind::None) {
+    decode_refine(lists_.payload_at(loc), row);
+  } else {
+    lists_.code_at(loc, code);
+    pq_.decode(code, row);
+    if (residual_) {
+      const float* c = centroids_.data() + location_list(loc) * dim_;
+      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
     }
-    unrotate(row);
   }
+  unrotate(row);
 }
 
 std::size_t IVFPQIndex::memory_bytes() const {
@@ -431,69 +381,25 @@ struct IVFPQIndex::QueryScratch {
   std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
 };
 
-// The family side of the probe scan (invlists/probe_scan.h).
-class IVFPQIndex::Search final : public invlists::ProbeFamily {
- public:
-  Search(const IVFPQIndex& index, const float* queries, const std::int32_t* probe, const float* probe_dist,
-         std::size_t nprobe, std::size_t k, std::size_t threads, idx_t* out_ids, float* out_dist)
-      : x_(index), queries_(queries), probe_(probe), probe_dist_(probe_dist), nprobe_(nprobe), k_(k),
-        out_ids_(out_ids), out_dist_(out_dist), scratch_(threads) {}
-  void prepare_query(std::size_t w, std::size_t qi, float* lut, invlists::ProbeQuery& q) const override {
-    x_.prepare_query(query(qi), scratch_[w], lut, q.query_term);
-  }
-  float list_offset(std::size_t qi, std::size_t p, const invlists::ProbeQuery& q) const override {
-    const std::size_t at = qi * nprobe_ + p;
-    return x_.list_offset(query(qi), static_cast<std::size_t>(probe_[at]), probe_dist_[at], q.query_term);
-  }
-  void finish_query(std::size_t w, std::size_t qi, invlists::ProbeQuery& q) const override {
-    x_.finish_query(query(qi), k_, scratch_[w], q.heap.sorted(), out_ids_ + qi * k_, out_dist_ + qi * k_);
-  }
-
- private:
-  const float* query(std::size_t qi) const { return queries_ + qi * x_.dim_; }
-  const IVFPQIndex& x_;
-  const float* queries_;
-  const std::int32_t* probe_;
-  const float* probe_dist_;
-  std::size_t nprobe_, k_;
-  idx_t* out_ids_;
-  float* out_dist_;
-  mutable std::vector<QueryScratch> scratch_;  // per worker
-};
-
 void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
                         float* out_dist) const {
   check_k(k);
   const auto nprobe_knob = opt.knobs.take_int("nprobe", static_cast<long long>(std::min<std::size_t>(nlist_, 16)), 1);
   const auto refine_factor = opt.knobs.take_int("refine_factor", 4, 1);
   opt.knobs.reject_unknown("IVFPQIndex", "nprobe, refine_factor");
-  check_finite(q, nq, dim_, "queries");
-  std::size_t threads = parallel::resolve_threads(opt.num_threads);
-  {
-    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-    check_trained();
-  }
   std::vector<float> Q;
-  transform(q, nq, Q);
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  check_trained();
+  std::size_t threads;
+  const ReadLock lock = begin_search(q, nq, opt, Q, threads);
   if (nq == 0) return;
   const std::size_t nprobe = std::min<std::size_t>(nlist_, static_cast<std::size_t>(nprobe_knob));
   const bool rerank = refine_ != RefineKind::None;
-  invlists::ProbePlan plan;
-  plan.candidates = rerank ? std::min<std::size_t>(k * static_cast<std::size_t>(refine_factor), std::size_t(1) << 24) : k;
-  plan.filter = opt.filter;
-  if (plan.filter && !plan.filter->thread_safe()) threads = 1;
-
+  const std::size_t candidates =
+      rerank ? std::min<std::size_t>(k * static_cast<std::size_t>(refine_factor), std::size_t(1) << 24) : k;
   std::vector<std::int32_t> probe(nq * nprobe);
   std::vector<float> probe_dist(nq * nprobe);
   probe_lists(Q.data(), nq, nprobe, static_cast<int>(threads), probe.data(), probe_dist.data());
-  plan.probe = probe.data();
-  plan.nq = nq;
-  plan.nprobe = nprobe;
-  plan.threads = threads;
-  const Search family(*this, Q.data(), probe.data(), probe_dist.data(), nprobe, k, threads, out_ids, out_dist);
-  invlists::search_probed_lists(lists_, plan, family);
+  scan_probes(*this, {Q.data(), probe.data(), probe_dist.data(), nq, nprobe}, k, candidates, threads, opt.filter,
+              out_ids, out_dist);
 }
 
 void IVFPQIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float& query_term) const {

@@ -7,7 +7,6 @@
 #include <mutex>
 
 #include "annforge/index/list_sections.h"
-#include "annforge/invlists/probe_scan.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/util/topk.h"
@@ -21,9 +20,6 @@ constexpr std::uint32_t kTagCentres = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("AHCB");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 
-// ScaNN trains its tree with 10 Lloyd iterations by default; more barely moves recall here.
-constexpr int kLeafIterations = 10;
-constexpr std::size_t kLeafPointsPerCentre = 256;
 // 8192 rows (512 per centre of a block) give the same recall as 16384 or 65536 on MiniLM at half the training time.
 constexpr std::size_t kDefaultSampleSize = 8192;
 constexpr std::size_t kMaxLeaves = std::size_t(1) << 24;
@@ -173,7 +169,7 @@ void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, 
 
 ScaNNIndex::ScaNNIndex(std::size_t dim, std::size_t num_leaves, std::size_t dims_per_block, double threshold,
                        Metric metric, RefineKind refine, std::uint64_t seed)
-    : VectorIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
+    : ListIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
       m_(checked_blocks(dim, dims_per_block)), threshold_(threshold), refine_(refine), seed_(seed),
       pq_(dim, m_, 4) {
   ANNFORGE_CHECK(num_leaves <= kMaxLeaves, ErrorKind::Value, "num_leaves must be <= ", kMaxLeaves, ", got ",
@@ -191,11 +187,6 @@ void ScaNNIndex::set_training_options(std::size_t sample_size, int codebook_iter
   encode_rounds_ = encode_rounds;
 }
 
-bool ScaNNIndex::is_trained() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return trained_;
-}
-
 std::size_t ScaNNIndex::num_leaves() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return num_leaves_;
@@ -203,10 +194,6 @@ std::size_t ScaNNIndex::num_leaves() const {
 
 bool ScaNNIndex::anisotropic() const noexcept { return anisotropic_for_metric(); }
 bool ScaNNIndex::anisotropic_for_metric() const noexcept { return metric_ != Metric::L2 && !std::isnan(threshold_); }
-
-void ScaNNIndex::check_trained() const {
-  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
-}
 
 std::size_t ScaNNIndex::refine_bytes() const noexcept {
   switch (refine_) {
@@ -230,7 +217,7 @@ std::vector<float> ScaNNIndex::codebooks() const {
 
 std::vector<std::size_t> ScaNNIndex::leaf_sizes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return leaves_.list_sizes();
+  return lists_.list_sizes();
 }
 
 float ScaNNIndex::norm_term(std::size_t leaf, const std::uint8_t* code) const {
@@ -287,15 +274,8 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   const std::size_t d = dim_, m = m_;
   const bool ip = use_inner_product();
 
-  cluster::KMeansOptions opt;
-  opt.niter = kLeafIterations;
-  opt.seed = seed_;
-  opt.max_points_per_centroid = kLeafPointsPerCentre;
-  opt.spherical = ip;
-  opt.num_threads = num_threads;
-  opt.assign_all = false;
-  opt.accelerator = accelerator;
-  auto tree = cluster::kmeans(xt.data(), n, d, leaves, opt);
+  // ScaNN trains its tree with 10 Lloyd iterations by default; more barely moves recall here.
+  auto tree = train_partition(xt.data(), n, d, leaves, seed_, ip, num_threads, accelerator);
   cluster::PackedCentroids packed(tree.centroids.data(), leaves, d);
 
   // Codebooks from an evenly spaced sample of residuals.
@@ -423,7 +403,7 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   pq_ = std::move(pq);
   sq8_offset_ = std::move(sq8_offset);
   sq8_scale_ = std::move(sq8_scale);
-  leaves_ = invlists::InvertedLists(num_leaves_, m_, 4, refine_bytes(), metric_ == Metric::L2);
+  lists_ = invlists::InvertedLists(num_leaves_, m_, 4, refine_bytes(), metric_ == Metric::L2);
   trained_ = true;
 }
 
@@ -487,58 +467,28 @@ void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
 
   assign_ids(ids, n, out_ids);
   for (std::size_t i = 0; i < n; ++i) {
-    leaves_.remove(out_ids[i]);  // upsert
+    lists_.remove(out_ids[i]);  // upsert
     const auto l = static_cast<std::size_t>(leaf[i]);
     const std::uint8_t* code = codes.data() + i * m_;
-    std::uint8_t* stored = leaves_.append(l, out_ids[i], code, metric_ == Metric::L2 ? norm_term(l, code) : 0.0f);
+    std::uint8_t* stored = lists_.append(l, out_ids[i], code, metric_ == Metric::L2 ? norm_term(l, code) : 0.0f);
     if (stored) encode_refine(rows.data() + i * dim_, stored);
   }
 }
 
-std::size_t ScaNNIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::size_t removed = 0;
-  for (std::size_t i = 0; i < n; ++i) removed += leaves_.remove(ids[i]) ? 1 : 0;
-  return removed;
-}
-
-std::size_t ScaNNIndex::size() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return leaves_.size();
-}
-
-bool ScaNNIndex::contains(idx_t id) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return leaves_.contains(id);
-}
-
-std::vector<idx_t> ScaNNIndex::ids() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return leaves_.ids();
-}
-
-void ScaNNIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::uint8_t> code(m_);
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = leaves_.find(ids[i]);
-    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
-    const std::size_t l = location_list(loc);
-    float* row = out + i * dim_;
-    if (refine_ != RefineKind::None) {
-      decode_refine(leaves_.payload_at(loc), row);
-    } else {
-      leaves_.code_at(loc, code.data());
-      pq_.decode(code.data(), row);
-      const float* c = centres_.data() + l * dim_;
-      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
-    }
+void ScaNNIndex::decode_entry(idx_t loc, float* row, std::uint8_t* code) const {
+  if (refine_ != RefineKind::None) {
+    decode_refine(lists_.payload_at(loc), row);
+    return;
   }
+  lists_.code_at(loc, code);
+  pq_.decode(code, row);
+  const float* c = centres_.data() + location_list(loc) * dim_;
+  for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
 }
 
 std::size_t ScaNNIndex::memory_bytes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return leaves_.memory_bytes() + (2 * centres_.size() + pq_.codebooks().size()) * sizeof(float);
+  return lists_.memory_bytes() + (2 * centres_.size() + pq_.codebooks().size()) * sizeof(float);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -550,38 +500,7 @@ struct ScaNNIndex::QueryScratch {
   std::vector<float> q_shifted, q_scaled;
 };
 
-// The family side of the probe scan (invlists/probe_scan.h).
-class ScaNNIndex::Search final : public invlists::ProbeFamily {
- public:
-  Search(const ScaNNIndex& index, const float* queries, const float* probe_score, std::size_t probes, std::size_t k,
-         std::size_t threads, idx_t* out_ids, float* out_dist)
-      : x_(index), queries_(queries), probe_score_(probe_score), probes_(probes), k_(k), out_ids_(out_ids),
-        out_dist_(out_dist), scratch_(threads) {}
-  void prepare_query(std::size_t w, std::size_t qi, float* lut, invlists::ProbeQuery&) const override {
-    x_.prepare_query(query(qi), scratch_[w], lut);
-  }
-  // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~> (the probe score is -<q, c>). The
-  // table holds the last term.
-  float list_offset(std::size_t qi, std::size_t p, const invlists::ProbeQuery&) const override {
-    const float score = probe_score_[qi * probes_ + p];
-    return x_.metric_ == Metric::L2 ? score : 1.0f + score;
-  }
-  void finish_query(std::size_t w, std::size_t qi, invlists::ProbeQuery& q) const override {
-    x_.finish_query(query(qi), k_, scratch_[w], q.heap.sorted(), out_ids_ + qi * k_, out_dist_ + qi * k_);
-  }
-
- private:
-  const float* query(std::size_t qi) const { return queries_ + qi * x_.dim_; }
-  const ScaNNIndex& x_;
-  const float* queries_;
-  const float* probe_score_;
-  std::size_t probes_, k_;
-  idx_t* out_ids_;
-  float* out_dist_;
-  mutable std::vector<QueryScratch> scratch_;  // per worker
-};
-
-void ScaNNIndex::prepare_query(const float* qv, QueryScratch& s, float* lut) const {
+void ScaNNIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float&) const {
   const std::size_t entries = m_ * kCentres, d = dim_;
   if (s.ip_table.size() != entries) {
     s.ip_table.resize(entries);
@@ -593,11 +512,17 @@ void ScaNNIndex::prepare_query(const float* qv, QueryScratch& s, float* lut) con
   for (std::size_t i = 0; i < entries; ++i) lut[i] = factor * s.ip_table[i];
 }
 
+float ScaNNIndex::list_offset(const float*, std::size_t, float probe_score, float) const {
+  // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~> (the probe score is -<q, c>). The
+  // table holds the last term.
+  return metric_ == Metric::L2 ? probe_score : 1.0f + probe_score;
+}
+
 void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s,
                               std::vector<std::pair<float, idx_t>>& found, idx_t* ids, float* out_dist) const {
   const std::size_t d = dim_;
   if (refine_ == RefineKind::None) {
-    write_row_by_id(found, [&](idx_t loc) { return leaves_.id_at(loc); }, k, ids, out_dist);
+    write_row_by_id(found, [&](idx_t loc) { return lists_.id_at(loc); }, k, ids, out_dist);
     return;
   }
   const auto& K = simd::kernels();
@@ -608,7 +533,7 @@ void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s,
           : 0.0f;
   TopK best(k);
   for (const auto& e : found) {
-    const std::uint8_t* stored = leaves_.payload_at(e.second);
+    const std::uint8_t* stored = lists_.payload_at(e.second);
     float dist = 0;
     switch (refine_) {
       case RefineKind::F32: {
@@ -627,7 +552,7 @@ void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s,
         break;
       case RefineKind::None: break;
     }
-    best.push(dist, leaves_.id_at(e.second));
+    best.push(dist, lists_.id_at(e.second));
   }
   write_row(best.sorted(), k, ids, out_dist);
 }
@@ -645,36 +570,22 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const auto reorder_knob =
       opt.knobs.take_int("reorder_k", static_cast<long long>(std::max<std::size_t>(100, 4 * k)), 1);
   opt.knobs.reject_unknown("ScaNNIndex", "leaves_to_search, reorder_k");
-  check_finite(q, nq, dim_, "queries");
-  std::size_t threads = parallel::resolve_threads(opt.num_threads);
-  {
-    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-    check_trained();
-  }
   std::vector<float> Q;
-  prepare_rows(q, nq, Q);
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  check_trained();
+  std::size_t threads;
+  const ReadLock lock = begin_search(q, nq, opt, Q, threads);
   if (nq == 0) return;
   const std::size_t probes = std::min<std::size_t>(num_leaves_, static_cast<std::size_t>(leaves_knob));
   const bool rerank = refine_ != RefineKind::None;
-  invlists::ProbePlan plan;
-  plan.candidates =
+  const std::size_t candidates =
       rerank ? std::min<std::size_t>(std::max<std::size_t>(k, static_cast<std::size_t>(reorder_knob)), std::size_t(1) << 24)
              : k;
-  plan.filter = opt.filter;
-  if (plan.filter && !plan.filter->thread_safe()) threads = 1;
 
   std::vector<std::int32_t> probe(nq * probes);
   std::vector<float> probe_score(nq * probes);
   packed_.nearest(Q.data(), nq, dim_, probes, use_inner_product(), static_cast<int>(threads), probe.data(),
                   probe_score.data());
-  plan.probe = probe.data();
-  plan.nq = nq;
-  plan.nprobe = probes;
-  plan.threads = threads;
-  const Search family(*this, Q.data(), probe_score.data(), probes, k, threads, out_ids, out_dist);
-  invlists::search_probed_lists(leaves_, plan, family);
+  scan_probes(*this, {Q.data(), probe.data(), probe_score.data(), nq, probes}, k, candidates, threads, opt.filter,
+              out_ids, out_dist);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -702,7 +613,7 @@ void ScaNNIndex::write(io::FileWriter& w) const {
     for (float v : sq8_scale_) sq.put(v);
     w.add_owned(kTagSq8, sq.take());
   }
-  write_list_sections(w, leaves_);
+  write_list_sections(w, lists_);
 }
 
 std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReader>& reader) {
@@ -759,7 +670,7 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
         corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
   }
 
-  index->leaves_ = invlists::InvertedLists(leaves, m, 4, index->refine_bytes(), index->metric_ == Metric::L2);
+  index->lists_ = invlists::InvertedLists(leaves, m, 4, index->refine_bytes(), index->metric_ == Metric::L2);
   const ScaNNIndex& loaded = *index;
   read_list_sections(
       *reader, {"ScaNNIndex", "leaf", "reorder"}, [&](idx_t id) { return loaded.id_below_next(id); },
@@ -770,11 +681,11 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
           check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(stored), entries * d, origin,
                                   "ScaNNIndex reorder vectors");
       },
-      index->leaves_);
+      index->lists_);
   index->trained_ = true;
   index->packed_ = cluster::PackedCentroids(index->centres_.data(), leaves, d);
   if (index->metric_ == Metric::L2 &&  // recomputed from the codes rather than stored
-      !index->leaves_.set_norm_terms([&](std::size_t l, const std::uint8_t* code) { return loaded.norm_term(l, code); }))
+      !index->lists_.set_norm_terms([&](std::size_t l, const std::uint8_t* code) { return loaded.norm_term(l, code); }))
     corrupt("a vector's norm term is not finite");
   return index;
 }

@@ -23,11 +23,9 @@
 #include <utility>
 #include <vector>
 
-#include "annforge/parallel/shared_mutex.h"
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
-#include "annforge/index/vector_index.h"
-#include "annforge/invlists/inverted_lists.h"
+#include "annforge/index/list_index.h"
 
 namespace annforge {
 
@@ -39,7 +37,7 @@ const char* refine_name(RefineKind kind);
 float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
                         float* q_scaled);
 
-class IVFPQIndex final : public VectorIndex {
+class IVFPQIndex final : public ListIndex {
  public:
   // residual = true encodes x - c_list (faiss "IVF..,PQ.." / "..x4fsr"); false encodes x itself, the
   // lists only partitioning the data (faiss "IVF..,PQ..x4fs"): on normalised sentence embeddings the
@@ -52,7 +50,6 @@ class IVFPQIndex final : public VectorIndex {
   // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector. `accelerator` (may be
   // null) runs the coarse k-means's distance steps (the CUDA module's GPU k-means).
   void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
-  bool is_trained() const;
   // An orthonormal d x d matrix R (row-major) applied as x -> R x before everything else (OPQ). Only
   // before training; the Python layer learns R (alternating Procrustes).
   void set_rotation(const float* rotation);
@@ -80,24 +77,25 @@ class IVFPQIndex final : public VectorIndex {
   Layout layout() const;  // ValueError when untrained
 
   io::Kind kind() const override { return io::Kind::IVFPQ; }
-  std::size_t size() const override;
   void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
   // Knobs: nprobe (default min(nlist, 16)), refine_factor (default 4; ignored when refine is none).
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
-  std::size_t remove(const idx_t* ids, std::size_t n) override;
-  bool contains(idx_t id) const override;
-  std::vector<idx_t> ids() const override;
-  // The re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded residual).
-  void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
   void write(io::FileWriter& w) const override;
 
  private:
-  class Search;  // the probe scan's family side (invlists::ProbeFamily)
+  template <class>
+  friend class detail::ProbeAdaptor;  // the probe scan calls prepare_query, list_offset, finish_query
   struct QueryScratch;
 
-  void check_trained() const;
+  // reconstruct(): the re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded
+  // residual), rotated back.
+  void decode_entry(idx_t location, float* row, std::uint8_t* code) const override;
+  void prepare_queries(const float* q, std::size_t nq, std::vector<float>& out) const override {
+    transform(q, nq, out);
+  }
+
   // Cosine normalisation, then the OPQ rotation.
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
   void derive_tables();  // packed coarse centroids and code-word norms (after train / load)
@@ -129,18 +127,15 @@ class IVFPQIndex final : public VectorIndex {
   RefineKind refine_;
   std::uint64_t seed_;
   bool residual_;
-  bool trained_ = false;
 
-  mutable parallel::WriterPreferringMutex mutex_;
   std::vector<float> rotation_;          // d x d, empty = identity
   std::vector<float> centroids_;         // nlist x d (rotated space)
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
   std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
   std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
-  // Per list: codes, ids, the re-ranking copy (as payload) and, for l2 with residuals, the norm terms
-  // ||c + r||^2 - ||c||^2 of the decoded vectors.
-  invlists::InvertedLists lists_;
+  // lists_ (ListIndex) holds per list the codes, ids, the re-ranking copy (as payload) and, for l2 with
+  // residuals, the norm terms ||c + r||^2 - ||c||^2 of the decoded vectors.
 };
 
 }  // namespace annforge
