@@ -52,6 +52,7 @@ def reference_best(codes, ids_of, terms, table, bias, scale, offsets, k):
     return loc[order], d[order]
 
 
+@pytest.mark.sanitize
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(0, 140), min_size=1, max_size=4), m=st.integers(1, 9),
        k=st.integers(1, 40), with_terms=st.booleans(), spread=st.sampled_from([0.0, 0.5, 20.0]),
@@ -79,6 +80,7 @@ def test_probe_scan_keeps_exactly_the_k_best(sizes, m, k, with_terms, spread, re
     np.testing.assert_array_equal(dist, want_dist)
 
 
+@pytest.mark.sanitize
 @settings(max_examples=60, deadline=None)
 @given(n0=st.integers(1, 120), n1=st.integers(1, 120), m=st.integers(1, 9), k=st.integers(1, 20),
        with_terms=st.booleans(), below=st.floats(0.05, 4.0), removals=st.integers(0, 40),
@@ -139,6 +141,7 @@ def trained_data() -> np.ndarray:
     return clustered(1200, DIM, seed=21, clusters=16)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=8, deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from(["add", "remove", "upsert"]), st.integers(1, 60),
@@ -179,6 +182,7 @@ def check_consistent(index, model: dict) -> None:
         assert (ids[:, 0] == live[:50]).all()  # each vector finds itself (exact re-ranking, all lists)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("family", FAMILIES)
 def test_removed_ids_are_gone_everywhere_and_files_keep_the_lists(tmp_path, trained_data, family: str) -> None:
     index = make(family)
