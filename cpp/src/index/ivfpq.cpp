@@ -1,15 +1,13 @@
 #include "annforge/index/ivfpq.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <mutex>
 
 #include "annforge/codec/opq.h"
-#include "annforge/codec/pq4_fastscan.h"
-#include "annforge/index/list_major.h"
+#include "annforge/index/list_sections.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/storage/prefetch.h"
@@ -24,29 +22,8 @@ constexpr std::uint32_t kTagCentroids = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("PQCB");
 constexpr std::uint32_t kTagRotation = io::make_tag("ROTM");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
-constexpr std::uint32_t kTagListSizes = io::make_tag("LSIZ");
-constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
-constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
-constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
-constexpr int kCoarseIterations = 10;  // as faiss (IndexIVF: cp.niter = 10)
-constexpr std::size_t kCoarsePointsPerCentroid = 256;
-
-inline int lowest_bit(std::uint32_t v) {  // v != 0
-#if defined(__GNUC__)
-  return __builtin_ctz(v);
-#else
-  int i = 0;
-  while (!(v & 1u)) v >>= 1, ++i;
-  return i;
-#endif
-}
-
-inline idx_t pack_location(std::size_t list, std::size_t offset) {
-  return static_cast<idx_t>((static_cast<std::uint64_t>(list) << 32) | offset);
-}
-inline std::size_t location_list(idx_t loc) { return static_cast<std::size_t>(static_cast<std::uint64_t>(loc) >> 32); }
-inline std::size_t location_offset(idx_t loc) { return static_cast<std::size_t>(loc & 0xffffffffll); }
+using invlists::location_list;
 
 }  // namespace
 
@@ -79,42 +56,12 @@ const char* refine_name(RefineKind kind) {
   return "none";
 }
 
-// What one query carries from list to list: its quantized look-up table (4-bit codes), ||q||^2 and
-// its candidate heap. The list-major search keeps one per query of a block.
-struct IVFPQIndex::QueryState {
-  codec::pq4::QuantizedLut qlut;
-  float q_sqnorm = 0;  // ||q||^2 (l2 without residuals)
-  TopKBuffer heap;  // candidates: many per list, so appended and cut back in batches
-};
-
-// Per-worker buffers reused across the queries of one search call.
-struct IVFPQIndex::QueryScratch {
-  std::vector<float> ip_table;   // m x ksub: <q_j, c_jc>
-  std::vector<float> lut;        // m x ksub: distance contribution of each code (8-bit codes: used by the scan)
-  std::vector<std::uint16_t> acc, bounds;
-  std::vector<std::uint32_t> masks;
-  std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
-  std::vector<QueryState> states;          // one per query of the current block
-  codec::pq4::ScanFn scan = nullptr;
-  codec::pq4::BelowFn below = nullptr;
-  const codec::pq4::LutKernels* lut_kernels = nullptr;
-};
-
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
                        RefineKind refine, std::uint64_t seed, bool residual, bool opq)
-    : VectorIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
+    : ListIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
       residual_(residual), opq_(opq), pq_(dim, m, nbits) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
-}
-
-bool IVFPQIndex::is_trained() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return trained_;
-}
-
-void IVFPQIndex::check_trained() const {
-  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
 }
 
 std::size_t IVFPQIndex::code_bytes() const noexcept { return (nbits_ * m_ + 7) / 8; }
@@ -167,9 +114,7 @@ std::vector<float> IVFPQIndex::coarse_centroids() const {
 
 std::vector<std::size_t> IVFPQIndex::list_sizes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::size_t> out(lists_.size());
-  for (std::size_t l = 0; l < lists_.size(); ++l) out[l] = lists_[l].size();
-  return out;
+  return lists_.list_sizes();
 }
 
 void IVFPQIndex::transform(const float* x, std::size_t n, std::vector<float>& out) const {
@@ -254,14 +199,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   }
   const std::size_t d = dim_;
 
-  cluster::KMeansOptions opt;
-  opt.niter = kCoarseIterations;
-  opt.seed = seed_;
-  opt.max_points_per_centroid = kCoarsePointsPerCentroid;
-  opt.num_threads = num_threads;
-  opt.assign_all = false;
-  opt.accelerator = accelerator;
-  auto coarse = cluster::kmeans(xt, n, d, nlist_, opt);
+  auto coarse = train_partition(xt, n, d, nlist_, seed_, false, num_threads, accelerator);
   cluster::PackedCentroids packed(coarse.centroids.data(), nlist_, d);
 
   // PQ codebooks on the residuals of an evenly spaced sample (at most 256 rows per PQ centre).
@@ -301,8 +239,7 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   pq_ = std::move(pq);
   sq8_offset_ = std::move(sq8_offset);
   sq8_scale_ = std::move(sq8_scale);
-  lists_.assign(nlist_, InvertedList());
-  where_.clear();
+  lists_ = invlists::InvertedLists(nlist_, m_, nbits_, refine_bytes(), norm_terms_stored());
   trained_ = true;
   derive_tables();
 }
@@ -347,75 +284,6 @@ void IVFPQIndex::decode_refine(const std::uint8_t* stored, float* out) const {
   }
 }
 
-void IVFPQIndex::append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row) {
-  InvertedList& L = lists_[list];
-  const std::size_t off = L.size();
-  if (nbits_ == 8) {
-    L.codes.append(code, m_);
-  } else {
-    if (off % codec::pq4::kBlock == 0) L.codes.resize(L.codes.size() + codec::pq4::block_bytes(m_));
-    std::uint8_t* blocks = L.codes.mutable_data();
-    for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
-  }
-  L.ids.push_back(id);
-  if (norm_terms_stored()) {
-    const float term = norm_term(list, code);
-    L.norm_terms.push_back(term);
-    lower_floor(L, off, term);
-  }
-  if (refine_ != RefineKind::None) {
-    const std::size_t rb = refine_bytes();
-    L.refine.resize(L.refine.size() + rb);
-    encode_refine(row, L.refine.mutable_data() + off * rb);
-  }
-  where_.set(id, pack_location(list, off));
-}
-
-void IVFPQIndex::lower_floor(InvertedList& L, std::size_t slot, float term) {
-  const std::size_t block = slot / codec::pq4::kBlock;
-  if (block >= L.block_floor.size()) L.block_floor.resize(block + 1, std::numeric_limits<float>::infinity());
-  L.block_floor[block] = std::min(L.block_floor[block], term);
-}
-
-void IVFPQIndex::erase_at(std::size_t list, std::size_t off) {
-  InvertedList& L = lists_[list];
-  const std::size_t last = L.size() - 1, rb = refine_bytes();
-  if (off != last) {  // move the last entry into the hole
-    const idx_t moved = L.ids[last];
-    L.ids.at_mut(off) = moved;
-    where_.set(moved, pack_location(list, off));
-    if (norm_terms_stored()) {
-      L.norm_terms.at_mut(off) = L.norm_terms[last];
-      lower_floor(L, off, L.norm_terms[last]);
-    }
-    if (nbits_ == 8) {
-      std::uint8_t* c = L.codes.mutable_data();
-      std::memcpy(c + off * m_, c + last * m_, m_);
-    } else {
-      std::uint8_t* blocks = L.codes.mutable_data();
-      for (std::size_t j = 0; j < m_; ++j)
-        codec::pq4::set_code(blocks, m_, off, j, codec::pq4::get_code(blocks, m_, last, j));
-    }
-    if (rb) {
-      std::uint8_t* r = L.refine.mutable_data();
-      std::memcpy(r + off * rb, r + last * rb, rb);
-    }
-  }
-  L.ids.shrink(last);
-  if (norm_terms_stored()) {
-    L.norm_terms.shrink(last);
-    L.block_floor.resize(codec::pq4::blocks_for(last));  // an emptied block starts afresh
-  }
-  if (nbits_ == 8) {
-    L.codes.shrink(last * m_);
-  } else {
-    std::uint8_t* blocks = L.codes.mutable_data();
-    for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, last, j, 0);  // keep padding zero
-    L.codes.shrink(codec::pq4::blocks_for(last) * codec::pq4::block_bytes(m_));
-  }
-  if (rb) L.refine.shrink(last * rb);
-}
-
 void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);
   {
@@ -448,74 +316,34 @@ void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
 
   assign_ids(ids, n, out_ids);
   for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.erase(out_ids[i]);
-    if (loc != IdMap::kMissing) erase_at(location_list(loc), location_offset(loc));  // upsert
-    append(static_cast<std::size_t>(lists[i]), out_ids[i], codes.data() + i * m_, rows.data() + i * d);
+    lists_.remove(out_ids[i]);  // upsert
+    const auto list = static_cast<std::size_t>(lists[i]);
+    const std::uint8_t* code = codes.data() + i * m_;
+    std::uint8_t* stored = lists_.append(list, out_ids[i], code, norm_terms_stored() ? norm_term(list, code) : 0.0f);
+    if (stored) encode_refine(rows.data() + i * d, stored);
   }
 }
 
-std::size_t IVFPQIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::size_t removed = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.erase(ids[i]);
-    if (loc == IdMap::kMissing) continue;
-    erase_at(location_list(loc), location_offset(loc));
-    ++removed;
-  }
-  return removed;
-}
-
-std::size_t IVFPQIndex::size() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return where_.size();
-}
-
-bool IVFPQIndex::contains(idx_t id) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return where_.contains(id);
-}
-
-std::vector<idx_t> IVFPQIndex::ids() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<idx_t> out;
-  out.reserve(where_.size());
-  for (const auto& L : lists_) out.insert(out.end(), L.ids.data(), L.ids.data() + L.size());
-  return out;
-}
-
-void IVFPQIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::uint8_t> code(m_);
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.find(ids[i]);
-    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
-    const std::size_t l = location_list(loc), off = location_offset(loc);
-    const InvertedList& L = lists_[l];
-    float* row = out + i * dim_;
-    if (refine_ != RefineKind::None) {
-      decode_refine(L.refine.data() + off * refine_bytes(), row);
-    } else {
-      for (std::size_t j = 0; j < m_; ++j)
-        code[j] = nbits_ == 8 ? L.codes[off * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, off, j);
-      pq_.decode(code.data(), row);
-      if (residual_) {
-        const float* c = centroids_.data() + l * dim_;
-        for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
-      }
+void IVFPQIndex::decode_entry(idx_t loc, float* row, std::uint8_t* code) const {
+  if (refine_ != RefineKind::None) {
+    decode_refine(lists_.payload_at(loc), row);
+  } else {
+    lists_.code_at(loc, code);
+    pq_.decode(code, row);
+    if (residual_) {
+      const float* c = centroids_.data() + location_list(loc) * dim_;
+      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
     }
-    unrotate(row);
   }
+  unrotate(row);
 }
 
 std::size_t IVFPQIndex::memory_bytes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t bytes =
-      where_.memory_bytes() +
+      lists_.memory_bytes() +
       (centroids_.size() + rotation_.size() + pq_.codebooks().size() + code_norms_.size()) * sizeof(float);
   bytes += centroids_.size() * sizeof(float);  // packed copy for the GEMM kernel
-  for (const auto& L : lists_)
-    bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
   return bytes;
 }
 
@@ -527,105 +355,6 @@ void IVFPQIndex::probe_lists(const float* q, std::size_t nq, std::size_t nprobe,
   // Hook for an HNSW coarse quantizer (nlist >= 16384); flat GEMM scan of the centroids for now.
   // Lists are ranked by l2 for every metric: vectors were assigned to their l2-nearest centroid.
   coarse_.nearest(q, nq, dim_, nprobe, false, num_threads, lists, dist);
-}
-
-void IVFPQIndex::scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, QueryState& st,
-                           const IdSelector* filter, const std::uint16_t* summed) const {
-  const InvertedList& L = lists_[list];
-  const std::size_t n = L.size();
-  if (n == 0) return;
-  // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
-  // Without residuals c is 0: l2 ||q||^2 + (||r||^2 - 2 <q, r>), ip 1 - <q, r>; ||r||^2 is a sum over
-  // sub-spaces, so the table holds all of the bracket and there is no per-vector term to add.
-  const bool l2 = norm_terms_stored();  // a per-vector norm term to add
-  float base;
-  if (residual_)
-    base = l2 ? coarse_dist : 1.0f - simd::kernels().dot(q, centroids_.data() + list * dim_, dim_);
-  else
-    base = metric_ == Metric::L2 ? st.q_sqnorm : 1.0f;
-  const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
-  TopKBuffer& heap = st.heap;
-  float thr = heap.threshold();
-  auto consider = [&](float dist, std::size_t offset) {
-    if (filter && !filter->contains(L.ids[offset])) return;
-    heap.push(dist, pack_location(list, offset));
-    thr = heap.threshold();
-  };
-  if (nbits_ == 8) {
-    const float* lut = s.lut.data();
-    const std::uint8_t* codes = L.codes.data();
-    const std::size_t m = m_;
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint8_t* c = codes + i * m;
-      float d0 = base, d1 = l2 ? norm_terms[i] : 0.0f, d2 = 0, d3 = 0;
-      std::size_t j = 0;
-      for (; j + 4 <= m; j += 4) {
-        d0 += lut[j * 256 + c[j]];
-        d1 += lut[(j + 1) * 256 + c[j + 1]];
-        d2 += lut[(j + 2) * 256 + c[j + 2]];
-        d3 += lut[(j + 3) * 256 + c[j + 3]];
-      }
-      for (; j < m; ++j) d0 += lut[j * 256 + c[j]];
-      const float dist = (d0 + d1) + (d2 + d3);
-      if (dist <= thr) consider(dist, i);  // ties too: TopK breaks them by label, so the order lists come in cannot matter
-    }
-  } else {
-    const std::size_t nblocks = codec::pq4::blocks_for(n);
-    if (!summed) {
-      s.acc.resize(nblocks * codec::pq4::kBlock);
-      s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), st.qlut.table.data(), s.acc.data());
-    }
-    const float offset = base + st.qlut.bias, inv_scale = 1.0f / st.qlut.scale, scale = st.qlut.scale;
-    const float* floors = l2 ? L.block_floor.data() : nullptr;
-    const std::uint16_t* acc = summed ? summed : s.acc.data();
-    // A 16-bit sum can only enter when offset + norm_term + acc / scale < thr, so acc must be below
-    // (thr - offset - floor) * scale with `floor` the block's lowest norm term. One kernel call compares
-    // every block against its bound (from the threshold when the list starts, with slack for float
-    // rounding; a threshold that tightens later only lets more through) and exact float distances are
-    // computed only for the few that pass. Same pushes, same order as computing every distance.
-    s.masks.resize(nblocks);
-    std::uint32_t* masks = s.masks.data();
-    if (thr < std::numeric_limits<float>::infinity()) {
-      s.bounds.resize(nblocks);
-      std::uint16_t* bounds = s.bounds.data();
-      const float lim0 = (thr - offset) * scale, rel = (std::fabs(thr) + std::fabs(offset)) * scale * 1e-5f;
-      for (std::size_t b = 0; b < nblocks; ++b) {
-        const float floor = l2 ? floors[b] : 0.0f;
-        const float lim = lim0 - floor * scale + 2.0f + rel + std::fabs(floor) * scale * 1e-5f;
-        // acc never reaches 65535 (quantize_lut keeps sums below 65535 - padded_m), so 65535 passes all.
-        bounds[b] = lim <= 0.0f ? std::uint16_t(0) : lim >= 65535.0f ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim);
-      }
-      s.below(acc, nblocks, bounds, masks);
-    } else if (!l2 && !filter && n > heap.k()) {
-      // No threshold yet (the query's first list). The distance grows with the sum within this list,
-      // so only its k smallest sums can enter: a histogram of the sums gives a bound that lets those
-      // (and a few more) through, instead of offering all n to the buffer.
-      constexpr unsigned kShift = 7;
-      std::array<std::uint32_t, (65536 >> kShift)> hist{};
-      for (std::size_t i = 0; i < n; ++i) ++hist[acc[i] >> kShift];
-      std::size_t bin = 0;
-      for (std::size_t seen = 0; bin < hist.size(); ++bin)
-        if ((seen += hist[bin]) >= heap.k()) break;
-      const std::size_t lim = (bin + 1) << kShift;
-      s.bounds.assign(nblocks, lim >= 65535 ? std::uint16_t(65535) : static_cast<std::uint16_t>(lim));
-      s.below(acc, nblocks, s.bounds.data(), masks);
-    } else {
-      for (std::size_t b = 0; b < nblocks; ++b) masks[b] = ~std::uint32_t(0);  // heap not full yet
-    }
-    if (n % codec::pq4::kBlock) masks[nblocks - 1] &= (std::uint32_t(1) << (n % codec::pq4::kBlock)) - 1;  // padding
-    for (std::size_t b = 0; b < nblocks; ++b) {
-      std::uint32_t pass = masks[b];
-      const std::size_t base_i = b * codec::pq4::kBlock;
-      while (pass) {
-        const std::size_t i = base_i + static_cast<std::size_t>(lowest_bit(pass));
-        pass &= pass - 1;
-        const float dist = l2 ? (offset + norm_terms[i]) + static_cast<float>(acc[i]) * inv_scale
-                              : offset + static_cast<float>(acc[i]) * inv_scale;
-        if (dist <= thr) consider(dist, i);  // ties too: TopK breaks them by label, so the order lists come in cannot matter
-      }
-    }
-    if (!(heap.threshold() < std::numeric_limits<float>::infinity())) heap.tighten();  // a threshold for the next list
-  }
 }
 
 std::size_t IVFPQIndex::refine_chunk() const noexcept {
@@ -663,96 +392,64 @@ float IVFPQIndex::refine_distance(const float* q, const std::uint8_t* stored, co
   return 0.0f;
 }
 
+// Per-worker buffers reused across the queries of one search call.
+struct IVFPQIndex::QueryScratch {
+  std::vector<float> ip_table;             // m x ksub: <q_j, c_jc>
+  std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
+};
+
 void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
                         float* out_dist) const {
   check_k(k);
   const auto nprobe_knob = opt.knobs.take_int("nprobe", static_cast<long long>(std::min<std::size_t>(nlist_, 16)), 1);
   const auto refine_factor = opt.knobs.take_int("refine_factor", 4, 1);
   opt.knobs.reject_unknown("IVFPQIndex", "nprobe, refine_factor");
-  check_storable(q, nq, "queries");
-  std::size_t threads = parallel::resolve_threads(opt.num_threads);
-  {
-    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-    check_trained();
-  }
   std::vector<float> Q;
-  transform(q, nq, Q);
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  check_trained();
+  std::size_t threads;
+  const ReadLock lock = begin_search(q, nq, opt, Q, threads);
   if (nq == 0) return;
   const std::size_t nprobe = std::min<std::size_t>(nlist_, static_cast<std::size_t>(nprobe_knob));
   const bool rerank = refine_ != RefineKind::None;
   const std::size_t candidates =
       rerank ? std::min<std::size_t>(k * static_cast<std::size_t>(refine_factor), std::size_t(1) << 24) : k;
-  const IdSelector* filter = opt.filter;
-  if (filter && !filter->thread_safe()) threads = 1;
-
   std::vector<std::int32_t> probe(nq * nprobe);
   std::vector<float> probe_dist(nq * nprobe);
   probe_lists(Q.data(), nq, nprobe, static_cast<int>(threads), probe.data(), probe_dist.data());
-
-  std::vector<QueryScratch> scratch(threads);
-  const auto scan = nbits_ == 4 ? codec::pq4::scan_kernel() : nullptr;
-  const auto below = nbits_ == 4 ? codec::pq4::below_kernel() : nullptr;
-  const auto* lut_kernels = nbits_ == 4 ? codec::pq4::lut_kernels() : nullptr;
-  const auto scan_multi = nbits_ == 4 ? codec::pq4::scan_multi_kernel() : nullptr;
-  for (auto& s : scratch) {
-    s.scan = scan;
-    s.below = below;
-    s.lut_kernels = lut_kernels;
-  }
-  const std::size_t d = dim_, pm = codec::pq4::padded_m(m_);
-  // 4-bit codes: list-major within blocks of queries (index/list_major.h). 8-bit codes keep a 1 KiB
-  // float table per sub-quantizer and query: one query at a time.
-  const std::size_t block = nbits_ == 4 ? list_major_block(nq, threads, pm * 16, candidates) : 1;
-  auto state = [&](std::size_t w, std::size_t slot) -> QueryState& {
-    auto& states = scratch[w].states;
-    if (states.size() <= slot) states.resize(slot + 1);
-    return states[slot];
-  };
-  scan_probed_lists(
-      nq, nprobe, threads, block, probe.data(), nlist_, scan_multi, pm,
-      [&](std::size_t l) { return std::make_pair(lists_[l].codes.data(), lists_[l].size()); },
-      [&](std::size_t w, std::size_t slot, std::size_t qi) {
-        prepare_query(Q.data() + qi * d, candidates, scratch[w], state(w, slot));
-      },
-      [&](std::size_t w, std::size_t slot) { return state(w, slot).qlut.table.data(); },
-      [&](std::size_t w, std::size_t slot, std::size_t qi, std::size_t p, const std::uint16_t* sums) {
-        scan_list(Q.data() + qi * d, static_cast<std::size_t>(probe[qi * nprobe + p]), probe_dist[qi * nprobe + p],
-                  scratch[w], state(w, slot), filter, sums);
-      },
-      [&](std::size_t w, std::size_t slot, std::size_t qi) {
-        finish_query(Q.data() + qi * d, k, scratch[w], state(w, slot), out_ids + qi * k, out_dist + qi * k);
-      });
+  scan_probes(*this, {Q.data(), probe.data(), probe_dist.data(), nq, nprobe}, k, candidates, threads, opt.filter,
+              out_ids, out_dist);
 }
 
-void IVFPQIndex::prepare_query(const float* qv, std::size_t candidates, QueryScratch& s, QueryState& st) const {
+void IVFPQIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float& query_term) const {
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
-  if (s.lut.size() != entries) {
+  if (s.ip_table.size() != entries) {
     s.ip_table.resize(entries);
-    s.lut.resize(entries);
     s.q_shifted.resize(d);
     s.q_scaled.resize(d);
   }
-  if (!residual_ && metric_ == Metric::L2) st.q_sqnorm = simd::kernels().dot(qv, qv, d);
+  if (!residual_ && metric_ == Metric::L2) query_term = simd::kernels().dot(qv, qv, d);  // ||q||^2
   pq_.inner_product_table(qv, s.ip_table.data());
   const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
   if (code_norms_.empty()) {
-    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
+    for (std::size_t i = 0; i < entries; ++i) lut[i] = factor * s.ip_table[i];
   } else {
-    for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i] + code_norms_[i];
+    for (std::size_t i = 0; i < entries; ++i) lut[i] = factor * s.ip_table[i] + code_norms_[i];
   }
-  if (nbits_ == 4) codec::pq4::quantize_lut(s.lut.data(), m_, st.qlut, s.lut_kernels);
-  st.heap.reset(candidates);
 }
 
-void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids,
-                              float* dist) const {
+float IVFPQIndex::list_offset(const float* qv, std::size_t list, float coarse_dist, float query_term) const {
+  // l2: ||q - c||^2 + norm_term - 2 <q, r>;  ip: 1 - <q, c> - <q, r>.  The table holds the last term.
+  // Without residuals c is 0: l2 ||q||^2 + (||r||^2 - 2 <q, r>), ip 1 - <q, r>; ||r||^2 is a sum over
+  // sub-spaces, so the table holds all of the bracket and there is no per-vector term to add.
+  const bool l2 = metric_ == Metric::L2;
+  if (!residual_) return l2 ? query_term : 1.0f;
+  return l2 ? coarse_dist : 1.0f - simd::kernels().dot(qv, centroids_.data() + list * dim_, dim_);
+}
+
+void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
+                              idx_t* ids, float* dist) const {
   const std::size_t d = dim_;
-  auto& found = st.heap.sorted();
   if (refine_ == RefineKind::None) {
-    write_row_by_id(
-        found, [&](idx_t loc) { return lists_[location_list(loc)].ids[location_offset(loc)]; }, k, ids, dist);
+    write_row_by_id(found, [&](idx_t loc) { return lists_.id_at(loc); }, k, ids, dist);
     return;
   }
   const float q_dot_offset =
@@ -766,19 +463,15 @@ void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
   constexpr std::size_t kAhead = 2;
   const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
   const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
-  auto stored = [&](const std::pair<float, idx_t>& e) {
-    return lists_[location_list(e.second)].refine.data() + location_offset(e.second) * rb;
-  };
+  auto stored = [&](const std::pair<float, idx_t>& e) { return lists_.payload_at(e.second); };
   for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(stored(found[i]), ahead_bytes);
   for (std::size_t i = 0; i < found.size(); ++i) {
     if (i + kAhead < found.size()) prefetch_range(stored(found[i + kAhead]), ahead_bytes);
     const auto& e = found[i];
-    const InvertedList& L = lists_[location_list(e.second)];
-    const std::size_t off = location_offset(e.second);
     // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
-    const float dv = refine_distance(qv, L.refine.data() + off * rb, s.q_shifted.data(), s.q_scaled.data(),
+    const float dv = refine_distance(qv, stored(e), s.q_shifted.data(), s.q_scaled.data(),
                                      q_dot_offset, best.threshold());
-    best.push(dv, L.ids[off]);
+    best.push(dv, lists_.id_at(e.second));
   }
   write_row(best.sorted(), k, ids, dist);
 }
@@ -794,22 +487,21 @@ IVFPQIndex::Layout IVFPQIndex::layout() const {
   out.sq8_offset = sq8_offset_;
   out.sq8_scale = sq8_scale_;
   out.list_offsets.resize(nlist_ + 1, 0);
-  for (std::size_t l = 0; l < nlist_; ++l) out.list_offsets[l + 1] = out.list_offsets[l] + lists_[l].size();
+  for (std::size_t l = 0; l < nlist_; ++l) out.list_offsets[l + 1] = out.list_offsets[l] + lists_.list_size(l);
   const std::size_t total = out.list_offsets[nlist_], rb = refine_bytes();
   out.codes.resize(total * m_);
   out.ids.resize(total);
   if (norm_terms_stored()) out.norm_terms.resize(total);
   out.refine.resize(total * rb);
   for (std::size_t l = 0; l < nlist_; ++l) {
-    const InvertedList& L = lists_[l];
+    const invlists::ListView L = lists_.list(l);
     const std::size_t base = out.list_offsets[l];
-    for (std::size_t i = 0; i < L.size(); ++i) {
-      for (std::size_t j = 0; j < m_; ++j)
-        out.codes[(base + i) * m_ + j] = nbits_ == 8 ? L.codes[i * m_ + j] : codec::pq4::get_code(L.codes.data(), m_, i, j);
+    for (std::size_t i = 0; i < L.size; ++i) {
+      lists_.code_at(l, i, out.codes.data() + (base + i) * m_);
       out.ids[base + i] = L.ids[i];
-      if (norm_terms_stored()) out.norm_terms[base + i] = L.norm_terms[i];
+      if (L.norm_terms) out.norm_terms[base + i] = L.norm_terms[i];
     }
-    if (rb) std::memcpy(out.refine.data() + base * rb, L.refine.data(), L.size() * rb);
+    if (rb) std::memcpy(out.refine.data() + base * rb, lists_.stored_payload(l), L.size * rb);
   }
   return out;
 }
@@ -842,15 +534,7 @@ void IVFPQIndex::write(io::FileWriter& w) const {
     for (float v : sq8_scale_) sq.put(v);
     w.add_owned(kTagSq8, sq.take());
   }
-  io::ByteWriter sizes;
-  for (const auto& L : lists_) sizes.put(static_cast<std::uint64_t>(L.size()));
-  w.add_owned(kTagListSizes, sizes.take());
-  w.add(kTagCodes, nullptr, 0);
-  for (const auto& L : lists_) w.add_chunk(L.codes.data(), L.codes.size());
-  w.add(kTagIds, nullptr, 0);
-  for (const auto& L : lists_) w.add_chunk(L.ids.data(), L.ids.size() * sizeof(idx_t));
-  w.add(kTagRefine, nullptr, 0);
-  for (const auto& L : lists_) w.add_chunk(L.refine.data(), L.refine.size());
+  write_list_sections(w, lists_);
 }
 
 std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReader>& reader) {
@@ -912,78 +596,24 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
         corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
   }
 
-  io::ByteReader sizes(reader->section(kTagListSizes), "IVFPQIndex list sizes");
-  std::vector<std::size_t> list_size(nlist);
-  std::size_t total = 0, code_total = 0;
-  for (std::size_t l = 0; l < nlist; ++l) {
-    const auto sz = sizes.read<std::uint64_t>();
-    if (sz >= (std::uint64_t(1) << 32)) corrupt("list size out of range");
-    list_size[l] = sz;
-    total += sz;
-    code_total += nbits == 8 ? sz * m : codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
-  }
-  sizes.expect_end();
-  const std::size_t rb = index->refine_bytes();
-  const io::Bytes codes = reader->section(kTagCodes), ids = reader->section(kTagIds),
-                  refv = reader->section(kTagRefine);
-  if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
-  if (codes.size != code_total) corrupt("code section size mismatch");
-  if (refv.size != total * rb) corrupt("re-ranking section size mismatch");
-  if (refine == static_cast<std::uint8_t>(RefineKind::F32))
-    check_loaded_finite(reinterpret_cast<const float*>(refv.data), total * d, origin, "IVFPQIndex re-ranking vectors");
-  if (refine == static_cast<std::uint8_t>(RefineKind::F16))
-    check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(refv.data), total * d, origin,
-                            "IVFPQIndex re-ranking vectors");
-
-  index->lists_.assign(nlist, InvertedList());
-  index->where_.reserve(total);
-  const bool mapped = reader->mapped();
-  std::size_t entry = 0, code_off = 0;
-  for (std::size_t l = 0; l < nlist; ++l) {
-    InvertedList& L = index->lists_[l];
-    const std::size_t sz = list_size[l];
-    const std::size_t cb = nbits == 8 ? sz * m : codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
-    const auto* id_ptr = reinterpret_cast<const idx_t*>(ids.data) + entry;
-    for (std::size_t i = 0; i < sz; ++i) {
-      idx_t id;
-      std::memcpy(&id, id_ptr + i, sizeof id);
-      if (!index->id_below_next(id) || index->where_.contains(id)) corrupt("invalid or repeated id");
-      index->where_.set(id, pack_location(l, i));
-    }
-    if (mapped) {
-      L.codes = AlignedBuffer<std::uint8_t>::view(codes.data + code_off, cb, reader->keepalive());
-      L.ids = AlignedBuffer<idx_t>::view(id_ptr, sz, reader->keepalive());
-      if (rb) L.refine = AlignedBuffer<std::uint8_t>::view(refv.data + entry * rb, sz * rb, reader->keepalive());
-    } else {
-      L.codes.append(codes.data + code_off, cb);
-      L.ids.reserve(sz);
-      for (std::size_t i = 0; i < sz; ++i) {
-        idx_t id;
-        std::memcpy(&id, id_ptr + i, sizeof id);
-        L.ids.push_back(id);
-      }
-      if (rb) L.refine.append(refv.data + entry * rb, sz * rb);
-    }
-    entry += sz;
-    code_off += cb;
-  }
+  index->lists_ = invlists::InvertedLists(nlist, m, nbits, index->refine_bytes(), index->norm_terms_stored());
+  const IVFPQIndex& loaded = *index;
+  read_list_sections(
+      *reader, {"IVFPQIndex", "list", "re-ranking"}, [&](idx_t id) { return loaded.id_below_next(id); },
+      [&](const std::uint8_t* stored, std::size_t entries) {
+        if (refine == static_cast<std::uint8_t>(RefineKind::F32))
+          check_loaded_finite(reinterpret_cast<const float*>(stored), entries * d, origin,
+                              "IVFPQIndex re-ranking vectors");
+        if (refine == static_cast<std::uint8_t>(RefineKind::F16))
+          check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(stored), entries * d, origin,
+                                  "IVFPQIndex re-ranking vectors");
+      },
+      index->lists_);
   index->trained_ = true;
   index->derive_tables();
-  if (index->norm_terms_stored()) {  // recomputed from the codes rather than stored
-    std::vector<std::uint8_t> code(m);
-    for (std::size_t l = 0; l < nlist; ++l) {
-      InvertedList& L = index->lists_[l];
-      L.norm_terms.reserve(L.size());
-      for (std::size_t i = 0; i < L.size(); ++i) {
-        for (std::size_t j = 0; j < m; ++j)
-          code[j] = nbits == 8 ? L.codes[i * m + j] : codec::pq4::get_code(L.codes.data(), m, i, j);
-        const float term = index->norm_term(l, code.data());
-        if (!std::isfinite(term)) corrupt("a vector's norm term is not finite");
-        L.norm_terms.push_back(term);
-        lower_floor(L, i, term);
-      }
-    }
-  }
+  if (index->norm_terms_stored() &&  // recomputed from the codes rather than stored
+      !index->lists_.set_norm_terms([&](std::size_t l, const std::uint8_t* code) { return loaded.norm_term(l, code); }))
+    corrupt("a vector's norm term is not finite");
   return index;
 }
 

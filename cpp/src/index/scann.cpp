@@ -6,8 +6,7 @@
 #include <limits>
 #include <mutex>
 
-#include "annforge/codec/pq4_fastscan.h"
-#include "annforge/index/list_major.h"
+#include "annforge/index/list_sections.h"
 #include "annforge/parallel/executor.h"
 #include "annforge/simd/kernels.h"
 #include "annforge/util/topk.h"
@@ -20,23 +19,12 @@ constexpr std::uint32_t kTagMeta = io::make_tag("META");
 constexpr std::uint32_t kTagCentres = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("AHCB");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
-constexpr std::uint32_t kTagLeafSizes = io::make_tag("LSIZ");
-constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
-constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
-constexpr std::uint32_t kTagRefine = io::make_tag("REFV");
 
-// ScaNN trains its tree with 10 Lloyd iterations by default; more barely moves recall here.
-constexpr int kLeafIterations = 10;
-constexpr std::size_t kLeafPointsPerCentre = 256;
 // 8192 rows (512 per centre of a block) give the same recall as 16384 or 65536 on MiniLM at half the training time.
 constexpr std::size_t kDefaultSampleSize = 8192;
 constexpr std::size_t kMaxLeaves = std::size_t(1) << 24;
 
-inline idx_t pack_location(std::size_t leaf, std::size_t offset) {
-  return static_cast<idx_t>((static_cast<std::uint64_t>(leaf) << 32) | offset);
-}
-inline std::size_t location_leaf(idx_t loc) { return static_cast<std::size_t>(static_cast<std::uint64_t>(loc) >> 32); }
-inline std::size_t location_offset(idx_t loc) { return static_cast<std::size_t>(loc & 0xffffffffll); }
+using invlists::location_list;
 
 std::size_t checked_blocks(std::size_t dim, std::size_t dpb) {
   ANNFORGE_CHECK(dpb >= 1, ErrorKind::Value, "dims_per_block must be >= 1, got ", dpb);
@@ -179,26 +167,9 @@ void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, 
 
 }  // namespace scann
 
-// What one query carries from leaf to leaf (one per query of a list-major block).
-struct ScaNNIndex::QueryState {
-  codec::pq4::QuantizedLut qlut;
-  TopKBuffer heap;  // candidates: many per leaf, so appended and cut back in batches
-};
-
-// Per-worker buffers reused across the queries of one search call.
-struct ScaNNIndex::QueryScratch {
-  std::vector<float> ip_table, lut;
-  std::vector<std::uint16_t> acc;
-  std::vector<float> dist;
-  std::vector<float> q_shifted, q_scaled;
-  std::vector<QueryState> states;
-  codec::pq4::ScanFn scan = nullptr;
-  const codec::pq4::LutKernels* lut_kernels = nullptr;
-};
-
 ScaNNIndex::ScaNNIndex(std::size_t dim, std::size_t num_leaves, std::size_t dims_per_block, double threshold,
                        Metric metric, RefineKind refine, std::uint64_t seed)
-    : VectorIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
+    : ListIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
       m_(checked_blocks(dim, dims_per_block)), threshold_(threshold), refine_(refine), seed_(seed),
       pq_(dim, m_, 4) {
   ANNFORGE_CHECK(num_leaves <= kMaxLeaves, ErrorKind::Value, "num_leaves must be <= ", kMaxLeaves, ", got ",
@@ -216,11 +187,6 @@ void ScaNNIndex::set_training_options(std::size_t sample_size, int codebook_iter
   encode_rounds_ = encode_rounds;
 }
 
-bool ScaNNIndex::is_trained() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return trained_;
-}
-
 std::size_t ScaNNIndex::num_leaves() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   return num_leaves_;
@@ -228,10 +194,6 @@ std::size_t ScaNNIndex::num_leaves() const {
 
 bool ScaNNIndex::anisotropic() const noexcept { return anisotropic_for_metric(); }
 bool ScaNNIndex::anisotropic_for_metric() const noexcept { return metric_ != Metric::L2 && !std::isnan(threshold_); }
-
-void ScaNNIndex::check_trained() const {
-  ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before add or search");
-}
 
 std::size_t ScaNNIndex::refine_bytes() const noexcept {
   switch (refine_) {
@@ -255,9 +217,7 @@ std::vector<float> ScaNNIndex::codebooks() const {
 
 std::vector<std::size_t> ScaNNIndex::leaf_sizes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::size_t> out(leaves_.size());
-  for (std::size_t l = 0; l < leaves_.size(); ++l) out[l] = leaves_[l].size();
-  return out;
+  return lists_.list_sizes();
 }
 
 float ScaNNIndex::norm_term(std::size_t leaf, const std::uint8_t* code) const {
@@ -314,15 +274,8 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   const std::size_t d = dim_, m = m_;
   const bool ip = use_inner_product();
 
-  cluster::KMeansOptions opt;
-  opt.niter = kLeafIterations;
-  opt.seed = seed_;
-  opt.max_points_per_centroid = kLeafPointsPerCentre;
-  opt.spherical = ip;
-  opt.num_threads = num_threads;
-  opt.assign_all = false;
-  opt.accelerator = accelerator;
-  auto tree = cluster::kmeans(xt.data(), n, d, leaves, opt);
+  // ScaNN trains its tree with 10 Lloyd iterations by default; more barely moves recall here.
+  auto tree = train_partition(xt.data(), n, d, leaves, seed_, ip, num_threads, accelerator);
   cluster::PackedCentroids packed(tree.centroids.data(), leaves, d);
 
   // Codebooks from an evenly spaced sample of residuals.
@@ -450,8 +403,7 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   pq_ = std::move(pq);
   sq8_offset_ = std::move(sq8_offset);
   sq8_scale_ = std::move(sq8_scale);
-  leaves_.assign(num_leaves_, Leaf());
-  where_.clear();
+  lists_ = invlists::InvertedLists(num_leaves_, m_, 4, refine_bytes(), metric_ == Metric::L2);
   trained_ = true;
 }
 
@@ -494,46 +446,6 @@ void ScaNNIndex::decode_refine(const std::uint8_t* stored, float* out) const {
   }
 }
 
-void ScaNNIndex::append(std::size_t leaf, idx_t id, const std::uint8_t* code, const float* row) {
-  Leaf& L = leaves_[leaf];
-  const std::size_t off = L.size();
-  if (off % codec::pq4::kBlock == 0) L.codes.resize(L.codes.size() + codec::pq4::block_bytes(m_));
-  std::uint8_t* blocks = L.codes.mutable_data();
-  for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, off, j, code[j]);
-  L.ids.push_back(id);
-  if (metric_ == Metric::L2) L.norm_terms.push_back(norm_term(leaf, code));
-  if (refine_ != RefineKind::None) {
-    const std::size_t rb = refine_bytes();
-    L.refine.resize(L.refine.size() + rb);
-    encode_refine(row, L.refine.mutable_data() + off * rb);
-  }
-  where_.set(id, pack_location(leaf, off));
-}
-
-void ScaNNIndex::erase_at(std::size_t leaf, std::size_t off) {
-  Leaf& L = leaves_[leaf];
-  const std::size_t last = L.size() - 1, rb = refine_bytes();
-  if (off != last) {  // move the last entry into the hole
-    const idx_t moved = L.ids[last];
-    L.ids.at_mut(off) = moved;
-    where_.set(moved, pack_location(leaf, off));
-    if (metric_ == Metric::L2) L.norm_terms.at_mut(off) = L.norm_terms[last];
-    std::uint8_t* blocks = L.codes.mutable_data();
-    for (std::size_t j = 0; j < m_; ++j)
-      codec::pq4::set_code(blocks, m_, off, j, codec::pq4::get_code(blocks, m_, last, j));
-    if (rb) {
-      std::uint8_t* r = L.refine.mutable_data();
-      std::memcpy(r + off * rb, r + last * rb, rb);
-    }
-  }
-  L.ids.shrink(last);
-  if (metric_ == Metric::L2) L.norm_terms.shrink(last);
-  std::uint8_t* blocks = L.codes.mutable_data();
-  for (std::size_t j = 0; j < m_; ++j) codec::pq4::set_code(blocks, m_, last, j, 0);  // keep padding zero
-  L.codes.shrink(codec::pq4::blocks_for(last) * codec::pq4::block_bytes(m_));
-  if (rb) L.refine.shrink(last * rb);
-}
-
 void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);
   {
@@ -555,128 +467,62 @@ void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_th
 
   assign_ids(ids, n, out_ids);
   for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.erase(out_ids[i]);
-    if (loc != IdMap::kMissing) erase_at(location_leaf(loc), location_offset(loc));  // upsert
-    append(static_cast<std::size_t>(leaf[i]), out_ids[i], codes.data() + i * m_, rows.data() + i * dim_);
+    lists_.remove(out_ids[i]);  // upsert
+    const auto l = static_cast<std::size_t>(leaf[i]);
+    const std::uint8_t* code = codes.data() + i * m_;
+    std::uint8_t* stored = lists_.append(l, out_ids[i], code, metric_ == Metric::L2 ? norm_term(l, code) : 0.0f);
+    if (stored) encode_refine(rows.data() + i * dim_, stored);
   }
 }
 
-std::size_t ScaNNIndex::remove(const idx_t* ids, std::size_t n) {
-  std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::size_t removed = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.erase(ids[i]);
-    if (loc == IdMap::kMissing) continue;
-    erase_at(location_leaf(loc), location_offset(loc));
-    ++removed;
+void ScaNNIndex::decode_entry(idx_t loc, float* row, std::uint8_t* code) const {
+  if (refine_ != RefineKind::None) {
+    decode_refine(lists_.payload_at(loc), row);
+    return;
   }
-  return removed;
-}
-
-std::size_t ScaNNIndex::size() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return where_.size();
-}
-
-bool ScaNNIndex::contains(idx_t id) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  return where_.contains(id);
-}
-
-std::vector<idx_t> ScaNNIndex::ids() const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<idx_t> out;
-  out.reserve(where_.size());
-  for (const auto& L : leaves_) out.insert(out.end(), L.ids.data(), L.ids.data() + L.size());
-  return out;
-}
-
-void ScaNNIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::vector<std::uint8_t> code(m_);
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t loc = where_.find(ids[i]);
-    ANNFORGE_CHECK(loc != IdMap::kMissing, ErrorKind::Value, "id ", ids[i], " is not in the index");
-    const std::size_t l = location_leaf(loc), off = location_offset(loc);
-    const Leaf& L = leaves_[l];
-    float* row = out + i * dim_;
-    if (refine_ != RefineKind::None) {
-      decode_refine(L.refine.data() + off * refine_bytes(), row);
-    } else {
-      for (std::size_t j = 0; j < m_; ++j) code[j] = codec::pq4::get_code(L.codes.data(), m_, off, j);
-      pq_.decode(code.data(), row);
-      const float* c = centres_.data() + l * dim_;
-      for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
-    }
-  }
+  lists_.code_at(loc, code);
+  pq_.decode(code, row);
+  const float* c = centres_.data() + location_list(loc) * dim_;
+  for (std::size_t j = 0; j < dim_; ++j) row[j] += c[j];
 }
 
 std::size_t ScaNNIndex::memory_bytes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  std::size_t bytes = where_.memory_bytes() + (2 * centres_.size() + pq_.codebooks().size()) * sizeof(float);
-  for (const auto& L : leaves_)
-    bytes += L.codes.heap_bytes() + L.ids.heap_bytes() + L.refine.heap_bytes() + L.norm_terms.heap_bytes();
-  return bytes;
+  return lists_.memory_bytes() + (2 * centres_.size() + pq_.codebooks().size()) * sizeof(float);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Search
 
-void ScaNNIndex::scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, QueryState& st,
-                           const IdSelector* filter, const std::uint16_t* sums) const {
-  const Leaf& L = leaves_[leaf];
-  const std::size_t n = L.size();
-  if (n == 0) return;
-  const bool l2 = metric_ == Metric::L2;
-  // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~>. The table holds the last term.
-  const float base = l2 ? probe_score : 1.0f + probe_score;
-  const float* norm_terms = l2 ? L.norm_terms.data() : nullptr;
-  TopKBuffer& heap = st.heap;
-  float thr = heap.threshold();
-  const std::size_t nblocks = codec::pq4::blocks_for(n);
-  if (!sums) {
-    s.acc.resize(nblocks * codec::pq4::kBlock);
-    s.scan(L.codes.data(), nblocks, codec::pq4::padded_m(m_), st.qlut.table.data(), s.acc.data());
-    sums = s.acc.data();
-  }
-  s.dist.resize(nblocks * codec::pq4::kBlock);
-  const float offset = base + st.qlut.bias, inv_scale = 1.0f / st.qlut.scale;
-  float* dist = s.dist.data();
-  if (l2) {
-    for (std::size_t i = 0; i < n; ++i) dist[i] = (offset + norm_terms[i]) + static_cast<float>(sums[i]) * inv_scale;
-  } else {
-    for (std::size_t i = 0; i < n; ++i) dist[i] = offset + static_cast<float>(sums[i]) * inv_scale;
-  }
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!(dist[i] <= thr)) continue;  // ties too: the buffer settles them by label, whatever the leaf order
-    if (filter && !filter->contains(L.ids[i])) continue;
-    heap.push(dist[i], pack_location(leaf, i));
-    thr = heap.threshold();
-  }
-}
+// Per-worker buffers reused across the queries of one search call.
+struct ScaNNIndex::QueryScratch {
+  std::vector<float> ip_table;
+  std::vector<float> q_shifted, q_scaled;
+};
 
-void ScaNNIndex::prepare_query(const float* qv, std::size_t candidates, QueryScratch& s, QueryState& st) const {
+void ScaNNIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float&) const {
   const std::size_t entries = m_ * kCentres, d = dim_;
-  if (s.lut.size() != entries) {
+  if (s.ip_table.size() != entries) {
     s.ip_table.resize(entries);
-    s.lut.resize(entries);
     s.q_shifted.resize(d);
     s.q_scaled.resize(d);
   }
   const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
   pq_.inner_product_table(qv, s.ip_table.data());
-  for (std::size_t i = 0; i < entries; ++i) s.lut[i] = factor * s.ip_table[i];
-  codec::pq4::quantize_lut(s.lut.data(), m_, st.qlut, s.lut_kernels);
-  st.heap.reset(candidates);
+  for (std::size_t i = 0; i < entries; ++i) lut[i] = factor * s.ip_table[i];
 }
 
-void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids,
-                              float* out_dist) const {
+float ScaNNIndex::list_offset(const float*, std::size_t, float probe_score, float) const {
+  // l2: ||q - c||^2 + norm_term - 2 <q, r~>;  ip: 1 - <q, c> - <q, r~> (the probe score is -<q, c>). The
+  // table holds the last term.
+  return metric_ == Metric::L2 ? probe_score : 1.0f + probe_score;
+}
+
+void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s,
+                              std::vector<std::pair<float, idx_t>>& found, idx_t* ids, float* out_dist) const {
   const std::size_t d = dim_;
-  auto& found = st.heap.sorted();
   if (refine_ == RefineKind::None) {
-    write_row_by_id(
-        found, [&](idx_t loc) { return leaves_[location_leaf(loc)].ids[location_offset(loc)]; }, k, ids, out_dist);
+    write_row_by_id(found, [&](idx_t loc) { return lists_.id_at(loc); }, k, ids, out_dist);
     return;
   }
   const auto& K = simd::kernels();
@@ -685,12 +531,9 @@ void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
       refine_ == RefineKind::SQ8
           ? prepare_sq8_query(qv, sq8_offset_.data(), sq8_scale_.data(), d, s.q_shifted.data(), s.q_scaled.data())
           : 0.0f;
-  const std::size_t rb = refine_bytes();
   TopK best(k);
   for (const auto& e : found) {
-    const Leaf& L = leaves_[location_leaf(e.second)];
-    const std::size_t off = location_offset(e.second);
-    const std::uint8_t* stored = L.refine.data() + off * rb;
+    const std::uint8_t* stored = lists_.payload_at(e.second);
     float dist = 0;
     switch (refine_) {
       case RefineKind::F32: {
@@ -709,7 +552,7 @@ void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, Q
         break;
       case RefineKind::None: break;
     }
-    best.push(dist, L.ids[off]);
+    best.push(dist, lists_.id_at(e.second));
   }
   write_row(best.sorted(), k, ids, out_dist);
 }
@@ -727,61 +570,22 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const auto reorder_knob =
       opt.knobs.take_int("reorder_k", static_cast<long long>(std::max<std::size_t>(100, 4 * k)), 1);
   opt.knobs.reject_unknown("ScaNNIndex", "leaves_to_search, reorder_k");
-  check_storable(q, nq, "queries");
-  std::size_t threads = parallel::resolve_threads(opt.num_threads);
-  {
-    std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-    check_trained();
-  }
   std::vector<float> Q;
-  prepare_rows(q, nq, Q);
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
-  check_trained();
+  std::size_t threads;
+  const ReadLock lock = begin_search(q, nq, opt, Q, threads);
   if (nq == 0) return;
   const std::size_t probes = std::min<std::size_t>(num_leaves_, static_cast<std::size_t>(leaves_knob));
   const bool rerank = refine_ != RefineKind::None;
   const std::size_t candidates =
-      rerank ? std::min<std::size_t>(std::max<std::size_t>(k, static_cast<std::size_t>(reorder_knob)),
-                                     std::size_t(1) << 24)
+      rerank ? std::min<std::size_t>(std::max<std::size_t>(k, static_cast<std::size_t>(reorder_knob)), std::size_t(1) << 24)
              : k;
-  const IdSelector* filter = opt.filter;
-  if (filter && !filter->thread_safe()) threads = 1;
 
   std::vector<std::int32_t> probe(nq * probes);
   std::vector<float> probe_score(nq * probes);
   packed_.nearest(Q.data(), nq, dim_, probes, use_inner_product(), static_cast<int>(threads), probe.data(),
                   probe_score.data());
-
-  const std::size_t d = dim_;
-  std::vector<QueryScratch> scratch(threads);
-  const auto scan = codec::pq4::scan_kernel();
-  const auto scan_multi = codec::pq4::scan_multi_kernel();
-  const auto* lut_kernels = codec::pq4::lut_kernels();
-  for (auto& s : scratch) {
-    s.scan = scan;
-    s.lut_kernels = lut_kernels;
-  }
-  // Leaves list-major within blocks of queries, as IVFPQIndex (index/list_major.h).
-  const std::size_t pm = codec::pq4::padded_m(m_);
-  auto state = [&](std::size_t w, std::size_t slot) -> QueryState& {
-    auto& states = scratch[w].states;
-    if (states.size() <= slot) states.resize(slot + 1);
-    return states[slot];
-  };
-  scan_probed_lists(
-      nq, probes, threads, list_major_block(nq, threads, pm * 16, candidates), probe.data(), leaves_.size(),
-      scan_multi, pm, [&](std::size_t l) { return std::make_pair(leaves_[l].codes.data(), leaves_[l].size()); },
-      [&](std::size_t w, std::size_t slot, std::size_t qi) {
-        prepare_query(Q.data() + qi * d, candidates, scratch[w], state(w, slot));
-      },
-      [&](std::size_t w, std::size_t slot) { return state(w, slot).qlut.table.data(); },
-      [&](std::size_t w, std::size_t slot, std::size_t qi, std::size_t p, const std::uint16_t* sums) {
-        scan_leaf(static_cast<std::size_t>(probe[qi * probes + p]), probe_score[qi * probes + p], scratch[w],
-                  state(w, slot), filter, sums);
-      },
-      [&](std::size_t w, std::size_t slot, std::size_t qi) {
-        finish_query(Q.data() + qi * d, k, scratch[w], state(w, slot), out_ids + qi * k, out_dist + qi * k);
-      });
+  scan_probes(*this, {Q.data(), probe.data(), probe_score.data(), nq, probes}, k, candidates, threads, opt.filter,
+              out_ids, out_dist);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -809,15 +613,7 @@ void ScaNNIndex::write(io::FileWriter& w) const {
     for (float v : sq8_scale_) sq.put(v);
     w.add_owned(kTagSq8, sq.take());
   }
-  io::ByteWriter sizes;
-  for (const auto& L : leaves_) sizes.put(static_cast<std::uint64_t>(L.size()));
-  w.add_owned(kTagLeafSizes, sizes.take());
-  w.add(kTagCodes, nullptr, 0);
-  for (const auto& L : leaves_) w.add_chunk(L.codes.data(), L.codes.size());
-  w.add(kTagIds, nullptr, 0);
-  for (const auto& L : leaves_) w.add_chunk(L.ids.data(), L.ids.size() * sizeof(idx_t));
-  w.add(kTagRefine, nullptr, 0);
-  for (const auto& L : leaves_) w.add_chunk(L.refine.data(), L.refine.size());
+  write_list_sections(w, lists_);
 }
 
 std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReader>& reader) {
@@ -874,76 +670,23 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
         corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
   }
 
-  io::ByteReader sizes(reader->section(kTagLeafSizes), "ScaNNIndex leaf sizes");
-  std::vector<std::size_t> leaf_size(leaves);
-  std::size_t total = 0, code_total = 0;
-  for (std::size_t l = 0; l < leaves; ++l) {
-    const auto sz = sizes.read<std::uint64_t>();
-    if (sz >= (std::uint64_t(1) << 32)) corrupt("leaf size out of range");
-    leaf_size[l] = sz;
-    total += sz;
-    code_total += codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
-  }
-  sizes.expect_end();
-  const std::size_t rb = index->refine_bytes();
-  const io::Bytes codes = reader->section(kTagCodes), ids = reader->section(kTagIds),
-                  refv = reader->section(kTagRefine);
-  if (total > ids.size / sizeof(idx_t) || ids.size != total * sizeof(idx_t)) corrupt("id section size mismatch");
-  if (codes.size != code_total) corrupt("code section size mismatch");
-  if (refv.size != total * rb) corrupt("reorder section size mismatch");
-  if (refine == static_cast<std::uint8_t>(RefineKind::F32))
-    check_loaded_finite(reinterpret_cast<const float*>(refv.data), total * d, origin, "ScaNNIndex reorder vectors");
-  if (refine == static_cast<std::uint8_t>(RefineKind::F16))
-    check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(refv.data), total * d, origin,
-                            "ScaNNIndex reorder vectors");
-
-  index->leaves_.assign(leaves, Leaf());
-  index->where_.reserve(total);
-  const bool mapped = reader->mapped();
-  std::size_t entry = 0, code_off = 0;
-  for (std::size_t l = 0; l < leaves; ++l) {
-    Leaf& L = index->leaves_[l];
-    const std::size_t sz = leaf_size[l];
-    const std::size_t cb = codec::pq4::blocks_for(sz) * codec::pq4::block_bytes(m);
-    const auto* id_ptr = reinterpret_cast<const idx_t*>(ids.data) + entry;
-    for (std::size_t i = 0; i < sz; ++i) {
-      idx_t id;
-      std::memcpy(&id, id_ptr + i, sizeof id);
-      if (!index->id_below_next(id) || index->where_.contains(id)) corrupt("invalid or repeated id");
-      index->where_.set(id, pack_location(l, i));
-    }
-    if (mapped) {
-      L.codes = AlignedBuffer<std::uint8_t>::view(codes.data + code_off, cb, reader->keepalive());
-      L.ids = AlignedBuffer<idx_t>::view(id_ptr, sz, reader->keepalive());
-      if (rb) L.refine = AlignedBuffer<std::uint8_t>::view(refv.data + entry * rb, sz * rb, reader->keepalive());
-    } else {
-      L.codes.append(codes.data + code_off, cb);
-      L.ids.reserve(sz);
-      for (std::size_t i = 0; i < sz; ++i) {
-        idx_t id;
-        std::memcpy(&id, id_ptr + i, sizeof id);
-        L.ids.push_back(id);
-      }
-      if (rb) L.refine.append(refv.data + entry * rb, sz * rb);
-    }
-    entry += sz;
-    code_off += cb;
-  }
+  index->lists_ = invlists::InvertedLists(leaves, m, 4, index->refine_bytes(), index->metric_ == Metric::L2);
+  const ScaNNIndex& loaded = *index;
+  read_list_sections(
+      *reader, {"ScaNNIndex", "leaf", "reorder"}, [&](idx_t id) { return loaded.id_below_next(id); },
+      [&](const std::uint8_t* stored, std::size_t entries) {
+        if (refine == static_cast<std::uint8_t>(RefineKind::F32))
+          check_loaded_finite(reinterpret_cast<const float*>(stored), entries * d, origin, "ScaNNIndex reorder vectors");
+        if (refine == static_cast<std::uint8_t>(RefineKind::F16))
+          check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(stored), entries * d, origin,
+                                  "ScaNNIndex reorder vectors");
+      },
+      index->lists_);
   index->trained_ = true;
   index->packed_ = cluster::PackedCentroids(index->centres_.data(), leaves, d);
-  if (index->metric_ == Metric::L2) {  // recomputed from the codes rather than stored
-    std::vector<std::uint8_t> code(m);
-    for (std::size_t l = 0; l < leaves; ++l) {
-      Leaf& L = index->leaves_[l];
-      L.norm_terms.reserve(L.size());
-      for (std::size_t i = 0; i < L.size(); ++i) {
-        for (std::size_t j = 0; j < m; ++j) code[j] = codec::pq4::get_code(L.codes.data(), m, i, j);
-        const float term = index->norm_term(l, code.data());
-        if (!std::isfinite(term)) corrupt("a vector's norm term is not finite");
-        L.norm_terms.push_back(term);
-      }
-    }
-  }
+  if (index->metric_ == Metric::L2 &&  // recomputed from the codes rather than stored
+      !index->lists_.set_norm_terms([&](std::size_t l, const std::uint8_t* code) { return loaded.norm_term(l, code); }))
+    corrupt("a vector's norm term is not finite");
   return index;
 }
 

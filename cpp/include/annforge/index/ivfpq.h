@@ -10,8 +10,8 @@
 //                       ||q - c - r||^2 = ||q - c||^2 + (||c + r||^2 - ||c||^2) - 2 <q, r>
 //                     stores the middle term per vector (4 bytes), so the look-up table (-2 <q_j, centre>)
 //                     depends on the query only: it is built and quantised once per query, not per list.
-//   lists             per list: codes, ids and the re-ranking copy, kept dense; a global id -> (list,
-//                     offset) map makes remove/upsert O(1) (the last entry of the list moves into the hole).
+//   lists             invlists::InvertedLists (codes, ids, the re-ranking copy, norm terms), scanned by
+//                     invlists/probe_scan.h like ScaNN's leaves.
 //   re-ranking        refine_factor * k candidates rescored exactly from the stored copy.
 #pragma once
 
@@ -20,14 +20,12 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "annforge/parallel/shared_mutex.h"
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
-#include "annforge/index/vector_index.h"
-#include "annforge/storage/aligned_buffer.h"
-#include "annforge/storage/id_map.h"
+#include "annforge/index/list_index.h"
 
 namespace annforge {
 
@@ -39,7 +37,7 @@ const char* refine_name(RefineKind kind);
 float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
                         float* q_scaled);
 
-class IVFPQIndex final : public VectorIndex {
+class IVFPQIndex final : public ListIndex {
  public:
   // residual = true encodes x - c_list (faiss "IVF..,PQ.." / "..x4fsr"); false encodes x itself, the
   // lists only partitioning the data (faiss "IVF..,PQ..x4fs"): on normalised sentence embeddings the
@@ -54,7 +52,6 @@ class IVFPQIndex final : public VectorIndex {
   // n >= max(nlist, 2^nbits) rows. Training again discards every stored vector. `accelerator` (may be
   // null) runs the coarse k-means's distance steps (the CUDA module's GPU k-means).
   void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
-  bool is_trained() const;
   // An orthonormal d x d matrix R (row-major) applied as x -> R x before everything else (OPQ). Only
   // before training; with opq, train() learns R unless it was set here.
   void set_rotation(const float* rotation);
@@ -82,35 +79,25 @@ class IVFPQIndex final : public VectorIndex {
   Layout layout() const;  // ValueError when untrained
 
   io::Kind kind() const override { return io::Kind::IVFPQ; }
-  std::size_t size() const override;
   void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
   // Knobs: nprobe (default min(nlist, 16)), refine_factor (default 4; ignored when refine is none).
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
-  std::size_t remove(const idx_t* ids, std::size_t n) override;
-  bool contains(idx_t id) const override;
-  std::vector<idx_t> ids() const override;
-  // The re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded residual).
-  void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
   void write(io::FileWriter& w) const override;
 
  private:
-  struct InvertedList {
-    AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
-    AlignedBuffer<idx_t> ids;            // external id per entry
-    AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 + residual only: ||c + r||^2 - ||c||^2 of the decoded vector
-    // l2 only: per block of 32 slots, a lower bound of that block's norm_terms (removals may leave it
-    // lower than needed: still a bound). Lets the fast-scan search reject 16-bit sums against the heap
-    // threshold before any float work.
-    std::vector<float> block_floor;
-    std::size_t size() const noexcept { return ids.size(); }
-  };
+  template <class>
+  friend class detail::ProbeAdaptor;  // the probe scan calls prepare_query, list_offset, finish_query
   struct QueryScratch;
-  struct QueryState;
 
-  void check_trained() const;
+  // reconstruct(): the re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded
+  // residual), rotated back.
+  void decode_entry(idx_t location, float* row, std::uint8_t* code) const override;
+  void prepare_queries(const float* q, std::size_t nq, std::vector<float>& out) const override {
+    transform(q, nq, out);
+  }
+
   // Cosine normalisation, then the OPQ rotation.
   void transform(const float* x, std::size_t n, std::vector<float>& out) const;
   void derive_tables();  // packed coarse centroids and code-word norms (after train / load)
@@ -121,9 +108,6 @@ class IVFPQIndex final : public VectorIndex {
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
-  void append(std::size_t list, idx_t id, const std::uint8_t* code, const float* row);
-  void erase_at(std::size_t list, std::size_t offset);
-  static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
   // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
   float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
@@ -132,30 +116,29 @@ class IVFPQIndex final : public VectorIndex {
   std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
-  // Look-up tables of one query (into `st`, or s.lut for 8-bit codes) and an empty candidate heap.
-  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
-  // 4-bit codes: `summed` may hold the list's 16-bit sums for this query already (list-major search).
-  void scan_list(const float* q, std::size_t list, float coarse_dist, QueryScratch& s, QueryState& st,
-                 const IdSelector* filter, const std::uint16_t* summed = nullptr) const;
-  // Re-ranks (or sorts) the query's candidates and writes its row of k results.
-  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
+  // One query's float look-up table (m x ksub: each code's share of the distance) into `lut`, and
+  // ||q||^2 into `query_term` where list_offset needs it.
+  void prepare_query(const float* q, QueryScratch& s, float* lut, float& query_term) const;
+  // What the table leaves out of the distance to list `list`'s entries (coarse_dist = ||q - c||^2).
+  float list_offset(const float* q, std::size_t list, float coarse_dist, float query_term) const;
+  // Re-ranks (or sorts) the query's candidates (labelled by location) and writes its row of k results.
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
+                    idx_t* ids, float* dist) const;
 
   std::size_t nlist_, m_, nbits_;
   RefineKind refine_;
   std::uint64_t seed_;
   bool residual_;
   bool opq_;  // learn the rotation in train() (a loaded index: whether it has one)
-  bool trained_ = false;
 
-  mutable parallel::WriterPreferringMutex mutex_;
   std::vector<float> rotation_;          // d x d, empty = identity
   std::vector<float> centroids_;         // nlist x d (rotated space)
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
   std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
   std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
-  std::vector<InvertedList> lists_;
-  IdMap where_;                          // id -> (list << 32) | offset
+  // lists_ (ListIndex) holds per list the codes, ids, the re-ranking copy (as payload) and, for l2 with
+  // residuals, the norm terms ||c + r||^2 - ||c||^2 of the decoded vectors.
 };
 
 }  // namespace annforge

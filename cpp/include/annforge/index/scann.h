@@ -19,15 +19,13 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/index/ivfpq.h"  // RefineKind
-#include "annforge/index/vector_index.h"
-#include "annforge/parallel/shared_mutex.h"
-#include "annforge/storage/aligned_buffer.h"
-#include "annforge/storage/id_map.h"
+#include "annforge/index/list_index.h"
 
 namespace annforge {
 
@@ -60,7 +58,7 @@ void encode_anisotropic(const float* codebooks, std::size_t m, std::size_t dpb, 
 
 }  // namespace scann
 
-class ScaNNIndex final : public VectorIndex {
+class ScaNNIndex final : public ListIndex {
  public:
   static constexpr std::size_t kCentres = 16;
 
@@ -75,7 +73,6 @@ class ScaNNIndex final : public VectorIndex {
 
   // `accelerator` (may be null) runs the leaf k-means's distance steps (the CUDA module's GPU k-means).
   void train(const float* x, std::size_t n, int num_threads, cluster::KMeansAccelerator* accelerator = nullptr);
-  bool is_trained() const;
   std::size_t num_leaves() const;
   std::size_t dims_per_block() const noexcept { return dpb_; }
   std::size_t num_blocks() const noexcept { return m_; }
@@ -89,63 +86,54 @@ class ScaNNIndex final : public VectorIndex {
   std::vector<std::size_t> leaf_sizes() const;
 
   io::Kind kind() const override { return io::Kind::ScaNN; }
-  std::size_t size() const override;
   void add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) override;
   // Knobs: leaves_to_search (default min(num_leaves, max(8, ceil(num_leaves / 10)))), reorder_k (default max(100, 4 k);
   // ignored when reorder is none).
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
-  std::size_t remove(const idx_t* ids, std::size_t n) override;
-  bool contains(idx_t id) const override;
-  std::vector<idx_t> ids() const override;
-  // The reorder copy when there is one, else leaf centre + decoded residual.
-  void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
   void write(io::FileWriter& w) const override;
 
  private:
-  struct Leaf {
-    AlignedBuffer<std::uint8_t> codes;   // fast-scan blocks of 32 vectors
-    AlignedBuffer<idx_t> ids;
-    AlignedBuffer<std::uint8_t> refine;  // size * refine_bytes()
-    AlignedBuffer<float> norm_terms;     // l2 only: ||c + r~||^2 - ||c||^2
-    std::size_t size() const noexcept { return ids.size(); }
-  };
+  template <class>
+  friend class detail::ProbeAdaptor;  // the probe scan calls prepare_query, list_offset, finish_query
   struct QueryScratch;
-  struct QueryState;
 
-  void check_trained() const;
+  // reconstruct(): the reorder copy when there is one, else leaf centre + decoded residual.
+  void decode_entry(idx_t location, float* row, std::uint8_t* code) const override;
+  void prepare_queries(const float* q, std::size_t nq, std::vector<float>& out) const override {
+    prepare_rows(q, nq, out);
+  }
+
   bool use_inner_product() const noexcept { return metric_ != Metric::L2; }
   bool anisotropic_for_metric() const noexcept;
   // Encodes rows (already prepared) against their leaves; codes n x m.
   void encode(const float* rows, std::size_t n, const std::int32_t* leaves, const float* centres,
               const codec::ProductQuantizer& pq, int num_threads, std::uint8_t* codes) const;
   float norm_term(std::size_t leaf, const std::uint8_t* code) const;
-  void append(std::size_t leaf, idx_t id, const std::uint8_t* code, const float* row);
-  void erase_at(std::size_t leaf, std::size_t offset);
   void encode_refine(const float* row, std::uint8_t* out) const;
   void decode_refine(const std::uint8_t* stored, float* out) const;
-  // `sums`: the leaf's 16-bit sums for this query when the list-major search computed them already.
-  void scan_leaf(std::size_t leaf, float probe_score, QueryScratch& s, QueryState& st, const IdSelector* filter,
-                 const std::uint16_t* sums = nullptr) const;
-  void prepare_query(const float* q, std::size_t candidates, QueryScratch& s, QueryState& st) const;
-  void finish_query(const float* q, std::size_t k, QueryScratch& s, QueryState& st, idx_t* ids, float* dist) const;
+  // One query's float look-up table (m x 16: each code's share of the distance) into `lut`.
+  void prepare_query(const float* q, QueryScratch& s, float* lut, float& query_term) const;
+  // What the table leaves out of the distance to leaf `leaf`'s entries (probe_score: the coarse score).
+  float list_offset(const float* q, std::size_t leaf, float probe_score, float query_term) const;
+  // Re-ranks (or sorts) the query's candidates (labelled by location) and writes its row of k results.
+  void finish_query(const float* q, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
+                    idx_t* ids, float* dist) const;
 
   std::size_t num_leaves_, dpb_, m_;
   double threshold_;
   RefineKind refine_;
   std::uint64_t seed_;
-  bool trained_ = false;
   std::size_t sample_size_ = 0;
   int codebook_iterations_ = 4, encode_rounds_ = 4;
 
-  mutable parallel::WriterPreferringMutex mutex_;
   std::vector<float> centres_;        // num_leaves x d
   cluster::PackedCentroids packed_;   // centres_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;        // m blocks x 16 centres x dpb (nbits 4)
   std::vector<float> sq8_offset_, sq8_scale_;
-  std::vector<Leaf> leaves_;
-  IdMap where_;  // id -> (leaf << 32) | offset
+  // lists_ (ListIndex) holds per leaf the codes, ids, the reorder copy (as payload) and, for l2, the norm
+  // terms ||c + r~||^2 - ||c||^2.
 };
 
 }  // namespace annforge
