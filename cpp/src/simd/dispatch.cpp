@@ -1,6 +1,7 @@
 // The one place that reads the CPU's features and ANNFORGE_SIMD, and picks every kernel table from
 // them: the distance kernels (once per process: the best level this CPU runs, lowered by
-// ANNFORGE_SIMD), the 4-bit PQ fast-scan kernels and the MinHash permutation kernels.
+// ANNFORGE_SIMD), the 4-bit PQ fast-scan kernels, the MinHash permutation kernels and the RaBitQ
+// bit-plane kernels.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include "annforge/simd/kernels.h"
 #include "annforge/simd/minhash_kernels.h"
 #include "annforge/simd/pq4_kernels.h"
+#include "annforge/simd/rabitq_kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define ANNFORGE_X86 1
@@ -316,6 +318,32 @@ const MinHashKernels& minhash_kernels() {
     default: break;
   }
   return table ? *table : *minhash_kernels_scalar();
+}
+
+// --- RaBitQ bit-plane kernels ------------------------------------------------------------------------
+namespace {
+// rabitq_kernels_avx2.cpp needs AVX2 + POPCNT (every AVX2 CPU has POPCNT), rabitq_kernels_avx512.cpp
+// AVX-512 F/BW: both are implied by the distance tables' requirements for the same level.
+const RaBitQKernels* compiled_rabitq(Level level) {
+  switch (level) {
+    case Level::AVX512: return rabitq_kernels_avx512();
+    case Level::AVX2: return rabitq_kernels_avx2();
+    default: return rabitq_kernels_scalar();
+  }
+}
+}  // namespace
+
+const RaBitQKernels& rabitq_kernels() {
+  const RaBitQKernels* table = compiled_rabitq(kernels().level);
+  return table ? *table : *rabitq_kernels_scalar();
+}
+
+const RaBitQKernels& rabitq_kernels_for(Level level) {
+  const RaBitQKernels* table = compiled_rabitq(level);
+  if (!table || !cpu_supports(level)) {
+    fail(ErrorKind::Value, "SIMD level '", level_name(level), "' is not available on this CPU/build");
+  }
+  return *table;
 }
 
 }  // namespace annforge::simd

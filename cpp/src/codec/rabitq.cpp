@@ -1,0 +1,289 @@
+// RaBitQ codec: rotation, extended-code search, query quantization and the estimator (see codec/rabitq.h).
+#include "annforge/codec/rabitq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <utility>
+
+#include "annforge/simd/kernels.h"
+#include "annforge/util/splitmix64.h"
+
+namespace annforge::codec {
+namespace {
+
+constexpr std::size_t kMaxDim = 65536;  // keeps every kernel sum (< D * 255 * 255) inside 32 bits
+
+// A Haar-random padded x dim matrix with orthonormal columns, row-major in float: Gram-Schmidt with a
+// second pass ("twice is enough") on Gaussian columns, in double.
+std::vector<float> random_rotation(std::size_t padded, std::size_t dim, std::uint64_t seed) {
+  util::SplitMix64 rng(util::splitmix64(seed ^ 0x52614269745121ULL));
+  std::vector<double> cols(dim * padded);
+  for (std::size_t k = 0; k < cols.size(); k += 2) {  // Box-Muller: two normals per pair of uniforms
+    const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();
+    const double radius = std::sqrt(-2.0 * std::log(u1));
+    cols[k] = radius * std::cos(6.283185307179586 * u2);
+    if (k + 1 < cols.size()) cols[k + 1] = radius * std::sin(6.283185307179586 * u2);
+  }
+  for (std::size_t j = 0; j < dim; ++j) {
+    double* c = cols.data() + j * padded;
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::size_t p = 0; p < j; ++p) {
+        const double* e = cols.data() + p * padded;
+        double dot = 0;
+        for (std::size_t i = 0; i < padded; ++i) dot += c[i] * e[i];
+        for (std::size_t i = 0; i < padded; ++i) c[i] -= dot * e[i];
+      }
+    }
+    double sq = 0;
+    for (std::size_t i = 0; i < padded; ++i) sq += c[i] * c[i];
+    ANNFORGE_ASSERT(sq > 0);  // a Gaussian column in the span of the others has probability zero
+    const double inv = 1.0 / std::sqrt(sq);
+    for (std::size_t i = 0; i < padded; ++i) c[i] *= inv;
+  }
+  std::vector<float> rows(padded * dim);
+  for (std::size_t i = 0; i < padded; ++i)
+    for (std::size_t j = 0; j < dim; ++j) rows[i * dim + j] = static_cast<float>(cols[j * padded + i]);
+  return rows;
+}
+
+void check_finite(const float* x, std::size_t n, const char* what) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) fail(ErrorKind::Value, "RaBitQ: ", what, " contains NaN or infinity");
+}
+
+// `x` scaled to unit length in `out` (double arithmetic); ValueError for a zero vector.
+void normalised(const float* x, std::size_t dim, float* out, const char* what) {
+  double sq = 0;
+  for (std::size_t j = 0; j < dim; ++j) sq += static_cast<double>(x[j]) * x[j];
+  if (!(sq > 0)) fail(ErrorKind::Value, "RaBitQ: cosine ", what, " has zero norm");
+  const double inv = 1.0 / std::sqrt(sq);
+  for (std::size_t j = 0; j < dim; ++j) out[j] = static_cast<float>(x[j] * inv);
+}
+
+// The extended-RaBitQ code search: k_i = min(floor(t o_i), K - 1) for the t in [t_lo, t_hi] that
+// maximises <k + 1/2, o> / |k + 1/2| (o >= 0). Sweeps the critical values of t in increasing order.
+void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigned>& k) {
+  const std::size_t D = o.size();
+  k.assign(D, 0);
+  if (K <= 1) return;
+  const double max_o = *std::max_element(o.begin(), o.end());
+  if (!(max_o > 0)) return;
+  const double t_lo = (K - 1) / (3.0 * max_o), t_hi = (K + 9) / max_o;
+  double ip = 0, sq = 0;
+  using Event = std::pair<double, std::uint32_t>;
+  std::vector<Event> heap;
+  heap.reserve(D);
+  for (std::size_t i = 0; i < D; ++i) {
+    const double level = std::floor(t_lo * o[i]);
+    k[i] = level >= K - 1 ? K - 1 : static_cast<unsigned>(level);
+    ip += (k[i] + 0.5) * o[i];
+    sq += (k[i] + 0.5) * (k[i] + 0.5);
+    if (k[i] + 1 < K && o[i] > 0) {
+      const double t = (k[i] + 1) / o[i];
+      if (t <= t_hi) heap.emplace_back(t, static_cast<std::uint32_t>(i));
+    }
+  }
+  std::make_heap(heap.begin(), heap.end(), std::greater<Event>());
+  const std::vector<unsigned> start = k;
+  std::vector<std::uint32_t> steps;
+  double best = ip / std::sqrt(sq);
+  std::size_t best_steps = 0;
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Event>());
+    const std::uint32_t i = heap.back().second;
+    heap.pop_back();
+    ++k[i];
+    ip += o[i];
+    sq += 2.0 * k[i];  // (k + 1/2)^2 - (k - 1/2)^2
+    steps.push_back(i);
+    const double cosine = ip / std::sqrt(sq);
+    if (cosine > best) {
+      best = cosine;
+      best_steps = steps.size();
+    }
+    if (k[i] + 1 < K) {
+      const double t = (k[i] + 1) / o[i];
+      if (t <= t_hi) {
+        heap.emplace_back(t, i);
+        std::push_heap(heap.begin(), heap.end(), std::greater<Event>());
+      }
+    }
+  }
+  k = start;
+  for (std::size_t s = 0; s < best_steps; ++s) ++k[steps[s]];
+}
+
+inline void set_bit(std::uint64_t* plane, std::size_t i) { plane[i / 64] |= std::uint64_t{1} << (i % 64); }
+
+}  // namespace
+
+RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed)
+    : dim_(dim), padded_dim_((dim + 63) / 64 * 64), metric_(metric), bits_(bits), seed_(seed) {
+  ANNFORGE_CHECK(dim >= 1 && dim <= kMaxDim, ErrorKind::Value, "RaBitQ: dim must be in 1..", kMaxDim, ", got ", dim);
+  ANNFORGE_CHECK(bits >= 1 && bits <= 8, ErrorKind::Value, "RaBitQ: bits must be in 1..8, got ", bits);
+  rotation_ = random_rotation(padded_dim_, dim_, seed_);
+}
+
+void RaBitQ::rotate(const float* x, float* out) const {
+  simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
+}
+
+void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::uint8_t* records) const {
+  check_finite(centroid, dim_, "centroid");
+  check_finite(x, n * dim_, "data");
+  std::vector<float> rotated(padded_dim_ + dim_);
+  std::vector<double> scratch(padded_dim_);
+  for (std::size_t i = 0; i < n; ++i) encode_one(x + i * dim_, centroid, rotated, scratch, records + i * record_bytes());
+}
+
+void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float>& rotated,
+                        std::vector<double>& o, std::uint8_t* record) const {
+  const std::size_t D = padded_dim_;
+  float* residual = rotated.data() + D;
+  if (metric_ == Metric::Cosine) {
+    normalised(x, dim_, residual, "vector");
+  } else {
+    std::memcpy(residual, x, dim_ * sizeof(float));
+  }
+  for (std::size_t j = 0; j < dim_; ++j) residual[j] -= centroid[j];
+  rotate(residual, rotated.data());
+  double sq = 0;
+  for (std::size_t i = 0; i < D; ++i) sq += static_cast<double>(rotated[i]) * rotated[i];
+  const double norm = std::sqrt(sq);
+  const double inv = norm > 0 ? 1.0 / norm : 0.0;
+  for (std::size_t i = 0; i < D; ++i) o[i] = std::fabs(rotated[i]) * inv;
+
+  const unsigned K = 1u << (bits_ - 1);
+  std::vector<unsigned> k;
+  search_levels(o, K, k);
+
+  std::uint64_t* planes = reinterpret_cast<std::uint64_t*>(record);
+  std::memset(planes, 0, code_words() * 8);
+  double y_dot_o = 0, y_sq = 0, code_sum = 0, abs_sum = 0, positives = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    const bool positive = rotated[i] >= 0.0f;
+    const unsigned u = positive ? K + k[i] : K - 1 - k[i];
+    for (unsigned a = 0; a < bits_; ++a)
+      if ((u >> (bits_ - 1 - a)) & 1u) set_bit(planes + a * words(), i);
+    y_dot_o += (k[i] + 0.5) * o[i];
+    y_sq += (k[i] + 0.5) * (k[i] + 0.5);
+    code_sum += u;
+    abs_sum += o[i];
+    positives += positive ? 1 : 0;
+  }
+  float factors[kNumFactors];
+  factors[kNorm] = static_cast<float>(norm);
+  factors[kYNorm] = static_cast<float>(std::sqrt(y_sq));
+  // a and a1 are the cosines between the quantized and the true unit residual; a zero residual has none
+  // (its estimates are exactly 0 through |r| = 0), 1 keeps the divisions finite.
+  factors[kA] = norm > 0 ? static_cast<float>(y_dot_o / std::sqrt(y_sq)) : 1.0f;
+  factors[kCodeSum] = static_cast<float>(code_sum);
+  factors[kA1] = norm > 0 ? static_cast<float>(abs_sum / std::sqrt(static_cast<double>(D))) : 1.0f;
+  factors[kSignCount] = static_cast<float>(positives);
+  std::memcpy(record + code_words() * 8, factors, sizeof(factors));
+}
+
+void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const {
+  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= 8, ErrorKind::Value, "RaBitQ: query_bits must be in 1..8, got ",
+                 query_bits);
+  check_finite(q, dim_, "query");
+  check_finite(centroid, dim_, "centroid");
+  const std::size_t D = padded_dim_;
+  std::vector<float> v(dim_), rotated(D);
+  if (metric_ == Metric::Cosine) {
+    normalised(q, dim_, v.data(), "query");
+  } else {
+    std::memcpy(v.data(), q, dim_ * sizeof(float));
+  }
+  double base = 0;
+  if (metric_ == Metric::L2) {
+    for (std::size_t j = 0; j < dim_; ++j) v[j] -= centroid[j];
+    for (std::size_t j = 0; j < dim_; ++j) base += static_cast<double>(v[j]) * v[j];
+  } else {
+    for (std::size_t j = 0; j < dim_; ++j) base += static_cast<double>(centroid[j]) * v[j];
+  }
+  rotate(v.data(), rotated.data());
+
+  double lo = rotated[0], hi = rotated[0], sq = 0;
+  for (float value : rotated) {
+    lo = std::min<double>(lo, value);
+    hi = std::max<double>(hi, value);
+    sq += static_cast<double>(value) * value;
+  }
+  const unsigned top = (1u << query_bits) - 1;
+  const double delta = hi > lo ? (hi - lo) / top : 0.0;
+  // Randomized rounding (E[q~] = q'), its random bits a hash of the seed and the query.
+  std::uint64_t h = util::splitmix64(seed_ ^ 0x717565727952ULL);
+  for (std::size_t j = 0; j < dim_; ++j) {
+    std::uint32_t bits;
+    std::memcpy(&bits, q + j, sizeof(bits));
+    h = util::splitmix64(h ^ bits);
+  }
+  util::SplitMix64 rng(h);
+  out.query_bits = query_bits;
+  out.planes.assign(static_cast<std::size_t>(query_bits) * words(), 0);
+  std::uint64_t level_sum = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    unsigned level = 0;
+    if (delta > 0) {
+      const double z = std::floor((rotated[i] - lo) / delta + rng.uniform());
+      level = z <= 0 ? 0u : (z >= top ? top : static_cast<unsigned>(z));
+    }
+    level_sum += level;
+    for (unsigned j = 0; j < query_bits; ++j)
+      if ((level >> j) & 1u) set_bit(out.planes.data() + j * words(), i);
+  }
+  out.lo = lo;
+  out.delta = delta;
+  out.qsum = delta * static_cast<double>(level_sum) + lo * static_cast<double>(D);
+  out.vnorm = std::sqrt(sq);
+  out.base = base;
+}
+
+void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n, unsigned stage_bits, double eps0,
+                      const simd::RaBitQKernels& kernels, float* est, float* lower, float* upper) const {
+  ANNFORGE_CHECK(stage_bits == 1 || stage_bits == bits_, ErrorKind::Value, "RaBitQ: stage_bits must be 1 or ", bits_,
+                 ", got ", stage_bits);
+  ANNFORGE_CHECK(eps0 >= 0 && std::isfinite(eps0), ErrorKind::Value, "RaBitQ: eps0 must be finite and >= 0, got ",
+                 eps0);
+  ANNFORGE_CHECK(q.planes.size() == static_cast<std::size_t>(q.query_bits) * words(), ErrorKind::Value,
+                 "RaBitQ: the query was prepared for another codec");
+  const std::size_t stride = record_bytes() / 8;
+  const auto* codes = reinterpret_cast<const std::uint64_t*>(records);
+  std::vector<std::uint32_t> dots(n);
+  if (stage_bits == 1)
+    kernels.binary_dot(codes, n, stride, words(), q.planes.data(), q.query_bits, dots.data());
+  else
+    kernels.multibit_dot(codes, n, stride, words(), bits_, q.planes.data(), q.query_bits, dots.data());
+
+  const double D = static_cast<double>(padded_dim_);
+  const double offset = stage_bits == 1 ? 0.5 : ((1u << bits_) - 1) / 2.0;  // y = u - offset
+  const double rounding_var = q.delta * q.delta / 4.0;
+  const double vsq = q.vnorm * q.vnorm;
+  for (std::size_t i = 0; i < n; ++i) {
+    float f[kNumFactors];
+    std::memcpy(f, records + i * record_bytes() + code_words() * 8, sizeof(f));
+    const double norm = f[kNorm];
+    const double a = stage_bits == 1 ? f[kA1] : f[kA];
+    const double y_norm = stage_bits == 1 ? 0.5 * std::sqrt(D) : f[kYNorm];
+    const double u_sum = stage_bits == 1 ? f[kSignCount] : f[kCodeSum];
+    const double y_dot_q = q.delta * dots[i] + q.lo * u_sum - offset * q.qsum;
+    const double ip = norm > 0 ? norm * y_dot_q / (a * y_norm) : 0.0;
+    const double var = norm * norm / (a * a) * (vsq * (1.0 - a * a) / (D - 1.0) + rounding_var);
+    double half = eps0 * std::sqrt(std::max(var, 0.0));
+    double dist;
+    if (metric_ == Metric::L2) {
+      dist = norm * norm + q.base - 2.0 * ip;
+      half *= 2.0;
+    } else {
+      dist = 1.0 - (ip + q.base);
+    }
+    est[i] = static_cast<float>(dist);
+    if (lower) lower[i] = static_cast<float>(metric_ == Metric::L2 ? std::max(0.0, dist - half) : dist - half);
+    if (upper) upper[i] = static_cast<float>(dist + half);
+  }
+}
+
+}  // namespace annforge::codec

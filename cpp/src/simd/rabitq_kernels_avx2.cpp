@@ -1,0 +1,68 @@
+// The RaBitQ bit-plane kernels for AVX2 (this file alone gets -mavx2 -mpopcnt): 256 bits of a plane at a
+// time, bytes counted with the nibble look-up (vpshufb), up to four query planes weighted inside the
+// bytes (4 * 8 * 15 fits), then summed with vpsadbw.
+#include <cstddef>
+#include <cstdint>
+
+#include "annforge/simd/rabitq_kernels.h"
+#include "rabitq_popcount.h"
+
+#if defined(ANNFORGE_HAVE_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace annforge::simd {
+#if defined(ANNFORGE_HAVE_AVX2)
+namespace {
+
+inline __m256i popcount_bytes(__m256i v) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                        std::size_t qbits) {
+  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 8.
+  __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  std::size_t w = 0;
+  for (; w + 4 <= nwords; w += 4) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane + w));
+    for (std::size_t g = 0; g * 4 < qbits; ++g) {
+      const std::size_t j0 = g * 4, j1 = j0 + 4 < qbits ? j0 + 4 : qbits;
+      __m256i weighted = _mm256_setzero_si256();
+      for (std::size_t j = j1; j-- > j0;) {  // Horner: weighted = sum 2^(j-j0) * count_j, per byte
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qplanes + j * nwords + w));
+        weighted = _mm256_add_epi8(_mm256_add_epi8(weighted, weighted), popcount_bytes(_mm256_and_si256(c, q)));
+      }
+      acc[g] = _mm256_add_epi64(acc[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
+    }
+  }
+  alignas(32) std::uint64_t lanes[2][4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), acc[0]);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), acc[1]);
+  std::uint64_t sum = lanes[0][0] + lanes[0][1] + lanes[0][2] + lanes[0][3] +
+                      ((lanes[1][0] + lanes[1][1] + lanes[1][2] + lanes[1][3]) << 4);
+  for (; w < nwords; ++w) {  // the last words one at a time (POPCNT)
+    for (std::size_t j = 0; j < qbits; ++j)
+      sum += static_cast<std::uint64_t>(popcount64(plane[w] & qplanes[j * nwords + w])) << j;
+  }
+  return sum;
+}
+
+}  // namespace
+
+#include "rabitq_kernels.inc"
+
+namespace {
+const RaBitQKernels kTable = {Level::AVX2, &binary_dot_body, &multibit_dot_body};
+}  // namespace
+
+const RaBitQKernels* rabitq_kernels_avx2() { return &kTable; }
+#else
+const RaBitQKernels* rabitq_kernels_avx2() { return nullptr; }
+#endif
+}  // namespace annforge::simd

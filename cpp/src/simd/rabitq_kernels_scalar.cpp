@@ -1,0 +1,32 @@
+// The RaBitQ bit-plane kernels at the baseline instruction set: the table for scalar and NEON builds.
+#include <cstddef>
+#include <cstdint>
+
+#include "annforge/simd/rabitq_kernels.h"
+#include "rabitq_popcount.h"
+
+namespace annforge::simd {
+namespace {
+
+std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                        std::size_t qbits) {
+  std::uint64_t sum = 0;
+  for (std::size_t j = 0; j < qbits; ++j) {
+    const std::uint64_t* q = qplanes + j * nwords;
+    std::uint64_t count = 0;
+    for (std::size_t w = 0; w < nwords; ++w) count += popcount64(plane[w] & q[w]);
+    sum += count << j;
+  }
+  return sum;
+}
+
+}  // namespace
+
+#include "rabitq_kernels.inc"
+
+namespace {
+const RaBitQKernels kTable = {Level::Scalar, &binary_dot_body, &multibit_dot_body};
+}  // namespace
+
+const RaBitQKernels* rabitq_kernels_scalar() { return &kTable; }
+}  // namespace annforge::simd
