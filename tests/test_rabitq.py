@@ -23,7 +23,9 @@ LEVELS = af.available_simd_levels()
 METRICS = ["l2", "ip", "cosine"]
 REAL_BASE = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/base.npy")
 REAL_QUERIES = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/queries.npy")
-FACTOR_BYTES = 24  # six float32 factors after the bit planes: |r|, a, |y|, sum u, a1, #positive
+# Float32 factors after the bit planes: |r|, |r|/a1, err1, #positive signs, and for bits > 1 |r|/a, err,
+# sum u, scale (codec/rabitq.h).
+NORM, SIGN_INV_A, SIGN_COUNT, INV_A = 0, 1, 3, 4
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +35,13 @@ def _restore_level():
     af.set_simd_level(before)
 
 
-def factors(codes: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(codes[:, -FACTOR_BYTES:]).view(np.float32)
+def factors(codes: np.ndarray, codec) -> np.ndarray:
+    return np.ascontiguousarray(codes[:, -4 * codec.num_factors:]).view(np.float32)
+
+
+def cosine_to_code(f: np.ndarray, bits: int) -> np.ndarray:
+    """a = <x_bar, o> of each full code, from |r| and |r|/a."""
+    return f[:, NORM] / f[:, INV_A if bits > 1 else SIGN_INV_A]
 
 
 def true_distance(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -159,13 +166,14 @@ def test_extended_code_search_finds_the_best_rescaling(bits):
     rng = np.random.default_rng(bits)
     x = rng.standard_normal((60, 128)).astype(np.float32) * rng.uniform(0.1, 3, size=(60, 1)).astype(np.float32)
     c = codec_for(128, "l2", bits, 11, x)
-    f = factors(c.encode(x))
+    f = factors(c.encode(x), c)
+    a = cosine_to_code(f, bits)
     r = (x.astype(np.float64) - c.centroid) @ c.rotation().astype(np.float64).T
     for i in range(len(x)):
         o = np.abs(r[i]) / np.linalg.norm(r[i])
-        assert f[i, 1] >= best_cosine(o, bits) - 1e-5
-        assert f[i, 1] <= 1.0 + 1e-6
-    assert np.allclose(f[:, 0], np.linalg.norm(r, axis=1), rtol=1e-4)
+        assert a[i] >= best_cosine(o, bits) - 1e-5
+        assert a[i] <= 1.0 + 1e-6
+    assert np.allclose(f[:, NORM], np.linalg.norm(r, axis=1), rtol=1e-4)
 
 
 def test_codes_are_deterministic_and_one_bit_is_the_sign():
@@ -174,11 +182,12 @@ def test_codes_are_deterministic_and_one_bit_is_the_sign():
     c = codec_for(64, "l2", 4, 9, x)
     a, b = c.encode(x), c.encode(x)
     assert np.array_equal(a, b) and a.shape == (50, c.record_bytes)
-    assert c.record_bytes == 4 * 64 // 8 + FACTOR_BYTES
+    assert c.record_bytes == 4 * 64 // 8 + 4 * 8 and c.num_factors == 8
     r = (x.astype(np.float64) - c.centroid) @ c.rotation().astype(np.float64).T
     sign_plane = np.unpackbits(a[:, :8], axis=1, bitorder="little").astype(bool)
     assert np.array_equal(sign_plane, r >= 0)
-    assert np.array_equal(factors(a)[:, 5], (r >= 0).sum(axis=1))
+    assert np.array_equal(factors(a, c)[:, SIGN_COUNT], (r >= 0).sum(axis=1))
+    assert T._RaBitQCodec(64, "l2", 1, 9).record_bytes == 64 // 8 + 4 * 4
 
 
 def test_first_stage_of_a_multibit_code_is_the_one_bit_estimate():

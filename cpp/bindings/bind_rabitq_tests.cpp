@@ -2,7 +2,7 @@
 //
 //   _RaBitQCodec(dim, metric, bits, seed)   .fit(centroid or rows) .encode(x) -> uint8 [n, record_bytes]
 //       .estimate(q, codes, level=None, eps0=1.9, query_bits=None, stage_bits=None) -> (est, lower, upper)
-//       .rotation() -> float32 [padded_dim, dim], .centroid, .padded_dim, .record_bytes, .bits
+//       .rotation() -> float32 [padded_dim, dim], .centroid, .padded_dim, .record_bytes, .bits, .num_factors
 //   _rabitq_kernel(level, name, codes, nwords, cbits, qplanes) -> uint32 [n]   (one kernel, one level)
 //   _rabitq_kernel_level() -> str   (the level the codec's default kernels run at now)
 #include <cmath>
@@ -87,16 +87,24 @@ class RaBitQCodecHook {
                    ErrorKind::Value, "RaBitQ: codes must have shape (n, ", codec_.record_bytes(), ")");
     const std::size_t n = static_cast<std::size_t>(codes.shape(0));
     const simd::RaBitQKernels& kernels = rabitq_table(level);
-    // An 8-byte-aligned copy: the kernels read the planes as 64-bit words.
-    std::vector<std::uint64_t> aligned(n * codec_.record_bytes() / 8);
-    if (n) std::memcpy(aligned.data(), codes.data(), n * codec_.record_bytes());
+    // The kernels read the planes as 64-bit words: NumPy's own buffer when it is 8-byte aligned (it
+    // normally is), an aligned copy otherwise.
+    const std::uint8_t* records = codes.data();
+    std::vector<std::uint64_t> aligned;
+    if (reinterpret_cast<std::uintptr_t>(records) % 8 != 0) {
+      aligned.resize(n * codec_.record_bytes() / 8);
+      std::memcpy(aligned.data(), records, n * codec_.record_bytes());
+      records = reinterpret_cast<const std::uint8_t*>(aligned.data());
+    }
     py::array_t<float> est(static_cast<py::ssize_t>(n)), lower(static_cast<py::ssize_t>(n)),
         upper(static_cast<py::ssize_t>(n));
     codec::RaBitQ::Query prepared;
     codec_.prepare_query(q.data, centroid_.data(), query_bits.value_or(codec_.default_query_bits()), prepared);
-    codec_.estimate(prepared, reinterpret_cast<const std::uint8_t*>(aligned.data()), n,
-                    stage_bits.value_or(codec_.bits()), eps0, kernels, est.mutable_data(), lower.mutable_data(),
-                    upper.mutable_data());
+    {
+      py::gil_scoped_release release;
+      codec_.estimate(prepared, records, n, stage_bits.value_or(codec_.bits()), eps0, kernels, est.mutable_data(),
+                      lower.mutable_data(), upper.mutable_data());
+    }
     return py::make_tuple(est, lower, upper);
   }
 
@@ -167,6 +175,8 @@ void bind_rabitq_tests(py::module_& testing) {
       .def_property_readonly("padded_dim", [](const RaBitQCodecHook& h) { return h.codec().padded_dim(); })
       .def_property_readonly("record_bytes", [](const RaBitQCodecHook& h) { return h.codec().record_bytes(); })
       .def_property_readonly("bits", [](const RaBitQCodecHook& h) { return h.codec().bits(); })
+      .def_property_readonly("num_factors",
+                             [](const RaBitQCodecHook& h) { return codec::RaBitQ::num_factors(h.codec().bits()); })
       .def_property_readonly("default_query_bits",
                              [](const RaBitQCodecHook& h) { return h.codec().default_query_bits(); });
   testing.def("_rabitq_kernel", &run_rabitq_kernel, py::arg("level"), py::arg("name"), py::arg("codes"),

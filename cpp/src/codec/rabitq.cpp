@@ -173,16 +173,22 @@ void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float
     abs_sum += o[i];
     positives += positive ? 1 : 0;
   }
-  float factors[kNumFactors];
+  // a and a1 are the cosines between the quantized and the true unit residual. A zero residual has
+  // none; its factors are all 0 except the sums, so its estimates are exact (|r| = 0).
+  const double a = norm > 0 ? y_dot_o / std::sqrt(y_sq) : 1.0;
+  const double a1 = norm > 0 ? abs_sum / std::sqrt(static_cast<double>(D)) : 1.0;
+  float factors[8] = {};
   factors[kNorm] = static_cast<float>(norm);
-  factors[kYNorm] = static_cast<float>(std::sqrt(y_sq));
-  // a and a1 are the cosines between the quantized and the true unit residual; a zero residual has none
-  // (its estimates are exactly 0 through |r| = 0), 1 keeps the divisions finite.
-  factors[kA] = norm > 0 ? static_cast<float>(y_dot_o / std::sqrt(y_sq)) : 1.0f;
-  factors[kCodeSum] = static_cast<float>(code_sum);
-  factors[kA1] = norm > 0 ? static_cast<float>(abs_sum / std::sqrt(static_cast<double>(D))) : 1.0f;
-  factors[kSignCount] = static_cast<float>(positives);
-  std::memcpy(record + code_words() * 8, factors, sizeof(factors));
+  factors[kSignInvA] = static_cast<float>(norm / a1);
+  factors[kSignErr] = static_cast<float>(norm * std::sqrt(std::max(0.0, 1.0 - a1 * a1)) / a1);
+  factors[kSignSum] = static_cast<float>(positives);
+  if (bits_ > 1) {
+    factors[kInvA] = static_cast<float>(norm / a);
+    factors[kErr] = static_cast<float>(norm * std::sqrt(std::max(0.0, 1.0 - a * a)) / a);
+    factors[kCodeSum] = static_cast<float>(code_sum);
+    factors[kScale] = static_cast<float>(norm / (a * std::sqrt(y_sq)));
+  }
+  std::memcpy(record + code_words() * 8, factors, num_factors(bits_) * sizeof(float));
 }
 
 void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const {
@@ -258,31 +264,33 @@ void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n
   else
     kernels.multibit_dot(codes, n, stride, words(), bits_, q.planes.data(), q.query_bits, dots.data());
 
+  // <r, v> ~= scale * <y, q~>, <y, q~> = delta * dot + lo * sum(u) - offset * sum(q~), y = u - offset;
+  // variance <= err^2 |v|^2 / (D - 1) + (|r|/a)^2 delta^2 / 4 (see the header).
   const double D = static_cast<double>(padded_dim_);
-  const double offset = stage_bits == 1 ? 0.5 : ((1u << bits_) - 1) / 2.0;  // y = u - offset
+  const bool one_bit = stage_bits == 1;
+  const double offset = one_bit ? 0.5 : ((1u << bits_) - 1) / 2.0;
+  const double rotation_var = q.vnorm * q.vnorm / (D - 1.0);
   const double rounding_var = q.delta * q.delta / 4.0;
-  const double vsq = q.vnorm * q.vnorm;
+  const double sign_scale = 1.0 / (0.5 * std::sqrt(D));  // 1/|y| of a 1-bit code
+  const std::size_t factor_offset = code_words() * 8, nf = num_factors(bits_);
+  const bool l2 = metric_ == Metric::L2;
+  const double sign = l2 ? -2.0 : -1.0;               // l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, q>
+  const double half_scale = l2 ? 2.0 * eps0 : eps0;
   for (std::size_t i = 0; i < n; ++i) {
-    float f[kNumFactors];
-    std::memcpy(f, records + i * record_bytes() + code_words() * 8, sizeof(f));
-    const double norm = f[kNorm];
-    const double a = stage_bits == 1 ? f[kA1] : f[kA];
-    const double y_norm = stage_bits == 1 ? 0.5 * std::sqrt(D) : f[kYNorm];
-    const double u_sum = stage_bits == 1 ? f[kSignCount] : f[kCodeSum];
-    const double y_dot_q = q.delta * dots[i] + q.lo * u_sum - offset * q.qsum;
-    const double ip = norm > 0 ? norm * y_dot_q / (a * y_norm) : 0.0;
-    const double var = norm * norm / (a * a) * (vsq * (1.0 - a * a) / (D - 1.0) + rounding_var);
-    double half = eps0 * std::sqrt(std::max(var, 0.0));
-    double dist;
-    if (metric_ == Metric::L2) {
-      dist = norm * norm + q.base - 2.0 * ip;
-      half *= 2.0;
-    } else {
-      dist = 1.0 - (ip + q.base);
-    }
+    float f[8];
+    std::memcpy(f, records + i * record_bytes() + factor_offset, nf * sizeof(float));
+    const double inv_a = one_bit ? f[kSignInvA] : f[kInvA];
+    const double err = one_bit ? f[kSignErr] : f[kErr];
+    const double u_sum = one_bit ? f[kSignSum] : f[kCodeSum];
+    const double scale = one_bit ? inv_a * sign_scale : f[kScale];
+    const double ip = scale * (q.delta * dots[i] + q.lo * u_sum - offset * q.qsum);
+    const double dist = (l2 ? double(f[kNorm]) * f[kNorm] + q.base : 1.0 - q.base) + sign * ip;
     est[i] = static_cast<float>(dist);
-    if (lower) lower[i] = static_cast<float>(metric_ == Metric::L2 ? std::max(0.0, dist - half) : dist - half);
-    if (upper) upper[i] = static_cast<float>(dist + half);
+    if (lower || upper) {
+      const double half = half_scale * std::sqrt(err * err * rotation_var + inv_a * inv_a * rounding_var);
+      if (lower) lower[i] = static_cast<float>(l2 ? std::max(0.0, dist - half) : dist - half);
+      if (upper) upper[i] = static_cast<float>(dist + half);
+    }
   }
 }
 

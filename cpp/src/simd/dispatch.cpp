@@ -322,8 +322,8 @@ const MinHashKernels& minhash_kernels() {
 
 // --- RaBitQ bit-plane kernels ------------------------------------------------------------------------
 namespace {
-// rabitq_kernels_avx2.cpp needs AVX2 + POPCNT (every AVX2 CPU has POPCNT), rabitq_kernels_avx512.cpp
-// AVX-512 F/BW: both are implied by the distance tables' requirements for the same level.
+// rabitq_kernels_avx2.cpp needs AVX2, rabitq_kernels_avx512.cpp AVX-512 F/BW: both are implied by the
+// distance tables' requirements for the same level.
 const RaBitQKernels* compiled_rabitq(Level level) {
   switch (level) {
     case Level::AVX512: return rabitq_kernels_avx512();

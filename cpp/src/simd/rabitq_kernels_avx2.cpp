@@ -1,11 +1,10 @@
-// The RaBitQ bit-plane kernels for AVX2 (this file alone gets -mavx2 -mpopcnt): 256 bits of a plane at a
-// time, bytes counted with the nibble look-up (vpshufb), up to four query planes weighted inside the
+// The RaBitQ bit-plane kernels for AVX2 (this file alone gets -mavx2): 256 bits of a plane at a time (the
+// last partial chunk through a masked load), bytes counted with the nibble look-up (vpshufb), up to four query planes weighted inside the
 // bytes (4 * 8 * 15 fits), then summed with vpsadbw.
 #include <cstddef>
 #include <cstdint>
 
 #include "annforge/simd/rabitq_kernels.h"
-#include "rabitq_popcount.h"
 
 #if defined(ANNFORGE_HAVE_AVX2)
 #include <immintrin.h>
@@ -24,18 +23,26 @@ inline __m256i popcount_bytes(__m256i v) {
   return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
+// Words [w, w + 4) of `p`, zeros past nwords (vpmaskmovq does not touch the masked-off words).
+inline __m256i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwords) {
+  const std::size_t left = nwords - w;
+  if (left >= 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + w));
+  const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(static_cast<long long>(left)), lane);
+  return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p + w), mask);
+}
+
 std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
                         std::size_t qbits) {
   // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 8.
   __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-  std::size_t w = 0;
-  for (; w + 4 <= nwords; w += 4) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plane + w));
+  for (std::size_t w = 0; w < nwords; w += 4) {
+    const __m256i c = load_words(plane, w, nwords);
     for (std::size_t g = 0; g * 4 < qbits; ++g) {
       const std::size_t j0 = g * 4, j1 = j0 + 4 < qbits ? j0 + 4 : qbits;
       __m256i weighted = _mm256_setzero_si256();
       for (std::size_t j = j1; j-- > j0;) {  // Horner: weighted = sum 2^(j-j0) * count_j, per byte
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qplanes + j * nwords + w));
+        const __m256i q = load_words(qplanes + j * nwords, w, nwords);
         weighted = _mm256_add_epi8(_mm256_add_epi8(weighted, weighted), popcount_bytes(_mm256_and_si256(c, q)));
       }
       acc[g] = _mm256_add_epi64(acc[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
@@ -44,13 +51,8 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
   alignas(32) std::uint64_t lanes[2][4];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), acc[0]);
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), acc[1]);
-  std::uint64_t sum = lanes[0][0] + lanes[0][1] + lanes[0][2] + lanes[0][3] +
-                      ((lanes[1][0] + lanes[1][1] + lanes[1][2] + lanes[1][3]) << 4);
-  for (; w < nwords; ++w) {  // the last words one at a time (POPCNT)
-    for (std::size_t j = 0; j < qbits; ++j)
-      sum += static_cast<std::uint64_t>(popcount64(plane[w] & qplanes[j * nwords + w])) << j;
-  }
-  return sum;
+  return lanes[0][0] + lanes[0][1] + lanes[0][2] + lanes[0][3] +
+         ((lanes[1][0] + lanes[1][1] + lanes[1][2] + lanes[1][3]) << 4);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// The RaBitQ bit-plane kernels for AVX-512 F/BW (this file alone gets those flags and -mpopcnt): 512
+// The RaBitQ bit-plane kernels for AVX-512 F/BW (this file alone gets those flags): 512
 // bits of a plane at a time, the last partial chunk through a masked load, bytes counted with the nibble
 // look-up (vpshufb), up to four query planes weighted inside the bytes, then summed with vpsadbw.
 // VPOPCNTDQ is not assumed (the AVX-512 level does not require it).

@@ -3,10 +3,20 @@
 #include <cstdint>
 
 #include "annforge/simd/rabitq_kernels.h"
-#include "rabitq_popcount.h"
 
 namespace annforge::simd {
 namespace {
+
+inline unsigned popcount64(std::uint64_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+  return static_cast<unsigned>(__builtin_popcountll(x));
+#else
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+  return static_cast<unsigned>((x * 0x0101010101010101ULL) >> 56);
+#endif
+}
 
 std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
                         std::size_t qbits) {

@@ -15,9 +15,11 @@
 // with K = 2^(B-1); on 384-d Gaussian data that found the same optimum as the unrestricted sweep).
 // u is stored as B bit planes, sign plane first (simd/rabitq_kernels.h).
 //
-// Per-vector factors (kNumFactors floats after the planes, see Factor): |r|, a = <y, o>/|y| (the
-// "<o, o_bar>" of the paper), |y|, sum u_i, and for the 1-bit stage of a multi-bit code a1 = <sign, o>
-// and the number of positive signs.
+// Per-vector factors (floats after the planes, see Factor), precomputed so that an estimate costs a few
+// multiply-adds and one square root: |r|; for the 1-bit (sign) stage with a1 = <sign code, o>:
+// |r|/a1, |r| sqrt(1 - a1^2)/a1 and the number of positive signs; for a multi-bit code (bits > 1) the
+// same three for the full code with a = <y, o>/|y| (the "<o, o_bar>" of the paper), the sum of its u_i,
+// and |r|/(a |y|). 4 floats for 1-bit codes, 8 otherwise.
 //
 // Estimator. The query vector v (l2: q - c; ip: q; cosine: q / |q|) is rotated, q' = R v, and quantized
 // to query_bits bits with randomized rounding (q~ = lo + delta * q_u, E[q~] = q' exactly; the random bits
@@ -43,8 +45,12 @@ namespace annforge::codec {
 
 class RaBitQ {
  public:
-  enum Factor : std::size_t { kNorm = 0, kA = 1, kYNorm = 2, kCodeSum = 3, kA1 = 4, kSignCount = 5 };
-  static constexpr std::size_t kNumFactors = 6;
+  enum Factor : std::size_t {
+    kNorm = 0,
+    kSignInvA = 1, kSignErr = 2, kSignSum = 3,                  // the 1-bit stage
+    kInvA = 4, kErr = 5, kCodeSum = 6, kScale = 7,              // the full multi-bit code (bits > 1)
+  };
+  static std::size_t num_factors(unsigned bits) { return bits > 1 ? 8 : 4; }
   static constexpr double kDefaultEps0 = 1.9;
 
   // dim >= 1 (at most 65536), bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
@@ -58,7 +64,7 @@ class RaBitQ {
   std::uint64_t seed() const { return seed_; }
   // One encoded vector: bits() planes, then the factors; a multiple of 8 bytes.
   std::size_t code_words() const { return bits_ * words(); }
-  std::size_t record_bytes() const { return code_words() * 8 + kNumFactors * sizeof(float); }
+  std::size_t record_bytes() const { return code_words() * 8 + num_factors(bits_) * sizeof(float); }
   // padded_dim x dim, row-major, orthonormal columns.
   const std::vector<float>& rotation() const { return rotation_; }
   void rotate(const float* x, float* out) const;  // out: padded_dim floats
