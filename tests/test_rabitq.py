@@ -23,9 +23,9 @@ LEVELS = af.available_simd_levels()
 METRICS = ["l2", "ip", "cosine"]
 REAL_BASE = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/base.npy")
 REAL_QUERIES = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/queries.npy")
-# Float32 factors after the bit planes: |r|, |r|/a1, err1, #positive signs, and for bits > 1 |r|/a, err,
-# sum u, scale (codec/rabitq.h).
-NORM, SIGN_INV_A, SIGN_COUNT, INV_A = 0, 1, 3, 4
+# Float32 factors after the bit planes: |r|^2 (l2) or <r, c>, |r|/a1, err1, #positive signs, and for
+# bits > 1 |r|/a, err, sum u, scale (codec/rabitq.h).
+ADD, SIGN_INV_A, SIGN_COUNT, INV_A = 0, 1, 3, 4
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +40,8 @@ def factors(codes: np.ndarray, codec) -> np.ndarray:
 
 
 def cosine_to_code(f: np.ndarray, bits: int) -> np.ndarray:
-    """a = <x_bar, o> of each full code, from |r| and |r|/a."""
-    return f[:, NORM] / f[:, INV_A if bits > 1 else SIGN_INV_A]
+    """a = <x_bar, o> of each full code of an l2 codec, from |r|^2 and |r|/a."""
+    return np.sqrt(f[:, ADD]) / f[:, INV_A if bits > 1 else SIGN_INV_A]
 
 
 def true_distance(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_extended_code_search_finds_the_best_rescaling(bits):
         o = np.abs(r[i]) / np.linalg.norm(r[i])
         assert a[i] >= best_cosine(o, bits) - 1e-5
         assert a[i] <= 1.0 + 1e-6
-    assert np.allclose(f[:, NORM], np.linalg.norm(r, axis=1), rtol=1e-4)
+    assert np.allclose(f[:, ADD], (r ** 2).sum(axis=1), rtol=1e-4)
 
 
 def test_codes_are_deterministic_and_one_bit_is_the_sign():

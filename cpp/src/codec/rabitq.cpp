@@ -147,7 +147,11 @@ void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float
   } else {
     std::memcpy(residual, x, dim_ * sizeof(float));
   }
-  for (std::size_t j = 0; j < dim_; ++j) residual[j] -= centroid[j];
+  double residual_dot_centroid = 0;
+  for (std::size_t j = 0; j < dim_; ++j) {
+    residual[j] -= centroid[j];
+    residual_dot_centroid += static_cast<double>(residual[j]) * centroid[j];
+  }
   rotate(residual, rotated.data());
   double sq = 0;
   for (std::size_t i = 0; i < D; ++i) sq += static_cast<double>(rotated[i]) * rotated[i];
@@ -178,7 +182,7 @@ void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float
   const double a = norm > 0 ? y_dot_o / std::sqrt(y_sq) : 1.0;
   const double a1 = norm > 0 ? abs_sum / std::sqrt(static_cast<double>(D)) : 1.0;
   float factors[8] = {};
-  factors[kNorm] = static_cast<float>(norm);
+  factors[kAdd] = static_cast<float>(metric_ == Metric::L2 ? norm * norm : residual_dot_centroid);
   factors[kSignInvA] = static_cast<float>(norm / a1);
   factors[kSignErr] = static_cast<float>(norm * std::sqrt(std::max(0.0, 1.0 - a1 * a1)) / a1);
   factors[kSignSum] = static_cast<float>(positives);
@@ -203,12 +207,12 @@ void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query
   } else {
     std::memcpy(v.data(), q, dim_ * sizeof(float));
   }
+  // Every metric estimates <r, v> with v = q - c (for ip that is an error proportional to |q - c|, not |q|).
   double base = 0;
-  if (metric_ == Metric::L2) {
-    for (std::size_t j = 0; j < dim_; ++j) v[j] -= centroid[j];
-    for (std::size_t j = 0; j < dim_; ++j) base += static_cast<double>(v[j]) * v[j];
-  } else {
-    for (std::size_t j = 0; j < dim_; ++j) base += static_cast<double>(centroid[j]) * v[j];
+  for (std::size_t j = 0; j < dim_; ++j) {
+    base += metric_ == Metric::L2 ? 0.0 : static_cast<double>(centroid[j]) * v[j];
+    v[j] -= centroid[j];
+    base += metric_ == Metric::L2 ? static_cast<double>(v[j]) * v[j] : 0.0;
   }
   rotate(v.data(), rotated.data());
 
@@ -274,7 +278,7 @@ void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n
   const double sign_scale = 1.0 / (0.5 * std::sqrt(D));  // 1/|y| of a 1-bit code
   const std::size_t factor_offset = code_words() * 8, nf = num_factors(bits_);
   const bool l2 = metric_ == Metric::L2;
-  const double sign = l2 ? -2.0 : -1.0;               // l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, q>
+  const double sign = l2 ? -2.0 : -1.0;  // l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, c> - <r, v>
   const double half_scale = l2 ? 2.0 * eps0 : eps0;
   for (std::size_t i = 0; i < n; ++i) {
     float f[8];
@@ -284,7 +288,7 @@ void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n
     const double u_sum = one_bit ? f[kSignSum] : f[kCodeSum];
     const double scale = one_bit ? inv_a * sign_scale : f[kScale];
     const double ip = scale * (q.delta * dots[i] + q.lo * u_sum - offset * q.qsum);
-    const double dist = (l2 ? double(f[kNorm]) * f[kNorm] + q.base : 1.0 - q.base) + sign * ip;
+    const double dist = (l2 ? f[kAdd] + q.base : 1.0 - q.base - f[kAdd]) + sign * ip;
     est[i] = static_cast<float>(dist);
     if (lower || upper) {
       const double half = half_scale * std::sqrt(err * err * rotation_var + inv_a * inv_a * rounding_var);

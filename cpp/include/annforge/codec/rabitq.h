@@ -16,17 +16,17 @@
 // u is stored as B bit planes, sign plane first (simd/rabitq_kernels.h).
 //
 // Per-vector factors (floats after the planes, see Factor), precomputed so that an estimate costs a few
-// multiply-adds and one square root: |r|; for the 1-bit (sign) stage with a1 = <sign code, o>:
+// multiply-adds and one square root: |r|^2 (l2) or <r, c> (ip, cosine); for the 1-bit (sign) stage with a1 = <sign code, o>:
 // |r|/a1, |r| sqrt(1 - a1^2)/a1 and the number of positive signs; for a multi-bit code (bits > 1) the
 // same three for the full code with a = <y, o>/|y| (the "<o, o_bar>" of the paper), the sum of its u_i,
 // and |r|/(a |y|). 4 floats for 1-bit codes, 8 otherwise.
 //
-// Estimator. The query vector v (l2: q - c; ip: q; cosine: q / |q|) is rotated, q' = R v, and quantized
-// to query_bits bits with randomized rounding (q~ = lo + delta * q_u, E[q~] = q' exactly; the random bits
+// Estimator. With q normalised first for cosine, v = q - c is rotated, q' = R v, and quantized to
+// query_bits bits with randomized rounding (q~ = lo + delta * q_u, E[q~] = q' exactly; the random bits
 // come from the codec's seed and the query's bytes, so the same query always gets the same code).
 //   <r, v> ~= |r| <y, q~> / (a |y|)         (unbiased: the paper's estimator, and E over the rounding)
-// and the metric's distance follows: l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - (<r, q> + <c, q>); cosine: the
-// same as ip on unit vectors. Over the random rotation the error of <r, v> is close to normal with
+// and the metric's distance follows: l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, c> - <r, v> (so
+// the error scales with |q - c|, not |q|); cosine: the same as ip on unit vectors. Over the random rotation the error of <r, v> is close to normal with
 // standard deviation at most sigma = |r| sqrt(|v|^2 (1 - a^2) / (a^2 (D - 1)) + delta^2 / (4 a^2)) (D =
 // padded_dim; the second term is the rounding, variance <= delta^2/4 per dimension). The bound is
 // estimate +- eps0 * sigma (l2: 2 eps0 sigma). eps0 = 1.9 (the paper's choice) covers ~94% of pairs when
@@ -46,7 +46,7 @@ namespace annforge::codec {
 class RaBitQ {
  public:
   enum Factor : std::size_t {
-    kNorm = 0,
+    kAdd = 0,                                                   // l2: |r|^2; ip, cosine: <r, c>
     kSignInvA = 1, kSignErr = 2, kSignSum = 3,                  // the 1-bit stage
     kInvA = 4, kErr = 5, kCodeSum = 6, kScale = 7,              // the full multi-bit code (bits > 1)
   };
