@@ -20,6 +20,8 @@ import annforge as af
 from annforge._core import _testing as T
 
 LEVELS = af.available_simd_levels()
+# Kernel tables to compare: every level, plus the AVX-512 variants by name where they run here.
+KERNELS = T._rabitq_kernel_variants()
 METRICS = ["l2", "ip", "cosine"]
 REAL_BASE = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/base.npy")
 REAL_QUERIES = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/queries.npy")
@@ -95,7 +97,7 @@ def reference_dot(codes, nwords, cbits, qplanes):
     return np.array(out, dtype=np.int64)
 
 
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", KERNELS)
 @settings(max_examples=40, deadline=None)
 @given(nwords=st.integers(1, 19), cbits=st.integers(1, 8), qbits=st.integers(1, 8), n=st.integers(0, 9),
        pad=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
@@ -115,7 +117,7 @@ def test_kernel_extremes_all_ones():
     nwords = 13
     codes = np.full((2, 8 * nwords), np.uint64(2**64 - 1), dtype=np.uint64)
     qplanes = np.full((8, nwords), np.uint64(2**64 - 1), dtype=np.uint64)
-    for level in LEVELS:
+    for level in KERNELS:
         got = T._rabitq_kernel(level, "multibit_dot", codes, nwords, 8, qplanes)
         assert list(got) == [255 * 255 * 64 * nwords] * 2
         got = T._rabitq_kernel(level, "binary_dot", codes, nwords, 8, qplanes)
@@ -126,6 +128,8 @@ def test_default_kernels_follow_the_active_level():
     for level in LEVELS:
         af.set_simd_level(level)
         assert T._rabitq_kernel_level() == ("scalar" if level == "neon" else level)
+    assert set(LEVELS) <= set(KERNELS)
+    assert ("avx512_plain" in KERNELS) == ("avx512" in LEVELS)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -136,10 +140,10 @@ def test_every_level_gives_identical_estimates(metric, bits):
     q = rng.standard_normal(200).astype(np.float32)
     c = codec_for(200, metric, bits, 5, x)
     codes = c.encode(x)
-    results = {lv: c.estimate(q, codes, level=lv) for lv in LEVELS}
+    results = {lv: c.estimate(q, codes, level=lv) for lv in KERNELS}
     for stage in (1, bits):
         base = c.estimate(q, codes, level="scalar", stage_bits=stage)
-        for lv in LEVELS:
+        for lv in KERNELS:
             got = c.estimate(q, codes, level=lv, stage_bits=stage)
             for a, b in zip(base, got):
                 assert np.array_equal(a, b), lv

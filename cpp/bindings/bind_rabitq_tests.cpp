@@ -5,6 +5,7 @@
 //       .rotation() -> float32 [padded_dim, dim], .centroid, .padded_dim, .record_bytes, .bits, .num_factors
 //   _rabitq_kernel(level, name, codes, nwords, cbits, qplanes) -> uint32 [n]   (one kernel, one level)
 //   _rabitq_kernel_level() -> str   (the level the codec's default kernels run at now)
+//   _rabitq_kernel_variants() -> [str]   (the level names above accepts here, AVX-512 variants included)
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -24,8 +25,16 @@ namespace {
 using U8Array = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
 using U64Array = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
+// A level name, or one of the AVX-512 variants by name: "avx512_plain" (byte look-up popcounts) and
+// "avx512_vpopcnt" (VPOPCNTDQ; ValueError where this CPU lacks it).
 const simd::RaBitQKernels& rabitq_table(const std::optional<std::string>& level) {
-  return level ? simd::rabitq_kernels_for(simd::parse_level(level->c_str())) : simd::rabitq_kernels();
+  if (!level) return simd::rabitq_kernels();
+  if (*level == "avx512_plain") return simd::rabitq_kernels_avx512_plain();
+  if (*level == "avx512_vpopcnt") {
+    ANNFORGE_CHECK(simd::rabitq_vpopcnt_available(), ErrorKind::Value, "the AVX-512 VPOPCNTDQ kernels do not run here");
+    return simd::rabitq_kernels_for(simd::Level::AVX512);
+  }
+  return simd::rabitq_kernels_for(simd::parse_level(level->c_str()));
 }
 
 class RaBitQCodecHook {
@@ -182,6 +191,15 @@ void bind_rabitq_tests(py::module_& testing) {
   testing.def("_rabitq_kernel", &run_rabitq_kernel, py::arg("level"), py::arg("name"), py::arg("codes"),
               py::arg("nwords"), py::arg("cbits"), py::arg("qplanes"));
   testing.def("_rabitq_kernel_level", [] { return std::string(simd::level_name(simd::rabitq_kernels().level)); });
+  // The kernel names _rabitq_kernel() and estimate(level=...) accept on this machine.
+  testing.def("_rabitq_kernel_variants", [] {
+    std::vector<std::string> names;
+    for (auto level : {simd::Level::Scalar, simd::Level::NEON, simd::Level::AVX2, simd::Level::AVX512})
+      if (simd::level_available(level)) names.emplace_back(simd::level_name(level));
+    if (simd::level_available(simd::Level::AVX512)) names.emplace_back("avx512_plain");
+    if (simd::rabitq_vpopcnt_available()) names.emplace_back("avx512_vpopcnt");
+    return names;
+  });
 }
 
 }  // namespace annforge::py_bindings

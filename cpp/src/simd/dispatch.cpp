@@ -77,7 +77,7 @@ struct CpuFeatures {
   bool os_ymm = false, os_zmm = false;  // the OS saves the YMM / opmask+ZMM state (XCR0)
   bool avx = false, fma = false, f16c = false, avx2 = false;
   bool avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
-  bool avx512vbmi = false, avx512vnni = false;
+  bool avx512vbmi = false, avx512vnni = false, avx512vpopcntdq = false;
 };
 
 CpuFeatures read_cpu_features() {
@@ -106,6 +106,7 @@ CpuFeatures read_cpu_features() {
   f.avx512vl = (r[1] >> 31) & 1;
   f.avx512vbmi = (r[2] >> 1) & 1;
   f.avx512vnni = (r[2] >> 11) & 1;
+  f.avx512vpopcntdq = (r[2] >> 14) & 1;
 #endif
   return f;
 }
@@ -323,15 +324,22 @@ const MinHashKernels& minhash_kernels() {
 // --- RaBitQ bit-plane kernels ------------------------------------------------------------------------
 namespace {
 // rabitq_kernels_avx2.cpp needs AVX2, rabitq_kernels_avx512.cpp AVX-512 F/BW: both are implied by the
-// distance tables' requirements for the same level.
+// distance tables' requirements for the same level. The VPOPCNTDQ variant needs that bit too.
 const RaBitQKernels* compiled_rabitq(Level level) {
   switch (level) {
-    case Level::AVX512: return rabitq_kernels_avx512();
+    case Level::AVX512:
+      return rabitq_vpopcnt_available() ? rabitq_kernels_vpopcnt_avx512() : rabitq_kernels_avx512();
     case Level::AVX2: return rabitq_kernels_avx2();
     default: return rabitq_kernels_scalar();
   }
 }
 }  // namespace
+
+bool rabitq_vpopcnt_available() {
+  static const bool available =
+      cpu_supports(Level::AVX512) && cpu().avx512vpopcntdq && rabitq_kernels_vpopcnt_avx512() != nullptr;
+  return available;
+}
 
 const RaBitQKernels& rabitq_kernels() {
   const RaBitQKernels* table = compiled_rabitq(kernels().level);
@@ -343,6 +351,12 @@ const RaBitQKernels& rabitq_kernels_for(Level level) {
   if (!table || !cpu_supports(level)) {
     fail(ErrorKind::Value, "SIMD level '", level_name(level), "' is not available on this CPU/build");
   }
+  return *table;
+}
+
+const RaBitQKernels& rabitq_kernels_avx512_plain() {
+  const RaBitQKernels* table = rabitq_kernels_avx512();
+  if (!table || !cpu_supports(Level::AVX512)) fail(ErrorKind::Value, "SIMD level 'avx512' is not available on this CPU/build");
   return *table;
 }
 

@@ -38,11 +38,19 @@ struct RaBitQKernels {
 const RaBitQKernels* rabitq_kernels_scalar();
 const RaBitQKernels* rabitq_kernels_avx2();
 const RaBitQKernels* rabitq_kernels_avx512();
+// The AVX-512 level's variant for CPUs with VPOPCNTDQ (rabitq_kernels_vpopcnt_avx512.cpp): same sums.
+const RaBitQKernels* rabitq_kernels_vpopcnt_avx512();
 
 // Selection (dispatch.cpp): the table of the active kernel level (kernels().level), so ANNFORGE_SIMD and
-// set_active_level() move it too; the scalar table where that level has none.
+// set_active_level() move it too; the scalar table where that level has none. At the AVX-512 level it is
+// the VPOPCNTDQ variant whenever this CPU runs it.
 const RaBitQKernels& rabitq_kernels();
-// The table for one level; ValueError when that level is not available here (NEON: the scalar table).
+// The table for one level (AVX-512: the VPOPCNTDQ variant where it runs); ValueError when that level is
+// not available here (NEON: the scalar table).
 const RaBitQKernels& rabitq_kernels_for(Level level);
+// The plain AVX-512 table, also on CPUs with VPOPCNTDQ (tests); ValueError where AVX-512 is unavailable.
+const RaBitQKernels& rabitq_kernels_avx512_plain();
+// True when the VPOPCNTDQ variant is compiled in and this CPU runs it.
+bool rabitq_vpopcnt_available();
 
 }  // namespace annforge::simd
