@@ -62,9 +62,16 @@ void normalised(const float* x, std::size_t dim, float* out, const char* what) {
   for (std::size_t j = 0; j < dim; ++j) out[j] = static_cast<float>(x[j] * inv);
 }
 
+// Buffers reused across the rows of one encode() call.
+struct LevelScratch {
+  std::vector<unsigned> start;
+  std::vector<std::uint32_t> steps;
+  std::vector<std::pair<double, std::uint32_t>> heap;
+};
+
 // The extended-RaBitQ code search: k_i = min(floor(t o_i), K - 1) for the t in [t_lo, t_hi] that
 // maximises <k + 1/2, o> / |k + 1/2| (o >= 0). Sweeps the critical values of t in increasing order.
-void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigned>& k) {
+void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigned>& k, LevelScratch& scratch) {
   const std::size_t D = o.size();
   k.assign(D, 0);
   if (K <= 1) return;
@@ -73,8 +80,8 @@ void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigne
   const double t_lo = (K - 1) / (3.0 * max_o), t_hi = (K + 9) / max_o;
   double ip = 0, sq = 0;
   using Event = std::pair<double, std::uint32_t>;
-  std::vector<Event> heap;
-  heap.reserve(D);
+  std::vector<Event>& heap = scratch.heap;
+  heap.clear();
   for (std::size_t i = 0; i < D; ++i) {
     const double level = std::floor(t_lo * o[i]);
     k[i] = level >= K - 1 ? K - 1 : static_cast<unsigned>(level);
@@ -86,8 +93,9 @@ void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigne
     }
   }
   std::make_heap(heap.begin(), heap.end(), std::greater<Event>());
-  const std::vector<unsigned> start = k;
-  std::vector<std::uint32_t> steps;
+  scratch.start = k;
+  std::vector<std::uint32_t>& steps = scratch.steps;
+  steps.clear();
   double best = ip / std::sqrt(sq);
   std::size_t best_steps = 0;
   while (!heap.empty()) {
@@ -111,7 +119,7 @@ void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigne
       }
     }
   }
-  k = start;
+  k = scratch.start;
   for (std::size_t s = 0; s < best_steps; ++s) ++k[steps[s]];
 }
 
@@ -130,29 +138,63 @@ void RaBitQ::rotate(const float* x, float* out) const {
   simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
 }
 
+struct RaBitQ::EncodeScratch {
+  std::vector<float> residuals, rotated, packed_rotation;
+  std::vector<double> residual_dot_centroid, o;
+  std::vector<unsigned> k;
+  LevelScratch levels;
+};
+
 void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::uint8_t* records) const {
   check_finite(centroid, dim_, "centroid");
   check_finite(x, n * dim_, "data");
-  std::vector<float> rotated(padded_dim_ + dim_);
-  std::vector<double> scratch(padded_dim_);
-  for (std::size_t i = 0; i < n; ++i) encode_one(x + i * dim_, centroid, rotated, scratch, records + i * record_bytes());
+  const std::size_t D = padded_dim_;
+  // Rows are rotated in batches through the blocked GEMM kernel (its packed copy of the rotation costs
+  // one pass over it, so one row alone goes through dot_rows instead).
+  constexpr std::size_t kBatch = 64;
+  const simd::Kernels& K = simd::kernels();
+  EncodeScratch scratch;
+  const bool batched = n >= 8;
+  if (batched) {
+    scratch.packed_rotation.resize(K.packed_size(D, dim_));
+    K.pack_rows(rotation_.data(), D, dim_, scratch.packed_rotation.data());
+  }
+  scratch.residuals.resize(kBatch * dim_);
+  scratch.rotated.resize(kBatch * D);
+  scratch.residual_dot_centroid.resize(kBatch);
+  scratch.o.resize(D);
+  for (std::size_t b = 0; b < n; b += kBatch) {
+    const std::size_t m = std::min(kBatch, n - b);
+    for (std::size_t r = 0; r < m; ++r) {
+      float* residual = scratch.residuals.data() + r * dim_;
+      const float* row = x + (b + r) * dim_;
+      if (metric_ == Metric::Cosine) {
+        normalised(row, dim_, residual, "vector");
+      } else {
+        std::memcpy(residual, row, dim_ * sizeof(float));
+      }
+      double dot = 0;
+      for (std::size_t j = 0; j < dim_; ++j) {
+        residual[j] -= centroid[j];
+        dot += static_cast<double>(residual[j]) * centroid[j];
+      }
+      scratch.residual_dot_centroid[r] = dot;
+    }
+    if (batched) {
+      K.dot_packed(scratch.residuals.data(), m, dim_, scratch.packed_rotation.data(), D, dim_, scratch.rotated.data(), D);
+    } else {
+      for (std::size_t r = 0; r < m; ++r) rotate(scratch.residuals.data() + r * dim_, scratch.rotated.data() + r * D);
+    }
+    for (std::size_t r = 0; r < m; ++r)
+      encode_rotated(scratch.rotated.data() + r * D, scratch.residual_dot_centroid[r], scratch,
+                     records + (b + r) * record_bytes());
+  }
 }
 
-void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float>& rotated,
-                        std::vector<double>& o, std::uint8_t* record) const {
+void RaBitQ::encode_rotated(const float* rotated, double residual_dot_centroid, EncodeScratch& scratch,
+                            std::uint8_t* record) const {
   const std::size_t D = padded_dim_;
-  float* residual = rotated.data() + D;
-  if (metric_ == Metric::Cosine) {
-    normalised(x, dim_, residual, "vector");
-  } else {
-    std::memcpy(residual, x, dim_ * sizeof(float));
-  }
-  double residual_dot_centroid = 0;
-  for (std::size_t j = 0; j < dim_; ++j) {
-    residual[j] -= centroid[j];
-    residual_dot_centroid += static_cast<double>(residual[j]) * centroid[j];
-  }
-  rotate(residual, rotated.data());
+  std::vector<double>& o = scratch.o;
   double sq = 0;
   for (std::size_t i = 0; i < D; ++i) sq += static_cast<double>(rotated[i]) * rotated[i];
   const double norm = std::sqrt(sq);
@@ -160,8 +202,8 @@ void RaBitQ::encode_one(const float* x, const float* centroid, std::vector<float
   for (std::size_t i = 0; i < D; ++i) o[i] = std::fabs(rotated[i]) * inv;
 
   const unsigned K = 1u << (bits_ - 1);
-  std::vector<unsigned> k;
-  search_levels(o, K, k);
+  std::vector<unsigned>& k = scratch.k;
+  search_levels(o, K, k, scratch.levels);
 
   std::uint64_t* planes = reinterpret_cast<std::uint64_t*>(record);
   std::memset(planes, 0, code_words() * 8);

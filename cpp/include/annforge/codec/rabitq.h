@@ -92,8 +92,10 @@ class RaBitQ {
                 const simd::RaBitQKernels& kernels, float* est, float* lower, float* upper) const;
 
  private:
-  void encode_one(const float* x, const float* centroid, std::vector<float>& rotated, std::vector<double>& scratch,
-                  std::uint8_t* record) const;
+  struct EncodeScratch;
+  // One row from its rotated residual (padded_dim floats) and <r, c>.
+  void encode_rotated(const float* rotated, double residual_dot_centroid, EncodeScratch& scratch,
+                      std::uint8_t* record) const;
 
   std::size_t dim_, padded_dim_;
   Metric metric_;
