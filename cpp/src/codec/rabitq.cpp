@@ -65,12 +65,14 @@ void normalised(const float* x, std::size_t dim, float* out, const char* what) {
 // Buffers reused across the rows of one encode() call.
 struct LevelScratch {
   std::vector<unsigned> start;
-  std::vector<std::uint32_t> steps;
-  std::vector<std::pair<double, std::uint32_t>> heap;
+  std::vector<std::pair<double, std::uint32_t>> events, sorted;
+  std::vector<std::uint32_t> bucket_start;
 };
 
 // The extended-RaBitQ code search: k_i = min(floor(t o_i), K - 1) for the t in [t_lo, t_hi] that
-// maximises <k + 1/2, o> / |k + 1/2| (o >= 0). Sweeps the critical values of t in increasing order.
+// maximises <k + 1/2, o> / |k + 1/2| (o >= 0). Sweeps the critical values of t (where some k_i steps up)
+// in increasing order; they are put in order by a bucket sort over [t_lo, t_hi] (one bucket per event
+// on average, each bucket sorted by (t, i)), so the order, and the result, are exact and deterministic.
 void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigned>& k, LevelScratch& scratch) {
   const std::size_t D = o.size();
   k.assign(D, 0);
@@ -79,48 +81,55 @@ void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigne
   if (!(max_o > 0)) return;
   const double t_lo = (K - 1) / (3.0 * max_o), t_hi = (K + 9) / max_o;
   double ip = 0, sq = 0;
-  using Event = std::pair<double, std::uint32_t>;
-  std::vector<Event>& heap = scratch.heap;
-  heap.clear();
+  auto& events = scratch.events;
+  events.clear();
   for (std::size_t i = 0; i < D; ++i) {
     const double level = std::floor(t_lo * o[i]);
     k[i] = level >= K - 1 ? K - 1 : static_cast<unsigned>(level);
     ip += (k[i] + 0.5) * o[i];
     sq += (k[i] + 0.5) * (k[i] + 0.5);
-    if (k[i] + 1 < K && o[i] > 0) {
-      const double t = (k[i] + 1) / o[i];
-      if (t <= t_hi) heap.emplace_back(t, static_cast<std::uint32_t>(i));
+    if (!(o[i] > 0)) continue;
+    for (unsigned m = k[i] + 1; m < K; ++m) {
+      const double t = m / o[i];
+      if (t > t_hi) break;
+      events.emplace_back(t, static_cast<std::uint32_t>(i));
     }
   }
-  std::make_heap(heap.begin(), heap.end(), std::greater<Event>());
   scratch.start = k;
-  std::vector<std::uint32_t>& steps = scratch.steps;
-  steps.clear();
+  const std::size_t E = events.size();
+  auto& sorted = scratch.sorted;
+  sorted.resize(E);
+  auto& first = scratch.bucket_start;
+  first.assign(E + 1, 0);
+  const double per_bucket = E / (t_hi - t_lo);
+  auto bucket_of = [&](double t) {
+    const double b = (t - t_lo) * per_bucket;
+    return b <= 0 ? std::size_t{0} : std::min(E - 1, static_cast<std::size_t>(b));
+  };
+  for (const auto& e : events) ++first[bucket_of(e.first) + 1];
+  for (std::size_t b = 0; b < E; ++b) first[b + 1] += first[b];
+  {
+    std::vector<std::uint32_t> fill(first.begin(), first.end() - 1);
+    for (const auto& e : events) sorted[fill[bucket_of(e.first)]++] = e;
+  }
+  for (std::size_t b = 0; b < E; ++b)
+    if (first[b + 1] - first[b] > 1) std::sort(sorted.begin() + first[b], sorted.begin() + first[b + 1]);
+
   double best = ip / std::sqrt(sq);
   std::size_t best_steps = 0;
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), std::greater<Event>());
-    const std::uint32_t i = heap.back().second;
-    heap.pop_back();
+  for (std::size_t s = 0; s < E; ++s) {
+    const std::uint32_t i = sorted[s].second;
     ++k[i];
     ip += o[i];
     sq += 2.0 * k[i];  // (k + 1/2)^2 - (k - 1/2)^2
-    steps.push_back(i);
     const double cosine = ip / std::sqrt(sq);
     if (cosine > best) {
       best = cosine;
-      best_steps = steps.size();
-    }
-    if (k[i] + 1 < K) {
-      const double t = (k[i] + 1) / o[i];
-      if (t <= t_hi) {
-        heap.emplace_back(t, i);
-        std::push_heap(heap.begin(), heap.end(), std::greater<Event>());
-      }
+      best_steps = s + 1;
     }
   }
   k = scratch.start;
-  for (std::size_t s = 0; s < best_steps; ++s) ++k[steps[s]];
+  for (std::size_t s = 0; s < best_steps; ++s) ++k[sorted[s].second];
 }
 
 inline void set_bit(std::uint64_t* plane, std::size_t i) { plane[i / 64] |= std::uint64_t{1} << (i % 64); }
