@@ -1,9 +1,9 @@
 """The RaBitQ codec alone (no index yet): estimator error and encode / estimate throughput, annforge vs faiss.
 
 annforge: `_core._testing._RaBitQCodec` (codec/rabitq.h), centroid = mean of the base, default query bits
-(min(8, bits + 3)). faiss: `index_factory(d, "RR{d},RaBitQ{bits}")` (a random rotation in front of
+(bits + 3). faiss: `index_factory(d, "RR{d},RaBitQ{bits}")` (a random rotation in front of
 IndexRaBitQ, which does not rotate by itself; centroid = mean of the base), one OpenMP thread, `qb` set to
-the same query bits as annforge unless --faiss-qb says otherwise. Each library runs in its own process.
+the same query bits as annforge (at most 8, faiss's limit) unless --faiss-qb says otherwise. Each library runs in its own process.
 
 What is measured, per bits value, on the whole base:
   encode     rows/s of annforge encode() vs faiss add() (training -- the centroid -- not counted)
@@ -40,7 +40,8 @@ def load(data: str, limit: int):
 
 
 def default_query_bits(bits: int) -> int:
-    return min(8, bits + 3)
+    """annforge's default for 384-d codes (codec/rabitq.h: bits + 3)."""
+    return bits + 3
 
 
 def error_stats(est_ip: np.ndarray, true_ip: np.ndarray) -> dict:
@@ -88,7 +89,7 @@ def run_annforge(args, x, q, true_ip, exact_top) -> list:
                 if eps0 == 1.9:
                     est[i] = 1.0 - e
                     half.append(float(np.mean(hi - e)))
-        row = {"library": "annforge", "bits": bits, "query_bits": default_query_bits(bits),
+        row = {"library": "annforge", "bits": bits, "query_bits": codec.default_query_bits,
                "bytes_per_vector": codec.record_bytes, "encode_rows_per_s": len(x) / encode_s,
                "estimate_pairs_per_s": nq * len(x) / estimate_s,
                "stage1_pairs_per_s": nq * len(x) / stage1_s if stage1_s else None,
@@ -108,7 +109,7 @@ def run_faiss(args, x, q, true_ip, exact_top) -> list:
     out = []
     for bits in args.bits:
         index = faiss.index_factory(d, f"RR{d},RaBitQ{bits if bits > 1 else ''}", faiss.METRIC_INNER_PRODUCT)
-        qb = args.faiss_qb if args.faiss_qb is not None else default_query_bits(bits)
+        qb = args.faiss_qb if args.faiss_qb is not None else min(8, default_query_bits(bits))
         faiss.downcast_index(index.index).qb = qb
         index.train(x)
         t = time.process_time()

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import annforge as af
@@ -99,9 +99,10 @@ def reference_dot(codes, nwords, cbits, qplanes):
 
 @pytest.mark.parametrize("level", KERNELS)
 @settings(max_examples=40, deadline=None)
-@given(nwords=st.integers(1, 19), cbits=st.integers(1, 8), qbits=st.integers(1, 8), n=st.integers(0, 9),
+@given(nwords=st.integers(1, 19), cbits=st.integers(1, 8), qbits=st.integers(1, 16), n=st.integers(0, 9),
        pad=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
 def test_kernels_match_reference(level, nwords, cbits, qbits, n, pad, seed):
+    assume(64 * nwords * (2**cbits - 1) * (2**qbits - 1) < 2**32)  # the codec keeps sums in 32 bits
     rng = np.random.default_rng(seed)
     stride = cbits * nwords + pad
     codes = rng.integers(0, 2**64, size=(n, stride), dtype=np.uint64)
@@ -117,11 +118,14 @@ def test_kernel_extremes_all_ones():
     nwords = 13
     codes = np.full((2, 8 * nwords), np.uint64(2**64 - 1), dtype=np.uint64)
     qplanes = np.full((8, nwords), np.uint64(2**64 - 1), dtype=np.uint64)
+    wide = np.full((16, 4), np.uint64(2**64 - 1), dtype=np.uint64)  # 16 query bits, 256 dims
     for level in KERNELS:
         got = T._rabitq_kernel(level, "multibit_dot", codes, nwords, 8, qplanes)
         assert list(got) == [255 * 255 * 64 * nwords] * 2
         got = T._rabitq_kernel(level, "binary_dot", codes, nwords, 8, qplanes)
         assert list(got) == [255 * 64 * nwords] * 2
+        got = T._rabitq_kernel(level, "multibit_dot", codes[:, :32], 4, 8, wide)
+        assert list(got) == [255 * 65535 * 256] * 2
 
 
 def test_default_kernels_follow_the_active_level():
@@ -334,7 +338,12 @@ def test_bad_input_raises_value_error():
         c.encode(np.ones((2, 9), dtype=np.float32))
     codes = c.encode(x)
     q = np.ones(8, dtype=np.float32)
-    for kwargs in ({"query_bits": 0}, {"query_bits": 9}, {"stage_bits": 3}, {"eps0": -1.0},
+    assert c.max_query_bits == 16 and c.default_query_bits == 5
+    wide = T._RaBitQCodec(512, "l2", 8, 0)  # 512 * 255 * (2^15 - 1) < 2^32 <= 512 * 255 * (2^16 - 1)
+    assert wide.max_query_bits == 15 and wide.default_query_bits == 11
+    with pytest.raises(ValueError):
+        T._RaBitQCodec(4097, "l2", 1, 0)
+    for kwargs in ({"query_bits": 0}, {"query_bits": 17}, {"stage_bits": 3}, {"eps0": -1.0},
                    {"eps0": float("nan")}, {"level": "sse9"}):
         with pytest.raises(ValueError):
             c.estimate(q, codes, **kwargs)

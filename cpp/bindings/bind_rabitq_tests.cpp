@@ -156,8 +156,8 @@ py::array_t<std::uint32_t> run_rabitq_kernel(const std::string& level, const std
   const std::size_t n = static_cast<std::size_t>(codes.shape(0)), stride = static_cast<std::size_t>(codes.shape(1));
   const std::size_t qbits = static_cast<std::size_t>(qplanes.shape(0));
   const std::size_t planes = name == "binary_dot" ? 1 : cbits;
-  ANNFORGE_CHECK(qbits >= 1 && qbits <= 8 && cbits >= 1 && cbits <= 8 && planes * nwords <= stride, ErrorKind::Value,
-                 "rabitq kernel: need 1 <= qbits, cbits <= 8 and cbits * nwords <= stride");
+  ANNFORGE_CHECK(qbits >= 1 && qbits <= 16 && cbits >= 1 && cbits <= 8 && planes * nwords <= stride, ErrorKind::Value,
+                 "rabitq kernel: need 1 <= qbits <= 16, 1 <= cbits <= 8 and cbits * nwords <= stride");
   py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(n));
   if (name == "binary_dot")
     kernels.binary_dot(codes.data(), n, stride, nwords, qplanes.data(), qbits, out.mutable_data());
@@ -187,7 +187,8 @@ void bind_rabitq_tests(py::module_& testing) {
       .def_property_readonly("num_factors",
                              [](const RaBitQCodecHook& h) { return codec::RaBitQ::num_factors(h.codec().bits()); })
       .def_property_readonly("default_query_bits",
-                             [](const RaBitQCodecHook& h) { return h.codec().default_query_bits(); });
+                             [](const RaBitQCodecHook& h) { return h.codec().default_query_bits(); })
+      .def_property_readonly("max_query_bits", [](const RaBitQCodecHook& h) { return h.codec().max_query_bits(); });
   testing.def("_rabitq_kernel", &run_rabitq_kernel, py::arg("level"), py::arg("name"), py::arg("codes"),
               py::arg("nwords"), py::arg("cbits"), py::arg("qplanes"));
   testing.def("_rabitq_kernel_level", [] { return std::string(simd::level_name(simd::rabitq_kernels().level)); });

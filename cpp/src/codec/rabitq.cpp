@@ -13,7 +13,9 @@
 namespace annforge::codec {
 namespace {
 
-constexpr std::size_t kMaxDim = 65536;  // keeps every kernel sum (< D * 255 * 255) inside 32 bits
+// The dense rotation costs O(dim^3) to build (seconds at 1536-d) and dim^2 floats: beyond a few thousand
+// dimensions a structured rotation would be needed.
+constexpr std::size_t kMaxDim = 4096;
 
 // A Haar-random padded x dim matrix with orthonormal columns, row-major in float: Gram-Schmidt with a
 // second pass ("twice is enough") on Gaussian columns, in double.
@@ -143,6 +145,13 @@ RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed
   rotation_ = random_rotation(padded_dim_, dim_, seed_);
 }
 
+unsigned RaBitQ::max_query_bits() const {
+  unsigned qb = 16;
+  const std::uint64_t code_max = (std::uint64_t{1} << bits_) - 1;
+  while (qb > 1 && padded_dim_ * code_max * ((std::uint64_t{1} << qb) - 1) > 0xffffffffULL) --qb;
+  return qb;
+}
+
 void RaBitQ::rotate(const float* x, float* out) const {
   simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
 }
@@ -247,8 +256,8 @@ void RaBitQ::encode_rotated(const float* rotated, double residual_dot_centroid, 
 }
 
 void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const {
-  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= 8, ErrorKind::Value, "RaBitQ: query_bits must be in 1..8, got ",
-                 query_bits);
+  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= max_query_bits(), ErrorKind::Value, "RaBitQ: query_bits must be in 1..",
+                 max_query_bits(), " here, got ", query_bits);
   check_finite(q, dim_, "query");
   check_finite(centroid, dim_, "centroid");
   const std::size_t D = padded_dim_;

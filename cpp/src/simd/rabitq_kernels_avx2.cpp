@@ -34,8 +34,8 @@ inline __m256i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
 
 std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
                         std::size_t qbits) {
-  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 8.
-  __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 16.
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
   for (std::size_t w = 0; w < nwords; w += 4) {
     const __m256i c = load_words(plane, w, nwords);
     for (std::size_t g = 0; g * 4 < qbits; ++g) {
@@ -48,11 +48,13 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
       acc[g] = _mm256_add_epi64(acc[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
     }
   }
-  alignas(32) std::uint64_t lanes[2][4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), acc[0]);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), acc[1]);
-  return lanes[0][0] + lanes[0][1] + lanes[0][2] + lanes[0][3] +
-         ((lanes[1][0] + lanes[1][1] + lanes[1][2] + lanes[1][3]) << 4);
+  std::uint64_t sum = 0;
+  for (std::size_t g = 0; g * 4 < qbits; ++g) {
+    alignas(32) std::uint64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[g]);
+    sum += (lanes[0] + lanes[1] + lanes[2] + lanes[3]) << (4 * g);
+  }
+  return sum;
 }
 
 }  // namespace

@@ -33,8 +33,8 @@ inline __m512i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
 
 std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
                         std::size_t qbits) {
-  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 8.
-  __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 16.
+  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
   for (std::size_t w = 0; w < nwords; w += 8) {
     const __m512i c = load_words(plane, w, nwords);
     for (std::size_t g = 0; g * 4 < qbits; ++g) {
@@ -47,15 +47,15 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
       acc[g] = _mm512_add_epi64(acc[g], _mm512_sad_epu8(weighted, _mm512_setzero_si512()));
     }
   }
-  alignas(64) std::uint64_t lanes[2][8];
-  _mm512_store_si512(lanes[0], acc[0]);
-  _mm512_store_si512(lanes[1], acc[1]);
-  std::uint64_t low = 0, high = 0;
-  for (int l = 0; l < 8; ++l) {
-    low += lanes[0][l];
-    high += lanes[1][l];
+  std::uint64_t sum = 0;
+  for (std::size_t g = 0; g * 4 < qbits; ++g) {
+    alignas(64) std::uint64_t lanes[8];
+    _mm512_store_si512(lanes, acc[g]);
+    std::uint64_t group = 0;
+    for (int l = 0; l < 8; ++l) group += lanes[l];
+    sum += group << (4 * g);
   }
-  return low + (high << 4);
+  return sum;
 }
 
 }  // namespace

@@ -53,7 +53,7 @@ class RaBitQ {
   static std::size_t num_factors(unsigned bits) { return bits > 1 ? 8 : 4; }
   static constexpr double kDefaultEps0 = 1.9;
 
-  // dim >= 1 (at most 65536), bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
+  // dim in 1..4096, bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
   RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed);
 
   std::size_t dim() const { return dim_; }
@@ -68,8 +68,12 @@ class RaBitQ {
   // padded_dim x dim, row-major, orthonormal columns.
   const std::vector<float>& rotation() const { return rotation_; }
   void rotate(const float* x, float* out) const;  // out: padded_dim floats
-  // The default query_bits for this code: min(8, bits + 3) (4 for 1-bit codes, as in the paper).
-  unsigned default_query_bits() const { return bits_ + 3 < 8 ? bits_ + 3 : 8; }
+  // The most query bits (<= 16) whose kernel sums, up to padded_dim * (2^bits - 1) * (2^query_bits - 1),
+  // fit in 32 bits (at least 12 for every allowed dim).
+  unsigned max_query_bits() const;
+  // The default query_bits: bits + 3 (4 for 1-bit codes, as in the paper), at most max_query_bits(). Three
+  // bits more than the code keep the rounding's share of the error variance small at every bits.
+  unsigned default_query_bits() const { return bits_ + 3 < max_query_bits() ? bits_ + 3 : max_query_bits(); }
 
   // Encodes n rows of x (dim floats each, finite; cosine rows nonzero) relative to `centroid` into
   // n * record_bytes() bytes at `records` (8-byte aligned).

@@ -6,7 +6,7 @@
 // 64-bit words each; bit t of word w of a plane is one bit of dimension w * 64 + t. Query planes are
 // least significant first (plane j has weight 2^j); code planes are most significant first (plane a of
 // a `cbits`-bit code has weight 2^(cbits - 1 - a)), so plane 0 of every code is its 1-bit (sign) code.
-// All sums are exact integers: every level returns the same numbers.
+// qbits and cbits are at most 16 and 8. All sums are exact integers: every level returns the same numbers.
 #pragma once
 
 #include <cstddef>
