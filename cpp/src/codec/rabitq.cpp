@@ -199,7 +199,8 @@ void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::u
       scratch.residual_dot_centroid[r] = dot;
     }
     if (batched) {
-      K.dot_packed(scratch.residuals.data(), m, dim_, scratch.packed_rotation.data(), D, dim_, scratch.rotated.data(), D);
+      K.dot_packed(scratch.residuals.data(), m, dim_, scratch.packed_rotation.data(), D, dim_,
+                   scratch.rotated.data(), D);
     } else {
       for (std::size_t r = 0; r < m; ++r) rotate(scratch.residuals.data() + r * dim_, scratch.rotated.data() + r * D);
     }
@@ -256,8 +257,8 @@ void RaBitQ::encode_rotated(const float* rotated, double residual_dot_centroid, 
 }
 
 void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const {
-  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= max_query_bits(), ErrorKind::Value, "RaBitQ: query_bits must be in 1..",
-                 max_query_bits(), " here, got ", query_bits);
+  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= max_query_bits(), ErrorKind::Value,
+                 "RaBitQ: query_bits must be in 1..", max_query_bits(), " here, got ", query_bits);
   check_finite(q, dim_, "query");
   check_finite(centroid, dim_, "centroid");
   const std::size_t D = padded_dim_;

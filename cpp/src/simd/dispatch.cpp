@@ -356,7 +356,8 @@ const RaBitQKernels& rabitq_kernels_for(Level level) {
 
 const RaBitQKernels& rabitq_kernels_avx512_plain() {
   const RaBitQKernels* table = rabitq_kernels_avx512();
-  if (!table || !cpu_supports(Level::AVX512)) fail(ErrorKind::Value, "SIMD level 'avx512' is not available on this CPU/build");
+  if (!table || !cpu_supports(Level::AVX512))
+    fail(ErrorKind::Value, "SIMD level 'avx512' is not available on this CPU/build");
   return *table;
 }
 

@@ -1,6 +1,6 @@
 // The RaBitQ bit-plane kernels for AVX2 (this file alone gets -mavx2): 256 bits of a plane at a time (the
-// last partial chunk through a masked load), bytes counted with the nibble look-up (vpshufb), up to four query planes weighted inside the
-// bytes (4 * 8 * 15 fits), then summed with vpsadbw.
+// last partial chunk through a masked load), bytes counted with the nibble look-up (vpshufb), up to four
+// query planes weighted inside the bytes (8 * 15 fits), then summed with vpsadbw.
 #include <cstddef>
 #include <cstdint>
 

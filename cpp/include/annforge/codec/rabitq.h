@@ -12,26 +12,28 @@
 // k_i in [0, 2^(B-1)); the top bit of u_i is the sign bit, i.e. the 1-bit RaBitQ code. The k_i are
 // min(floor(t o_i), 2^(B-1) - 1) for the rescaling t that maximises <y, o> / |y| (the extended-RaBitQ
 // code search: a sweep over the critical values of t, restricted to t in [(K-1)/(3 max o), (K+9)/max o]
-// with K = 2^(B-1); on 384-d Gaussian data that found the same optimum as the unrestricted sweep).
-// u is stored as B bit planes, sign plane first (simd/rabitq_kernels.h).
+// with K = 2^(B-1); on 384-d Gaussian and MiniLM rows it found the optimum of the unrestricted sweep,
+// which tests/test_rabitq.py checks at 128-d). u is stored as B bit planes, sign plane first
+// (simd/rabitq_kernels.h).
 //
 // Per-vector factors (floats after the planes, see Factor), precomputed so that an estimate costs a few
-// multiply-adds and one square root: |r|^2 (l2) or <r, c> (ip, cosine); for the 1-bit (sign) stage with a1 = <sign code, o>:
-// |r|/a1, |r| sqrt(1 - a1^2)/a1 and the number of positive signs; for a multi-bit code (bits > 1) the
-// same three for the full code with a = <y, o>/|y| (the "<o, o_bar>" of the paper), the sum of its u_i,
-// and |r|/(a |y|). 4 floats for 1-bit codes, 8 otherwise.
+// multiply-adds and one square root: |r|^2 (l2) or <r, c> (ip, cosine); for the 1-bit (sign) stage, with
+// a1 = <sign code, o> / |sign code|: |r|/a1, |r| sqrt(1 - a1^2)/a1 and the number of positive signs; for
+// a multi-bit code (bits > 1) the same for the full code, with a = <y, o>/|y| (the paper's <o_bar, o>),
+// the sum of its u_i, and |r|/(a |y|). 4 floats for 1-bit codes, 8 otherwise.
 //
 // Estimator. With q normalised first for cosine, v = q - c is rotated, q' = R v, and quantized to
 // query_bits bits with randomized rounding (q~ = lo + delta * q_u, E[q~] = q' exactly; the random bits
 // come from the codec's seed and the query's bytes, so the same query always gets the same code).
 //   <r, v> ~= |r| <y, q~> / (a |y|)         (unbiased: the paper's estimator, and E over the rounding)
 // and the metric's distance follows: l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, c> - <r, v> (so
-// the error scales with |q - c|, not |q|); cosine: the same as ip on unit vectors. Over the random rotation the error of <r, v> is close to normal with
-// standard deviation at most sigma = |r| sqrt(|v|^2 (1 - a^2) / (a^2 (D - 1)) + delta^2 / (4 a^2)) (D =
-// padded_dim; the second term is the rounding, variance <= delta^2/4 per dimension). The bound is
+// the error scales with |q - c|, not |q|); cosine: the same as ip on unit vectors. Over the random
+// rotation the error of <r, v> is close to normal with standard deviation at most
+//   sigma = |r| sqrt(|v|^2 (1 - a^2) / (a^2 (D - 1)) + delta^2 / (4 a^2))
+// (D = padded_dim; the second term is the rounding, variance <= delta^2/4 per dimension). The bound is
 // estimate +- eps0 * sigma (l2: 2 eps0 sigma). eps0 = 1.9 (the paper's choice) covers ~94% of pairs when
 // the query is nearly orthogonal to the residual (the worst case) and more otherwise; eps0 = 3 covers
-// ~99.7% in the worst case (tests/test_rabitq.py checks >= 99% there).
+// ~99.7% in the worst case: the documented confidence for ">= 99% of pairs" (tests/test_rabitq.py).
 #pragma once
 
 #include <cstddef>
