@@ -32,10 +32,15 @@ inline __m256i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
   return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p + w), mask);
 }
 
-std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
-                        std::size_t qbits) {
-  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 16.
-  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+// group[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)) in 64-bit lanes, qbits <= 16.
+struct PlaneSums {
+  __m256i group[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+};
+
+void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                    std::size_t qbits) {
+  for (std::size_t g = 0; g * 4 < qbits; ++g) s.group[g] = _mm256_add_epi64(s.group[g], s.group[g]);
   for (std::size_t w = 0; w < nwords; w += 4) {
     const __m256i c = load_words(plane, w, nwords);
     for (std::size_t g = 0; g * 4 < qbits; ++g) {
@@ -45,13 +50,16 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
         const __m256i q = load_words(qplanes + j * nwords, w, nwords);
         weighted = _mm256_add_epi8(_mm256_add_epi8(weighted, weighted), popcount_bytes(_mm256_and_si256(c, q)));
       }
-      acc[g] = _mm256_add_epi64(acc[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
+      s.group[g] = _mm256_add_epi64(s.group[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
     }
   }
+}
+
+std::uint64_t total(const PlaneSums& s, std::size_t qbits) {
   std::uint64_t sum = 0;
   for (std::size_t g = 0; g * 4 < qbits; ++g) {
     alignas(32) std::uint64_t lanes[4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[g]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s.group[g]);
     sum += (lanes[0] + lanes[1] + lanes[2] + lanes[3]) << (4 * g);
   }
   return sum;

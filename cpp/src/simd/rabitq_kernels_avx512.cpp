@@ -31,10 +31,15 @@ inline __m512i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
   return _mm512_maskz_loadu_epi64(mask, p + w);
 }
 
-std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
-                        std::size_t qbits) {
-  // acc[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)), qbits <= 16.
-  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+// group[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)) in 64-bit lanes, qbits <= 16.
+struct PlaneSums {
+  __m512i group[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
+};
+
+void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                    std::size_t qbits) {
+  for (std::size_t g = 0; g * 4 < qbits; ++g) s.group[g] = _mm512_add_epi64(s.group[g], s.group[g]);
   for (std::size_t w = 0; w < nwords; w += 8) {
     const __m512i c = load_words(plane, w, nwords);
     for (std::size_t g = 0; g * 4 < qbits; ++g) {
@@ -44,13 +49,16 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
         const __m512i q = load_words(qplanes + j * nwords, w, nwords);
         weighted = _mm512_add_epi8(_mm512_add_epi8(weighted, weighted), popcount_bytes(_mm512_and_si512(c, q)));
       }
-      acc[g] = _mm512_add_epi64(acc[g], _mm512_sad_epu8(weighted, _mm512_setzero_si512()));
+      s.group[g] = _mm512_add_epi64(s.group[g], _mm512_sad_epu8(weighted, _mm512_setzero_si512()));
     }
   }
+}
+
+std::uint64_t total(const PlaneSums& s, std::size_t qbits) {
   std::uint64_t sum = 0;
   for (std::size_t g = 0; g * 4 < qbits; ++g) {
     alignas(64) std::uint64_t lanes[8];
-    _mm512_store_si512(lanes, acc[g]);
+    _mm512_store_si512(lanes, s.group[g]);
     std::uint64_t group = 0;
     for (int l = 0; l < 8; ++l) group += lanes[l];
     sum += group << (4 * g);

@@ -18,8 +18,12 @@ inline unsigned popcount64(std::uint64_t x) {
 #endif
 }
 
-std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
-                        std::size_t qbits) {
+struct PlaneSums {
+  std::uint64_t value = 0;
+};
+
+void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                    std::size_t qbits) {
   std::uint64_t sum = 0;
   for (std::size_t j = 0; j < qbits; ++j) {
     const std::uint64_t* q = qplanes + j * nwords;
@@ -27,8 +31,10 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
     for (std::size_t w = 0; w < nwords; ++w) count += popcount64(plane[w] & q[w]);
     sum += count << j;
   }
-  return sum;
+  s.value = 2 * s.value + sum;
 }
+
+std::uint64_t total(const PlaneSums& s, std::size_t) { return s.value; }
 
 }  // namespace
 

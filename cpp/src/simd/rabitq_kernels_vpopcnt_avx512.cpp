@@ -22,9 +22,13 @@ inline __m512i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
   return _mm512_maskz_loadu_epi64(mask, p + w);
 }
 
-std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
-                        std::size_t qbits) {
-  __m512i acc = _mm512_setzero_si512();
+struct PlaneSums {
+  __m512i lanes = _mm512_setzero_si512();
+};
+
+void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
+                    std::size_t qbits) {
+  __m512i acc = _mm512_add_epi64(s.lanes, s.lanes);
   for (std::size_t w = 0; w < nwords; w += 8) {
     const __m512i c = load_words(plane, w, nwords);
     __m512i weighted = _mm512_setzero_si512();
@@ -34,8 +38,12 @@ std::uint64_t plane_dot(const std::uint64_t* plane, const std::uint64_t* qplanes
     }
     acc = _mm512_add_epi64(acc, weighted);
   }
+  s.lanes = acc;
+}
+
+std::uint64_t total(const PlaneSums& s, std::size_t) {
   alignas(64) std::uint64_t lanes[8];
-  _mm512_store_si512(lanes, acc);
+  _mm512_store_si512(lanes, s.lanes);
   std::uint64_t sum = 0;
   for (int l = 0; l < 8; ++l) sum += lanes[l];
   return sum;
