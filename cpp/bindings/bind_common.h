@@ -52,6 +52,7 @@ cluster::KMeansAccelerator* accelerator_from(const py::object& obj);
 void bind_kernels(py::module_& m);
 void bind_kernel_tests(py::module_& testing);  // hooks that run one kernel at a chosen level
 void bind_invlists_tests(py::module_& testing);  // the probe scan on lists given as arrays
+void bind_rabitq_tests(py::module_& testing);  // the RaBitQ codec and its kernels
 void bind_io(py::module_& m);
 void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);

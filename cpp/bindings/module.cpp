@@ -16,6 +16,7 @@ PYBIND11_MODULE(_core, m) {
   b::bind_kernels(m);
   b::bind_kernel_tests(testing);
   b::bind_invlists_tests(testing);
+  b::bind_rabitq_tests(testing);
   b::bind_io(m);
   b::bind_flat(m);
   b::bind_minhash(m);

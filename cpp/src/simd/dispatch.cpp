@@ -1,6 +1,7 @@
 // The one place that reads the CPU's features and ANNFORGE_SIMD, and picks every kernel table from
 // them: the distance kernels (once per process: the best level this CPU runs, lowered by
-// ANNFORGE_SIMD), the 4-bit PQ fast-scan kernels and the MinHash permutation kernels.
+// ANNFORGE_SIMD), the 4-bit PQ fast-scan kernels, the MinHash permutation kernels and the RaBitQ
+// bit-plane kernels.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include "annforge/simd/kernels.h"
 #include "annforge/simd/minhash_kernels.h"
 #include "annforge/simd/pq4_kernels.h"
+#include "annforge/simd/rabitq_kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define ANNFORGE_X86 1
@@ -75,7 +77,7 @@ struct CpuFeatures {
   bool os_ymm = false, os_zmm = false;  // the OS saves the YMM / opmask+ZMM state (XCR0)
   bool avx = false, fma = false, f16c = false, avx2 = false;
   bool avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
-  bool avx512vbmi = false, avx512vnni = false;
+  bool avx512vbmi = false, avx512vnni = false, avx512vpopcntdq = false;
 };
 
 CpuFeatures read_cpu_features() {
@@ -104,6 +106,7 @@ CpuFeatures read_cpu_features() {
   f.avx512vl = (r[1] >> 31) & 1;
   f.avx512vbmi = (r[2] >> 1) & 1;
   f.avx512vnni = (r[2] >> 11) & 1;
+  f.avx512vpopcntdq = (r[2] >> 14) & 1;
 #endif
   return f;
 }
@@ -316,6 +319,46 @@ const MinHashKernels& minhash_kernels() {
     default: break;
   }
   return table ? *table : *minhash_kernels_scalar();
+}
+
+// --- RaBitQ bit-plane kernels ------------------------------------------------------------------------
+namespace {
+// rabitq_kernels_avx2.cpp needs AVX2, rabitq_kernels_avx512.cpp AVX-512 F/BW: both are implied by the
+// distance tables' requirements for the same level. The VPOPCNTDQ variant needs that bit too.
+const RaBitQKernels* compiled_rabitq(Level level) {
+  switch (level) {
+    case Level::AVX512:
+      return rabitq_vpopcnt_available() ? rabitq_kernels_vpopcnt_avx512() : rabitq_kernels_avx512();
+    case Level::AVX2: return rabitq_kernels_avx2();
+    default: return rabitq_kernels_scalar();
+  }
+}
+}  // namespace
+
+bool rabitq_vpopcnt_available() {
+  static const bool available =
+      cpu_supports(Level::AVX512) && cpu().avx512vpopcntdq && rabitq_kernels_vpopcnt_avx512() != nullptr;
+  return available;
+}
+
+const RaBitQKernels& rabitq_kernels() {
+  const RaBitQKernels* table = compiled_rabitq(kernels().level);
+  return table ? *table : *rabitq_kernels_scalar();
+}
+
+const RaBitQKernels& rabitq_kernels_for(Level level) {
+  const RaBitQKernels* table = compiled_rabitq(level);
+  if (!table || !cpu_supports(level)) {
+    fail(ErrorKind::Value, "SIMD level '", level_name(level), "' is not available on this CPU/build");
+  }
+  return *table;
+}
+
+const RaBitQKernels& rabitq_kernels_avx512_plain() {
+  const RaBitQKernels* table = rabitq_kernels_avx512();
+  if (!table || !cpu_supports(Level::AVX512))
+    fail(ErrorKind::Value, "SIMD level 'avx512' is not available on this CPU/build");
+  return *table;
 }
 
 }  // namespace annforge::simd

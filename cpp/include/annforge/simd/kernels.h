@@ -7,8 +7,8 @@
 // indirect call per batch, not per element.
 //
 // dispatch.cpp is the only place that reads the CPU's features and ANNFORGE_SIMD; it also selects the
-// 4-bit fast-scan kernels (simd/pq4_kernels.h) and the MinHash permutation kernels
-// (simd/minhash_kernels.h).
+// 4-bit fast-scan kernels (simd/pq4_kernels.h), the MinHash permutation kernels
+// (simd/minhash_kernels.h) and the RaBitQ bit-plane kernels (simd/rabitq_kernels.h).
 #pragma once
 
 #include <cstddef>

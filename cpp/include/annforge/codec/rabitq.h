@@ -1,0 +1,113 @@
+// RaBitQ (Gao & Long, SIGMOD 2024, arXiv 2405.12497) with the extended multi-bit codes (Gao et al.,
+// arXiv 2409.09913): codes of a vector's residual from a centroid, an unbiased estimator of its distance
+// to a query, and a bound on that estimator's error.
+//
+// Rotation. A seeded random orthogonal map R: the first `dim` columns of a Haar-random orthogonal
+// padded_dim x padded_dim matrix, made by Gram-Schmidt (two passes, in double) on a Gaussian matrix from
+// SplitMix64. padded_dim = dim rounded up to a multiple of 64, so a rotated vector fills whole 64-bit
+// words. Dense: O(padded_dim * dim) per rotation, O(padded_dim * dim^2) once to build.
+//
+// Codes (B = bits, 1..8, per dimension). r = x - c (x normalised first for cosine), r' = R r, o = r'/|r|.
+// Each dimension gets u_i in [0, 2^B) standing for y_i = u_i - (2^B - 1)/2 = sign(r'_i) (k_i + 1/2),
+// k_i in [0, 2^(B-1)); the top bit of u_i is the sign bit, i.e. the 1-bit RaBitQ code. The k_i are
+// min(floor(t o_i), 2^(B-1) - 1) for the rescaling t that maximises <y, o> / |y| (the extended-RaBitQ
+// code search: a sweep over the critical values of t, restricted to t in [(K-1)/(3 max o), (K+9)/max o]
+// with K = 2^(B-1); on 384-d Gaussian and MiniLM rows it found the optimum of the unrestricted sweep,
+// which tests/test_rabitq.py checks at 128-d). u is stored as B bit planes, sign plane first
+// (simd/rabitq_kernels.h).
+//
+// Per-vector factors (floats after the planes, see Factor), precomputed so that an estimate costs a few
+// multiply-adds and one square root: |r|^2 (l2) or <r, c> (ip, cosine); for the 1-bit (sign) stage, with
+// a1 = <sign code, o> / |sign code|: |r|/a1, |r| sqrt(1 - a1^2)/a1 and the number of positive signs; for
+// a multi-bit code (bits > 1) the same for the full code, with a = <y, o>/|y| (the paper's <o_bar, o>),
+// the sum of its u_i, and |r|/(a |y|). 4 floats for 1-bit codes, 8 otherwise.
+//
+// Estimator. With q normalised first for cosine, v = q - c is rotated, q' = R v, and quantized to
+// query_bits bits with randomized rounding (q~ = lo + delta * q_u, E[q~] = q' exactly; the random bits
+// come from the codec's seed and the query's bytes, so the same query always gets the same code).
+//   <r, v> ~= |r| <y, q~> / (a |y|)         (unbiased: the paper's estimator, and E over the rounding)
+// and the metric's distance follows: l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, c> - <r, v> (so
+// the error scales with |q - c|, not |q|); cosine: the same as ip on unit vectors. Over the random
+// rotation the error of <r, v> is close to normal with standard deviation at most
+//   sigma = |r| sqrt(|v|^2 (1 - a^2) / (a^2 (D - 1)) + delta^2 / (4 a^2))
+// (D = padded_dim; the second term is the rounding, variance <= delta^2/4 per dimension). The bound is
+// estimate +- eps0 * sigma (l2: 2 eps0 sigma). eps0 = 1.9 (the paper's choice) covers ~94% of pairs when
+// the query is nearly orthogonal to the residual (the worst case) and more otherwise; eps0 = 3 covers
+// ~99.7% in the worst case: the documented confidence for ">= 99% of pairs" (tests/test_rabitq.py).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "annforge/common.h"
+#include "annforge/simd/rabitq_kernels.h"
+
+namespace annforge::codec {
+
+class RaBitQ {
+ public:
+  enum Factor : std::size_t {
+    kAdd = 0,                                                   // l2: |r|^2; ip, cosine: <r, c>
+    kSignInvA = 1, kSignErr = 2, kSignSum = 3,                  // the 1-bit stage
+    kInvA = 4, kErr = 5, kCodeSum = 6, kScale = 7,              // the full multi-bit code (bits > 1)
+  };
+  static std::size_t num_factors(unsigned bits) { return bits > 1 ? 8 : 4; }
+  static constexpr double kDefaultEps0 = 1.9;
+
+  // dim in 1..4096, bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
+  RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed);
+
+  std::size_t dim() const { return dim_; }
+  std::size_t padded_dim() const { return padded_dim_; }
+  std::size_t words() const { return padded_dim_ / 64; }  // 64-bit words per bit plane
+  unsigned bits() const { return bits_; }
+  Metric metric() const { return metric_; }
+  std::uint64_t seed() const { return seed_; }
+  // One encoded vector: bits() planes, then the factors; a multiple of 8 bytes.
+  std::size_t code_words() const { return bits_ * words(); }
+  std::size_t record_bytes() const { return code_words() * 8 + num_factors(bits_) * sizeof(float); }
+  // padded_dim x dim, row-major, orthonormal columns.
+  const std::vector<float>& rotation() const { return rotation_; }
+  void rotate(const float* x, float* out) const;  // out: padded_dim floats
+  // The most query bits (<= 16) whose kernel sums, up to padded_dim * (2^bits - 1) * (2^query_bits - 1),
+  // fit in 32 bits (at least 12 for every allowed dim).
+  unsigned max_query_bits() const;
+  // The default query_bits: bits + 3 (4 for 1-bit codes, as in the paper), at most max_query_bits(). Three
+  // bits more than the code keep the rounding's share of the error variance small at every bits.
+  unsigned default_query_bits() const { return bits_ + 3 < max_query_bits() ? bits_ + 3 : max_query_bits(); }
+
+  // Encodes n rows of x (dim floats each, finite; cosine rows nonzero) relative to `centroid` into
+  // n * record_bytes() bytes at `records` (8-byte aligned).
+  void encode(const float* x, std::size_t n, const float* centroid, std::uint8_t* records) const;
+
+  // A query prepared for one centroid.
+  struct Query {
+    unsigned query_bits = 0;
+    std::vector<std::uint64_t> planes;  // query_bits planes of words() words, least significant first
+    double lo = 0, delta = 0;           // q~_i = lo + delta * q_u[i]
+    double qsum = 0;                    // sum of q~_i
+    double vnorm = 0;                   // |v| = |q'|
+    double base = 0;                    // l2: |v|^2; ip/cosine: <c, q>
+  };
+  void prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const;
+
+  // Distance estimates and bounds of n records (stride record_bytes()) against a prepared query, from
+  // the first `stage_bits` planes: 1 (the sign codes alone) or bits(). eps0 >= 0. lower/upper may be null.
+  void estimate(const Query& q, const std::uint8_t* records, std::size_t n, unsigned stage_bits, double eps0,
+                const simd::RaBitQKernels& kernels, float* est, float* lower, float* upper) const;
+
+ private:
+  struct EncodeScratch;
+  // One row from its rotated residual (padded_dim floats) and <r, c>.
+  void encode_rotated(const float* rotated, double residual_dot_centroid, EncodeScratch& scratch,
+                      std::uint8_t* record) const;
+
+  std::size_t dim_, padded_dim_;
+  Metric metric_;
+  unsigned bits_;
+  std::uint64_t seed_;
+  std::vector<float> rotation_;
+};
+
+}  // namespace annforge::codec

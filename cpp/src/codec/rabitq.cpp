@@ -1,0 +1,362 @@
+// RaBitQ codec: rotation, extended-code search, query quantization and the estimator (see codec/rabitq.h).
+#include "annforge/codec/rabitq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <utility>
+
+#include "annforge/simd/kernels.h"
+#include "annforge/util/splitmix64.h"
+
+namespace annforge::codec {
+namespace {
+
+// The dense rotation costs O(dim^3) to build (seconds at 1536-d) and dim^2 floats: beyond a few thousand
+// dimensions a structured rotation would be needed.
+constexpr std::size_t kMaxDim = 4096;
+
+// A Haar-random padded x dim matrix with orthonormal columns, row-major in float: Gram-Schmidt with a
+// second pass ("twice is enough") on Gaussian columns, in double.
+std::vector<float> random_rotation(std::size_t padded, std::size_t dim, std::uint64_t seed) {
+  util::SplitMix64 rng(util::splitmix64(seed ^ 0x52614269745121ULL));
+  std::vector<double> cols(dim * padded);
+  for (std::size_t k = 0; k < cols.size(); k += 2) {  // Box-Muller: two normals per pair of uniforms
+    const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();
+    const double radius = std::sqrt(-2.0 * std::log(u1));
+    cols[k] = radius * std::cos(6.283185307179586 * u2);
+    if (k + 1 < cols.size()) cols[k + 1] = radius * std::sin(6.283185307179586 * u2);
+  }
+  for (std::size_t j = 0; j < dim; ++j) {
+    double* c = cols.data() + j * padded;
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::size_t p = 0; p < j; ++p) {
+        const double* e = cols.data() + p * padded;
+        double dot = 0;
+        for (std::size_t i = 0; i < padded; ++i) dot += c[i] * e[i];
+        for (std::size_t i = 0; i < padded; ++i) c[i] -= dot * e[i];
+      }
+    }
+    double sq = 0;
+    for (std::size_t i = 0; i < padded; ++i) sq += c[i] * c[i];
+    ANNFORGE_ASSERT(sq > 0);  // a Gaussian column in the span of the others has probability zero
+    const double inv = 1.0 / std::sqrt(sq);
+    for (std::size_t i = 0; i < padded; ++i) c[i] *= inv;
+  }
+  std::vector<float> rows(padded * dim);
+  for (std::size_t i = 0; i < padded; ++i)
+    for (std::size_t j = 0; j < dim; ++j) rows[i * dim + j] = static_cast<float>(cols[j * padded + i]);
+  return rows;
+}
+
+void check_finite(const float* x, std::size_t n, const char* what) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) fail(ErrorKind::Value, "RaBitQ: ", what, " contains NaN or infinity");
+}
+
+// `x` scaled to unit length in `out` (double arithmetic); ValueError for a zero vector.
+void normalised(const float* x, std::size_t dim, float* out, const char* what) {
+  double sq = 0;
+  for (std::size_t j = 0; j < dim; ++j) sq += static_cast<double>(x[j]) * x[j];
+  if (!(sq > 0)) fail(ErrorKind::Value, "RaBitQ: cosine ", what, " has zero norm");
+  const double inv = 1.0 / std::sqrt(sq);
+  for (std::size_t j = 0; j < dim; ++j) out[j] = static_cast<float>(x[j] * inv);
+}
+
+// Buffers reused across the rows of one encode() call.
+struct LevelScratch {
+  std::vector<unsigned> start;
+  std::vector<std::pair<double, std::uint32_t>> events, sorted;
+  std::vector<std::uint32_t> bucket_start;
+};
+
+// The extended-RaBitQ code search: k_i = min(floor(t o_i), K - 1) for the t in [t_lo, t_hi] that
+// maximises <k + 1/2, o> / |k + 1/2| (o >= 0). Sweeps the critical values of t (where some k_i steps up)
+// in increasing order; they are put in order by a bucket sort over [t_lo, t_hi] (one bucket per event
+// on average, each bucket sorted by (t, i)), so the order, and the result, are exact and deterministic.
+void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigned>& k, LevelScratch& scratch) {
+  const std::size_t D = o.size();
+  k.assign(D, 0);
+  if (K <= 1) return;
+  const double max_o = *std::max_element(o.begin(), o.end());
+  if (!(max_o > 0)) return;
+  const double t_lo = (K - 1) / (3.0 * max_o), t_hi = (K + 9) / max_o;
+  double ip = 0, sq = 0;
+  auto& events = scratch.events;
+  events.clear();
+  for (std::size_t i = 0; i < D; ++i) {
+    const double level = std::floor(t_lo * o[i]);
+    k[i] = level >= K - 1 ? K - 1 : static_cast<unsigned>(level);
+    ip += (k[i] + 0.5) * o[i];
+    sq += (k[i] + 0.5) * (k[i] + 0.5);
+    if (!(o[i] > 0)) continue;
+    for (unsigned m = k[i] + 1; m < K; ++m) {
+      const double t = m / o[i];
+      if (t > t_hi) break;
+      events.emplace_back(t, static_cast<std::uint32_t>(i));
+    }
+  }
+  scratch.start = k;
+  const std::size_t E = events.size();
+  auto& sorted = scratch.sorted;
+  sorted.resize(E);
+  auto& first = scratch.bucket_start;
+  first.assign(E + 1, 0);
+  const double per_bucket = E / (t_hi - t_lo);
+  auto bucket_of = [&](double t) {
+    const double b = (t - t_lo) * per_bucket;
+    return b <= 0 ? std::size_t{0} : std::min(E - 1, static_cast<std::size_t>(b));
+  };
+  for (const auto& e : events) ++first[bucket_of(e.first) + 1];
+  for (std::size_t b = 0; b < E; ++b) first[b + 1] += first[b];
+  {
+    std::vector<std::uint32_t> fill(first.begin(), first.end() - 1);
+    for (const auto& e : events) sorted[fill[bucket_of(e.first)]++] = e;
+  }
+  for (std::size_t b = 0; b < E; ++b)
+    if (first[b + 1] - first[b] > 1) std::sort(sorted.begin() + first[b], sorted.begin() + first[b + 1]);
+
+  double best = ip / std::sqrt(sq);
+  std::size_t best_steps = 0;
+  for (std::size_t s = 0; s < E; ++s) {
+    const std::uint32_t i = sorted[s].second;
+    ++k[i];
+    ip += o[i];
+    sq += 2.0 * k[i];  // (k + 1/2)^2 - (k - 1/2)^2
+    const double cosine = ip / std::sqrt(sq);
+    if (cosine > best) {
+      best = cosine;
+      best_steps = s + 1;
+    }
+  }
+  k = scratch.start;
+  for (std::size_t s = 0; s < best_steps; ++s) ++k[sorted[s].second];
+}
+
+inline void set_bit(std::uint64_t* plane, std::size_t i) { plane[i / 64] |= std::uint64_t{1} << (i % 64); }
+
+}  // namespace
+
+RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed)
+    : dim_(dim), padded_dim_((dim + 63) / 64 * 64), metric_(metric), bits_(bits), seed_(seed) {
+  ANNFORGE_CHECK(dim >= 1 && dim <= kMaxDim, ErrorKind::Value, "RaBitQ: dim must be in 1..", kMaxDim, ", got ", dim);
+  ANNFORGE_CHECK(bits >= 1 && bits <= 8, ErrorKind::Value, "RaBitQ: bits must be in 1..8, got ", bits);
+  rotation_ = random_rotation(padded_dim_, dim_, seed_);
+}
+
+unsigned RaBitQ::max_query_bits() const {
+  unsigned qb = 16;
+  const std::uint64_t code_max = (std::uint64_t{1} << bits_) - 1;
+  while (qb > 1 && padded_dim_ * code_max * ((std::uint64_t{1} << qb) - 1) > 0xffffffffULL) --qb;
+  return qb;
+}
+
+void RaBitQ::rotate(const float* x, float* out) const {
+  simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
+}
+
+struct RaBitQ::EncodeScratch {
+  std::vector<float> residuals, rotated, packed_rotation;
+  std::vector<double> residual_dot_centroid, o;
+  std::vector<unsigned> k;
+  LevelScratch levels;
+};
+
+void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::uint8_t* records) const {
+  check_finite(centroid, dim_, "centroid");
+  check_finite(x, n * dim_, "data");
+  const std::size_t D = padded_dim_;
+  // Rows are rotated in batches through the blocked GEMM kernel (its packed copy of the rotation costs
+  // one pass over it, so one row alone goes through dot_rows instead).
+  constexpr std::size_t kBatch = 64;
+  const simd::Kernels& K = simd::kernels();
+  EncodeScratch scratch;
+  const bool batched = n >= 8;
+  if (batched) {
+    scratch.packed_rotation.resize(K.packed_size(D, dim_));
+    K.pack_rows(rotation_.data(), D, dim_, scratch.packed_rotation.data());
+  }
+  scratch.residuals.resize(kBatch * dim_);
+  scratch.rotated.resize(kBatch * D);
+  scratch.residual_dot_centroid.resize(kBatch);
+  scratch.o.resize(D);
+  for (std::size_t b = 0; b < n; b += kBatch) {
+    const std::size_t m = std::min(kBatch, n - b);
+    for (std::size_t r = 0; r < m; ++r) {
+      float* residual = scratch.residuals.data() + r * dim_;
+      const float* row = x + (b + r) * dim_;
+      if (metric_ == Metric::Cosine) {
+        normalised(row, dim_, residual, "vector");
+      } else {
+        std::memcpy(residual, row, dim_ * sizeof(float));
+      }
+      double dot = 0;
+      for (std::size_t j = 0; j < dim_; ++j) {
+        residual[j] -= centroid[j];
+        dot += static_cast<double>(residual[j]) * centroid[j];
+      }
+      scratch.residual_dot_centroid[r] = dot;
+    }
+    if (batched) {
+      K.dot_packed(scratch.residuals.data(), m, dim_, scratch.packed_rotation.data(), D, dim_,
+                   scratch.rotated.data(), D);
+    } else {
+      for (std::size_t r = 0; r < m; ++r) rotate(scratch.residuals.data() + r * dim_, scratch.rotated.data() + r * D);
+    }
+    for (std::size_t r = 0; r < m; ++r)
+      encode_rotated(scratch.rotated.data() + r * D, scratch.residual_dot_centroid[r], scratch,
+                     records + (b + r) * record_bytes());
+  }
+}
+
+void RaBitQ::encode_rotated(const float* rotated, double residual_dot_centroid, EncodeScratch& scratch,
+                            std::uint8_t* record) const {
+  const std::size_t D = padded_dim_;
+  std::vector<double>& o = scratch.o;
+  double sq = 0;
+  for (std::size_t i = 0; i < D; ++i) sq += static_cast<double>(rotated[i]) * rotated[i];
+  const double norm = std::sqrt(sq);
+  const double inv = norm > 0 ? 1.0 / norm : 0.0;
+  for (std::size_t i = 0; i < D; ++i) o[i] = std::fabs(rotated[i]) * inv;
+
+  const unsigned K = 1u << (bits_ - 1);
+  std::vector<unsigned>& k = scratch.k;
+  search_levels(o, K, k, scratch.levels);
+
+  std::uint64_t* planes = reinterpret_cast<std::uint64_t*>(record);
+  std::memset(planes, 0, code_words() * 8);
+  double y_dot_o = 0, y_sq = 0, code_sum = 0, abs_sum = 0, positives = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    const bool positive = rotated[i] >= 0.0f;
+    const unsigned u = positive ? K + k[i] : K - 1 - k[i];
+    for (unsigned a = 0; a < bits_; ++a)
+      if ((u >> (bits_ - 1 - a)) & 1u) set_bit(planes + a * words(), i);
+    y_dot_o += (k[i] + 0.5) * o[i];
+    y_sq += (k[i] + 0.5) * (k[i] + 0.5);
+    code_sum += u;
+    abs_sum += o[i];
+    positives += positive ? 1 : 0;
+  }
+  // a and a1 are the cosines between the quantized and the true unit residual. A zero residual has
+  // none; its factors are all 0 except the sums, so its estimates are exact (|r| = 0).
+  const double a = norm > 0 ? y_dot_o / std::sqrt(y_sq) : 1.0;
+  const double a1 = norm > 0 ? abs_sum / std::sqrt(static_cast<double>(D)) : 1.0;
+  float factors[8] = {};
+  factors[kAdd] = static_cast<float>(metric_ == Metric::L2 ? norm * norm : residual_dot_centroid);
+  factors[kSignInvA] = static_cast<float>(norm / a1);
+  factors[kSignErr] = static_cast<float>(norm * std::sqrt(std::max(0.0, 1.0 - a1 * a1)) / a1);
+  factors[kSignSum] = static_cast<float>(positives);
+  if (bits_ > 1) {
+    factors[kInvA] = static_cast<float>(norm / a);
+    factors[kErr] = static_cast<float>(norm * std::sqrt(std::max(0.0, 1.0 - a * a)) / a);
+    factors[kCodeSum] = static_cast<float>(code_sum);
+    factors[kScale] = static_cast<float>(norm / (a * std::sqrt(y_sq)));
+  }
+  std::memcpy(record + code_words() * 8, factors, num_factors(bits_) * sizeof(float));
+}
+
+void RaBitQ::prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const {
+  ANNFORGE_CHECK(query_bits >= 1 && query_bits <= max_query_bits(), ErrorKind::Value,
+                 "RaBitQ: query_bits must be in 1..", max_query_bits(), " here, got ", query_bits);
+  check_finite(q, dim_, "query");
+  check_finite(centroid, dim_, "centroid");
+  const std::size_t D = padded_dim_;
+  std::vector<float> v(dim_), rotated(D);
+  if (metric_ == Metric::Cosine) {
+    normalised(q, dim_, v.data(), "query");
+  } else {
+    std::memcpy(v.data(), q, dim_ * sizeof(float));
+  }
+  // Every metric estimates <r, v> with v = q - c (for ip that is an error proportional to |q - c|, not |q|).
+  double base = 0;
+  for (std::size_t j = 0; j < dim_; ++j) {
+    base += metric_ == Metric::L2 ? 0.0 : static_cast<double>(centroid[j]) * v[j];
+    v[j] -= centroid[j];
+    base += metric_ == Metric::L2 ? static_cast<double>(v[j]) * v[j] : 0.0;
+  }
+  rotate(v.data(), rotated.data());
+
+  double lo = rotated[0], hi = rotated[0], sq = 0;
+  for (float value : rotated) {
+    lo = std::min<double>(lo, value);
+    hi = std::max<double>(hi, value);
+    sq += static_cast<double>(value) * value;
+  }
+  const unsigned top = (1u << query_bits) - 1;
+  const double delta = hi > lo ? (hi - lo) / top : 0.0;
+  // Randomized rounding (E[q~] = q'), its random bits a hash of the seed and the query.
+  std::uint64_t h = util::splitmix64(seed_ ^ 0x717565727952ULL);
+  for (std::size_t j = 0; j < dim_; ++j) {
+    std::uint32_t bits;
+    std::memcpy(&bits, q + j, sizeof(bits));
+    h = util::splitmix64(h ^ bits);
+  }
+  util::SplitMix64 rng(h);
+  out.query_bits = query_bits;
+  out.planes.assign(static_cast<std::size_t>(query_bits) * words(), 0);
+  std::uint64_t level_sum = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    unsigned level = 0;
+    if (delta > 0) {
+      const double z = std::floor((rotated[i] - lo) / delta + rng.uniform());
+      level = z <= 0 ? 0u : (z >= top ? top : static_cast<unsigned>(z));
+    }
+    level_sum += level;
+    for (unsigned j = 0; j < query_bits; ++j)
+      if ((level >> j) & 1u) set_bit(out.planes.data() + j * words(), i);
+  }
+  out.lo = lo;
+  out.delta = delta;
+  out.qsum = delta * static_cast<double>(level_sum) + lo * static_cast<double>(D);
+  out.vnorm = std::sqrt(sq);
+  out.base = base;
+}
+
+void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n, unsigned stage_bits, double eps0,
+                      const simd::RaBitQKernels& kernels, float* est, float* lower, float* upper) const {
+  ANNFORGE_CHECK(stage_bits == 1 || stage_bits == bits_, ErrorKind::Value, "RaBitQ: stage_bits must be 1 or ", bits_,
+                 ", got ", stage_bits);
+  ANNFORGE_CHECK(eps0 >= 0 && std::isfinite(eps0), ErrorKind::Value, "RaBitQ: eps0 must be finite and >= 0, got ",
+                 eps0);
+  ANNFORGE_CHECK(q.planes.size() == static_cast<std::size_t>(q.query_bits) * words(), ErrorKind::Value,
+                 "RaBitQ: the query was prepared for another codec");
+  const std::size_t stride = record_bytes() / 8;
+  const auto* codes = reinterpret_cast<const std::uint64_t*>(records);
+  std::vector<std::uint32_t> dots(n);
+  if (stage_bits == 1)
+    kernels.binary_dot(codes, n, stride, words(), q.planes.data(), q.query_bits, dots.data());
+  else
+    kernels.multibit_dot(codes, n, stride, words(), bits_, q.planes.data(), q.query_bits, dots.data());
+
+  // <r, v> ~= scale * <y, q~>, <y, q~> = delta * dot + lo * sum(u) - offset * sum(q~), y = u - offset;
+  // variance <= err^2 |v|^2 / (D - 1) + (|r|/a)^2 delta^2 / 4 (see the header).
+  const double D = static_cast<double>(padded_dim_);
+  const bool one_bit = stage_bits == 1;
+  const double offset = one_bit ? 0.5 : ((1u << bits_) - 1) / 2.0;
+  const double rotation_var = q.vnorm * q.vnorm / (D - 1.0);
+  const double rounding_var = q.delta * q.delta / 4.0;
+  const double sign_scale = 1.0 / (0.5 * std::sqrt(D));  // 1/|y| of a 1-bit code
+  const std::size_t factor_offset = code_words() * 8, nf = num_factors(bits_);
+  const bool l2 = metric_ == Metric::L2;
+  const double sign = l2 ? -2.0 : -1.0;  // l2: |r|^2 + |v|^2 - 2 <r, v>; ip: 1 - <c, q> - <r, c> - <r, v>
+  const double half_scale = l2 ? 2.0 * eps0 : eps0;
+  for (std::size_t i = 0; i < n; ++i) {
+    float f[8];
+    std::memcpy(f, records + i * record_bytes() + factor_offset, nf * sizeof(float));
+    const double inv_a = one_bit ? f[kSignInvA] : f[kInvA];
+    const double err = one_bit ? f[kSignErr] : f[kErr];
+    const double u_sum = one_bit ? f[kSignSum] : f[kCodeSum];
+    const double scale = one_bit ? inv_a * sign_scale : f[kScale];
+    const double ip = scale * (q.delta * dots[i] + q.lo * u_sum - offset * q.qsum);
+    const double dist = (l2 ? f[kAdd] + q.base : 1.0 - q.base - f[kAdd]) + sign * ip;
+    est[i] = static_cast<float>(dist);
+    if (lower || upper) {
+      const double half = half_scale * std::sqrt(err * err * rotation_var + inv_a * inv_a * rounding_var);
+      if (lower) lower[i] = static_cast<float>(l2 ? std::max(0.0, dist - half) : dist - half);
+      if (upper) upper[i] = static_cast<float>(dist + half);
+    }
+  }
+}
+
+}  // namespace annforge::codec
