@@ -52,6 +52,7 @@ cluster::KMeansAccelerator* accelerator_from(const py::object& obj);
 void bind_kernels(py::module_& m);
 void bind_kernel_tests(py::module_& testing);  // hooks that run one kernel at a chosen level
 void bind_io(py::module_& m);
+void bind_index_tests(py::module_& testing);  // hooks that use a family through VectorIndex&
 void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);
 void bind_ivfpq(py::module_& m);

@@ -1171,8 +1171,15 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
+void HNSWIndex::hold_unchanged(const std::function<void()>& fn) const {
+  // The writer lock keeps add/remove out; the shared lock waits for a running remove's exclusive part.
+  std::lock_guard<std::mutex> writer(update_mutex_);
+  std::shared_lock<std::shared_mutex> lock(rw_mutex_);
+  fn();
+}
+
 void HNSWIndex::write(io::FileWriter& w) const {
-  // Callers hold update_mutex_ (save/to_bytes below), so nothing changes while the file is written.
+  // Runs under hold_unchanged (VectorIndex::serialise), so nothing changes while the file is written.
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(M_))
@@ -1197,22 +1204,6 @@ void HNSWIndex::write(io::FileWriter& w) const {
     w.add(kTagSq8, sq8_offset_.data(), sq8_offset_.size() * sizeof(float));
     w.add_chunk(sq8_scale_.data(), sq8_scale_.size() * sizeof(float));
   }
-}
-
-void HNSWIndex::save(const std::string& path) const {
-  std::lock_guard<std::mutex> writer(update_mutex_);
-  std::shared_lock<std::shared_mutex> lock(rw_mutex_);
-  io::FileWriter w(kind());
-  write(w);
-  w.write_file(path);
-}
-
-std::vector<unsigned char> HNSWIndex::to_bytes() const {
-  std::lock_guard<std::mutex> writer(update_mutex_);
-  std::shared_lock<std::shared_mutex> lock(rw_mutex_);
-  io::FileWriter w(kind());
-  write(w);
-  return w.to_bytes();
 }
 
 std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>& reader) {

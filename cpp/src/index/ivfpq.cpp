@@ -800,8 +800,12 @@ IVFPQIndex::Layout IVFPQIndex::layout() const {
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
-void IVFPQIndex::write(io::FileWriter& w) const {
+void IVFPQIndex::hold_unchanged(const std::function<void()>& fn) const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  fn();
+}
+
+void IVFPQIndex::write(io::FileWriter& w) const {
   // A file is an index ready to search: loading refuses untrained ones, so none is written.
   ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;

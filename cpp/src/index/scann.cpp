@@ -787,8 +787,12 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
-void ScaNNIndex::write(io::FileWriter& w) const {
+void ScaNNIndex::hold_unchanged(const std::function<void()>& fn) const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  fn();
+}
+
+void ScaNNIndex::write(io::FileWriter& w) const {
   // A file is an index ready to search: loading refuses untrained ones, so none is written.
   ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;

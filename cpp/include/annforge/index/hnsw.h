@@ -55,11 +55,6 @@ class HNSWIndex final : public VectorIndex {
   std::vector<idx_t> ids() const override;
   void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
-  // Hide the base versions: these hold the writer lock until the bytes are out (write() references
-  // the index's arrays, which a concurrent add could otherwise reallocate).
-  void save(const std::string& path) const;
-  std::vector<unsigned char> to_bytes() const;
 
   std::size_t M() const noexcept { return M_; }
   std::size_t ef_construction() const noexcept { return ef_construction_; }
@@ -75,6 +70,8 @@ class HNSWIndex final : public VectorIndex {
   std::vector<idx_t> unreachable_ids() const;
 
  private:
+  void write(io::FileWriter& w) const override;
+  void hold_unchanged(const std::function<void()>& fn) const override;
   struct Query;
   struct Scratch;
   using Slot = std::uint32_t;

@@ -91,9 +91,10 @@ class IVFPQIndex final : public VectorIndex {
   // The re-ranking copy when there is one, else the PQ reconstruction (centroid + decoded residual).
   void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
 
  private:
+  void write(io::FileWriter& w) const override;
+  void hold_unchanged(const std::function<void()>& fn) const override;
   struct InvertedList {
     AlignedBuffer<std::uint8_t> codes;   // nbits 8: size * m bytes; nbits 4: fast-scan blocks
     AlignedBuffer<idx_t> ids;            // external id per entry

@@ -101,9 +101,10 @@ class ScaNNIndex final : public VectorIndex {
   // The reorder copy when there is one, else leaf centre + decoded residual.
   void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
 
  private:
+  void write(io::FileWriter& w) const override;
+  void hold_unchanged(const std::function<void()>& fn) const override;
   struct Leaf {
     AlignedBuffer<std::uint8_t> codes;   // fast-scan blocks of 32 vectors
     AlignedBuffer<idx_t> ids;
