@@ -68,6 +68,16 @@ struct CandLess {
   }
 };
 
+// The codec of each storage byte (HNSW files keep their own numbering: f32 0, f16 1, sq8 2).
+RefineKind codec_kind(HnswStorage s) {
+  switch (s) {
+    case HnswStorage::F32: return RefineKind::F32;
+    case HnswStorage::F16: return RefineKind::F16;
+    case HnswStorage::SQ8: return RefineKind::SQ8;
+  }
+  return RefineKind::F32;
+}
+
 }  // namespace
 
 HnswStorage parse_hnsw_storage(const std::string& name) {
@@ -85,13 +95,6 @@ const char* hnsw_storage_name(HnswStorage s) {
   }
   return "?";
 }
-
-// A query in the form the stored representation wants (sq8 folds offset/scale in once per query).
-struct HNSWIndex::Query {
-  const float* raw = nullptr;  // f32 query (normalised for cosine)
-  std::vector<float> folded;   // sq8: q - offset (l2) or q * scale (ip)
-  float base = 0.0f;           // sq8 ip: <q, offset>
-};
 
 // Per-thread, reused across calls: no allocation per search once warm.
 struct HNSWIndex::Scratch {
@@ -116,16 +119,13 @@ struct HNSWIndex::Scratch {
 
 HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t ef_construction, std::uint64_t seed,
                      HnswStorage storage)
-    : VectorIndex(dim, metric), M_(M), ef_construction_(ef_construction), seed_(seed), storage_(storage) {
+    : VectorIndex(dim, metric), M_(M), ef_construction_(ef_construction), seed_(seed), storage_(storage),
+      codec_(codec_kind(storage), dim, metric) {
   ANNFORGE_CHECK(M >= 2 && M <= 2048, ErrorKind::Value, "M must be in [2, 2048], got ", M);
   ANNFORGE_CHECK(ef_construction >= 1 && ef_construction <= (1u << 20), ErrorKind::Value,
                  "ef_construction must be in [1, 1048576], got ", ef_construction);
   level_mult_ = 1.0 / std::log(static_cast<double>(M));
-  switch (storage_) {
-    case HnswStorage::F32: code_bytes_ = dim * sizeof(float); break;
-    case HnswStorage::F16: code_bytes_ = dim * sizeof(std::uint16_t); break;
-    case HnswStorage::SQ8: code_bytes_ = dim; break;
-  }
+  code_bytes_ = codec_.code_bytes();
   links_bytes_ = sizeof(std::uint32_t) * 2 * M_;
   const RecordLayout layout = record_layout(links_bytes_, code_bytes_);
   vector_offset_ = layout.vector_offset;
@@ -198,7 +198,7 @@ std::size_t HNSWIndex::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lock(rw_mutex_);
   std::size_t upper = upper_.capacity() * sizeof(std::vector<std::uint32_t>);
   for (const auto& u : upper_) upper += u.capacity() * sizeof(std::uint32_t);
-  return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + sq8_offset_.heap_bytes() + sq8_scale_.heap_bytes() + upper +
+  return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + codec_.memory_bytes() + upper +
          levels_.capacity() + slot_ids_.heap_bytes() + slot_of_.memory_bytes() + free_slots_.capacity() * sizeof(Slot);
 }
 
@@ -231,54 +231,11 @@ int HNSWIndex::draw_level(std::uint64_t salt) const {
 // ---------------------------------------------------------------------------------------------------
 // Stored representation and distances
 
-void HNSWIndex::train_sq8(const float* rows, std::size_t n) {
-  // Per-dimension [min, max] of the first batch; later values outside it are clamped (documented).
-  sq8_offset_.resize(dim_);
-  sq8_scale_.resize(dim_);
-  float* off = sq8_offset_.mutable_data();
-  float* scale = sq8_scale_.mutable_data();
-  for (std::size_t j = 0; j < dim_; ++j) {
-    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-    for (std::size_t i = 0; i < n; ++i) {
-      lo = std::min(lo, rows[i * dim_ + j]);
-      hi = std::max(hi, rows[i * dim_ + j]);
-    }
-    if (n == 0) lo = hi = 0.0f;
-    const float range = hi - lo;
-    off[j] = lo;
-    scale[j] = range > 0.0f && std::isfinite(range) ? range / 255.0f : 1.0f;
-  }
-  sq8_trained_ = true;
-}
-
-void HNSWIndex::encode(const float* row, unsigned char* out) const {
-  switch (storage_) {
-    case HnswStorage::F32: std::memcpy(out, row, dim_ * sizeof(float)); break;
-    case HnswStorage::F16: {
-      std::vector<std::uint16_t> tmp(dim_);
-      simd::kernels().f32_to_f16(row, tmp.data(), dim_);
-      std::memcpy(out, tmp.data(), dim_ * sizeof(std::uint16_t));
-      break;
-    }
-    case HnswStorage::SQ8: {
-      const float* off = sq8_offset_.data();
-      const float* scale = sq8_scale_.data();
-      for (std::size_t j = 0; j < dim_; ++j) {
-        const float v = std::nearbyint((row[j] - off[j]) / scale[j]);
-        out[j] = static_cast<unsigned char>(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
-      }
-      break;
-    }
-  }
-}
-
 void HNSWIndex::decode(Slot s, float* out) const {
-  const unsigned char* v = vec(s);
-  switch (storage_) {
-    case HnswStorage::F32: std::memcpy(out, v, dim_ * sizeof(float)); break;
-    case HnswStorage::F16: simd::kernels().f16_to_f32(reinterpret_cast<const std::uint16_t*>(v), out, dim_); break;
-    case HnswStorage::SQ8: std::memcpy(out, exact_.data() + static_cast<std::size_t>(s) * dim_, dim_ * sizeof(float));
-  }
+  if (storage_ == HnswStorage::SQ8)  // the f32 copy, not the codes
+    std::memcpy(out, exact_.data() + static_cast<std::size_t>(s) * dim_, dim_ * sizeof(float));
+  else
+    codec_.decode(vec(s), out);
 }
 
 const float* HNSWIndex::node_as_query(Slot s, std::vector<float>& buffer) const {
@@ -286,44 +243,6 @@ const float* HNSWIndex::node_as_query(Slot s, std::vector<float>& buffer) const 
   buffer.resize(dim_);
   decode(s, buffer.data());
   return buffer.data();
-}
-
-void HNSWIndex::prepare_query(const float* q, Query& out) const {
-  out.raw = q;
-  if (storage_ != HnswStorage::SQ8) return;
-  out.folded.resize(dim_);
-  const float* off = sq8_offset_.data();
-  const float* scale = sq8_scale_.data();
-  if (metric_ == Metric::L2) {
-    for (std::size_t j = 0; j < dim_; ++j) out.folded[j] = q[j] - off[j];
-  } else {
-    float base = 0.0f;
-    for (std::size_t j = 0; j < dim_; ++j) {
-      out.folded[j] = q[j] * scale[j];
-      base += q[j] * off[j];
-    }
-    out.base = base;
-  }
-}
-
-float HNSWIndex::distance(const Query& q, Slot s) const {
-  const auto& K = simd::kernels();
-  const unsigned char* v = vec(s);
-  const bool l2 = metric_ == Metric::L2;
-  switch (storage_) {
-    case HnswStorage::F32: {
-      const auto* x = reinterpret_cast<const float*>(v);
-      return l2 ? K.l2_sqr(q.raw, x, dim_) : 1.0f - K.dot(q.raw, x, dim_);
-    }
-    case HnswStorage::F16: {
-      const auto* x = reinterpret_cast<const std::uint16_t*>(v);
-      return l2 ? K.l2_sqr_f16(q.raw, x, dim_) : 1.0f - K.dot_f16(q.raw, x, dim_);
-    }
-    case HnswStorage::SQ8:
-      return l2 ? K.l2_sqr_sq8(q.folded.data(), v, sq8_scale_.data(), dim_)
-                : 1.0f - (q.base + K.dot_u8(q.folded.data(), v, dim_));
-  }
-  return 0.0f;
 }
 
 float HNSWIndex::exact_distance(const float* q, Slot s) const {
@@ -334,7 +253,7 @@ float HNSWIndex::exact_distance(const float* q, Slot s) const {
     return l2 ? K.l2_sqr(q, x, dim_) : 1.0f - K.dot(q, x, dim_);
   }
   Query query;
-  query.raw = q;
+  query.raw = q;  // f32 / f16 scoring reads only the raw query
   return distance(query, s);
 }
 
@@ -862,7 +781,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     ANNFORGE_CHECK(slot_count_ + n < kNoSlot - 1, ErrorKind::Value, "HNSWIndex holds at most 4294967293 vectors");
     assign_ids(ids, n, out_ids);
     has_tombstones_.store(true, std::memory_order_release);  // new slots are hidden until inserted
-    if (storage_ == HnswStorage::SQ8 && !sq8_trained_) train_sq8(rows.data(), n);
+    if (!codec_.trained()) codec_.train(rows.data(), n);  // sq8: ranges of the first batch
     // Upsert: the old slot is removed now (never returned again) and becomes reusable.
     for (std::size_t i = 0; i < n; ++i) {
       const idx_t old = slot_of_.erase(out_ids[i]);
@@ -906,7 +825,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
         std::memset(record(s), 0, record_bytes_);
         store_release(header0(s), kDeletedBit);
       }
-      encode(rows.data() + i * dim_, record(s) + vector_offset_);
+      codec_.encode(rows.data() + i * dim_, record(s) + vector_offset_);
       if (storage_ == HnswStorage::SQ8)
         std::memcpy(exact_.mutable_data() + static_cast<std::size_t>(s) * dim_, rows.data() + i * dim_,
                     dim_ * sizeof(float));
@@ -1190,7 +1109,7 @@ void HNSWIndex::write(io::FileWriter& w) const {
       .put(static_cast<std::uint64_t>(slot_count_))
       .put(static_cast<std::uint64_t>(record_bytes_))
       .put(entry_.load())
-      .put(static_cast<std::uint8_t>(sq8_trained_ ? 1 : 0));
+      .put(static_cast<std::uint8_t>(storage_ == HnswStorage::SQ8 && codec_.trained() ? 1 : 0));
   w.add_owned(kTagMeta, meta.take());
   w.add(kTagRecords, records_.data(), slot_count_ * record_bytes_);
   w.add(kTagHeaders, headers_.data(), slot_count_ * sizeof(std::uint32_t));
@@ -1201,8 +1120,8 @@ void HNSWIndex::write(io::FileWriter& w) const {
     if (!upper_[s].empty()) w.add_chunk(upper_[s].data(), upper_[s].size() * sizeof(std::uint32_t));
   if (storage_ == HnswStorage::SQ8) {
     w.add(kTagExact, exact_.data(), slot_count_ * dim_ * sizeof(float));
-    w.add(kTagSq8, sq8_offset_.data(), sq8_offset_.size() * sizeof(float));
-    w.add_chunk(sq8_scale_.data(), sq8_scale_.size() * sizeof(float));
+    w.add(kTagSq8, codec_.sq8_offset().data(), codec_.sq8_offset().size() * sizeof(float));
+    w.add_chunk(codec_.sq8_scale().data(), codec_.sq8_scale().size() * sizeof(float));
   }
 }
 
@@ -1302,16 +1221,10 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
     else
       index->exact_.append(ex_ptr, n * d);
     if (trained) {
-      index->sq8_offset_.resize(d);
-      index->sq8_scale_.resize(d);
-      std::memcpy(index->sq8_offset_.mutable_data(), sq.data, d * sizeof(float));
-      std::memcpy(index->sq8_scale_.mutable_data(), sq.data + d * sizeof(float), d * sizeof(float));
-      for (std::size_t j = 0; j < d; ++j)
-        if (!(std::fabs(index->sq8_offset_[j]) < 1e18f) || !(index->sq8_scale_[j] > 0) ||
-            !(index->sq8_scale_[j] < 1e16f))  // bounded so folded queries and sums stay finite
-          bad("sq8 parameters out of range (scales must be positive, values below 1e18)");
+      std::vector<float> both(2 * d);  // offsets, then scales
+      std::memcpy(both.data(), sq.data, both.size() * sizeof(float));
+      if (!index->codec_.load_sq8(both.data(), both.data() + d)) bad(VectorCodec::kBadSq8);
     }
-    index->sq8_trained_ = trained != 0;
   }
 
   // Stored vectors: finite (a NaN distance would break the ordering every search and sort relies on),

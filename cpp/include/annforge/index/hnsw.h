@@ -32,6 +32,7 @@
 #include "annforge/index/vector_index.h"
 #include "annforge/storage/aligned_buffer.h"
 #include "annforge/storage/id_map.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
 
@@ -72,7 +73,7 @@ class HNSWIndex final : public VectorIndex {
  private:
   void write(io::FileWriter& w) const override;
   void hold_unchanged(const std::function<void()>& fn) const override;
-  struct Query;
+  using Query = VectorCodec::Query;
   struct Scratch;
   using Slot = std::uint32_t;
   static constexpr std::uint32_t kDeletedBit = 1u << 31;
@@ -100,14 +101,12 @@ class HNSWIndex final : public VectorIndex {
   bool is_deleted(Slot s) const;
 
   // --- distances --------------------------------------------------------------------------------
-  void prepare_query(const float* q, Query& out) const;
-  float distance(const Query& q, Slot s) const;  // in the stored representation
+  void prepare_query(const float* q, Query& out) const { codec_.prepare(q, out); }
+  float distance(const Query& q, Slot s) const { return codec_.distance(q, vec(s)); }  // stored representation
   float exact_distance(const float* q, Slot s) const;  // against the f32 copy / best available
   void decode(Slot s, float* out) const;
   // The stored vector of `s` as f32: a pointer into the record for f32 storage, else decoded.
   const float* node_as_query(Slot s, std::vector<float>& buffer) const;
-  void encode(const float* row, unsigned char* out) const;
-  void train_sq8(const float* rows, std::size_t n);
 
   // --- graph ---------------------------------------------------------------------------------------
   using Cand = std::pair<float, Slot>;
@@ -143,13 +142,13 @@ class HNSWIndex final : public VectorIndex {
   double level_mult_;
   std::atomic<std::size_t> default_ef_{64};
   std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;
+  // The stored vectors' code; sq8 is trained on the first add() (later values outside the ranges clamp).
+  VectorCodec codec_;
 
   // --- data -----------------------------------------------------------------------------------
   AlignedBuffer<unsigned char> records_;       // slot_count_ records of record_bytes_
   AlignedBuffer<std::uint32_t> headers_;       // per slot: level-0 link count | deleted bit
   AlignedBuffer<float> exact_;                 // sq8 only: f32 copy per slot for re-ranking
-  AlignedBuffer<float> sq8_offset_, sq8_scale_;  // sq8 only: per-dimension min and step
-  bool sq8_trained_ = false;
   std::vector<std::vector<std::uint32_t>> upper_;  // per slot: level x (1 + M) words
   std::vector<std::uint8_t> levels_;
   AlignedBuffer<idx_t> slot_ids_;  // external id per slot (-1 when free)

@@ -28,16 +28,9 @@
 #include "annforge/index/vector_index.h"
 #include "annforge/storage/aligned_buffer.h"
 #include "annforge/storage/id_map.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
-
-enum class RefineKind : std::uint8_t { None = 0, F32 = 1, F16 = 2, SQ8 = 3 };
-RefineKind parse_refine(const std::string& name);  // "f32" | "f16" | "sq8" | "none"
-const char* refine_name(RefineKind kind);
-// The query side of sq8 re-ranking (IVF-PQ, ScaNN): q - offset for l2, q * scale for ip, per
-// dimension; returns <q, offset>, the ip term the codes leave out.
-float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
-                        float* q_scaled);
 
 class IVFPQIndex final : public VectorIndex {
  public:
@@ -124,10 +117,7 @@ class IVFPQIndex final : public VectorIndex {
   void erase_at(std::size_t list, std::size_t offset);
   static void lower_floor(InvertedList& L, std::size_t slot, float term);
   void encode_refine(const float* row, std::uint8_t* out) const;
-  // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
-  float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                        const float* q_scaled, float q_dot_offset,
-                        float bound = std::numeric_limits<float>::infinity()) const;
+  // Dimensions per step of the bounded f32 l2 re-ranking (VectorCodec::distance_within).
   std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
@@ -151,7 +141,7 @@ class IVFPQIndex final : public VectorIndex {
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
   std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
-  std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
+  VectorCodec refine_codec_;             // the re-ranking copy's code (refine_)
   std::vector<InvertedList> lists_;
   IdMap where_;                          // id -> (list << 32) | offset
 };

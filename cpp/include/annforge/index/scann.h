@@ -23,11 +23,11 @@
 
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
-#include "annforge/index/ivfpq.h"  // RefineKind
 #include "annforge/index/vector_index.h"
 #include "annforge/parallel/shared_mutex.h"
 #include "annforge/storage/aligned_buffer.h"
 #include "annforge/storage/id_map.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
 
@@ -144,7 +144,7 @@ class ScaNNIndex final : public VectorIndex {
   std::vector<float> centres_;        // num_leaves x d
   cluster::PackedCentroids packed_;   // centres_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;        // m blocks x 16 centres x dpb (nbits 4)
-  std::vector<float> sq8_offset_, sq8_scale_;
+  VectorCodec refine_codec_;          // the reorder copy's code (refine_)
   std::vector<Leaf> leaves_;
   IdMap where_;  // id -> (leaf << 32) | offset
 };
