@@ -111,13 +111,17 @@ class HNSWIndex final : public VectorIndex {
   // --- graph ---------------------------------------------------------------------------------------
   using Cand = std::pair<float, Slot>;
   Slot greedy_descent(const Query& q, Slot entry, int top_level, int stop_level) const;
-  // Best-first search at one level. `results` gets up to ef (distance, slot) pairs that pass `accept`.
-  template <typename Accept>
+  // Neighbour-expansion policies of search_layer (src/index/hnsw_internal.h): OneHop measures every
+  // neighbour; TwoHop (level 0, selective filters) measures only allowed ones, reaching past the rest.
+  struct OneHop;
+  struct TwoHop;
+  // Best-first (beam) search at one level. `results` gets up to ef (distance, slot) pairs that pass `accept`.
+  template <typename Expansion = OneHop, typename Accept>
   void search_layer(const Query& q, Slot entry, std::size_t ef, int level, Accept&& accept, Scratch& scratch,
                     std::vector<Cand>& results) const;
-  template <typename Allowed>
-  void search_layer_filtered(const Query& q, Slot entry, std::size_t ef, Allowed&& allowed, Scratch& scratch,
-                             std::vector<Cand>& results) const;
+  // How search() answers under a filter: exact scan of the allowed set or a graph walk (hnsw_filter_plan.cpp).
+  struct FilterPlan;
+  FilterPlan plan_filter(const IdSelector& filter, std::size_t ef, std::size_t k) const;  // rw_mutex_ held
   void select_heuristic(std::vector<Cand>& candidates, std::size_t m) const;
   void insert(Slot s, const float* row, Scratch& scratch);
   void repair_before_reuse(Slot s, Scratch& scratch);
