@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -214,6 +215,8 @@ template <typename Expansion, typename Accept>
 void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int level, Accept&& accept,
                              Scratch& scratch, std::vector<Cand>& results) const {
   // `scratch.visited` must hold the current epoch's marks (the caller may pre-mark slots to skip).
+  // A local copy of the acceptance test, so that what it captured by value stays in registers.
+  std::decay_t<Accept> accepts(std::forward<Accept>(accept));
   auto& cand = scratch.candidates;  // min-heap by distance (CandGreater)
   auto& top = scratch.top;          // max-heap of accepted results
   cand.clear();
@@ -228,7 +231,7 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
   visited[entry] = epoch;
   cand.emplace_back(d0, entry);
   float lower = std::numeric_limits<float>::infinity();
-  if (accept(entry)) {
+  if (accepts(entry)) {
     top.emplace_back(d0, entry);
     lower = d0;
   }
@@ -243,7 +246,7 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
     // overlap instead of being paid one after another, without flooding the line-fill buffers (whole
     // vectors for every neighbour at once stalled on the prefetches; this is ~10% faster at 384-d f32).
     const std::size_t fresh =
-        Expansion::gather(*this, current.second, level, limit, nslots, visited, epoch, accept, scratch);
+        Expansion::gather(*this, current.second, level, limit, nslots, visited, epoch, accepts, scratch);
     const Slot* batch = scratch.batch.data();
     for (std::size_t j = 0; j < kPrefetchAhead && j < fresh; ++j) prefetch_vector_tail(batch[j]);
     for (std::size_t i = 0; i < fresh; ++i) {
@@ -253,7 +256,7 @@ void HNSWIndex::search_layer(const Query& q, Slot entry, std::size_t ef, int lev
       if (top.size() < ef || d < lower) {
         cand.emplace_back(d, n);
         std::push_heap(cand.begin(), cand.end(), CandGreater());
-        if (Expansion::kGatheredAccepted || accept(n)) {
+        if (Expansion::kGatheredAccepted || accepts(n)) {
           top.emplace_back(d, n);
           std::push_heap(top.begin(), top.end(), CandLess());
           if (top.size() > ef) {

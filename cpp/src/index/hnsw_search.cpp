@@ -97,23 +97,24 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     const bool tombstones = has_tombstones_.load(std::memory_order_acquire);
     // An id-list filter comes as a bitmap over slots: one bit test per neighbour instead of an id
     // look-up plus a virtual call (the two-hop walk tests ~2M^2 neighbours per expansion).
-    auto slot_allowed = [&](Slot n) {
+    // The acceptance lambdas capture by value: search_layer copies them, so the walk keeps this state in
+    // registers (a by-reference capture is reloaded for every neighbour the two-hop walk checks).
+    auto slot_allowed = [this, tombstones, allowed_bits](Slot n) {
       return (!tombstones || !is_deleted(n)) && ((allowed_bits[n >> 6] >> (n & 63)) & 1u) != 0;
+    };
+    auto selector_allows = [this, tombstones, filter](Slot n) {
+      return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]);
     };
     if (filter && allowed_bits && two_hop) {
       search_layer<TwoHop>(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
     } else if (filter && allowed_bits) {
       search_layer(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
     } else if (filter && two_hop) {
-      search_layer<TwoHop>(q, start, std::max(ef, k), 0,
-                           [&](Slot n) { return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]); },
-                           scratch, results);
+      search_layer<TwoHop>(q, start, std::max(ef, k), 0, selector_allows, scratch, results);
     } else if (filter) {
-      search_layer(q, start, std::max(ef, k), 0,
-                   [&](Slot n) { return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]); },
-                   scratch, results);
+      search_layer(q, start, std::max(ef, k), 0, selector_allows, scratch, results);
     } else if (tombstones) {
-      search_layer(q, start, std::max(ef, k), 0, [&](Slot n) { return !is_deleted(n); }, scratch, results);
+      search_layer(q, start, std::max(ef, k), 0, [this](Slot n) { return !is_deleted(n); }, scratch, results);
     } else {
       search_layer(q, start, std::max(ef, k), 0, [](Slot) { return true; }, scratch, results);
     }
