@@ -88,6 +88,7 @@ def test_searches_release_the_gil() -> None:
     assert progressed > 1000
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("family", ["flat", "hnsw", "ivfpq", "scann"])
 def test_serialising_through_the_base_class_holds_the_index_lock(family: str) -> None:
     """Saving through a ``VectorIndex&`` (as any generic caller does) keeps add() out until the bytes are out.
