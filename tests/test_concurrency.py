@@ -86,3 +86,33 @@ def test_searches_release_the_gil() -> None:
     done.set()
     t.join()
     assert progressed > 1000
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("family", ["flat", "hnsw", "ivfpq", "scann"])
+def test_serialising_through_the_base_class_holds_the_index_lock(family: str) -> None:
+    """Saving through a ``VectorIndex&`` (as any generic caller does) keeps add() out until the bytes are out.
+
+    The hook serialises through the base reference and, with the writer's sections not yet emitted,
+    starts an add on another thread: the add must wait for the serialiser's lock, and the bytes must be
+    the index without the new rows. A family whose save ran without its lock lets the add through (and
+    the writer would then read arrays that the add may have reallocated).
+    """
+    from annforge import _core
+
+    dim = 16
+    base = clustered(600, dim, seed=3)
+    extra = clustered(50, dim, seed=4)
+    index = {
+        "flat": lambda: af.FlatIndex(dim),
+        "hnsw": lambda: af.HNSWIndex(dim, M=8, ef_construction=32),
+        "ivfpq": lambda: af.IVFPQIndex(dim, nlist=4, m=4),
+        "scann": lambda: af.ScaNNIndex(dim, num_leaves=4),
+    }[family]()
+    if family in ("ivfpq", "scann"):
+        index.train(base)
+    index.add(base)
+    finished_inside, data = _core._testing._add_during_serialise(index._impl, extra, 0.3)
+    assert not finished_inside, "add() completed while the index was being serialised"
+    assert len(type(index).from_bytes(data)) == len(base)
+    assert len(index) == len(base) + len(extra)  # the add ran once the lock was released

@@ -243,3 +243,28 @@ def test_corruption_fuzz_never_crashes(tmp_path, seed: int) -> None:
     assert proc.returncode == 0, f"fuzz subprocess died ({proc.returncode}):\n{proc.stderr[-3000:]}"
     detected = int(proc.stdout.split()[-1])
     assert detected == 500, "every mutation of a checksummed file must be refused"
+
+
+@pytest.mark.parametrize("family", ["hnsw", "ivfpq", "scann"])
+def test_sq8_with_a_constant_dimension_round_trips(family: str) -> None:
+    """One sq8 codec for all families: a dimension constant in training gets step 1, not 0.
+
+    IVF-PQ and ScaNN used to store scale 0 for it, which their own loaders refuse, so such an index
+    saved a file it could not load.
+    """
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(600, 16)).astype(np.float32)
+    x[:, 3] = 0.5
+    index = {
+        "hnsw": lambda: af.HNSWIndex(16, "ip", storage="sq8", M=8, ef_construction=32),
+        "ivfpq": lambda: af.IVFPQIndex(16, 4, 4, refine="sq8", metric="ip"),
+        "scann": lambda: af.ScaNNIndex(16, num_leaves=4, reorder="sq8", metric="ip"),
+    }[family]()
+    if family != "hnsw":
+        index.train(x)
+    index.add(x)
+    np.testing.assert_array_equal(index.reconstruct(np.arange(10))[:, 3], 0.5)  # exact at the trained value
+    loaded = type(index).from_bytes(index.to_bytes())
+    q = rng.normal(size=(20, 16)).astype(np.float32)
+    for a, b in zip(index.search(q, 5), loaded.search(q, 5)):
+        np.testing.assert_array_equal(a, b)

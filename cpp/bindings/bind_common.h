@@ -54,6 +54,7 @@ void bind_kernel_tests(py::module_& testing);  // hooks that run one kernel at a
 void bind_invlists_tests(py::module_& testing);  // the probe scan on lists given as arrays
 void bind_rabitq_tests(py::module_& testing);  // the RaBitQ codec and its kernels
 void bind_io(py::module_& m);
+void bind_index_tests(py::module_& testing);  // hooks that use a family through VectorIndex&
 void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);
 void bind_ivfpq(py::module_& m);

@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
   b::bind_ivfpq(m);
   b::bind_hnsw(m);
   b::bind_scann(m);
+  b::bind_index_tests(testing);
 }

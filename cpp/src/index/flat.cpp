@@ -353,8 +353,12 @@ RangeResult FlatIndex::search_range(const float* q, std::size_t nq, float radius
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
-void FlatIndex::write(io::FileWriter& w) const {
+void FlatIndex::hold_unchanged(const std::function<void()>& fn) const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+  fn();
+}
+
+void FlatIndex::write(io::FileWriter& w) const {
   io::ByteWriter meta;
   write_common(meta);
   meta.put(static_cast<std::uint64_t>(slot_ids_.size()));

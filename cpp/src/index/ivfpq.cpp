@@ -27,54 +27,17 @@ using invlists::location_list;
 
 }  // namespace
 
-float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
-                        float* q_scaled) {
-  float q_dot_offset = 0;
-  for (std::size_t j = 0; j < d; ++j) {
-    q_shifted[j] = q[j] - offset[j];
-    q_scaled[j] = q[j] * scale[j];
-    q_dot_offset += q[j] * offset[j];
-  }
-  return q_dot_offset;
-}
-
-RefineKind parse_refine(const std::string& name) {
-  if (name == "f32") return RefineKind::F32;
-  if (name == "f16") return RefineKind::F16;
-  if (name == "sq8") return RefineKind::SQ8;
-  if (name == "none" || name.empty()) return RefineKind::None;
-  fail(ErrorKind::Value, "unknown refine storage '", name, "': expected 'f32', 'f16', 'sq8' or None");
-}
-
-const char* refine_name(RefineKind kind) {
-  switch (kind) {
-    case RefineKind::F32: return "f32";
-    case RefineKind::F16: return "f16";
-    case RefineKind::SQ8: return "sq8";
-    case RefineKind::None: return "none";
-  }
-  return "none";
-}
-
 IVFPQIndex::IVFPQIndex(std::size_t dim, std::size_t nlist, std::size_t m, std::size_t nbits, Metric metric,
                        RefineKind refine, std::uint64_t seed, bool residual, bool opq)
     : ListIndex(dim, metric), nlist_(nlist), m_(m), nbits_(nbits), refine_(refine), seed_(seed),
-      residual_(residual), opq_(opq), pq_(dim, m, nbits) {
+      residual_(residual), opq_(opq), pq_(dim, m, nbits), refine_codec_(refine, dim, metric) {
   ANNFORGE_CHECK(nlist >= 1 && nlist <= (std::size_t(1) << 24), ErrorKind::Value,
                  "nlist must be in [1, 16777216], got ", nlist);
 }
 
 std::size_t IVFPQIndex::code_bytes() const noexcept { return (nbits_ * m_ + 7) / 8; }
 
-std::size_t IVFPQIndex::refine_bytes() const noexcept {
-  switch (refine_) {
-    case RefineKind::F32: return dim_ * 4;
-    case RefineKind::F16: return dim_ * 2;
-    case RefineKind::SQ8: return dim_;
-    case RefineKind::None: return 0;
-  }
-  return 0;
-}
+std::size_t IVFPQIndex::refine_bytes() const noexcept { return refine_codec_.code_bytes(); }
 
 namespace {
 // Whether the d x d row-major matrix has orthonormal rows, R R^T = I within 1e-3 per entry (a rotation
@@ -221,24 +184,13 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
   codec::ProductQuantizer pq(d, m_, nbits_);
   pq.train(residuals.data(), ns, seed_ + 17, num_threads);
 
-  std::vector<float> sq8_offset, sq8_scale;
-  if (refine_ == RefineKind::SQ8) {
-    sq8_offset.assign(d, std::numeric_limits<float>::infinity());
-    std::vector<float> hi(d, -std::numeric_limits<float>::infinity());
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) {
-        sq8_offset[j] = std::min(sq8_offset[j], xt[i * d + j]);
-        hi[j] = std::max(hi[j], xt[i * d + j]);
-      }
-    sq8_scale.resize(d);
-    for (std::size_t j = 0; j < d; ++j) sq8_scale[j] = (hi[j] - sq8_offset[j]) / 255.0f;
-  }
+  VectorCodec refine_codec(refine_, d, metric_);
+  refine_codec.train(xt, n);  // sq8 ranges; nothing for the other codes
 
   std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   centroids_ = std::move(coarse.centroids);
   pq_ = std::move(pq);
-  sq8_offset_ = std::move(sq8_offset);
-  sq8_scale_ = std::move(sq8_scale);
+  refine_codec_ = std::move(refine_codec);
   lists_ = invlists::InvertedLists(nlist_, m_, nbits_, refine_bytes(), norm_terms_stored());
   trained_ = true;
   derive_tables();
@@ -247,42 +199,9 @@ void IVFPQIndex::train(const float* x, std::size_t n, int num_threads, cluster::
 // ---------------------------------------------------------------------------------------------------
 // Updates
 
-void IVFPQIndex::encode_refine(const float* row, std::uint8_t* out) const {
-  const auto& K = simd::kernels();
-  switch (refine_) {
-    case RefineKind::F32: std::memcpy(out, row, dim_ * sizeof(float)); break;
-    case RefineKind::F16: {
-      std::vector<std::uint16_t> h(dim_);
-      K.f32_to_f16(row, h.data(), dim_);
-      std::memcpy(out, h.data(), dim_ * sizeof(std::uint16_t));
-      break;
-    }
-    case RefineKind::SQ8:
-      for (std::size_t j = 0; j < dim_; ++j) {
-        const float s = sq8_scale_[j];
-        const float v = s > 0 ? std::nearbyint((row[j] - sq8_offset_[j]) / s) : 0.0f;
-        out[j] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v)));
-      }
-      break;
-    case RefineKind::None: break;
-  }
-}
+void IVFPQIndex::encode_refine(const float* row, std::uint8_t* out) const { refine_codec_.encode(row, out); }
 
-void IVFPQIndex::decode_refine(const std::uint8_t* stored, float* out) const {
-  switch (refine_) {
-    case RefineKind::F32: std::memcpy(out, stored, dim_ * sizeof(float)); break;
-    case RefineKind::F16: {
-      std::vector<std::uint16_t> h(dim_);
-      std::memcpy(h.data(), stored, dim_ * sizeof(std::uint16_t));
-      simd::kernels().f16_to_f32(h.data(), out, dim_);
-      break;
-    }
-    case RefineKind::SQ8:
-      for (std::size_t j = 0; j < dim_; ++j) out[j] = sq8_offset_[j] + stored[j] * sq8_scale_[j];
-      break;
-    case RefineKind::None: break;
-  }
-}
+void IVFPQIndex::decode_refine(const std::uint8_t* stored, float* out) const { refine_codec_.decode(stored, out); }
 
 void IVFPQIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);
@@ -361,41 +280,10 @@ std::size_t IVFPQIndex::refine_chunk() const noexcept {
   return std::min(dim_, (dim_ / 4 + 15) / 16 * 16);  // about a quarter of a row, whole cache lines
 }
 
-float IVFPQIndex::refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                                  const float* q_scaled, float q_dot_offset, float bound) const {
-  const auto& K = simd::kernels();
-  const bool l2 = metric_ == Metric::L2;
-  switch (refine_) {
-    case RefineKind::F32: {
-      const auto* v = reinterpret_cast<const float*>(stored);
-      if (!l2) return 1.0f - K.dot(q, v, dim_);
-      // Squared l2 only grows along the row: once a prefix exceeds `bound` (the current k-th best) the
-      // candidate is out, and the rest of its row need not even be read from memory. Always summed
-      // chunk by chunk, so a distance does not depend on when the bound cut in.
-      const std::size_t chunk = refine_chunk();
-      float sum = 0.0f;
-      for (std::size_t o = 0; o < dim_; o += chunk) {
-        sum += K.l2_sqr(q + o, v + o, std::min(chunk, dim_ - o));
-        if (sum > bound) break;
-      }
-      return sum;
-    }
-    case RefineKind::F16: {
-      const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
-      return l2 ? K.l2_sqr_f16(q, v, dim_) : 1.0f - K.dot_f16(q, v, dim_);
-    }
-    case RefineKind::SQ8:
-      return l2 ? K.l2_sqr_sq8(q_shifted, stored, sq8_scale_.data(), dim_)
-                : 1.0f - (q_dot_offset + K.dot_u8(q_scaled, stored, dim_));
-    case RefineKind::None: break;
-  }
-  return 0.0f;
-}
-
 // Per-worker buffers reused across the queries of one search call.
 struct IVFPQIndex::QueryScratch {
   std::vector<float> ip_table;             // m x ksub: <q_j, c_jc>
-  std::vector<float> q_shifted, q_scaled;  // sq8 re-ranking
+  VectorCodec::Query refine_query;         // the query folded for the re-ranking code
 };
 
 void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
@@ -421,11 +309,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 
 void IVFPQIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float& query_term) const {
   const std::size_t entries = m_ * pq_.ksub(), d = dim_;
-  if (s.ip_table.size() != entries) {
-    s.ip_table.resize(entries);
-    s.q_shifted.resize(d);
-    s.q_scaled.resize(d);
-  }
+  if (s.ip_table.size() != entries) s.ip_table.resize(entries);
   if (!residual_ && metric_ == Metric::L2) query_term = simd::kernels().dot(qv, qv, d);  // ||q||^2
   pq_.inner_product_table(qv, s.ip_table.data());
   const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
@@ -447,30 +331,25 @@ float IVFPQIndex::list_offset(const float* qv, std::size_t list, float coarse_di
 
 void IVFPQIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s, std::vector<std::pair<float, idx_t>>& found,
                               idx_t* ids, float* dist) const {
-  const std::size_t d = dim_;
   if (refine_ == RefineKind::None) {
     write_row_by_id(found, [&](idx_t loc) { return lists_.id_at(loc); }, k, ids, dist);
     return;
   }
-  const float q_dot_offset =
-      refine_ == RefineKind::SQ8
-          ? prepare_sq8_query(qv, sq8_offset_.data(), sq8_scale_.data(), d, s.q_shifted.data(), s.q_scaled.data())
-          : 0.0f;
-  const std::size_t rb = refine_bytes();
+  refine_codec_.prepare(qv, s.refine_query);
+  const std::size_t rb = refine_bytes(), chunk = refine_chunk();
   TopK best(k);
   // The stored vectors are scattered: fetch a few candidates ahead. f32 l2 rows are read a chunk at
-  // a time and most candidates stop after the first one (see refine_distance): fetch that much.
+  // a time and most candidates stop after the first one (see distance_within): fetch that much.
   constexpr std::size_t kAhead = 2;
   const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
-  const std::size_t ahead_bytes = chunked ? refine_chunk() * sizeof(float) : rb;
+  const std::size_t ahead_bytes = chunked ? chunk * sizeof(float) : rb;
   auto stored = [&](const std::pair<float, idx_t>& e) { return lists_.payload_at(e.second); };
   for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(stored(found[i]), ahead_bytes);
   for (std::size_t i = 0; i < found.size(); ++i) {
     if (i + kAhead < found.size()) prefetch_range(stored(found[i + kAhead]), ahead_bytes);
     const auto& e = found[i];
     // A candidate whose distance exceeds the k-th best cannot enter `best` (ties may: strict bound).
-    const float dv = refine_distance(qv, stored(e), s.q_shifted.data(), s.q_scaled.data(),
-                                     q_dot_offset, best.threshold());
+    const float dv = refine_codec_.distance_within(s.refine_query, stored(e), best.threshold(), chunk);
     best.push(dv, lists_.id_at(e.second));
   }
   write_row(best.sorted(), k, ids, dist);
@@ -484,8 +363,8 @@ IVFPQIndex::Layout IVFPQIndex::layout() const {
   out.centroids = centroids_;
   out.codebooks = pq_.codebooks();
   out.code_norms = code_norms_;
-  out.sq8_offset = sq8_offset_;
-  out.sq8_scale = sq8_scale_;
+  out.sq8_offset = refine_codec_.sq8_offset();
+  out.sq8_scale = refine_codec_.sq8_scale();
   out.list_offsets.resize(nlist_ + 1, 0);
   for (std::size_t l = 0; l < nlist_; ++l) out.list_offsets[l + 1] = out.list_offsets[l] + lists_.list_size(l);
   const std::size_t total = out.list_offsets[nlist_], rb = refine_bytes();
@@ -509,8 +388,7 @@ IVFPQIndex::Layout IVFPQIndex::layout() const {
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
-void IVFPQIndex::write(io::FileWriter& w) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+void IVFPQIndex::write(io::FileWriter& w) const {  // the caller holds the lock (hold_unchanged)
   // A file is an index ready to search: loading refuses untrained ones, so none is written.
   ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;
@@ -530,8 +408,8 @@ void IVFPQIndex::write(io::FileWriter& w) const {
   w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
   if (refine_ == RefineKind::SQ8) {
     io::ByteWriter sq;
-    for (float v : sq8_offset_) sq.put(v);
-    for (float v : sq8_scale_) sq.put(v);
+    for (float v : refine_codec_.sq8_offset()) sq.put(v);
+    for (float v : refine_codec_.sq8_scale()) sq.put(v);
     w.add_owned(kTagSq8, sq.take());
   }
   write_list_sections(w, lists_);
@@ -588,12 +466,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
     std::vector<float> both;
     floats(kTagSq8, 2 * d, both);
-    index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
-    index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
-    for (std::size_t j = 0; j < d; ++j)
-      if (!(index->sq8_scale_[j] > 0.0f) || !(std::fabs(index->sq8_offset_[j]) < 1e18f) ||
-          !(index->sq8_scale_[j] < 1e16f))
-        corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
+    if (!index->refine_codec_.load_sq8(both.data(), both.data() + d)) corrupt(VectorCodec::kBadSq8);
   }
 
   index->lists_ = invlists::InvertedLists(nlist, m, nbits, index->refine_bytes(), index->norm_terms_stored());

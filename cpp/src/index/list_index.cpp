@@ -48,6 +48,11 @@ void ListIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
   }
 }
 
+void ListIndex::hold_unchanged(const std::function<void()>& fn) const {
+  ReadLock lock(mutex_);
+  fn();
+}
+
 ListIndex::ReadLock ListIndex::begin_search(const float* q, std::size_t nq, const SearchOptions& opt,
                                             std::vector<float>& prepared, std::size_t& threads) const {
   check_storable(q, nq, "queries");  // finite, and (l2 / ip) distances that cannot overflow

@@ -171,7 +171,7 @@ ScaNNIndex::ScaNNIndex(std::size_t dim, std::size_t num_leaves, std::size_t dims
                        Metric metric, RefineKind refine, std::uint64_t seed)
     : ListIndex(dim, metric), num_leaves_(num_leaves), dpb_(dims_per_block),
       m_(checked_blocks(dim, dims_per_block)), threshold_(threshold), refine_(refine), seed_(seed),
-      pq_(dim, m_, 4) {
+      pq_(dim, m_, 4), refine_codec_(refine, dim, metric) {
   ANNFORGE_CHECK(num_leaves <= kMaxLeaves, ErrorKind::Value, "num_leaves must be <= ", kMaxLeaves, ", got ",
                  num_leaves);
   ANNFORGE_CHECK(std::isnan(threshold) || (std::isfinite(threshold) && threshold >= 0), ErrorKind::Value,
@@ -195,15 +195,7 @@ std::size_t ScaNNIndex::num_leaves() const {
 bool ScaNNIndex::anisotropic() const noexcept { return anisotropic_for_metric(); }
 bool ScaNNIndex::anisotropic_for_metric() const noexcept { return metric_ != Metric::L2 && !std::isnan(threshold_); }
 
-std::size_t ScaNNIndex::refine_bytes() const noexcept {
-  switch (refine_) {
-    case RefineKind::F32: return dim_ * 4;
-    case RefineKind::F16: return dim_ * 2;
-    case RefineKind::SQ8: return dim_;
-    case RefineKind::None: return 0;
-  }
-  return 0;
-}
+std::size_t ScaNNIndex::refine_bytes() const noexcept { return refine_codec_.code_bytes(); }
 
 std::vector<float> ScaNNIndex::leaf_centres() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
@@ -383,26 +375,15 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
     pq.set_codebooks(books.data());
   }
 
-  std::vector<float> sq8_offset, sq8_scale;
-  if (refine_ == RefineKind::SQ8) {
-    sq8_offset.assign(d, std::numeric_limits<float>::infinity());
-    std::vector<float> hi(d, -std::numeric_limits<float>::infinity());
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) {
-        sq8_offset[j] = std::min(sq8_offset[j], xt[i * d + j]);
-        hi[j] = std::max(hi[j], xt[i * d + j]);
-      }
-    sq8_scale.resize(d);
-    for (std::size_t j = 0; j < d; ++j) sq8_scale[j] = (hi[j] - sq8_offset[j]) / 255.0f;
-  }
+  VectorCodec refine_codec(refine_, d, metric_);
+  refine_codec.train(xt.data(), n);  // sq8 ranges; nothing for the other codes
 
   std::unique_lock<parallel::WriterPreferringMutex> lock(mutex_);
   num_leaves_ = leaves;
   centres_ = std::move(tree.centroids);
   packed_ = std::move(packed);
   pq_ = std::move(pq);
-  sq8_offset_ = std::move(sq8_offset);
-  sq8_scale_ = std::move(sq8_scale);
+  refine_codec_ = std::move(refine_codec);
   lists_ = invlists::InvertedLists(num_leaves_, m_, 4, refine_bytes(), metric_ == Metric::L2);
   trained_ = true;
 }
@@ -410,41 +391,9 @@ void ScaNNIndex::train(const float* x, std::size_t n, int num_threads, cluster::
 // ---------------------------------------------------------------------------------------------------
 // Updates
 
-void ScaNNIndex::encode_refine(const float* row, std::uint8_t* out) const {
-  switch (refine_) {
-    case RefineKind::F32: std::memcpy(out, row, dim_ * sizeof(float)); break;
-    case RefineKind::F16: {
-      std::vector<std::uint16_t> h(dim_);
-      simd::kernels().f32_to_f16(row, h.data(), dim_);
-      std::memcpy(out, h.data(), dim_ * sizeof(std::uint16_t));
-      break;
-    }
-    case RefineKind::SQ8:
-      for (std::size_t j = 0; j < dim_; ++j) {
-        const float s = sq8_scale_[j];
-        const float v = s > 0 ? std::nearbyint((row[j] - sq8_offset_[j]) / s) : 0.0f;
-        out[j] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v)));
-      }
-      break;
-    case RefineKind::None: break;
-  }
-}
+void ScaNNIndex::encode_refine(const float* row, std::uint8_t* out) const { refine_codec_.encode(row, out); }
 
-void ScaNNIndex::decode_refine(const std::uint8_t* stored, float* out) const {
-  switch (refine_) {
-    case RefineKind::F32: std::memcpy(out, stored, dim_ * sizeof(float)); break;
-    case RefineKind::F16: {
-      std::vector<std::uint16_t> h(dim_);
-      std::memcpy(h.data(), stored, dim_ * sizeof(std::uint16_t));
-      simd::kernels().f16_to_f32(h.data(), out, dim_);
-      break;
-    }
-    case RefineKind::SQ8:
-      for (std::size_t j = 0; j < dim_; ++j) out[j] = sq8_offset_[j] + stored[j] * sq8_scale_[j];
-      break;
-    case RefineKind::None: break;
-  }
-}
+void ScaNNIndex::decode_refine(const std::uint8_t* stored, float* out) const { refine_codec_.decode(stored, out); }
 
 void ScaNNIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_threads, idx_t* out_ids) {
   (void)parallel::resolve_threads(num_threads);
@@ -497,16 +446,12 @@ std::size_t ScaNNIndex::memory_bytes() const {
 // Per-worker buffers reused across the queries of one search call.
 struct ScaNNIndex::QueryScratch {
   std::vector<float> ip_table;
-  std::vector<float> q_shifted, q_scaled;
+  VectorCodec::Query refine_query;  // the query folded for the reorder code
 };
 
 void ScaNNIndex::prepare_query(const float* qv, QueryScratch& s, float* lut, float&) const {
-  const std::size_t entries = m_ * kCentres, d = dim_;
-  if (s.ip_table.size() != entries) {
-    s.ip_table.resize(entries);
-    s.q_shifted.resize(d);
-    s.q_scaled.resize(d);
-  }
+  const std::size_t entries = m_ * kCentres;
+  if (s.ip_table.size() != entries) s.ip_table.resize(entries);
   const float factor = metric_ == Metric::L2 ? -2.0f : -1.0f;
   pq_.inner_product_table(qv, s.ip_table.data());
   for (std::size_t i = 0; i < entries; ++i) lut[i] = factor * s.ip_table[i];
@@ -520,40 +465,14 @@ float ScaNNIndex::list_offset(const float*, std::size_t, float probe_score, floa
 
 void ScaNNIndex::finish_query(const float* qv, std::size_t k, QueryScratch& s,
                               std::vector<std::pair<float, idx_t>>& found, idx_t* ids, float* out_dist) const {
-  const std::size_t d = dim_;
   if (refine_ == RefineKind::None) {
     write_row_by_id(found, [&](idx_t loc) { return lists_.id_at(loc); }, k, ids, out_dist);
     return;
   }
-  const auto& K = simd::kernels();
-  const bool l2 = metric_ == Metric::L2;
-  const float q_dot_offset =
-      refine_ == RefineKind::SQ8
-          ? prepare_sq8_query(qv, sq8_offset_.data(), sq8_scale_.data(), d, s.q_shifted.data(), s.q_scaled.data())
-          : 0.0f;
+  refine_codec_.prepare(qv, s.refine_query);
   TopK best(k);
-  for (const auto& e : found) {
-    const std::uint8_t* stored = lists_.payload_at(e.second);
-    float dist = 0;
-    switch (refine_) {
-      case RefineKind::F32: {
-        const auto* v = reinterpret_cast<const float*>(stored);
-        dist = l2 ? K.l2_sqr(qv, v, d) : 1.0f - K.dot(qv, v, d);
-        break;
-      }
-      case RefineKind::F16: {
-        const auto* v = reinterpret_cast<const std::uint16_t*>(stored);
-        dist = l2 ? K.l2_sqr_f16(qv, v, d) : 1.0f - K.dot_f16(qv, v, d);
-        break;
-      }
-      case RefineKind::SQ8:
-        dist = l2 ? K.l2_sqr_sq8(s.q_shifted.data(), stored, sq8_scale_.data(), d)
-                  : 1.0f - (q_dot_offset + K.dot_u8(s.q_scaled.data(), stored, d));
-        break;
-      case RefineKind::None: break;
-    }
-    best.push(dist, lists_.id_at(e.second));
-  }
+  for (const auto& e : found)
+    best.push(refine_codec_.distance(s.refine_query, lists_.payload_at(e.second)), lists_.id_at(e.second));
   write_row(best.sorted(), k, ids, out_dist);
 }
 
@@ -591,8 +510,7 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
 // ---------------------------------------------------------------------------------------------------
 // Serialization
 
-void ScaNNIndex::write(io::FileWriter& w) const {
-  std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
+void ScaNNIndex::write(io::FileWriter& w) const {  // the caller holds the lock (hold_unchanged)
   // A file is an index ready to search: loading refuses untrained ones, so none is written.
   ANNFORGE_CHECK(trained_, ErrorKind::State, "index is not trained: call train(x) before saving it");
   io::ByteWriter meta;
@@ -609,8 +527,8 @@ void ScaNNIndex::write(io::FileWriter& w) const {
   w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
   if (refine_ == RefineKind::SQ8) {
     io::ByteWriter sq;
-    for (float v : sq8_offset_) sq.put(v);
-    for (float v : sq8_scale_) sq.put(v);
+    for (float v : refine_codec_.sq8_offset()) sq.put(v);
+    for (float v : refine_codec_.sq8_scale()) sq.put(v);
     w.add_owned(kTagSq8, sq.take());
   }
   write_list_sections(w, lists_);
@@ -662,12 +580,7 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
   if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
     std::vector<float> both;
     floats(kTagSq8, 2 * d, both);
-    index->sq8_offset_.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(d));
-    index->sq8_scale_.assign(both.begin() + static_cast<std::ptrdiff_t>(d), both.end());
-    for (std::size_t j = 0; j < d; ++j)
-      if (!(index->sq8_scale_[j] > 0.0f) || !(std::fabs(index->sq8_offset_[j]) < 1e18f) ||
-          !(index->sq8_scale_[j] < 1e16f))
-        corrupt("sq8 parameters out of range (scales must be positive, values below 1e18)");
+    if (!index->refine_codec_.load_sq8(both.data(), both.data() + d)) corrupt(VectorCodec::kBadSq8);
   }
 
   index->lists_ = invlists::InvertedLists(leaves, m, 4, index->refine_bytes(), index->metric_ == Metric::L2);

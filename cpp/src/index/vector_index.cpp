@@ -154,16 +154,22 @@ void VectorIndex::read_common(io::ByteReader& r) {
   next_id_ = next;
 }
 
+void VectorIndex::serialise(const WriterSink& sink) const {
+  hold_unchanged([&] {
+    io::FileWriter w(kind());
+    write(w);
+    sink(w);
+  });
+}
+
 void VectorIndex::save(const std::string& path) const {
-  io::FileWriter w(kind());
-  write(w);
-  w.write_file(path);
+  serialise([&](const io::FileWriter& w) { w.write_file(path); });
 }
 
 std::vector<unsigned char> VectorIndex::to_bytes() const {
-  io::FileWriter w(kind());
-  write(w);
-  return w.to_bytes();
+  std::vector<unsigned char> out;
+  serialise([&](const io::FileWriter& w) { out = w.to_bytes(); });
+  return out;
 }
 
 }  // namespace annforge

@@ -33,13 +33,14 @@ class FlatIndex final : public VectorIndex {
   std::vector<idx_t> ids() const override;
   void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
 
   // Every stored vector with distance < radius, nearest first.
   RangeResult search_range(const float* q, std::size_t nq, float radius, int num_threads,
                            const IdSelector* filter) const;
 
  private:
+  void write(io::FileWriter& w) const override;
+  void hold_unchanged(const std::function<void()>& fn) const override;
   struct Candidates;
   void search_locked(const float* q, std::size_t nq, std::size_t k, int num_threads, const IdSelector* filter,
                      idx_t* out_ids, float* out_dist) const;

@@ -32,6 +32,7 @@
 #include "annforge/index/vector_index.h"
 #include "annforge/storage/aligned_buffer.h"
 #include "annforge/storage/id_map.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
 
@@ -55,11 +56,6 @@ class HNSWIndex final : public VectorIndex {
   std::vector<idx_t> ids() const override;
   void reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
-  // Hide the base versions: these hold the writer lock until the bytes are out (write() references
-  // the index's arrays, which a concurrent add could otherwise reallocate).
-  void save(const std::string& path) const;
-  std::vector<unsigned char> to_bytes() const;
 
   std::size_t M() const noexcept { return M_; }
   std::size_t ef_construction() const noexcept { return ef_construction_; }
@@ -75,7 +71,9 @@ class HNSWIndex final : public VectorIndex {
   std::vector<idx_t> unreachable_ids() const;
 
  private:
-  struct Query;
+  void write(io::FileWriter& w) const override;
+  void hold_unchanged(const std::function<void()>& fn) const override;
+  using Query = VectorCodec::Query;
   struct Scratch;
   using Slot = std::uint32_t;
   static constexpr std::uint32_t kDeletedBit = 1u << 31;
@@ -103,25 +101,27 @@ class HNSWIndex final : public VectorIndex {
   bool is_deleted(Slot s) const;
 
   // --- distances --------------------------------------------------------------------------------
-  void prepare_query(const float* q, Query& out) const;
-  float distance(const Query& q, Slot s) const;  // in the stored representation
+  void prepare_query(const float* q, Query& out) const { codec_.prepare(q, out); }
+  float distance(const Query& q, Slot s) const { return codec_.distance(q, vec(s)); }  // stored representation
   float exact_distance(const float* q, Slot s) const;  // against the f32 copy / best available
   void decode(Slot s, float* out) const;
   // The stored vector of `s` as f32: a pointer into the record for f32 storage, else decoded.
   const float* node_as_query(Slot s, std::vector<float>& buffer) const;
-  void encode(const float* row, unsigned char* out) const;
-  void train_sq8(const float* rows, std::size_t n);
 
   // --- graph ---------------------------------------------------------------------------------------
   using Cand = std::pair<float, Slot>;
   Slot greedy_descent(const Query& q, Slot entry, int top_level, int stop_level) const;
-  // Best-first search at one level. `results` gets up to ef (distance, slot) pairs that pass `accept`.
-  template <typename Accept>
+  // Neighbour-expansion policies of search_layer (src/index/hnsw_internal.h): OneHop measures every
+  // neighbour; TwoHop (level 0, selective filters) measures only allowed ones, reaching past the rest.
+  struct OneHop;
+  struct TwoHop;
+  // Best-first (beam) search at one level. `results` gets up to ef (distance, slot) pairs that pass `accept`.
+  template <typename Expansion = OneHop, typename Accept>
   void search_layer(const Query& q, Slot entry, std::size_t ef, int level, Accept&& accept, Scratch& scratch,
                     std::vector<Cand>& results) const;
-  template <typename Allowed>
-  void search_layer_filtered(const Query& q, Slot entry, std::size_t ef, Allowed&& allowed, Scratch& scratch,
-                             std::vector<Cand>& results) const;
+  // How search() answers under a filter: exact scan of the allowed set or a graph walk (hnsw_filter_plan.cpp).
+  struct FilterPlan;
+  FilterPlan plan_filter(const IdSelector& filter, std::size_t ef, std::size_t k) const;  // rw_mutex_ held
   void select_heuristic(std::vector<Cand>& candidates, std::size_t m) const;
   void insert(Slot s, const float* row, Scratch& scratch);
   void repair_before_reuse(Slot s, Scratch& scratch);
@@ -146,13 +146,13 @@ class HNSWIndex final : public VectorIndex {
   double level_mult_;
   std::atomic<std::size_t> default_ef_{64};
   std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;
+  // The stored vectors' code; sq8 is trained on the first add() (later values outside the ranges clamp).
+  VectorCodec codec_;
 
   // --- data -----------------------------------------------------------------------------------
   AlignedBuffer<unsigned char> records_;       // slot_count_ records of record_bytes_
   AlignedBuffer<std::uint32_t> headers_;       // per slot: level-0 link count | deleted bit
   AlignedBuffer<float> exact_;                 // sq8 only: f32 copy per slot for re-ranking
-  AlignedBuffer<float> sq8_offset_, sq8_scale_;  // sq8 only: per-dimension min and step
-  bool sq8_trained_ = false;
   std::vector<std::vector<std::uint32_t>> upper_;  // per slot: level x (1 + M) words
   std::vector<std::uint8_t> levels_;
   AlignedBuffer<idx_t> slot_ids_;  // external id per slot (-1 when free)

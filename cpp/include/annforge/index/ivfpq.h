@@ -26,16 +26,9 @@
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
 #include "annforge/index/list_index.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
-
-enum class RefineKind : std::uint8_t { None = 0, F32 = 1, F16 = 2, SQ8 = 3 };
-RefineKind parse_refine(const std::string& name);  // "f32" | "f16" | "sq8" | "none"
-const char* refine_name(RefineKind kind);
-// The query side of sq8 re-ranking (IVF-PQ, ScaNN): q - offset for l2, q * scale for ip, per
-// dimension; returns <q, offset>, the ip term the codes leave out.
-float prepare_sq8_query(const float* q, const float* offset, const float* scale, std::size_t d, float* q_shifted,
-                        float* q_scaled);
 
 class IVFPQIndex final : public ListIndex {
  public:
@@ -84,7 +77,6 @@ class IVFPQIndex final : public ListIndex {
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
 
  private:
   template <class>
@@ -108,11 +100,9 @@ class IVFPQIndex final : public ListIndex {
   // The nprobe lists to visit per query, with ||q - c||^2.
   void probe_lists(const float* q, std::size_t nq, std::size_t nprobe, int num_threads, std::int32_t* lists,
                    float* dist) const;
+  void write(io::FileWriter& w) const override;
   void encode_refine(const float* row, std::uint8_t* out) const;
-  // f32 + l2 may stop summing once the distance exceeds `bound` (it then returns a value > bound).
-  float refine_distance(const float* q, const std::uint8_t* stored, const float* q_shifted,
-                        const float* q_scaled, float q_dot_offset,
-                        float bound = std::numeric_limits<float>::infinity()) const;
+  // Dimensions per step of the bounded f32 l2 re-ranking (VectorCodec::distance_within).
   std::size_t refine_chunk() const noexcept;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   void unrotate(float* row) const;
@@ -136,7 +126,7 @@ class IVFPQIndex final : public ListIndex {
   cluster::PackedCentroids coarse_;      // centroids_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;
   std::vector<float> code_norms_;        // l2 without residuals: ||code word||^2 per (sub-space, code)
-  std::vector<float> sq8_offset_, sq8_scale_;  // per dimension (refine == SQ8)
+  VectorCodec refine_codec_;             // the re-ranking copy's code (refine_)
   // lists_ (ListIndex) holds per list the codes, ids, the re-ranking copy (as payload) and, for l2 with
   // residuals, the norm terms ||c + r||^2 - ||c||^2 of the decoded vectors.
 };

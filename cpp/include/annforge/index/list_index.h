@@ -39,6 +39,8 @@ class ListIndex : public VectorIndex {
   using ReadLock = std::shared_lock<parallel::WriterPreferringMutex>;
   ListIndex(std::size_t dim, Metric metric) : VectorIndex(dim, metric) {}
   void check_trained() const;  // State error unless trained (the caller holds the lock)
+  // Serialisation holds the read lock: searches go on, add / remove / train wait.
+  void hold_unchanged(const std::function<void()>& fn) const override;
 
   // The entry at `location` as a vector in the caller's space (its stored copy, or its decoded code);
   // `code` is scratch of m bytes. The read lock is held.

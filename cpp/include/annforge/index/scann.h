@@ -24,8 +24,8 @@
 
 #include "annforge/cluster/kmeans.h"
 #include "annforge/codec/pq.h"
-#include "annforge/index/ivfpq.h"  // RefineKind
 #include "annforge/index/list_index.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
 
@@ -92,7 +92,6 @@ class ScaNNIndex final : public ListIndex {
   void search(const float* q, std::size_t nq, std::size_t k, SearchOptions& opt, idx_t* out_ids,
               float* out_dist) const override;
   std::size_t memory_bytes() const override;
-  void write(io::FileWriter& w) const override;
 
  private:
   template <class>
@@ -111,6 +110,7 @@ class ScaNNIndex final : public ListIndex {
   void encode(const float* rows, std::size_t n, const std::int32_t* leaves, const float* centres,
               const codec::ProductQuantizer& pq, int num_threads, std::uint8_t* codes) const;
   float norm_term(std::size_t leaf, const std::uint8_t* code) const;
+  void write(io::FileWriter& w) const override;
   void encode_refine(const float* row, std::uint8_t* out) const;
   void decode_refine(const std::uint8_t* stored, float* out) const;
   // One query's float look-up table (m x 16: each code's share of the distance) into `lut`.
@@ -131,7 +131,7 @@ class ScaNNIndex final : public ListIndex {
   std::vector<float> centres_;        // num_leaves x d
   cluster::PackedCentroids packed_;   // centres_, packed for the GEMM kernel
   codec::ProductQuantizer pq_;        // m blocks x 16 centres x dpb (nbits 4)
-  std::vector<float> sq8_offset_, sq8_scale_;
+  VectorCodec refine_codec_;          // the reorder copy's code (refine_)
   // lists_ (ListIndex) holds per leaf the codes, ids, the reorder copy (as payload) and, for l2, the norm
   // terms ||c + r~||^2 - ||c||^2.
 };

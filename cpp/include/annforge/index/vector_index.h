@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -68,10 +69,16 @@ class VectorIndex {
   // Stored (possibly normalised or decoded) vectors for the given ids; ValueError for unknown ids.
   virtual void reconstruct(const idx_t* ids, std::size_t n, float* out) const = 0;
   virtual std::size_t memory_bytes() const = 0;
-  virtual void write(io::FileWriter& w) const = 0;
 
+  // Serialisation, for every family through this base: the file's sections reference the index's
+  // arrays, so the family's lock is held from the first section until the last byte is out (a
+  // concurrent add could otherwise reallocate what the writer points at).
   void save(const std::string& path) const;
   std::vector<unsigned char> to_bytes() const;
+  // Fills a writer with the index and hands it to `sink` while the lock is still held; save() and
+  // to_bytes() are two such sinks.
+  using WriterSink = std::function<void(const io::FileWriter&)>;
+  void serialise(const WriterSink& sink) const;
 
   // The k every search accepts, in [1, kMaxK] (ValueError otherwise). Public so that callers can check
   // k before they allocate the nq x k output.
@@ -99,6 +106,10 @@ class VectorIndex {
                                       const char* what);
   static void check_loaded_rows(const float* rows, std::size_t n, std::size_t dim, const std::string& origin,
                                 const char* what);
+  // The family's sections, added to `w`; serialise() calls it with the lock of hold_unchanged held.
+  virtual void write(io::FileWriter& w) const = 0;
+  // Runs `fn` holding the family's lock that excludes add / remove / train (searches may go on).
+  virtual void hold_unchanged(const std::function<void()>& fn) const = 0;
   // The metadata every family writes first and reads back (dim, metric, next id).
   void write_common(io::ByteWriter& w) const;
   void read_common(io::ByteReader& r);
