@@ -540,7 +540,7 @@ void IVFPQIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const auto nprobe_knob = opt.knobs.take_int("nprobe", static_cast<long long>(std::min<std::size_t>(nlist_, 16)), 1);
   const auto refine_factor = opt.knobs.take_int("refine_factor", 4, 1);
   opt.knobs.reject_unknown("IVFPQIndex", "nprobe, refine_factor");
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   std::size_t threads = parallel::resolve_threads(opt.num_threads);
   {
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);

@@ -650,7 +650,7 @@ void ScaNNIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpt
   const auto reorder_knob =
       opt.knobs.take_int("reorder_k", static_cast<long long>(std::max<std::size_t>(100, 4 * k)), 1);
   opt.knobs.reject_unknown("ScaNNIndex", "leaves_to_search, reorder_k");
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   std::size_t threads = parallel::resolve_threads(opt.num_threads);
   {
     std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
