@@ -363,3 +363,38 @@ def test_add_refuses_rows_the_loader_would_refuse(family: str, metric: str) -> N
         index.add(huge)
     assert index.to_bytes() == before
     assert len(type(index).from_bytes(before)) == 300
+
+
+@pytest.mark.errors
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("family", ["flat", "hnsw", "ivfpq", "scann"])
+def test_search_refuses_queries_whose_distances_overflow(family: str, metric: str) -> None:
+    """A query with a squared norm above 1e37 made every l2 / ip distance inf (or -inf): the search
+    returned an arbitrary order as if it were a ranking. It is refused like a stored row would be;
+    cosine queries are normalised first, so they still work."""
+    dim = 8
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((300, dim)).astype(np.float32)
+    if family == "flat":
+        index = af.FlatIndex(dim, metric=metric)
+    elif family == "hnsw":
+        index = af.HNSWIndex(dim, metric=metric)
+    elif family == "ivfpq":
+        index = af.IVFPQIndex(dim, nlist=4, m=4, nbits=4, metric=metric)
+        index.train(base)
+    else:
+        if metric == "l2":
+            pytest.skip("ScaNNIndex is for ip / cosine")
+        index = af.ScaNNIndex(dim, num_leaves=4, metric=metric)
+        index.train(base)
+    index.add(base)
+    huge = np.full((1, dim), 3e18, np.float32)  # squared norm 7.2e37, finite in float32
+    if metric == "cosine":
+        ids, dist = index.search(huge, 5)
+        assert np.isfinite(dist).all() and (ids >= 0).all()
+        return
+    with pytest.raises(ValueError, match="queries row 0 has a squared norm"):
+        index.search(huge, 5)
+    if family == "flat":
+        with pytest.raises(ValueError, match="queries row 0 has a squared norm"):
+            index.search_range(huge, 1.0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import annforge as af
+from annforge import _core
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -151,6 +152,36 @@ def test_named_problems(tmp_path) -> None:
         af.FlatIndex.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(OSError, match="not an annforge"):
         pickle.loads(pickle.dumps(index)).__setstate__({"annforge": b"garbage"})
+
+
+def test_load_names_a_damaged_section_after_reading_the_kind_from_the_header(tmp_path) -> None:
+    # af.load() reads the kind from the header (checked by the header checksum only) and then loads the
+    # file, which verifies every payload: damage past the header must still be refused by the load.
+    index = af.HNSWIndex(8, M=8)
+    index.add(np.random.default_rng(3).standard_normal((200, 8)))
+    path = str(tmp_path / "h.af")
+    index.save(path)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) - 200] ^= 0x04  # inside the last section's payload
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    assert _core.file_kind(path) == "HNSWIndex"
+    for mmap in (False, True):
+        with pytest.raises(OSError, match="corrupted section '.*' \\(checksum mismatch\\)"):
+            af.load(path, mmap=mmap)
+    # A damaged header is named by file_kind itself.
+    data = bytearray(index.to_bytes())
+    data[17] ^= 0x01  # the kind field, covered by the header checksum
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(OSError, match="corrupted header"):
+        _core.file_kind(path)
+    with pytest.raises(OSError, match="corrupted header"):
+        af.load(path)
+    with pytest.raises(OSError, match="truncated"):
+        with open(path, "wb") as f:
+            f.write(index.to_bytes()[:50])
+        af.load(path)
 
 
 FUZZ_SCRIPT = textwrap.dedent(

@@ -15,7 +15,7 @@ void bind_io(py::module_& m) {
         }
         return std::string(io::kind_name(kind));
       },
-      py::arg("path"), "Class name of the index stored in `path` (verifies the whole file).");
+      py::arg("path"), "Class name of the index stored in `path` (header and directory checked; loading verifies the rest).");
   m.def(
       "bytes_kind",
       [](const py::bytes& data) {

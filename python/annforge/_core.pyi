@@ -412,7 +412,7 @@ def detected_simd_level() -> str:
     """
 def file_kind(path: str) -> str:
     """
-    Class name of the index stored in `path` (verifies the whole file).
+    Class name of the index stored in `path` (header and directory checked; loading verifies the rest).
     """
 def kmeans(x: typing.Any, k: typing.SupportsInt | typing.SupportsIndex, niter: typing.SupportsInt | typing.SupportsIndex = 20, seed: typing.SupportsInt | typing.SupportsIndex = 0, init: str = 'kmeans++', max_points_per_centroid: typing.SupportsInt | typing.SupportsIndex = 256, spherical: bool = False, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, accelerator: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int32], numpy.typing.NDArray[numpy.float64], int]:
     ...

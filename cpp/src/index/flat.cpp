@@ -134,7 +134,7 @@ void FlatIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
                        float* out_dist) const {
   check_k(k);
   opt.knobs.reject_unknown("FlatIndex", "none: FlatIndex is exact");
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   std::vector<float> prepared;
   const float* queries = q;
   if (metric_ == Metric::Cosine) {
@@ -302,7 +302,7 @@ void FlatIndex::search_locked(const float* Q, std::size_t nq, std::size_t k, int
 RangeResult FlatIndex::search_range(const float* q, std::size_t nq, float radius, int num_threads,
                                     const IdSelector* filter) const {
   ANNFORGE_CHECK(!std::isnan(radius), ErrorKind::Value, "radius must not be NaN");
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   std::vector<float> prepared;
   const float* Q = q;
   if (metric_ == Metric::Cosine) {

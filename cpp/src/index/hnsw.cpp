@@ -1086,7 +1086,7 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
   ANNFORGE_CHECK(ef <= (1u << 24), ErrorKind::Value, "search parameter 'ef' must be <= 16777216, got ", ef);
   opt.knobs.reject_unknown("HNSWIndex", "ef");
   std::size_t threads = parallel::resolve_threads(opt.num_threads);
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   if (nq == 0) return;
   std::vector<float> prepared;
   const float* queries = q;

@@ -50,7 +50,7 @@ void ListIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
 
 ListIndex::ReadLock ListIndex::begin_search(const float* q, std::size_t nq, const SearchOptions& opt,
                                             std::vector<float>& prepared, std::size_t& threads) const {
-  check_finite(q, nq, dim_, "queries");
+  check_storable(q, nq, "queries");
   threads = parallel::resolve_threads(opt.num_threads);
   if (opt.filter && !opt.filter->thread_safe()) threads = 1;
   {

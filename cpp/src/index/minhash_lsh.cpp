@@ -109,6 +109,19 @@ QueryResult run_queries(std::size_t n, int num_threads, Fn per_query) {
   return r;
 }
 
+// Writes the live signatures, their keys and the user metadata (what read_store reads back). The
+// compacted copies must outlive the writer's emit: they go in owned sections.
+void write_store(io::FileWriter& w, const SignatureStore& store, const std::string& meta) {
+  std::vector<std::uint64_t> sigs;
+  std::vector<idx_t> keys;
+  store.compact_live(sigs, keys);
+  const auto* sb = reinterpret_cast<const unsigned char*>(sigs.data());
+  const auto* kb = reinterpret_cast<const unsigned char*>(keys.data());
+  w.add_owned(kTagSigs, std::vector<unsigned char>(sb, sb + sigs.size() * 8));
+  w.add_owned(kTagKeys, std::vector<unsigned char>(kb, kb + keys.size() * 8));
+  w.add_owned(kTagUserMeta, std::vector<unsigned char>(meta.begin(), meta.end()));
+}
+
 // Reads signatures, keys and user metadata after the caller validated num_perm and the count.
 void read_store(const io::FileReader& r, std::size_t num_perm, std::size_t count, std::string& meta,
                 std::vector<std::uint64_t>& sigs, std::vector<idx_t>& keys) {
@@ -543,15 +556,7 @@ void MinHashLSH::write(io::FileWriter& w) const {
   p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(bands_).put<std::uint64_t>(rows_).put<double>(threshold_);
   p.put<std::uint64_t>(size());
   w.add_owned(kTagParams, p.take());
-  // The compacted copies must outlive the writer's emit: keep them in owned sections.
-  std::vector<std::uint64_t> sigs;
-  std::vector<idx_t> keys;
-  store_.compact_live(sigs, keys);
-  const auto* sb = reinterpret_cast<const unsigned char*>(sigs.data());
-  const auto* kb = reinterpret_cast<const unsigned char*>(keys.data());
-  w.add_owned(kTagSigs, std::vector<unsigned char>(sb, sb + sigs.size() * 8));
-  w.add_owned(kTagKeys, std::vector<unsigned char>(kb, kb + keys.size() * 8));
-  w.add_owned(kTagUserMeta, std::vector<unsigned char>(user_meta.begin(), user_meta.end()));
+  write_store(w, store_, user_meta);
 }
 
 std::unique_ptr<MinHashLSH> MinHashLSH::read(const std::shared_ptr<io::FileReader>& reader) {
@@ -678,14 +683,7 @@ void MinHashLSHForest::write(io::FileWriter& w) const {
   io::ByteWriter p;
   p.put<std::uint64_t>(num_perm()).put<std::uint64_t>(trees_).put<std::uint64_t>(size());
   w.add_owned(kTagForestParams, p.take());
-  std::vector<std::uint64_t> sigs;
-  std::vector<idx_t> keys;
-  store_.compact_live(sigs, keys);
-  const auto* sb = reinterpret_cast<const unsigned char*>(sigs.data());
-  const auto* kb = reinterpret_cast<const unsigned char*>(keys.data());
-  w.add_owned(kTagSigs, std::vector<unsigned char>(sb, sb + sigs.size() * 8));
-  w.add_owned(kTagKeys, std::vector<unsigned char>(kb, kb + keys.size() * 8));
-  w.add_owned(kTagUserMeta, std::vector<unsigned char>(user_meta.begin(), user_meta.end()));
+  write_store(w, store_, user_meta);
 }
 
 std::unique_ptr<MinHashLSHForest> MinHashLSHForest::read(const std::shared_ptr<io::FileReader>& reader) {

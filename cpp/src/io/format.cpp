@@ -441,7 +441,46 @@ void FileReader::expect_kind(Kind expected) const {
                          kind_name(static_cast<std::uint32_t>(expected)));
 }
 
-std::uint32_t file_kind(const std::string& path) { return FileReader::open(path, true)->kind(); }
+namespace {
+// The kind from the header and directory alone (magic, byte-order mark, version, header checksum), or 0
+// when any of them is wrong or cannot be read. Loading a file verifies it fully afterwards, so reading
+// the payloads here would only double the I/O of every af.load().
+std::uint32_t header_kind(const std::string& path) noexcept {
+  try {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return 0;
+    unsigned char head[kHeaderSize];
+    if (!in.read(reinterpret_cast<char*>(head), kHeaderSize)) return 0;
+    std::uint32_t version, bom, kind, count;
+    std::uint64_t stored_sum;
+    std::memcpy(&version, head + 8, 4);
+    std::memcpy(&bom, head + 12, 4);
+    std::memcpy(&kind, head + 16, 4);
+    std::memcpy(&count, head + 20, 4);
+    std::memcpy(&stored_sum, head + 32, 8);
+    if (std::memcmp(head, kMagic, 8) != 0 || bom != kByteOrderMark || count > kMaxSections || version == 0 ||
+        version > kFormatVersion)
+      return 0;
+    std::vector<unsigned char> directory(static_cast<std::size_t>(count) * kEntrySize);
+    if (!directory.empty() && !in.read(reinterpret_cast<char*>(directory.data()), static_cast<std::streamsize>(directory.size())))
+      return 0;
+    Checksum hc;
+    hc.update(head, 32);
+    hc.update(directory.data(), directory.size());
+    if (hc.digest() != stored_sum) return 0;
+    return std::strcmp(kind_name(kind), "unknown") == 0 ? 0 : kind;
+  } catch (...) {
+    return 0;
+  }
+}
+}  // namespace
+
+std::uint32_t file_kind(const std::string& path) {
+  const std::uint32_t kind = header_kind(path);
+  if (kind != 0) return kind;
+  // Something is wrong: the full reader names the problem (truncation, checksum, foreign file, ...).
+  return FileReader::open(path, true)->kind();
+}
 
 // ---------------------------------------------------------------------------------------------------
 std::string ByteReader::string() {

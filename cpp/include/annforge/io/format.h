@@ -204,7 +204,8 @@ class ByteWriter {
 // saving and opening a path both call it. Never throws: a file it cannot remove stays.
 void remove_stale_temporaries(const std::string& path) noexcept;
 
-// The kind stored in a file's header, after full verification (OSError on any problem).
+// The kind stored in a file's header, checked by the header checksum only (the payloads are verified
+// when the file is loaded); a file whose header is wrong gets the full reader's OSError naming the problem.
 std::uint32_t file_kind(const std::string& path);
 
 }  // namespace annforge::io
