@@ -14,7 +14,7 @@ namespace annforge::simd {
 #if defined(ANNFORGE_HAVE_AVX2)
 namespace {
 
-inline __m256i popcount_bytes(__m256i v) {
+inline __m256i popcount_bytes_impl(__m256i v) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -24,7 +24,7 @@ inline __m256i popcount_bytes(__m256i v) {
 }
 
 // Words [w, w + 4) of `p`, zeros past nwords (vpmaskmovq does not touch the masked-off words).
-inline __m256i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwords) {
+inline __m256i load_words_impl(const std::uint64_t* p, std::size_t w, std::size_t nwords) {
   const std::size_t left = nwords - w;
   if (left >= 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + w));
   const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
@@ -32,38 +32,26 @@ inline __m256i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwo
   return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p + w), mask);
 }
 
-// group[g]: the byte sums of query planes 4g .. 4g+3 (weights 2^(j - 4g)) in 64-bit lanes, qbits <= 16.
-struct PlaneSums {
-  __m256i group[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
+struct V {
+  using Reg = __m256i;
+  static constexpr std::size_t kWords = 4;
+  static Reg zero() { return _mm256_setzero_si256(); }
+  static Reg add64(Reg a, Reg b) { return _mm256_add_epi64(a, b); }
+  static Reg add8(Reg a, Reg b) { return _mm256_add_epi8(a, b); }
+  static Reg and_bits(Reg a, Reg b) { return _mm256_and_si256(a, b); }
+  static Reg popcount_bytes(Reg v) { return popcount_bytes_impl(v); }
+  static Reg sum_bytes(Reg v) { return _mm256_sad_epu8(v, zero()); }
+  static Reg load_words(const std::uint64_t* p, std::size_t w, std::size_t nwords) {
+    return load_words_impl(p, w, nwords);
+  }
+  static std::uint64_t lane_total(Reg v) {
+    alignas(32) std::uint64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  }
 };
 
-void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_t* qplanes, std::size_t nwords,
-                    std::size_t qbits) {
-  for (std::size_t g = 0; g * 4 < qbits; ++g) s.group[g] = _mm256_add_epi64(s.group[g], s.group[g]);
-  for (std::size_t w = 0; w < nwords; w += 4) {
-    const __m256i c = load_words(plane, w, nwords);
-    for (std::size_t g = 0; g * 4 < qbits; ++g) {
-      const std::size_t j0 = g * 4, j1 = j0 + 4 < qbits ? j0 + 4 : qbits;
-      __m256i weighted = _mm256_setzero_si256();
-      for (std::size_t j = j1; j-- > j0;) {  // Horner: weighted = sum 2^(j-j0) * count_j, per byte
-        const __m256i q = load_words(qplanes + j * nwords, w, nwords);
-        weighted = _mm256_add_epi8(_mm256_add_epi8(weighted, weighted), popcount_bytes(_mm256_and_si256(c, q)));
-      }
-      s.group[g] = _mm256_add_epi64(s.group[g], _mm256_sad_epu8(weighted, _mm256_setzero_si256()));
-    }
-  }
-}
-
-std::uint64_t total(const PlaneSums& s, std::size_t qbits) {
-  std::uint64_t sum = 0;
-  for (std::size_t g = 0; g * 4 < qbits; ++g) {
-    alignas(32) std::uint64_t lanes[4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s.group[g]);
-    sum += (lanes[0] + lanes[1] + lanes[2] + lanes[3]) << (4 * g);
-  }
-  return sum;
-}
+#include "rabitq_bytewise.inc"
 
 }  // namespace
 

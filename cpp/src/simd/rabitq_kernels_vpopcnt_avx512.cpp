@@ -15,12 +15,7 @@ namespace annforge::simd {
 #if defined(ANNFORGE_HAVE_AVX512)
 namespace {
 
-// Words [w, w + 8) of `p`, zeros past nwords.
-inline __m512i load_words(const std::uint64_t* p, std::size_t w, std::size_t nwords) {
-  const std::size_t left = nwords - w;
-  const __mmask8 mask = left >= 8 ? __mmask8(0xff) : static_cast<__mmask8>((1u << left) - 1);
-  return _mm512_maskz_loadu_epi64(mask, p + w);
-}
+#include "rabitq_words_avx512.inc"
 
 struct PlaneSums {
   __m512i lanes = _mm512_setzero_si512();
@@ -30,10 +25,10 @@ void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_
                     std::size_t qbits) {
   __m512i acc = _mm512_add_epi64(s.lanes, s.lanes);
   for (std::size_t w = 0; w < nwords; w += 8) {
-    const __m512i c = load_words(plane, w, nwords);
+    const __m512i c = load_words_512(plane, w, nwords);
     __m512i weighted = _mm512_setzero_si512();
     for (std::size_t j = qbits; j-- > 0;) {  // Horner: weighted = sum 2^j * count_j, per 64-bit lane
-      const __m512i q = load_words(qplanes + j * nwords, w, nwords);
+      const __m512i q = load_words_512(qplanes + j * nwords, w, nwords);
       weighted = _mm512_add_epi64(_mm512_add_epi64(weighted, weighted), _mm512_popcnt_epi64(_mm512_and_si512(c, q)));
     }
     acc = _mm512_add_epi64(acc, weighted);
@@ -41,13 +36,7 @@ void double_and_add(PlaneSums& s, const std::uint64_t* plane, const std::uint64_
   s.lanes = acc;
 }
 
-std::uint64_t total(const PlaneSums& s, std::size_t) {
-  alignas(64) std::uint64_t lanes[8];
-  _mm512_store_si512(lanes, s.lanes);
-  std::uint64_t sum = 0;
-  for (int l = 0; l < 8; ++l) sum += lanes[l];
-  return sum;
-}
+std::uint64_t total(const PlaneSums& s, std::size_t) { return lane_total_512(s.lanes); }
 
 }  // namespace
 
