@@ -105,7 +105,9 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     auto selector_allows = [this, tombstones, filter](Slot n) {
       return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]);
     };
-    if (filter && allowed_bits && two_hop) {
+    if (rabitq_ && !two_hop) {
+      search_level0_quantized(qv, start, std::max(ef, k), filter, allowed_bits, tombstones, scratch, results);
+    } else if (filter && allowed_bits && two_hop) {
       search_layer<TwoHop>(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
     } else if (filter && allowed_bits) {
       search_layer(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
