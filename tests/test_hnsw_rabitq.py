@@ -215,6 +215,24 @@ def test_corrupted_quantized_file_fuzz_never_crashes() -> None:
         loaded.search(rng.standard_normal((3, 64)), 5)  # accepted files must be safe to search
 
 
+def test_bound_knob_trades_recall_for_work() -> None:
+    rng = np.random.default_rng(8)
+    x = _clustered(rng, 3000, 64)
+    q = _clustered(rng, 60, 64)
+    truth = _exact(x, q, 10, "l2")
+    index = af.HNSWIndex(64, "l2", storage="rabitq")
+    index.add(x)
+    loose = _recall(index.search(q, 10, ef=10, bound=0.0)[0], truth)
+    default = _recall(index.search(q, 10, ef=10)[0], truth)
+    wide = _recall(index.search(q, 10, ef=10, bound=4.0)[0], truth)
+    assert loose < default <= wide
+    np.testing.assert_array_equal(index.search(q, 10, ef=10, bound=1.9)[0], index.search(q, 10, ef=10)[0])
+    with pytest.raises(ValueError, match="bound"):
+        index.search(q, 10, bound=-1.0)
+    with pytest.raises(ValueError, match="bound"):
+        af.HNSWIndex(64).search(q, 10, bound=1.0)  # not a knob of the other storages
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         af.HNSWIndex(8, storage="f32", rerank="f16")

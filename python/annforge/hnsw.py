@@ -159,15 +159,22 @@ class HNSWIndex(VectorIndex):
         ef: Optional[int] = None,
         filter: FilterLike = None,
         num_threads: int = 0,
+        bound: Optional[float] = None,
         **params: Any,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query: ``(ids [nq, k] int64, distances [nq, k] float32)``.
 
         ``ef``: candidate list size (default :attr:`default_ef`; ``max(ef, k)`` is used). Larger is
-        slower and more accurate. ``filter`` and the rest as in :meth:`VectorIndex.search`.
+        slower and more accurate. ``bound`` (``storage="rabitq"`` only, default 1.9): how many
+        standard errors of the code estimates the walk allows for when it decides which neighbours
+        may still beat the results; smaller is faster and less accurate (1.0 was about 1.4x faster at
+        recall 0.95 on 384-d embeddings, 1.9 faster from 0.98 up). ``filter`` and the rest as in
+        :meth:`VectorIndex.search`.
         """
         if ef is not None:
             params["ef"] = ef
+        if bound is not None:
+            params["bound"] = bound
         return super().search(q, k, filter=filter, num_threads=num_threads, **params)
 
     def tune(

@@ -96,8 +96,7 @@ struct HNSWIndex::Scratch {
   std::vector<std::uint32_t> batch, hops;
   std::vector<float> decoded_a, decoded_b;
   Query query, node_query;
-  codec::RaBitQ::Query code_query;  // quantized graph: the query rotated and quantized once per search
-  std::vector<std::uint32_t> dots;
+  std::vector<std::uint32_t> dots;  // quantized graph: neighbour code dot products
   std::vector<float> estimates;
   std::uint16_t next_epoch(std::size_t n) {
     if (visited.size() < n) visited.resize(n + n / 4 + 1024, 0);

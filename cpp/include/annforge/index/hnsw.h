@@ -94,6 +94,9 @@ class HNSWIndex final : public VectorIndex {
   static constexpr Slot kNoSlot = 0xffffffffu;
   static constexpr std::size_t kLockStripes = 4096;
   static constexpr std::size_t kPrefetchAhead = 3;  // neighbours whose whole vector is in flight
+  // Quantized graph: default of the search knob `bound` (eps0 of codec/rabitq.h). Measured on MiniLM
+  // 20k (ip): 1.9 is fastest from recall 0.98 up, 1.0 about 1.4x faster at 0.95.
+  static constexpr double kDefaultBound = 1.9;
 
   // --- record access --------------------------------------------------------------------------
   unsigned char* record(Slot s) { return records_.mutable_data() + static_cast<std::size_t>(s) * record_bytes_; }
@@ -146,7 +149,8 @@ class HNSWIndex final : public VectorIndex {
   void grow_to(std::size_t slots);
   void search_one(const float* q, std::size_t k, std::size_t ef, const IdSelector* filter,
                   const std::vector<Slot>* allowed, const std::uint64_t* allowed_bits, bool two_hop,
-                  idx_t* out_ids, float* out_dist, Scratch& scratch) const;
+                  const codec::RaBitQ::Query* code_query, float bound, idx_t* out_ids, float* out_dist,
+                  Scratch& scratch) const;
   void brute_force(const Query& q, const float* raw, std::size_t k, const std::vector<Slot>& slots,
                    const IdSelector* filter, std::vector<Cand>& out) const;
   void validate_loaded() const;
@@ -166,12 +170,17 @@ class HNSWIndex final : public VectorIndex {
   void refresh_codes_of(const std::vector<Slot>& reused);
   // Level-0 walk steered by the neighbour codes, results with exact distances (sorted).
   template <typename Accept>
-  void search_quantized(const float* q, Slot entry, std::size_t ef, Accept&& accept, Scratch& scratch,
-                        std::vector<Cand>& results) const;
+  // `bound`: the half-width multiplier (eps0 of codec/rabitq.h) of the error bound that keys the
+  // candidate queue and drops neighbours that cannot beat the results.
+  void search_quantized(const codec::RaBitQ::Query& rq, Slot entry, std::size_t ef, float bound, Accept&& accept,
+                        Scratch& scratch, std::vector<Cand>& results) const;
   // search_one's level-0 step on the quantized graph, for the acceptances search_one uses (a one-hop walk).
-  void search_level0_quantized(const float* q, Slot entry, std::size_t ef, const IdSelector* filter,
+  void search_level0_quantized(const codec::RaBitQ::Query& rq, Slot entry, std::size_t ef, float bound,
+                               const IdSelector* filter,
                                const std::uint64_t* allowed_bits, bool tombstones, Scratch& scratch,
                                std::vector<Cand>& results) const;
+  // Every query of a search() call rotated and quantized at once (rw_mutex_ held, centre set).
+  void prepare_code_queries(const float* q, std::size_t nq, std::vector<codec::RaBitQ::Query>& out) const;
   void write_quantized(io::FileWriter& w) const;
   void read_quantized(const io::FileReader& reader, const std::string& origin);
 
