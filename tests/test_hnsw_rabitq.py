@@ -215,6 +215,23 @@ def test_corrupted_quantized_file_fuzz_never_crashes() -> None:
         loaded.search(rng.standard_normal((3, 64)), 5)  # accepted files must be safe to search
 
 
+def test_batch_and_single_queries_answer_identically() -> None:
+    # A batch rotates its queries through the GEMM kernel, a single query too (a batch of one): the
+    # quantized queries, hence the walks, must not depend on the batch a query came in.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2000, 96)).astype(np.float32)
+    q = rng.standard_normal((70, 96)).astype(np.float32)
+    index = af.HNSWIndex(96, "ip", storage="rabitq")
+    index.add(x)
+    batch = index.search(q, 10, ef=20)
+    for i in (0, 13, 63, 64, 69):
+        one = index.search(q[i], 10, ef=20)
+        np.testing.assert_array_equal(one[0][0], batch[0][i])
+        np.testing.assert_array_equal(one[1][0], batch[1][i])
+    tail = index.search(q[60:], 10, ef=20)
+    np.testing.assert_array_equal(tail[0], batch[0][60:])
+
+
 def test_bound_knob_trades_recall_for_work() -> None:
     rng = np.random.default_rng(8)
     x = _clustered(rng, 3000, 64)

@@ -43,9 +43,10 @@ class HNSWIndex(VectorIndex):
 
     Bytes per vector (384-d): f32 about 1.7 kB (vector and level-0 links in one record), f16 about
     0.95 kB, sq8 about 2.1 kB (codes + the f32 copy for re-ranking), rabitq about 4.1 kB (2*M = 32
-    neighbour codes of 64 bytes, its own code, the f32 vector; about 3.4 kB with ``rerank="f16"``). Removed ids are tombstoned at
-    once and their slots are reused (with their old neighbours re-linked) by later adds, so memory
-    stays flat under add/remove churn.
+    neighbour codes of 64 bytes, its own code, the f32 vector; about 3.4 kB with ``rerank="f16"``).
+    Removed ids are tombstoned at once and their slots are reused (with their old neighbours
+    re-linked, and for rabitq every neighbour code of a reused slot rewritten) by later adds, so
+    memory stays flat under add/remove churn.
 
     Filters (``filter=`` an id array or a callable): the number of allowed vectors is counted (array)
     or estimated by sampling (callable); when scanning them exactly is cheaper than walking the
