@@ -258,3 +258,14 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError):
         af.HNSWIndex(8, storage="rabitq", rerank=16)  # type: ignore[arg-type]
     assert af.HNSWIndex(8).rerank is None
+
+
+def test_tune_picks_an_ef_that_reaches_the_target() -> None:
+    rng = np.random.default_rng(10)
+    x = _clustered(rng, 3000, 32)
+    q = _clustered(rng, 200, 32)
+    index = af.HNSWIndex(32, "cosine", storage="rabitq", rerank="f16")
+    index.add(x)
+    ef = index.tune(q, k=10, target_recall=0.97)
+    assert index.default_ef == ef
+    assert _recall(index.search(q, 10)[0], _exact(x, q, 10, "cosine")) >= 0.96
