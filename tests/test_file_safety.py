@@ -55,7 +55,7 @@ def _trained(family: str, n: int = 0) -> Any:
     return index
 
 
-VECTOR_FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "ivfpq", "scann"]
+VECTOR_FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "hnsw_rabitq", "ivfpq", "scann"]
 
 
 def _patch(data: bytes, tag: bytes, edit: Callable[[bytearray], None]) -> bytes:

@@ -75,6 +75,37 @@ def test_golden_hnsw_layouts_still_load(tmp_path, storage: str) -> None:
         np.testing.assert_array_equal(results[0][2], x[live])
 
 
+def test_golden_quantized_hnsw_still_loads(tmp_path) -> None:
+    # The quantized graph (storage="rabitq": RQCT and RQSC sections, neighbour codes inside REC1).
+    sys.path.insert(0, DATA)
+    try:
+        from make_golden import golden_hnsw_vectors
+    finally:
+        sys.path.pop(0)
+    x = golden_hnsw_vectors()
+    ids = np.arange(300) * 2
+    live = np.array([i for i in range(300) if ids[i] not in set(range(0, 60, 6))])
+    # The same single-thread build today must give the same graph, codes and answers as the file.
+    fresh = af.HNSWIndex(24, "l2", M=8, ef_construction=64, storage="rabitq")
+    fresh.add(x, ids=ids, num_threads=1)
+    fresh.remove(np.arange(0, 60, 6))
+    expected = fresh.search(x[live], 3, ef=32)
+    for mmap in (False, True):
+        index = af.load(os.path.join(DATA, "golden_hnsw_rabitq_rec1.af"), mmap=mmap)
+        assert index.storage == "rabitq" and index.rerank == "f32" and len(index) == 290
+        assert index._impl.code_blocks_in_sync()
+        found, dist = index.search(x[live], 3, ef=32)
+        assert np.mean(found[:, 0] == ids[live]) >= 0.99
+        np.testing.assert_array_equal(found, expected[0])
+        np.testing.assert_array_equal(dist, expected[1])
+        np.testing.assert_array_equal(index.reconstruct(ids[live]), x[live])
+        index.add(x[:5] + 0.5, ids=[1000, 1001, 1002, 1003, 1004])  # reuses removed slots
+        assert index._impl.code_blocks_in_sync()
+        index.save(tmp_path / "again.af")
+        again = af.load(tmp_path / "again.af")
+        np.testing.assert_array_equal(again.search(x[:20], 3, ef=64)[0], index.search(x[:20], 3, ef=64)[0])
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_identity(tmp_path, metric: str, mmap: bool) -> None:

@@ -132,7 +132,7 @@ def seal(f: ParsedFile) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 # Seeds: small indexes of every family, saved once by the parent process.
 
-FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "ivfpq_8bit", "ivfpq_4bit", "ivfpq_opq",
+FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "hnsw_rabitq", "ivfpq_8bit", "ivfpq_4bit", "ivfpq_opq",
             "ivfpq_refine", "scann", "minhash_lsh", "lsh_forest"]
 DIM = 8
 

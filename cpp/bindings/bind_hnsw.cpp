@@ -30,6 +30,11 @@ void bind_hnsw(py::module_& m) {
                       self.set_default_ef(static_cast<std::size_t>(ef));
                     })
       .def("slot_count", &HNSWIndex::slot_count)
+      .def("code_blocks_in_sync",
+           [](const HNSWIndex& self) {
+             py::gil_scoped_release release;
+             return self.code_blocks_in_sync();
+           })
       .def("max_level", &HNSWIndex::max_level)
       .def("unreachable_ids",
            [](const HNSWIndex& self) {
@@ -53,7 +58,7 @@ void bind_hnsw(py::module_& m) {
     auto reader = bytes_reader(data);
     io::FileWriter w(io::Kind::HNSW);
     std::vector<std::vector<unsigned char>> copies;
-    for (const char* t : {"META", "REC0", "REC1", "HDR0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P"}) {
+    for (const char* t : {"META", "REC0", "REC1", "HDR0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P", "RQCT", "RQSC"}) {
       char name[5] = {t[0], t[1], t[2], t[3], 0};
       const std::uint32_t code = io::make_tag(name);
       if (!reader->has(code)) continue;

@@ -75,7 +75,7 @@ def write_minhash_lsh() -> None:
 def main() -> None:
     write_flat()
     write_minhash_lsh()
-    for storage in ("f32", "f16", "sq8"):
+    for storage in ("f32", "f16", "sq8", "rabitq"):
         write_hnsw(storage)
 
 

@@ -20,7 +20,9 @@ HnswStorage parse_hnsw_storage(const std::string& name) {
   if (name == "f32") return HnswStorage::F32;
   if (name == "f16") return HnswStorage::F16;
   if (name == "sq8") return HnswStorage::SQ8;
-  fail(ErrorKind::Value, "storage must be 'f32', 'f16' or 'sq8', got '", name, "'");
+  if (name == "rabitq") return HnswStorage::RABITQ;
+  if (name == "rabitq-f16") return HnswStorage::RABITQ_F16;
+  fail(ErrorKind::Value, "storage must be 'f32', 'f16', 'sq8', 'rabitq' or 'rabitq-f16', got '", name, "'");
 }
 
 const char* hnsw_storage_name(HnswStorage s) {
@@ -28,6 +30,8 @@ const char* hnsw_storage_name(HnswStorage s) {
     case HnswStorage::F32: return "f32";
     case HnswStorage::F16: return "f16";
     case HnswStorage::SQ8: return "sq8";
+    case HnswStorage::RABITQ: return "rabitq";
+    case HnswStorage::RABITQ_F16: return "rabitq-f16";
   }
   return "?";
 }
@@ -45,7 +49,14 @@ HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t 
   level_mult_ = 1.0 / std::log(static_cast<double>(M));
   code_bytes_ = codec_.code_bytes();
   links_bytes_ = sizeof(std::uint32_t) * 2 * M_;
-  const RecordLayout layout = record_layout(links_bytes_, code_bytes_);
+  std::size_t block_bytes = 0;
+  if (storage == HnswStorage::RABITQ || storage == HnswStorage::RABITQ_F16) {
+    // 1-bit codes: the sign stage is what the walk uses; the exact re-rank does the rest.
+    rabitq_ = std::make_unique<codec::RaBitQ>(dim, metric, 1, splitmix64(seed ^ 0x5241425154514731ULL));
+    rq_bytes_ = rabitq_->record_bytes();
+    block_bytes = 2 * M_ * rq_bytes_;
+  }
+  const RecordLayout layout = record_layout(links_bytes_ + block_bytes, code_bytes_);
   vector_offset_ = layout.vector_offset;
   record_bytes_ = layout.record_bytes;
   node_locks_ = std::make_unique<std::mutex[]>(kLockStripes);
@@ -116,7 +127,9 @@ std::size_t HNSWIndex::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lock(rw_mutex_);
   std::size_t upper = upper_.capacity() * sizeof(std::vector<std::uint32_t>);
   for (const auto& u : upper_) upper += u.capacity() * sizeof(std::uint32_t);
-  return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + codec_.memory_bytes() + upper +
+  const std::size_t quantized = self_codes_.heap_bytes() + rq_centre_.capacity() * sizeof(float) +
+                                (rabitq_ ? rabitq_->rotation().capacity() * sizeof(float) : 0);
+  return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + codec_.memory_bytes() + upper + quantized +
          levels_.capacity() + slot_ids_.heap_bytes() + slot_of_.memory_bytes() + free_slots_.capacity() * sizeof(Slot);
 }
 
@@ -138,7 +151,7 @@ void HNSWIndex::decode(Slot s, float* out) const {
 }
 
 const float* HNSWIndex::node_as_query(Slot s, std::vector<float>& buffer) const {
-  if (storage_ == HnswStorage::F32) return reinterpret_cast<const float*>(vec(s));  // no copy needed
+  if (codec_.kind() == RefineKind::F32) return reinterpret_cast<const float*>(vec(s));  // no copy needed
   buffer.resize(dim_);
   decode(s, buffer.data());
   return buffer.data();

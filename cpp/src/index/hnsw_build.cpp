@@ -24,7 +24,7 @@ void HNSWIndex::select_heuristic(std::vector<Cand>& candidates, std::size_t m) c
     if (kept.size() >= m) break;
     bool good = true;
     const float* cv;
-    if (storage_ == HnswStorage::F32) {
+    if (codec_.kind() == RefineKind::F32) {
       cv = reinterpret_cast<const float*>(vec(c.second));
     } else {
       a.resize(dim_);
@@ -33,7 +33,7 @@ void HNSWIndex::select_heuristic(std::vector<Cand>& candidates, std::size_t m) c
     }
     for (const Cand& r : kept) {
       float d;
-      if (storage_ == HnswStorage::F32) {
+      if (codec_.kind() == RefineKind::F32) {
         const auto* rv = reinterpret_cast<const float*>(vec(r.second));
         d = l2 ? K.l2_sqr(cv, rv, dim_) : 1.0f - K.dot(cv, rv, dim_);
       } else {
@@ -63,6 +63,7 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
       const std::size_t count = std::min(limit, neighbours.size());
       for (std::size_t i = 0; i < count; ++i) list[i] = neighbours[i].second;
       store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count));
+      if (level == 0) sync_code_block(s);
     } else {
       // s became reachable on an upper level before this one was connected, so a concurrent insertion
       // already linked itself here (its back-link to s). Overwriting would drop that link and could
@@ -82,6 +83,7 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
       select_heuristic(pool, limit);
       for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
       store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+      if (level == 0) sync_code_block(s);
     }
   }
   for (const Cand& nb : neighbours) {
@@ -97,6 +99,7 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
     if (count < limit) {
       list[count] = s;
       store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
+      if (level == 0) sync_code_block(n);
       continue;
     }
     // Full: re-select n's links among its current ones plus s, by distance to n.
@@ -113,6 +116,7 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
     select_heuristic(pool, limit);
     for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
     store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+    if (level == 0) sync_code_block(n);
   }
 }
 
@@ -152,6 +156,7 @@ void HNSWIndex::repair_before_reuse(Slot s, Scratch& scratch) {
       select_heuristic(pool, limit);
       for (std::size_t i = 0; i < pool.size(); ++i) list[i] = pool[i].second;
       store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(pool.size()));
+      if (level == 0) sync_code_block(n);
     }
   }
   // s's old links describe another place: start empty, so connect() only merges links that concurrent
@@ -235,6 +240,7 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
       if (count < limit) {
         list[count] = o;
         store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
+        sync_code_block(t);
       } else {
         std::size_t victim = limit;
         float farthest = -std::numeric_limits<float>::infinity();
@@ -250,6 +256,7 @@ std::size_t HNSWIndex::reconnect_pass(Slot entry, int top, Scratch& scratch) {
         if (victim == limit) continue;  // every target depends on this link: try the next candidate
         --in_degree[list[victim]];
         __atomic_store_n(&list[victim], o, __ATOMIC_RELEASE);
+        sync_code_block(t);
       }
       ++in_degree[o];
       ++fixed;
@@ -331,6 +338,7 @@ void HNSWIndex::grow_to(std::size_t slots) {
   records_.resize(slots * record_bytes_);
   headers_.resize(slots);
   if (storage_ == HnswStorage::SQ8) exact_.resize(slots * dim_);
+  if (rabitq_) self_codes_.resize(slots * rq_bytes_);
   slot_ids_.resize(slots);
   levels_.resize(slots, 0);
   upper_.resize(slots);
@@ -353,6 +361,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     assign_ids(ids, n, out_ids);
     has_tombstones_.store(true, std::memory_order_release);  // new slots are hidden until inserted
     if (!codec_.trained()) codec_.train(rows.data(), n);  // sq8: ranges of the first batch
+    if (rabitq_ && rq_centre_.empty()) set_code_centre(rows.data(), n);
     // Upsert: the old slot is removed now (never returned again) and becomes reusable.
     for (std::size_t i = 0; i < n; ++i) {
       const idx_t old = slot_of_.erase(out_ids[i]);
@@ -387,6 +396,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     slot_count_ += fresh;
     (void)records_.mutable_data();  // detach mmap views before writing
     (void)headers_.mutable_data();
+    if (rabitq_) (void)self_codes_.mutable_data();
     for (std::size_t i = 0; i < n; ++i) {
       const Slot s = slots[i];
       if (!reused[i]) {
@@ -409,12 +419,14 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     std::size_t start = 0;
     if ((entry_.load() & 0xffffffffu) == kNoSlot) {
       Scratch scratch;
+      if (rabitq_) encode_self_code(slots[0], rows.data());
       insert(slots[0], rows.data(), scratch);
       start = 1;
     }
     parallel::parallel_for(n - start, static_cast<int>(threads), [&](std::size_t task, std::size_t) {
       thread_local Scratch scratch;
       const std::size_t i = start + task;
+      if (rabitq_) encode_self_code(slots[i], rows.data() + i * dim_);  // before anything links to it
       if (reused[i]) repair_before_reuse(slots[i], scratch);
       insert(slots[i], rows.data() + i * dim_, scratch);
     });
@@ -423,6 +435,12 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
       Scratch scratch;
       reconnect_unreachable(scratch);
       inserts_since_repair_ = 0;
+    }
+    if (rabitq_) {
+      std::vector<Slot> reused_slots;
+      for (std::size_t i = 0; i < n; ++i)
+        if (reused[i]) reused_slots.push_back(slots[i]);
+      if (!reused_slots.empty()) refresh_codes_of(reused_slots);
     }
   }
   {

@@ -29,6 +29,10 @@ constexpr std::uint32_t kTagLevels = io::make_tag("LVLS");
 constexpr std::uint32_t kTagUpper = io::make_tag("UPPR");
 constexpr std::uint32_t kTagExact = io::make_tag("EXAC");
 constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
+// Quantized graph: the centre of the codes (dim floats; empty before the first add) and every slot's
+// own code record (the neighbour blocks in REC1 copy them).
+constexpr std::uint32_t kTagCodeCentre = io::make_tag("RQCT");
+constexpr std::uint32_t kTagSelfCodes = io::make_tag("RQSC");
 constexpr int kMaxLevel = 31;
 // Below this fraction of allowed vectors a filtered graph walk expands two hops through filtered-out
 // nodes (measured on 384-d embeddings: at 10% it beats the plain walk, at 50% it does not matter).
@@ -74,6 +78,8 @@ inline RefineKind codec_kind(HnswStorage s) {
     case HnswStorage::F32: return RefineKind::F32;
     case HnswStorage::F16: return RefineKind::F16;
     case HnswStorage::SQ8: return RefineKind::SQ8;
+    case HnswStorage::RABITQ: return RefineKind::F32;
+    case HnswStorage::RABITQ_F16: return RefineKind::F16;
   }
   return RefineKind::F32;
 }
@@ -90,6 +96,8 @@ struct HNSWIndex::Scratch {
   std::vector<std::uint32_t> batch, hops;
   std::vector<float> decoded_a, decoded_b;
   Query query, node_query;
+  std::vector<std::uint32_t> dots;  // quantized graph: neighbour code dot products
+  std::vector<float> estimates;
   std::uint16_t next_epoch(std::size_t n) {
     if (visited.size() < n) visited.resize(n + n / 4 + 1024, 0);
     if (++epoch == 0) {

@@ -42,6 +42,7 @@ void HNSWIndex::write(io::FileWriter& w) const {
     w.add(kTagSq8, codec_.sq8_offset().data(), codec_.sq8_offset().size() * sizeof(float));
     w.add_chunk(codec_.sq8_scale().data(), codec_.sq8_scale().size() * sizeof(float));
   }
+  if (rabitq_) write_quantized(w);
 }
 
 std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>& reader) {
@@ -64,7 +65,7 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   auto bad = [&](const auto&... why) { fail(ErrorKind::IO, origin, ": corrupted HNSWIndex: ", why...); };
   if (M < 2 || M > 2048) bad("M out of range");
   if (efc < 1 || efc > (1u << 20)) bad("ef_construction out of range");
-  if (storage > 2) bad("unknown storage code");
+  if (storage > static_cast<std::uint8_t>(HnswStorage::RABITQ_F16)) bad("unknown storage code");
   if (default_ef < 1 || default_ef > (1u << 24)) bad("default ef out of range");
   if (slots >= kNoSlot - 1) bad("slot count out of range");
   auto index = std::make_unique<HNSWIndex>(probe->dim_, probe->metric_, M, efc, seed, static_cast<HnswStorage>(storage));
@@ -77,6 +78,7 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
 
   // Files from before the headers moved out of the records hold [header][links][pad][vector] per slot.
   const bool legacy = !reader->has(kTagRecords);
+  if (legacy && index->rabitq_) bad("quantized graph in the legacy record layout");
   const RecordLayout legacy_layout = record_layout(sizeof(std::uint32_t) * (1 + 2 * index->M_), index->code_bytes_);
   if (record_bytes != (legacy ? legacy_layout.record_bytes : index->record_bytes_))
     bad("record size does not match the parameters");
@@ -150,9 +152,9 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   // f32 ones also small enough that distances cannot overflow.
   for (std::size_t s = 0; s < n; ++s) {
     const unsigned char* v = index->vec(static_cast<Slot>(s));
-    if (index->storage_ == HnswStorage::F32)
+    if (index->codec_.kind() == RefineKind::F32)
       check_loaded_rows(reinterpret_cast<const float*>(v), 1, d, origin, "HNSWIndex vectors");
-    else if (index->storage_ == HnswStorage::F16)
+    else if (index->codec_.kind() == RefineKind::F16)
       check_loaded_finite_f16(reinterpret_cast<const std::uint16_t*>(v), d, origin, "HNSWIndex vectors");
   }
   if (index->storage_ == HnswStorage::SQ8)
@@ -170,6 +172,7 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
     index->entry_.store(pack_entry(static_cast<int>(entry_level), entry_slot));
   }
   index->validate_loaded();
+  if (index->rabitq_) index->read_quantized(*reader, origin);
 
   // Id map and free slots.
   index->slot_of_.reserve(n);

@@ -1,6 +1,7 @@
 // HNSW queries: greedy descent through the upper levels, the level-0 beam search (search_layer, in
 // hnsw_internal.h) with the acceptance the filter plan asks for, exact fallbacks and sq8 re-ranking.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "annforge/parallel/executor.h"
@@ -73,7 +74,8 @@ void HNSWIndex::brute_force(const Query& q, const float* raw, std::size_t k, con
 
 void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const IdSelector* filter,
                            const std::vector<Slot>* allowed, const std::uint64_t* allowed_bits, bool two_hop,
-                           idx_t* out_ids, float* out_dist, Scratch& scratch) const {
+                           const codec::RaBitQ::Query* code_query, float bound, idx_t* out_ids,
+                           float* out_dist, Scratch& scratch) const {
   auto& results = scratch.results;
   results.clear();
   if (live_ == 0) {  // nothing to find (and an empty sq8 index has no quantizer to fold the query with)
@@ -105,7 +107,9 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     auto selector_allows = [this, tombstones, filter](Slot n) {
       return (!tombstones || !is_deleted(n)) && filter->contains(slot_ids_[n]);
     };
-    if (filter && allowed_bits && two_hop) {
+    if (code_query && !two_hop) {
+      search_level0_quantized(*code_query, start, std::max(ef, k), bound, filter, allowed_bits, tombstones, scratch, results);
+    } else if (filter && allowed_bits && two_hop) {
       search_layer<TwoHop>(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
     } else if (filter && allowed_bits) {
       search_layer(q, start, std::max(ef, k), 0, slot_allowed, scratch, results);
@@ -144,7 +148,13 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
   check_k(k);
   const auto ef = static_cast<std::size_t>(opt.knobs.take_int("ef", static_cast<long long>(default_ef_.load()), 1));
   ANNFORGE_CHECK(ef <= (1u << 24), ErrorKind::Value, "search parameter 'ef' must be <= 16777216, got ", ef);
-  opt.knobs.reject_unknown("HNSWIndex", "ef");
+  double bound = kDefaultBound;
+  if (rabitq_) {
+    bound = opt.knobs.take("bound", kDefaultBound);
+    ANNFORGE_CHECK(std::isfinite(bound) && bound >= 0 && bound <= 16, ErrorKind::Value,
+                   "search parameter 'bound' must be in [0, 16], got ", bound);
+  }
+  opt.knobs.reject_unknown("HNSWIndex", rabitq_ ? "ef, bound" : "ef");
   std::size_t threads = parallel::resolve_threads(opt.num_threads);
   check_storable(q, nq, "queries");
   if (nq == 0) return;
@@ -171,10 +181,14 @@ void HNSWIndex::search(const float* q, std::size_t nq, std::size_t k, SearchOpti
     }
     return;
   }
+  // Quantized graph: all queries rotated and quantized up front, in one pass over the rotation matrix.
+  std::vector<codec::RaBitQ::Query> code_queries;
+  if (rabitq_ && live_ > 0 && !use_allowed && !two_hop) prepare_code_queries(queries, nq, code_queries);
   auto run = [&](std::size_t qi, std::size_t) {
     thread_local Scratch scratch;
     search_one(queries + qi * dim_, k, ef, use_allowed ? nullptr : filter, allowed_ptr,
-               allowed_bits.empty() ? nullptr : allowed_bits.data(), two_hop, out_ids + qi * k,
+               allowed_bits.empty() ? nullptr : allowed_bits.data(), two_hop,
+               code_queries.empty() ? nullptr : &code_queries[qi], static_cast<float>(bound), out_ids + qi * k,
                out_dist + qi * k, scratch);
   };
   if (nq == 1 || threads == 1) {

@@ -91,6 +91,9 @@ class RaBitQ {
     double base = 0;                    // l2: |v|^2; ip/cosine: <c, q>
   };
   void prepare_query(const float* q, const float* centroid, unsigned query_bits, Query& out) const;
+  // The same for n queries (n * dim floats) at once, identical results; the rotation goes through the
+  // blocked GEMM kernel, so the matrix is read once per 64 queries rather than once per query.
+  void prepare_queries(const float* q, std::size_t n, const float* centroid, unsigned query_bits, Query* out) const;
 
   // Distance estimates and bounds of n records (stride record_bytes()) against a prepared query, from
   // the first `stage_bits` planes: 1 (the sign codes alone) or bits(). eps0 >= 0. lower/upper may be null.
@@ -99,6 +102,10 @@ class RaBitQ {
 
  private:
   struct EncodeScratch;
+  // v = q - centroid (q normalised first for cosine); returns Query::base.
+  double query_residual(const float* q, const float* centroid, float* v) const;
+  // The rest of prepare_query once v is rotated (padded_dim floats); q only seeds the rounding.
+  void quantize_rotated(const float* q, const float* rotated, double base, unsigned query_bits, Query& out) const;
   // One row from its rotated residual (padded_dim floats) and <r, c>.
   void encode_rotated(const float* rotated, double residual_dot_centroid, EncodeScratch& scratch,
                       std::uint8_t* record) const;
