@@ -360,3 +360,145 @@ void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n
 }
 
 }  // namespace annforge::codec
+
+// ---------------------------------------------------------------------------------------------------
+// Float queries for callers that score the codes with their own tables (index/ivf_rabitq.cpp)
+
+namespace annforge::codec {
+
+void RaBitQ::prepare_float_query(const float* q, const float* rotated_q, const float* centroid,
+                                 const float* rotated_centroid, FloatQuery& out) const {
+  const std::size_t D = padded_dim_;
+  out.rotated.resize(D);
+  double qsum = 0, sq = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    const float v = rotated_q[i] - rotated_centroid[i];
+    out.rotated[i] = v;
+    qsum += v;
+    sq += static_cast<double>(v) * v;
+  }
+  out.qsum = qsum;
+  out.vnorm = std::sqrt(sq);  // R has orthonormal columns: |R v| = |v|
+  if (metric_ == Metric::L2) {
+    out.base = sq;
+  } else {
+    double dot = 0;  // <c, q>; cosine callers pass the normalised query
+    for (std::size_t j = 0; j < dim_; ++j) dot += static_cast<double>(centroid[j]) * q[j];
+    out.base = dot;
+  }
+}
+
+void RaBitQ::sign_nibbles(const std::uint8_t* record, std::uint8_t* nibbles) const {
+  const auto* plane = reinterpret_cast<const std::uint64_t*>(record);  // the sign plane comes first
+  for (std::size_t j = 0; j < padded_dim_ / 4; ++j)
+    nibbles[j] = static_cast<std::uint8_t>((plane[(4 * j) / 64] >> ((4 * j) % 64)) & 0xfu);
+}
+
+void RaBitQ::fastscan_lut(const FloatQuery& q, float* lut) const {
+  for (std::size_t j = 0; j < padded_dim_ / 4; ++j) {
+    const float* v = q.rotated.data() + 4 * j;
+    float* t = lut + 16 * j;
+    t[0] = 0.0f;
+    for (unsigned bit = 0; bit < 4; ++bit) {  // entries [2^bit, 2^(bit+1)) = entries [0, 2^bit) + v[bit]
+      const unsigned half = 1u << bit;
+      for (unsigned e = 0; e < half; ++e) t[half + e] = t[e] + v[bit];
+    }
+  }
+}
+
+namespace {
+// The distance from <r, v> ~= ip and its bound's half-width (see the header's estimator).
+inline float finish_estimate(Metric metric, const float* f, double base, double ip, double half, float* lower,
+                             float* upper) {
+  const bool l2 = metric == Metric::L2;
+  const double dist = l2 ? f[RaBitQ::kAdd] + base - 2.0 * ip : 1.0 - base - f[RaBitQ::kAdd] - ip;
+  if (l2) half *= 2.0;
+  if (lower) *lower = static_cast<float>(l2 ? std::max(0.0, dist - half) : dist - half);
+  if (upper) *upper = static_cast<float>(dist + half);
+  return static_cast<float>(dist);
+}
+}  // namespace
+
+float RaBitQ::estimate_sign(const FloatQuery& q, const float* f, double bit_dot, double bit_dot_error,
+                            double eps0, float* lower, float* upper) const {
+  const double D = static_cast<double>(padded_dim_);
+  const double scale = f[kSignInvA] / (0.5 * std::sqrt(D));  // |r| / (a1 |y|), y = b - 1/2
+  const double ip = scale * (bit_dot - 0.5 * q.qsum);
+  const double err = f[kSignErr];
+  const double half = eps0 * err * q.vnorm / std::sqrt(D - 1.0) + scale * bit_dot_error;
+  return finish_estimate(metric_, f, q.base, ip, half, lower, upper);
+}
+
+RaBitQ::SignLinear RaBitQ::sign_linear(const FloatQuery& q) const {
+  const double inv_y = 1.0 / (0.5 * std::sqrt(static_cast<double>(padded_dim_)));  // 1/|y| of a sign code
+  const bool l2 = metric_ == Metric::L2;
+  SignLinear s;
+  s.constant = static_cast<float>(l2 ? q.base : 1.0 - q.base);
+  s.add_sign = l2 ? 1.0f : -1.0f;
+  s.slope = static_cast<float>((l2 ? -2.0 : -1.0) * inv_y);
+  s.shift = static_cast<float>(-0.5 * q.qsum);
+  return s;
+}
+
+float RaBitQ::estimate_full(const FloatQuery& q, const std::uint8_t* record, double eps0, float* lower,
+                            float* upper) const {
+  if (bits_ == 1) {
+    const auto* plane = reinterpret_cast<const std::uint64_t*>(record);
+    double dot = 0;
+    for (std::size_t i = 0; i < padded_dim_; ++i)
+      if ((plane[i / 64] >> (i % 64)) & 1u) dot += q.rotated[i];
+    float f[4];
+    std::memcpy(f, record + factor_offset(), sizeof(f));
+    return estimate_sign(q, f, dot, 0.0, eps0, lower, upper);
+  }
+  float f[8];
+  std::memcpy(f, record + code_words() * 8, num_factors(bits_) * sizeof(float));
+  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
+  // <u, q'> = sum over planes a of 2^(bits-1-a) <plane_a, q'> (plane 0 holds the top bit).
+  double dot = 0;
+  for (unsigned a = 0; a < bits_; ++a) {
+    const std::uint64_t* plane = planes + a * words();
+    double part = 0;
+    for (std::size_t w = 0; w < words(); ++w) {
+      std::uint64_t bitsw = plane[w];
+      while (bitsw) {
+        const int t = __builtin_ctzll(bitsw);
+        bitsw &= bitsw - 1;
+        part += q.rotated[w * 64 + static_cast<std::size_t>(t)];
+      }
+    }
+    dot += std::ldexp(part, static_cast<int>(bits_ - 1 - a));
+  }
+  const double offset = ((1u << bits_) - 1) / 2.0;
+  const double ip = f[kScale] * (dot - offset * q.qsum);
+  const double D = static_cast<double>(padded_dim_);
+  const double half = eps0 * f[kErr] * q.vnorm / std::sqrt(D - 1.0);
+  return finish_estimate(metric_, f, q.base, ip, half, lower, upper);
+}
+
+void RaBitQ::decode(const std::uint8_t* record, const float* centroid, float* out) const {
+  float f[8];
+  std::memcpy(f, record + code_words() * 8, num_factors(bits_) * sizeof(float));
+  // |r|^2 = (|r|/a1)^2 - (|r| sqrt(1 - a1^2)/a1)^2, from the sign-stage factors (every metric has them).
+  const double norm = std::sqrt(std::max(0.0, static_cast<double>(f[kSignInvA]) * f[kSignInvA] -
+                                                  static_cast<double>(f[kSignErr]) * f[kSignErr]));
+  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
+  const std::size_t D = padded_dim_;
+  const double offset = ((1u << bits_) - 1) / 2.0;
+  std::vector<double> y(D);
+  double sq = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    unsigned u = 0;
+    for (unsigned a = 0; a < bits_; ++a) u = (u << 1) | static_cast<unsigned>((planes[a * words() + i / 64] >> (i % 64)) & 1u);
+    y[i] = u - offset;
+    sq += y[i] * y[i];
+  }
+  const double s = sq > 0 ? norm / std::sqrt(sq) : 0.0;
+  for (std::size_t j = 0; j < dim_; ++j) {
+    double v = 0;
+    for (std::size_t i = 0; i < D; ++i) v += static_cast<double>(rotation_[i * dim_ + j]) * y[i];
+    out[j] = static_cast<float>(centroid[j] + s * v);
+  }
+}
+
+}  // namespace annforge::codec
