@@ -69,18 +69,18 @@ void bind_ivf_rabitq(py::module_& m, py::module_& testing) {
 
   testing.def(
       "ivf_rabitq_list_estimates",
-      [](const IVFRaBitQIndex& index, const py::object& q, std::size_t list) {
+      [](const IVFRaBitQIndex& index, const py::object& q, std::size_t list, double eps0) {
         MatrixView v = as_matrix(q, index.dim(), "query");
         if (v.rows != 1) fail(ErrorKind::Value, "one query expected");
         std::vector<idx_t> ids;
         std::vector<float> est, lower, upper;
         {
           py::gil_scoped_release release;
-          index.list_estimates(v.data, list, ids, est, lower, upper);
+          index.list_estimates(v.data, list, ids, est, lower, upper, eps0);
         }
         return py::make_tuple(to_array(ids), to_array(est), to_array(lower), to_array(upper));
       },
-      py::arg("index"), py::arg("q"), py::arg("list"),
+      py::arg("index"), py::arg("q"), py::arg("list"), py::arg("eps0") = 1.9,
       "(ids, estimates, lower, upper) of the fast-scan stage for every entry of one list.");
 }
 

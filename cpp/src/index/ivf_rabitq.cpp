@@ -304,13 +304,14 @@ void IVFRaBitQIndex::search(const float* q, std::size_t nq, std::size_t k, Searc
 }
 
 void IVFRaBitQIndex::list_estimates(const float* q, std::size_t list, std::vector<idx_t>& ids, std::vector<float>& est,
-                                    std::vector<float>& lower, std::vector<float>& upper) const {
+                                    std::vector<float>& lower, std::vector<float>& upper, double eps0) const {
   std::vector<float> Q;
   check_storable(q, 1, "queries");
   prepare_rows(q, 1, Q);
   ReadLock lock(mutex_);
   check_trained();
   ANNFORGE_CHECK(list < nlist_, ErrorKind::Value, "list must be below nlist = ", nlist_);
+  ANNFORGE_CHECK(eps0 >= 0 && std::isfinite(eps0), ErrorKind::Value, "eps0 must be finite and >= 0");
   Scratch s;
   const std::size_t D = codec_.padded_dim(), m = D / 4;
   s.rq.resize(D);
@@ -333,8 +334,8 @@ void IVFRaBitQIndex::list_estimates(const float* q, std::size_t list, std::vecto
   const double table_error = 0.5 * static_cast<double>(m) / s.qlut.scale;
   for (std::size_t i = 0; i < n; ++i) {
     const double bit_dot = s.qlut.bias + static_cast<double>(s.acc[i]) / s.qlut.scale;
-    est[i] = codec_.estimate_sign(s.fq, factors_[list].data() + i * kFactors, bit_dot, table_error,
-                                  codec::RaBitQ::kDefaultEps0, &lower[i], &upper[i]);
+    est[i] = codec_.estimate_sign(s.fq, factors_[list].data() + i * kFactors, bit_dot, table_error, eps0,
+                                  &lower[i], &upper[i]);
   }
 }
 

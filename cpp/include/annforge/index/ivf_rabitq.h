@@ -59,10 +59,10 @@ class IVFRaBitQIndex final : public ListIndex {
               float* out_dist) const override;
   std::size_t memory_bytes() const override;
 
-  // Test hook: the fast-scan estimates with their bounds of every stored vector in `list` for one query
+  // Test hook: the fast-scan estimates with their bounds (+- eps0 sigma, widened by the table's rounding) of every stored vector in `list` for one query
   // (in list order), next to their ids.
   void list_estimates(const float* q, std::size_t list, std::vector<idx_t>& ids, std::vector<float>& est,
-                      std::vector<float>& lower, std::vector<float>& upper) const;
+                      std::vector<float>& lower, std::vector<float>& upper, double eps0) const;
 
  private:
   struct Scratch;
