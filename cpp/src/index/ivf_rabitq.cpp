@@ -10,6 +10,7 @@
 #include "annforge/codec/pq4_fastscan.h"
 #include "annforge/index/list_sections.h"
 #include "annforge/parallel/executor.h"
+#include "annforge/storage/prefetch.h"
 #include "annforge/util/topk.h"
 
 namespace annforge {
@@ -228,8 +229,19 @@ void IVFRaBitQIndex::finish(const float* q, std::size_t k, Scratch& s, idx_t* id
     }
     refine_codec_.prepare(q, s.refine_query);
     TopK best(k);
-    for (const auto& e : found)
-      best.push(refine_codec_.distance(s.refine_query, record_at(e.second) + record_bytes()), lists_.id_at(e.second));
+    // The copies are scattered: fetch a couple of candidates ahead; f32 l2 stops summing a row once it
+    // exceeds the k-th best (VectorCodec::distance_within), so only its first chunk is fetched.
+    const std::size_t chunk = std::min(dim_, (dim_ / 4 + 15) / 16 * 16);
+    const bool chunked = refine_ == RefineKind::F32 && metric_ == Metric::L2;
+    const std::size_t ahead_bytes = chunked ? chunk * sizeof(float) : refine_bytes();
+    constexpr std::size_t kAhead = 2;
+    auto copy_of = [&](std::size_t i) { return record_at(found[i].second) + record_bytes(); };
+    for (std::size_t i = 0; i < std::min(kAhead, found.size()); ++i) prefetch_range(copy_of(i), ahead_bytes);
+    for (std::size_t i = 0; i < found.size(); ++i) {
+      if (i + kAhead < found.size()) prefetch_range(copy_of(i + kAhead), ahead_bytes);
+      best.push(refine_codec_.distance_within(s.refine_query, copy_of(i), best.threshold(), chunk),
+                lists_.id_at(found[i].second));
+    }
     write_row(best.sorted(), k, ids, dist);
     return;
   }
@@ -289,11 +301,13 @@ void IVFRaBitQIndex::search(const float* q, std::size_t nq, std::size_t k, Searc
   coarse_.nearest(Q.data(), nq, dim_, nprobe, false, static_cast<int>(threads), probe.data(), probe_dist.data());
   std::vector<Scratch> scratch(threads);
   const std::size_t D = codec_.padded_dim();
+  std::vector<float> rotated_queries(nq * D);  // R q, all at once through the GEMM kernel
+  codec_.rotate_rows(Q.data(), nq, rotated_queries.data());
   parallel::parallel_for(nq, static_cast<int>(threads), [&](std::size_t qi, std::size_t w) {
     Scratch& s = scratch[w];
     const float* qv = Q.data() + qi * dim_;
-    s.rq.resize(D);
-    codec_.rotate(qv, s.rq.data());
+    s.rq.assign(rotated_queries.begin() + static_cast<std::ptrdiff_t>(qi * D),
+                rotated_queries.begin() + static_cast<std::ptrdiff_t>((qi + 1) * D));
     s.heap.reset(candidates);
     for (std::size_t p = 0; p < nprobe; ++p) {
       const std::int32_t list = probe[qi * nprobe + p];

@@ -70,6 +70,8 @@ class RaBitQ {
   // padded_dim x dim, row-major, orthonormal columns.
   const std::vector<float>& rotation() const { return rotation_; }
   void rotate(const float* x, float* out) const;  // out: padded_dim floats
+  // n rows at once (n x padded_dim floats out), through the blocked GEMM kernel for more than a few rows.
+  void rotate_rows(const float* x, std::size_t n, float* out) const;
   // The most query bits (<= 16) whose kernel sums, up to padded_dim * (2^bits - 1) * (2^query_bits - 1),
   // fit in 32 bits (at least 12 for every allowed dim).
   unsigned max_query_bits() const;
