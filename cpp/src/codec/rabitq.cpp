@@ -452,35 +452,46 @@ RaBitQ::SignLinear RaBitQ::sign_linear(const FloatQuery& q) const {
   return s;
 }
 
+namespace {
+// <plane, q'> for one bit plane: through the 4-dimension table when there is one, else bit by bit.
+double plane_dot(const std::uint64_t* plane, std::size_t words, const std::vector<float>& rotated, const float* lut) {
+  double dot = 0;
+  if (lut) {
+    for (std::size_t w = 0; w < words; ++w) {
+      const std::uint64_t bits = plane[w];
+      const float* t = lut + w * 16 * 16;  // 16 nibbles of 16 entries per word
+      float part = 0;
+      for (unsigned j = 0; j < 16; ++j) part += t[j * 16 + ((bits >> (4 * j)) & 0xfu)];
+      dot += part;
+    }
+    return dot;
+  }
+  for (std::size_t w = 0; w < words; ++w) {
+    std::uint64_t bits = plane[w];
+    while (bits) {
+      const int t = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      dot += rotated[w * 64 + static_cast<std::size_t>(t)];
+    }
+  }
+  return dot;
+}
+}  // namespace
+
 float RaBitQ::estimate_full(const FloatQuery& q, const std::uint8_t* record, double eps0, float* lower,
-                            float* upper) const {
+                            float* upper, const float* lut) const {
+  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
   if (bits_ == 1) {
-    const auto* plane = reinterpret_cast<const std::uint64_t*>(record);
-    double dot = 0;
-    for (std::size_t i = 0; i < padded_dim_; ++i)
-      if ((plane[i / 64] >> (i % 64)) & 1u) dot += q.rotated[i];
     float f[4];
     std::memcpy(f, record + factor_offset(), sizeof(f));
-    return estimate_sign(q, f, dot, 0.0, eps0, lower, upper);
+    return estimate_sign(q, f, plane_dot(planes, words(), q.rotated, lut), 0.0, eps0, lower, upper);
   }
   float f[8];
-  std::memcpy(f, record + code_words() * 8, num_factors(bits_) * sizeof(float));
-  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
+  std::memcpy(f, record + factor_offset(), num_factors(bits_) * sizeof(float));
   // <u, q'> = sum over planes a of 2^(bits-1-a) <plane_a, q'> (plane 0 holds the top bit).
   double dot = 0;
-  for (unsigned a = 0; a < bits_; ++a) {
-    const std::uint64_t* plane = planes + a * words();
-    double part = 0;
-    for (std::size_t w = 0; w < words(); ++w) {
-      std::uint64_t bitsw = plane[w];
-      while (bitsw) {
-        const int t = __builtin_ctzll(bitsw);
-        bitsw &= bitsw - 1;
-        part += q.rotated[w * 64 + static_cast<std::size_t>(t)];
-      }
-    }
-    dot += std::ldexp(part, static_cast<int>(bits_ - 1 - a));
-  }
+  for (unsigned a = 0; a < bits_; ++a)
+    dot += std::ldexp(plane_dot(planes + a * words(), words(), q.rotated, lut), static_cast<int>(bits_ - 1 - a));
   const double offset = ((1u << bits_) - 1) / 2.0;
   const double ip = f[kScale] * (dot - offset * q.qsum);
   const double D = static_cast<double>(padded_dim_);

@@ -257,10 +257,12 @@ void IVFRaBitQIndex::finish(const float* q, std::size_t k, Scratch& s, idx_t* id
     const std::size_t list = location_list(s.order[i].second);
     if (list != current) {
       codec_.prepare_float_query(q, s.rq.data(), centroids_.data() + list * dim_, rotated_.data() + list * D, s.fq);
+      s.lut.resize(D / 4 * 16);
+      codec_.fastscan_lut(s.fq, s.lut.data());
       current = list;
     }
     s.est[i] = codec_.estimate_full(s.fq, record_at(s.order[i].second), codec::RaBitQ::kDefaultEps0, &s.lower[i],
-                                    &s.upper[i]);
+                                    &s.upper[i], s.lut.data());
   }
   TopK best(k);
   if (!exact) {

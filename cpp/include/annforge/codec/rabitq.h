@@ -131,8 +131,9 @@ class RaBitQ {
   };
   SignLinear sign_linear(const FloatQuery& q) const;
   // The estimate from the full code (all bits() planes; the sign code when bits() == 1), in float.
+  // `lut` (may be null): fastscan_lut(q), so that each plane costs padded_dim / 4 look-ups.
   float estimate_full(const FloatQuery& q, const std::uint8_t* record, double eps0, float* lower,
-                      float* upper) const;
+                      float* upper, const float* lut = nullptr) const;
   // The vector the code stands for: centroid + R^T (|r| y / |y|) (unit-normalised first for cosine,
   // as encode() saw it).
   void decode(const std::uint8_t* record, const float* centroid, float* out) const;
