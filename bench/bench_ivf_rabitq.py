@@ -3,6 +3,7 @@
 Compares, with the same nlist:
   annforge IVFRaBitQIndex(bits=1, refine="f32")   vs  faiss IndexIVFRaBitQFastScan (1-bit) + IndexRefineFlat
   annforge IVFRaBitQIndex(bits=4, refine="f32")       (the multi-bit codes with the bound-driven re-rank)
+  annforge IVFRaBitQIndex(bits=4, refine=None)        (no copy: the multi-bit estimates rank; --libs annforge_b4_none)
   faiss "IVF{nlist},PQ{m}x4fs" + IndexRefineFlat  (m = dim / 4: 4-bit PQ codes as large as the 1-bit RaBitQ codes)
 The embeddings are compared by inner product; faiss's RaBitQ supports L2 only, so base and queries are
 normalised and every index uses l2 (same neighbours as inner product on unit vectors).
@@ -65,9 +66,10 @@ def worker(args) -> Dict:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
         import annforge as af
 
-        bits = int(args.worker.split("_b")[1])
+        bits = int(args.worker.split("_b")[1].split("_")[0])
+        refine = None if args.worker.endswith("_none") else "f32"
         t = time.process_time()
-        index = af.IVFRaBitQIndex(d, args.nlist, bits=bits, metric="l2", refine="f32")
+        index = af.IVFRaBitQIndex(d, args.nlist, bits=bits, metric="l2", refine=refine)
         index.train(x, num_threads=1)
         index.add(x, num_threads=1)
         build = time.process_time() - t
