@@ -21,7 +21,6 @@ constexpr std::uint32_t kTagMeta = io::make_tag("META");
 constexpr std::uint32_t kTagCentroids = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("PQCB");
 constexpr std::uint32_t kTagRotation = io::make_tag("ROTM");
-constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 
 using invlists::location_list;
 
@@ -406,12 +405,7 @@ void IVFPQIndex::write(io::FileWriter& w) const {  // the caller holds the lock 
   if (!trained_) return;
   w.add(kTagCentroids, centroids_.data(), centroids_.size() * sizeof(float));
   w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
-  if (refine_ == RefineKind::SQ8) {
-    io::ByteWriter sq;
-    for (float v : refine_codec_.sq8_offset()) sq.put(v);
-    for (float v : refine_codec_.sq8_scale()) sq.put(v);
-    w.add_owned(kTagSq8, sq.take());
-  }
+  write_refine_params(w, refine_codec_);
   write_list_sections(w, lists_);
 }
 
@@ -443,13 +437,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   index->read_common(common);
   const std::size_t d = dim;
   auto floats = [&](std::uint32_t tag, std::size_t count, std::vector<float>& out) {
-    const io::Bytes b = reader->section(tag);
-    if (b.size != count * sizeof(float)) fail(ErrorKind::IO, origin, ": corrupted IVFPQIndex: section ",
-                                              io::tag_name(tag), " does not hold ", count, " floats");
-    out.resize(count);
-    std::memcpy(out.data(), b.data, b.size);
-    for (float v : out)
-      if (!std::isfinite(v)) corrupt("non-finite parameter");
+    out = read_float_section(*reader, "IVFPQIndex", tag, count);
   };
   if (has_rotation) {
     floats(kTagRotation, d * d, index->rotation_);
@@ -463,11 +451,7 @@ std::unique_ptr<IVFPQIndex> IVFPQIndex::read(const std::shared_ptr<io::FileReade
   floats(kTagCodebooks, m * index->pq_.ksub() * dsub, codebooks);
   check_loaded_rows(codebooks.data(), m * index->pq_.ksub(), dsub, origin, "IVFPQIndex codebooks");
   index->pq_.set_codebooks(codebooks.data());
-  if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
-    std::vector<float> both;
-    floats(kTagSq8, 2 * d, both);
-    if (!index->refine_codec_.load_sq8(both.data(), both.data() + d)) corrupt(VectorCodec::kBadSq8);
-  }
+  read_refine_params(*reader, "IVFPQIndex", index->refine_codec_);
 
   index->lists_ = invlists::InvertedLists(nlist, m, nbits, index->refine_bytes(), index->norm_terms_stored());
   const IVFPQIndex& loaded = *index;

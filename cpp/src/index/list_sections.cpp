@@ -1,5 +1,7 @@
 #include "annforge/index/list_sections.h"
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace annforge {
@@ -9,6 +11,7 @@ constexpr std::uint32_t kTagListSizes = io::make_tag("LSIZ");
 constexpr std::uint32_t kTagCodes = io::make_tag("CODE");
 constexpr std::uint32_t kTagIds = io::make_tag("IDS ");
 constexpr std::uint32_t kTagPayload = io::make_tag("REFV");
+constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 }  // namespace
 
 void write_list_sections(io::FileWriter& w, const invlists::InvertedLists& lists) {
@@ -64,6 +67,35 @@ void read_list_sections(const io::FileReader& reader, const ListSectionNames& na
     entry += sz;
     code_off += lists.code_bytes_for(sz);
   }
+}
+
+std::vector<float> read_float_section(const io::FileReader& reader, const char* index, std::uint32_t tag,
+                                      std::size_t count) {
+  const io::Bytes b = reader.section(tag);
+  if (b.size != count * sizeof(float))
+    fail(ErrorKind::IO, reader.origin(), ": corrupted ", index, ": section ", io::tag_name(tag), " does not hold ",
+         count, " floats");
+  std::vector<float> out(count);
+  if (count) std::memcpy(out.data(), b.data, b.size);
+  for (float v : out)
+    if (!std::isfinite(v)) fail(ErrorKind::IO, reader.origin(), ": corrupted ", index, ": non-finite parameter");
+  return out;
+}
+
+void write_refine_params(io::FileWriter& w, const VectorCodec& codec) {
+  if (codec.kind() != RefineKind::SQ8) return;
+  io::ByteWriter sq;
+  for (float v : codec.sq8_offset()) sq.put(v);
+  for (float v : codec.sq8_scale()) sq.put(v);
+  w.add_owned(kTagSq8, sq.take());
+}
+
+void read_refine_params(const io::FileReader& reader, const char* index, VectorCodec& codec) {
+  if (codec.kind() != RefineKind::SQ8) return;
+  const std::size_t d = codec.dim();
+  const std::vector<float> both = read_float_section(reader, index, kTagSq8, 2 * d);
+  if (!codec.load_sq8(both.data(), both.data() + d))
+    fail(ErrorKind::IO, reader.origin(), ": corrupted ", index, ": ", VectorCodec::kBadSq8);
 }
 
 }  // namespace annforge

@@ -18,7 +18,6 @@ namespace {
 constexpr std::uint32_t kTagMeta = io::make_tag("META");
 constexpr std::uint32_t kTagCentres = io::make_tag("CENT");
 constexpr std::uint32_t kTagCodebooks = io::make_tag("AHCB");
-constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 
 // 8192 rows (512 per centre of a block) give the same recall as 16384 or 65536 on MiniLM at half the training time.
 constexpr std::size_t kDefaultSampleSize = 8192;
@@ -525,12 +524,7 @@ void ScaNNIndex::write(io::FileWriter& w) const {  // the caller holds the lock 
   if (!trained_) return;
   w.add(kTagCentres, centres_.data(), centres_.size() * sizeof(float));
   w.add(kTagCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
-  if (refine_ == RefineKind::SQ8) {
-    io::ByteWriter sq;
-    for (float v : refine_codec_.sq8_offset()) sq.put(v);
-    for (float v : refine_codec_.sq8_scale()) sq.put(v);
-    w.add_owned(kTagSq8, sq.take());
-  }
+  write_refine_params(w, refine_codec_);
   write_list_sections(w, lists_);
 }
 
@@ -562,14 +556,7 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
   index->read_common(common);
   const std::size_t d = dim, m = dim / dpb;
   auto floats = [&](std::uint32_t tag, std::size_t count, std::vector<float>& out) {
-    const io::Bytes b = reader->section(tag);
-    if (b.size != count * sizeof(float))
-      fail(ErrorKind::IO, origin, ": corrupted ScaNNIndex: section ", io::tag_name(tag), " does not hold ", count,
-           " floats");
-    out.resize(count);
-    std::memcpy(out.data(), b.data, b.size);
-    for (float v : out)
-      if (!std::isfinite(v)) corrupt("non-finite parameter");
+    out = read_float_section(*reader, "ScaNNIndex", tag, count);
   };
   floats(kTagCentres, leaves * d, index->centres_);
   check_loaded_rows(index->centres_.data(), leaves, d, origin, "ScaNNIndex leaf centres");
@@ -577,11 +564,7 @@ std::unique_ptr<ScaNNIndex> ScaNNIndex::read(const std::shared_ptr<io::FileReade
   floats(kTagCodebooks, m * kCentres * dpb, books);
   check_loaded_rows(books.data(), m * kCentres, dpb, origin, "ScaNNIndex codebooks");
   index->pq_.set_codebooks(books.data());
-  if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
-    std::vector<float> both;
-    floats(kTagSq8, 2 * d, both);
-    if (!index->refine_codec_.load_sq8(both.data(), both.data() + d)) corrupt(VectorCodec::kBadSq8);
-  }
+  read_refine_params(*reader, "ScaNNIndex", index->refine_codec_);
 
   index->lists_ = invlists::InvertedLists(leaves, m, 4, index->refine_bytes(), index->metric_ == Metric::L2);
   const ScaNNIndex& loaded = *index;

@@ -3,6 +3,8 @@
 //   CODE  the lists' codes in their stored layout, list after list
 //   IDS   idx_t per entry, list after list
 //   REFV  the payload bytes per entry (the re-ranking copy), list after list
+// and the parameters of the re-ranking copy's code:
+//   SQ8P  sq8 only: dim offsets, then dim scales (float32)
 #pragma once
 
 #include <cstddef>
@@ -11,6 +13,7 @@
 
 #include "annforge/index/vector_index.h"  // io::FileWriter, io::FileReader
 #include "annforge/invlists/inverted_lists.h"
+#include "annforge/storage/vector_codec.h"
 
 namespace annforge {
 
@@ -32,5 +35,15 @@ void read_list_sections(const io::FileReader& reader, const ListSectionNames& na
                         const std::function<bool(idx_t)>& id_ok,
                         const std::function<void(const std::uint8_t*, std::size_t)>& check_payload,
                         invlists::InvertedLists& lists);
+
+// A section of `count` finite floats (the trained parameters of a list family); OSError
+// "<origin>: corrupted <index>: ..." when its size differs or a value is not finite.
+std::vector<float> read_float_section(const io::FileReader& reader, const char* index, std::uint32_t tag,
+                                      std::size_t count);
+
+// The re-ranking code's parameters (SQ8P for sq8; nothing for the other codes), and reading them back
+// into `codec` (constructed with the file's code and dimension), refused when out of range.
+void write_refine_params(io::FileWriter& w, const VectorCodec& codec);
+void read_refine_params(const io::FileReader& reader, const char* index, VectorCodec& codec);
 
 }  // namespace annforge

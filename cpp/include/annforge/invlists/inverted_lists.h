@@ -7,6 +7,7 @@
 // zero); nbits = 8 keeps m bytes per entry.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -107,7 +108,7 @@ class InvertedLists {
       for (std::size_t i = 0; i < L.ids.size(); ++i) {
         code_at(l, i, code.data());
         const float term = term_of(l, code.data());
-        if (!(term - term == 0.0f)) return false;  // NaN or infinite
+        if (!std::isfinite(term)) return false;
         L.norm_terms.push_back(term);
         lower_floor(L, i, term);
       }
