@@ -19,7 +19,6 @@ namespace {
 
 constexpr std::uint32_t kTagMeta = io::make_tag("META");
 constexpr std::uint32_t kTagCentroids = io::make_tag("CENT");
-constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 
 namespace pq4 = codec::pq4;
 using invlists::location_list;
@@ -368,12 +367,7 @@ void IVFRaBitQIndex::write(io::FileWriter& w) const {  // the caller holds the l
       .put(seed_);
   w.add_owned(kTagMeta, meta.take());
   w.add(kTagCentroids, centroids_.data(), centroids_.size() * sizeof(float));
-  if (refine_ == RefineKind::SQ8) {
-    io::ByteWriter sq;
-    for (float v : refine_codec_.sq8_offset()) sq.put(v);
-    for (float v : refine_codec_.sq8_scale()) sq.put(v);
-    w.add_owned(kTagSq8, sq.take());
-  }
+  write_refine_params(w, refine_codec_);
   write_list_sections(w, lists_);
 }
 
@@ -399,22 +393,9 @@ std::unique_ptr<IVFRaBitQIndex> IVFRaBitQIndex::read(const std::shared_ptr<io::F
   io::ByteReader common(meta_bytes, "IVFRaBitQIndex metadata");
   index->read_common(common);
   const std::size_t d = dim;
-  {
-    const io::Bytes b = reader->section(kTagCentroids);
-    if (b.size != nlist * d * sizeof(float)) corrupt("section CENT does not hold nlist x dim floats");
-    index->centroids_.resize(nlist * d);
-    std::memcpy(index->centroids_.data(), b.data, b.size);
-    check_loaded_rows(index->centroids_.data(), nlist, d, origin, "IVFRaBitQIndex coarse centroids");
-  }
-  if (refine == static_cast<std::uint8_t>(RefineKind::SQ8)) {
-    const io::Bytes b = reader->section(kTagSq8);
-    if (b.size != 2 * d * sizeof(float)) corrupt("section SQ8P does not hold 2 x dim floats");
-    std::vector<float> both(2 * d);
-    std::memcpy(both.data(), b.data, b.size);
-    for (float v : both)
-      if (!std::isfinite(v)) corrupt("non-finite parameter");
-    if (!index->refine_codec_.load_sq8(both.data(), both.data() + d)) corrupt(VectorCodec::kBadSq8);
-  }
+  index->centroids_ = read_float_section(*reader, "IVFRaBitQIndex", kTagCentroids, nlist * d);
+  check_loaded_rows(index->centroids_.data(), nlist, d, origin, "IVFRaBitQIndex coarse centroids");
+  read_refine_params(*reader, "IVFRaBitQIndex", index->refine_codec_);
   const codec::RaBitQ& C = index->codec_;
   const std::size_t rb = C.record_bytes(), pb = index->payload_bytes(), nf = codec::RaBitQ::num_factors(C.bits());
   index->lists_ = invlists::InvertedLists(nlist, C.padded_dim() / 4, 4, pb, false);
