@@ -118,6 +118,7 @@ def test_core_stub_covers_the_compiled_module() -> None:
 @pytest.mark.parametrize("cls, knobs", [
     (af.HNSWIndex, ["ef"]),
     (af.IVFPQIndex, ["nprobe", "refine_factor"]),
+    (af.IVFRaBitQIndex, ["nprobe", "refine_factor"]),
     (af.ScaNNIndex, ["leaves_to_search", "reorder_k"]),
     (af.FlatIndex, []),
 ])
@@ -145,7 +146,7 @@ def test_load_returns_a_union_of_the_families() -> None:
 
     assert _base.load.__annotations__["return"] == "AnyIndex"  # the alias is only imported for type checkers
     hint = typing.get_type_hints(_base.load, globalns={**vars(_base), "AnyIndex": af.AnyIndex})["return"]
-    assert hint == af.AnyIndex and set(typing.get_args(hint)) == {af.FlatIndex, af.HNSWIndex, af.IVFPQIndex, af.ScaNNIndex,
+    assert hint == af.AnyIndex and set(typing.get_args(hint)) == {af.FlatIndex, af.HNSWIndex, af.IVFPQIndex, af.IVFRaBitQIndex, af.ScaNNIndex,
                                           af.MinHashLSH, af.MinHashLSHForest}
 
 

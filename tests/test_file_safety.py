@@ -44,6 +44,9 @@ def _trained(family: str, n: int = 0) -> Any:
     elif family == "ivfpq":
         index = af.IVFPQIndex(DIM, 4, 4, nbits=4)
         index.train(_x(200, 1), num_threads=1)
+    elif family == "ivf_rabitq":
+        index = af.IVFRaBitQIndex(DIM, 4, bits=2)
+        index.train(_x(200, 1), num_threads=1)
     elif family == "ivfpq_opq":
         index = af.IVFPQIndex(DIM, 4, 4, nbits=4, opq=True)
         index.train(_x(200, 1), num_threads=1)
@@ -55,7 +58,7 @@ def _trained(family: str, n: int = 0) -> Any:
     return index
 
 
-VECTOR_FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "hnsw_rabitq", "ivfpq", "scann"]
+VECTOR_FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "hnsw_rabitq", "ivfpq", "ivf_rabitq", "scann"]
 
 
 def _patch(data: bytes, tag: bytes, edit: Callable[[bytearray], None]) -> bytes:
@@ -168,6 +171,33 @@ def test_huge_centres_and_codebooks_are_refused(tmp_path, family: str, tag: byte
     data = index.to_bytes()
     crafted = _patch(data, tag, lambda p: struct.pack_into("<f", p, 0, -3.4e38))
     _refused(type(index), crafted, tmp_path, "squared norm above|not finite")
+
+
+@pytest.mark.sanitize
+def test_ivf_rabitq_codes_must_match_their_records(tmp_path) -> None:
+    # The fast-scan nibbles (CODE) are the records' sign codes: a nibble edited on its own is refused.
+    data = _trained("ivf_rabitq", 40).to_bytes()
+
+    def flip(b: bytearray) -> None:
+        b[0] ^= 0x01
+
+    _refused(af.IVFRaBitQIndex, _patch(data, b"CODE", flip), tmp_path, "fast-scan codes do not match")
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e38])
+def test_ivf_rabitq_factors_must_be_finite(tmp_path, value: float) -> None:
+    index = af.IVFRaBitQIndex(DIM, 4, bits=1, refine=None)  # payload = the records alone
+    index.train(_x(200, 1), num_threads=1)
+    index.add(_x(20, 2))
+    data = index.to_bytes()
+    record = 8 + 4 * 4  # one 64-bit sign plane, then 4 float factors
+
+    def poison(b: bytearray) -> None:
+        struct.pack_into("<f", b, 8 + 4, value)  # entry 0's |r| / a1
+
+    assert len(fuzz_files.parse(data).sections) and record == index._impl.code_bytes - 8 - 16
+    _refused(af.IVFRaBitQIndex, _patch(data, b"REFV", poison), tmp_path, "factors are not finite")
 
 
 @pytest.mark.parametrize("family", ["ivfpq", "scann"])

@@ -133,7 +133,7 @@ def seal(f: ParsedFile) -> bytes:
 # Seeds: small indexes of every family, saved once by the parent process.
 
 FAMILIES = ["flat", "hnsw_f32", "hnsw_f16", "hnsw_sq8", "hnsw_rabitq", "ivfpq_8bit", "ivfpq_4bit", "ivfpq_opq",
-            "ivfpq_refine", "scann", "minhash_lsh", "lsh_forest"]
+            "ivfpq_refine", "scann", "ivf_rabitq", "minhash_lsh", "lsh_forest"]
 DIM = 8
 
 
@@ -178,6 +178,14 @@ def build_seeds(family: str) -> List[bytes]:
         x = _rows(300, 3)
         for metric in ("l2", "ip"):
             idx = af.IVFPQIndex(DIM, 4, metric=metric, **kw)
+            idx.train(x, num_threads=1)
+            idx.add(x[:80], num_threads=1)
+            idx.remove([1, 2])
+            seeds.append(idx)
+    elif family == "ivf_rabitq":
+        x = _rows(300, 5)
+        for metric, bits, refine in (("l2", 1, "f32"), ("ip", 3, None), ("cosine", 2, "sq8")):
+            idx = af.IVFRaBitQIndex(DIM, 4, bits=bits, metric=metric, refine=refine)
             idx.train(x, num_threads=1)
             idx.add(x[:80], num_threads=1)
             idx.remove([1, 2])
@@ -524,7 +532,7 @@ def _from_bytes(af: Any, data: bytes) -> Any:
     if len(data) >= 20 and data[:8] == MAGIC:
         kind = struct.unpack_from("<I", data, 16)[0]
         name = {1: "FlatIndex", 2: "HNSWIndex", 3: "IVFPQIndex", 4: "ScaNNIndex", 5: "MinHashLSH",
-                6: "MinHashLSHForest"}.get(kind)
+                6: "MinHashLSHForest", 8: "IVFRaBitQIndex"}.get(kind)
         if name:
             return family_for(name).from_bytes(data)
     return af.FlatIndex.from_bytes(data)  # foreign or damaged: must be refused with OSError

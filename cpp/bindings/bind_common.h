@@ -58,6 +58,7 @@ void bind_index_tests(py::module_& testing);  // hooks that use a family through
 void bind_flat(py::module_& m);
 void bind_minhash(py::module_& m);
 void bind_ivfpq(py::module_& m);
+void bind_ivf_rabitq(py::module_& m, py::module_& testing);
 void bind_hnsw(py::module_& m);
 void bind_scann(py::module_& m);
 

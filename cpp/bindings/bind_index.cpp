@@ -9,6 +9,7 @@
 
 #include "annforge/index/flat.h"
 #include "annforge/index/hnsw.h"
+#include "annforge/index/ivf_rabitq.h"
 #include "annforge/index/ivfpq.h"
 #include "annforge/index/scann.h"
 
@@ -67,6 +68,7 @@ VectorIndex& as_vector_index(const py::object& obj) {
   if (py::isinstance<FlatIndex>(obj)) return obj.cast<FlatIndex&>();
   if (py::isinstance<HNSWIndex>(obj)) return obj.cast<HNSWIndex&>();
   if (py::isinstance<IVFPQIndex>(obj)) return obj.cast<IVFPQIndex&>();
+  if (py::isinstance<IVFRaBitQIndex>(obj)) return obj.cast<IVFRaBitQIndex&>();
   if (py::isinstance<ScaNNIndex>(obj)) return obj.cast<ScaNNIndex&>();
   fail(ErrorKind::Type, "expected a _core vector index, got ", Py_TYPE(obj.ptr())->tp_name);
 }

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   b::bind_flat(m);
   b::bind_minhash(m);
   b::bind_ivfpq(m);
+  b::bind_ivf_rabitq(m, testing);
   b::bind_hnsw(m);
   b::bind_scann(m);
   b::bind_index_tests(testing);

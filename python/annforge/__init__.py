@@ -20,6 +20,7 @@ from .io_formats import read_bvecs, read_fvecs, read_ivecs, write_bvecs, write_f
 from .merge import merge_topk
 from .lsh import MinHash, MinHashLSH, MinHashLSHForest, dedup, minhash_signatures
 from .ivfpq import IVFPQIndex, kmeans
+from .ivf_rabitq import IVFRaBitQIndex
 from .hnsw import HNSWIndex
 from .scann import ScaNNIndex
 from .gpu import gpu_available, knn
@@ -27,7 +28,7 @@ from .gpu import gpu_available, knn
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 #: What :func:`load` returns: any of the index families (narrow it with ``isinstance``).
-AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
+AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, IVFRaBitQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
 
 __all__ = [
     "AnyIndex",
@@ -39,6 +40,7 @@ __all__ = [
     "merge_topk",
     "minhash_signatures",
     "IVFPQIndex",
+    "IVFRaBitQIndex",
     "kmeans",
     "HNSWIndex",
     "ScaNNIndex",

@@ -14,12 +14,13 @@ from ._arrays import as_float_matrix, as_ids
 if TYPE_CHECKING:  # the families import this module; their names are only needed for annotations
     from .flat import FlatIndex
     from .hnsw import HNSWIndex
+    from .ivf_rabitq import IVFRaBitQIndex
     from .ivfpq import IVFPQIndex
     from .lsh import MinHashLSH, MinHashLSHForest
     from .scann import ScaNNIndex
 
     #: What :func:`load` returns: one of the index families.
-    AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
+    AnyIndex = Union[FlatIndex, HNSWIndex, IVFPQIndex, IVFRaBitQIndex, ScaNNIndex, MinHashLSH, MinHashLSHForest]
 
 FilterLike = Union[None, Iterable[int], np.ndarray, Callable[[int], bool]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -254,7 +255,7 @@ class VectorIndex:
 def load(path: PathLike, *, mmap: bool = False) -> AnyIndex:
     """Load any annforge index file; returns an instance of the class that saved it.
 
-    The return type is the union ``FlatIndex | HNSWIndex | IVFPQIndex | ScaNNIndex | MinHashLSH |
+    The return type is the union ``FlatIndex | HNSWIndex | IVFPQIndex | IVFRaBitQIndex | ScaNNIndex | MinHashLSH |
     MinHashLSHForest``; narrow it with ``isinstance`` (or annotate the variable) to reach a family's
     own methods and search knobs.
 

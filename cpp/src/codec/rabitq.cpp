@@ -2,6 +2,7 @@
 #include "annforge/codec/rabitq.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -154,6 +155,17 @@ unsigned RaBitQ::max_query_bits() const {
 
 void RaBitQ::rotate(const float* x, float* out) const {
   simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
+}
+
+void RaBitQ::rotate_rows(const float* x, std::size_t n, float* out) const {
+  if (n < 8) {
+    for (std::size_t i = 0; i < n; ++i) rotate(x + i * dim_, out + i * padded_dim_);
+    return;
+  }
+  const simd::Kernels& K = simd::kernels();
+  std::vector<float> packed(K.packed_size(padded_dim_, dim_));
+  K.pack_rows(rotation_.data(), padded_dim_, dim_, packed.data());
+  K.dot_packed(x, n, dim_, packed.data(), padded_dim_, dim_, out, padded_dim_);
 }
 
 struct RaBitQ::EncodeScratch {
@@ -391,6 +403,159 @@ void RaBitQ::estimate(const Query& q, const std::uint8_t* records, std::size_t n
       if (lower) lower[i] = static_cast<float>(l2 ? std::max(0.0, dist - half) : dist - half);
       if (upper) upper[i] = static_cast<float>(dist + half);
     }
+  }
+}
+
+}  // namespace annforge::codec
+
+// ---------------------------------------------------------------------------------------------------
+// Float queries for callers that score the codes with their own tables (index/ivf_rabitq.cpp)
+
+namespace annforge::codec {
+
+void RaBitQ::prepare_float_query(const float* q, const float* rotated_q, const float* centroid,
+                                 const float* rotated_centroid, FloatQuery& out) const {
+  // Runs once per (query, probed list): SIMD dot products instead of double loops.
+  const std::size_t D = padded_dim_;
+  const simd::Kernels& K = simd::kernels();
+  out.rotated.resize(D);
+  float* v = out.rotated.data();
+  for (std::size_t i = 0; i < D; ++i) v[i] = rotated_q[i] - rotated_centroid[i];
+  const float sq = K.dot(v, v, D);
+  static const std::vector<float> kOnes(kMaxDim, 1.0f);  // padded_dim <= kMaxDim
+  out.qsum = K.dot(v, kOnes.data(), D);
+  out.vnorm = std::sqrt(static_cast<double>(sq));  // R has orthonormal columns: |R v| = |v|
+  // l2: |v|^2; ip: <c, q> (cosine callers pass the normalised query).
+  out.base = metric_ == Metric::L2 ? static_cast<double>(sq) : static_cast<double>(K.dot(centroid, q, dim_));
+}
+
+void RaBitQ::sign_nibbles(const std::uint8_t* record, std::uint8_t* nibbles) const {
+  const auto* plane = reinterpret_cast<const std::uint64_t*>(record);  // the sign plane comes first
+  for (std::size_t j = 0; j < padded_dim_ / 4; ++j)
+    nibbles[j] = static_cast<std::uint8_t>((plane[(4 * j) / 64] >> ((4 * j) % 64)) & 0xfu);
+}
+
+void RaBitQ::fastscan_lut(const FloatQuery& q, float* lut) const {
+  // Entry e of a group is sum_t bit_t(e) * v[t]: four 16-wide multiply-adds per group, which the compiler
+  // vectorises (a doubling recurrence would not).
+  static const auto kBit = [] {
+    std::array<std::array<float, 16>, 4> m{};
+    for (unsigned t = 0; t < 4; ++t)
+      for (unsigned e = 0; e < 16; ++e) m[t][e] = static_cast<float>((e >> t) & 1u);
+    return m;
+  }();
+  for (std::size_t j = 0; j < padded_dim_ / 4; ++j) {
+    const float* v = q.rotated.data() + 4 * j;
+    float* t = lut + 16 * j;
+    const float v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+    for (unsigned e = 0; e < 16; ++e)
+      t[e] = kBit[0][e] * v0 + kBit[1][e] * v1 + kBit[2][e] * v2 + kBit[3][e] * v3;
+  }
+}
+
+namespace {
+// The distance from <r, v> ~= ip and its bound's half-width (see the header's estimator).
+inline float finish_estimate(Metric metric, const float* f, double base, double ip, double half, float* lower,
+                             float* upper) {
+  const bool l2 = metric == Metric::L2;
+  const double dist = l2 ? f[RaBitQ::kAdd] + base - 2.0 * ip : 1.0 - base - f[RaBitQ::kAdd] - ip;
+  if (l2) half *= 2.0;
+  if (lower) *lower = static_cast<float>(l2 ? std::max(0.0, dist - half) : dist - half);
+  if (upper) *upper = static_cast<float>(dist + half);
+  return static_cast<float>(dist);
+}
+}  // namespace
+
+float RaBitQ::estimate_sign(const FloatQuery& q, const float* f, double bit_dot, double bit_dot_error,
+                            double eps0, float* lower, float* upper) const {
+  const double D = static_cast<double>(padded_dim_);
+  const double scale = f[kSignInvA] / (0.5 * std::sqrt(D));  // |r| / (a1 |y|), y = b - 1/2
+  const double ip = scale * (bit_dot - 0.5 * q.qsum);
+  const double err = f[kSignErr];
+  const double half = eps0 * err * q.vnorm / std::sqrt(D - 1.0) + scale * bit_dot_error;
+  return finish_estimate(metric_, f, q.base, ip, half, lower, upper);
+}
+
+RaBitQ::SignLinear RaBitQ::sign_linear(const FloatQuery& q) const {
+  const double inv_y = 1.0 / (0.5 * std::sqrt(static_cast<double>(padded_dim_)));  // 1/|y| of a sign code
+  const bool l2 = metric_ == Metric::L2;
+  SignLinear s;
+  s.constant = static_cast<float>(l2 ? q.base : 1.0 - q.base);
+  s.add_sign = l2 ? 1.0f : -1.0f;
+  s.slope = static_cast<float>((l2 ? -2.0 : -1.0) * inv_y);
+  s.shift = static_cast<float>(-0.5 * q.qsum);
+  return s;
+}
+
+namespace {
+// <plane, q'> for one bit plane: through the 4-dimension table when there is one, else bit by bit.
+double plane_dot(const std::uint64_t* plane, std::size_t words, const std::vector<float>& rotated, const float* lut) {
+  double dot = 0;
+  if (lut) {
+    for (std::size_t w = 0; w < words; ++w) {
+      const std::uint64_t bits = plane[w];
+      const float* t = lut + w * 16 * 16;  // 16 nibbles of 16 entries per word
+      float part = 0;
+      for (unsigned j = 0; j < 16; ++j) part += t[j * 16 + ((bits >> (4 * j)) & 0xfu)];
+      dot += part;
+    }
+    return dot;
+  }
+  for (std::size_t w = 0; w < words; ++w) {
+    std::uint64_t bits = plane[w];
+    while (bits) {
+      const int t = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      dot += rotated[w * 64 + static_cast<std::size_t>(t)];
+    }
+  }
+  return dot;
+}
+}  // namespace
+
+float RaBitQ::estimate_full(const FloatQuery& q, const std::uint8_t* record, double eps0, float* lower,
+                            float* upper, const float* lut) const {
+  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
+  if (bits_ == 1) {
+    float f[4];
+    std::memcpy(f, record + factor_offset(), sizeof(f));
+    return estimate_sign(q, f, plane_dot(planes, words(), q.rotated, lut), 0.0, eps0, lower, upper);
+  }
+  float f[8];
+  std::memcpy(f, record + factor_offset(), num_factors(bits_) * sizeof(float));
+  // <u, q'> = sum over planes a of 2^(bits-1-a) <plane_a, q'> (plane 0 holds the top bit).
+  double dot = 0;
+  for (unsigned a = 0; a < bits_; ++a)
+    dot += std::ldexp(plane_dot(planes + a * words(), words(), q.rotated, lut), static_cast<int>(bits_ - 1 - a));
+  const double offset = ((1u << bits_) - 1) / 2.0;
+  const double ip = f[kScale] * (dot - offset * q.qsum);
+  const double D = static_cast<double>(padded_dim_);
+  const double half = eps0 * f[kErr] * q.vnorm / std::sqrt(D - 1.0);
+  return finish_estimate(metric_, f, q.base, ip, half, lower, upper);
+}
+
+void RaBitQ::decode(const std::uint8_t* record, const float* centroid, float* out) const {
+  float f[8];
+  std::memcpy(f, record + code_words() * 8, num_factors(bits_) * sizeof(float));
+  // |r|^2 = (|r|/a1)^2 - (|r| sqrt(1 - a1^2)/a1)^2, from the sign-stage factors (every metric has them).
+  const double norm = std::sqrt(std::max(0.0, static_cast<double>(f[kSignInvA]) * f[kSignInvA] -
+                                                  static_cast<double>(f[kSignErr]) * f[kSignErr]));
+  const auto* planes = reinterpret_cast<const std::uint64_t*>(record);
+  const std::size_t D = padded_dim_;
+  const double offset = ((1u << bits_) - 1) / 2.0;
+  std::vector<double> y(D);
+  double sq = 0;
+  for (std::size_t i = 0; i < D; ++i) {
+    unsigned u = 0;
+    for (unsigned a = 0; a < bits_; ++a) u = (u << 1) | static_cast<unsigned>((planes[a * words() + i / 64] >> (i % 64)) & 1u);
+    y[i] = u - offset;
+    sq += y[i] * y[i];
+  }
+  const double s = sq > 0 ? norm / std::sqrt(sq) : 0.0;
+  for (std::size_t j = 0; j < dim_; ++j) {
+    double v = 0;
+    for (std::size_t i = 0; i < D; ++i) v += static_cast<double>(rotation_[i * dim_ + j]) * y[i];
+    out[j] = static_cast<float>(centroid[j] + s * v);
   }
 }
 

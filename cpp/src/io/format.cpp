@@ -96,6 +96,7 @@ const char* kind_name(std::uint32_t kind) {
     case Kind::ScaNN: return "ScaNNIndex";
     case Kind::MinHashLSH: return "MinHashLSH";
     case Kind::MinHashLSHForest: return "MinHashLSHForest";
+    case Kind::IVFRaBitQ: return "IVFRaBitQIndex";
   }
   return "unknown";
 }

@@ -70,6 +70,8 @@ class RaBitQ {
   // padded_dim x dim, row-major, orthonormal columns.
   const std::vector<float>& rotation() const { return rotation_; }
   void rotate(const float* x, float* out) const;  // out: padded_dim floats
+  // n rows at once (n x padded_dim floats out), through the blocked GEMM kernel for more than a few rows.
+  void rotate_rows(const float* x, std::size_t n, float* out) const;
   // The most query bits (<= 16) whose kernel sums, up to padded_dim * (2^bits - 1) * (2^query_bits - 1),
   // fit in 32 bits (at least 12 for every allowed dim).
   unsigned max_query_bits() const;
@@ -99,6 +101,45 @@ class RaBitQ {
   // the first `stage_bits` planes: 1 (the sign codes alone) or bits(). eps0 >= 0. lower/upper may be null.
   void estimate(const Query& q, const std::uint8_t* records, std::size_t n, unsigned stage_bits, double eps0,
                 const simd::RaBitQKernels& kernels, float* est, float* lower, float* upper) const;
+
+  // --- Scoring with the caller's own tables (the IVF index's 4-bit fast scan, index/ivf_rabitq.h) ---
+  // A query residual in float: q' = R (q - c) = R q - R c, from the rotated query and the rotated centroid
+  // (rotate()), with |v|^2 and <c, q> as prepare_query has them (q normalised first for cosine).
+  struct FloatQuery {
+    std::vector<float> rotated;  // q', padded_dim floats
+    double qsum = 0, vnorm = 0, base = 0;
+  };
+  void prepare_float_query(const float* q, const float* rotated_q, const float* centroid,
+                           const float* rotated_centroid, FloatQuery& out) const;
+  // The sign codes as 4-bit fast-scan codes: nibble j holds the sign bits of dimensions 4j .. 4j+3 (bit t
+  // = dimension 4j + t); padded_dim / 4 of them, one per byte.
+  void sign_nibbles(const std::uint8_t* record, std::uint8_t* nibbles) const;
+  // The matching table, padded_dim / 4 x 16 floats: entry (j, v) = sum of q'_{4j+t} over the bits t set
+  // in v, so summing entry (j, nibble_j) over j gives <b, q'> for the sign bits b.
+  void fastscan_lut(const FloatQuery& q, float* lut) const;
+  // Where a record's factors start (record + factor_offset(), floats in Factor order).
+  std::size_t factor_offset() const { return code_words() * 8; }
+  // The 1-bit estimate of a record's distance from bit_dot = <b, q'> (e.g. the fast-scan sum) and its
+  // factors (the first 4 suffice, so a compact copy of them will do); the bound widens by
+  // `bit_dot_error`, a bound on bit_dot's own error (the table's quantisation). lower/upper may be null.
+  float estimate_sign(const FloatQuery& q, const float* factors, double bit_dot, double bit_dot_error,
+                      double eps0, float* lower, float* upper) const;
+  // estimate_sign without the bound, as a function of the factors and bit_dot that a scan can inline:
+  //   est = constant + add_sign * f[kAdd] + f[kSignInvA] * slope * (bit_dot + shift).
+  struct SignLinear {
+    float constant, add_sign, slope, shift;
+    float operator()(const float* f, float bit_dot) const {
+      return constant + add_sign * f[kAdd] + f[kSignInvA] * slope * (bit_dot + shift);
+    }
+  };
+  SignLinear sign_linear(const FloatQuery& q) const;
+  // The estimate from the full code (all bits() planes; the sign code when bits() == 1), in float.
+  // `lut` (may be null): fastscan_lut(q), so that each plane costs padded_dim / 4 look-ups.
+  float estimate_full(const FloatQuery& q, const std::uint8_t* record, double eps0, float* lower,
+                      float* upper, const float* lut = nullptr) const;
+  // The vector the code stands for: centroid + R^T (|r| y / |y|) (unit-normalised first for cosine,
+  // as encode() saw it).
+  void decode(const std::uint8_t* record, const float* centroid, float* out) const;
 
  private:
   struct EncodeScratch;

@@ -34,6 +34,7 @@ enum class Kind : std::uint32_t {
   ScaNN = 4,
   MinHashLSH = 5,
   MinHashLSHForest = 6,
+  IVFRaBitQ = 8,  // (7 left to the quantized-graph work of the same issue)
 };
 const char* kind_name(std::uint32_t kind);
 
