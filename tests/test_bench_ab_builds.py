@@ -46,7 +46,9 @@ def test_same_build_as_a_and_b_end_to_end(tmp_path: Path) -> None:
     x = rng.standard_normal((1500, 16)).astype(np.float32)
     np.save(tmp_path / "base.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
     np.save(tmp_path / "queries.npy", x[:50] + 0.05)
-    pkg = str(ROOT / "python")
+    import annforge
+
+    pkg = str(Path(annforge.__file__).resolve().parents[1])  # the tested build: a dev tree or site-packages
     out = subprocess.run([sys.executable, str(SCRIPT), "--a", pkg, "--b", pkg, "--data", str(tmp_path),
                           "--configs", "hnsw-f32,ivfpq-pq8", "--nlist", "16", "--build-threads", "1", "--rounds", "2", "--repeats", "1",
                           "--targets", "0.5", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")],
