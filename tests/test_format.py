@@ -106,6 +106,35 @@ def test_golden_quantized_hnsw_still_loads(tmp_path) -> None:
         np.testing.assert_array_equal(again.search(x[:20], 3, ef=64)[0], index.search(x[:20], 3, ef=64)[0])
 
 
+def test_golden_ivf_rabitq_still_loads(tmp_path) -> None:
+    # IVF-RaBitQ (file kind 8): rotation seed, centroids, sign nibbles, extended planes and factors, sq8 copy.
+    sys.path.insert(0, DATA)
+    try:
+        from make_golden import build_golden_ivf_rabitq, golden_hnsw_vectors
+    finally:
+        sys.path.pop(0)
+    x = golden_hnsw_vectors()
+    ids = np.arange(300) * 3 + 1
+    removed = set((np.arange(300)[::30] * 3 + 1).tolist())
+    live = np.array([i for i in range(300) if ids[i] not in removed])
+    expected = build_golden_ivf_rabitq().search(x[:40], 5, nprobe=8)  # the same one-thread build today
+    for mmap in (False, True):
+        index = af.load(os.path.join(DATA, "golden_ivf_rabitq_v1.af"), mmap=mmap)
+        assert isinstance(index, af.IVFRaBitQIndex) and len(index) == len(live)
+        assert sorted(index.ids().tolist()) == sorted(ids[live].tolist())
+        found, dist = index.search(x[:40], 5, nprobe=8)
+        np.testing.assert_array_equal(found, expected[0])
+        np.testing.assert_array_equal(dist, expected[1])
+        # Exhaustive probing with the sq8 copy finds each live row itself first (ip on these rows).
+        top = index.search(x[live], 1, nprobe=8)[0][:, 0]
+        exact = np.argmax(x[live] @ x[live].T, axis=1)
+        assert np.mean(top == ids[live][exact]) >= 0.9
+        index.add(x[:3] * 0.5, ids=[5000, 5001, 5002])
+        index.save(tmp_path / "again.af")
+        again = af.load(tmp_path / "again.af")
+        np.testing.assert_array_equal(again.search(x[:20], 5, nprobe=8)[0], index.search(x[:20], 5, nprobe=8)[0])
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_identity(tmp_path, metric: str, mmap: bool) -> None:

@@ -50,6 +50,25 @@ def write_hnsw(storage: str) -> None:
     print("wrote", path)
 
 
+def build_golden_ivf_rabitq() -> "af.IVFRaBitQIndex":
+    """The IVF-RaBitQ golden index: 4-bit codes (sign nibbles + extended planes), an sq8 re-ranking copy
+    (its SQ8P section), ip metric, ten removed rows; one thread, so a build today gives the same file."""
+    index = af.IVFRaBitQIndex(24, 8, bits=4, metric="ip", refine="sq8", seed=3)
+    index.train(golden_hnsw_vectors(), num_threads=1)
+    index.add(golden_hnsw_vectors(), ids=np.arange(300, dtype=np.int64) * 3 + 1, num_threads=1)
+    index.remove(np.arange(300, dtype=np.int64)[::30] * 3 + 1)
+    return index
+
+
+def write_ivf_rabitq() -> None:
+    path = os.path.join(HERE, "golden_ivf_rabitq_v1.af")
+    if os.path.exists(path):
+        print(f"{path} exists; golden files are never rewritten")
+        return
+    build_golden_ivf_rabitq().save(path)
+    print("wrote", path)
+
+
 def golden_minhash_docs() -> list:
     """60 token lists: 20 bases, each with two near-copies (one token edited)."""
     docs = []
@@ -77,6 +96,7 @@ def main() -> None:
     write_minhash_lsh()
     for storage in ("f32", "f16", "sq8", "rabitq"):
         write_hnsw(storage)
+    write_ivf_rabitq()
 
 
 if __name__ == "__main__":
