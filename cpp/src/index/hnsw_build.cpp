@@ -363,16 +363,7 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     if (!codec_.trained()) codec_.train(rows.data(), n);  // sq8: ranges of the first batch
     if (rabitq_ && rq_centre_.empty()) set_code_centre(rows.data(), n);
     // Upsert: the old slot is removed now (never returned again) and becomes reusable.
-    for (std::size_t i = 0; i < n; ++i) {
-      const idx_t old = slot_of_.erase(out_ids[i]);
-      if (old == IdMap::kMissing) continue;
-      const auto s = static_cast<Slot>(old);
-      std::uint32_t* header = header0(s);  // detaches an mmap view first
-      store_release(header, load_acquire(header) | kDeletedBit);
-      slot_ids_.at_mut(s) = -1;
-      free_slots_.push_back(s);
-      --live_;
-    }
+    for (std::size_t i = 0; i < n; ++i) tombstone(out_ids[i]);
     // Slots: reuse removed ones first (except the entry point, which must stay navigable).
     const Slot entry = static_cast<Slot>(entry_.load() & 0xffffffffu);
     std::size_t fresh = 0;
@@ -452,21 +443,23 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
   }
 }
 
+bool HNSWIndex::tombstone(idx_t id) {
+  const idx_t old = slot_of_.erase(id);
+  if (old == IdMap::kMissing) return false;
+  const auto s = static_cast<Slot>(old);
+  std::uint32_t* header = header0(s);  // detaches an mmap view first
+  store_release(header, load_acquire(header) | kDeletedBit);
+  slot_ids_.at_mut(s) = -1;
+  free_slots_.push_back(s);
+  --live_;
+  return true;
+}
+
 std::size_t HNSWIndex::remove(const idx_t* ids, std::size_t n) {
   std::lock_guard<std::mutex> writer(update_mutex_);
   std::unique_lock<std::shared_mutex> lock(rw_mutex_);
   std::size_t removed = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t old = slot_of_.erase(ids[i]);
-    if (old == IdMap::kMissing) continue;
-    const auto s = static_cast<Slot>(old);
-    std::uint32_t* header = header0(s);  // detaches an mmap view first
-    store_release(header, load_acquire(header) | kDeletedBit);
-    slot_ids_.at_mut(s) = -1;
-    free_slots_.push_back(s);
-    --live_;
-    ++removed;
-  }
+  for (std::size_t i = 0; i < n; ++i) removed += tombstone(ids[i]) ? 1 : 0;
   if (removed) has_tombstones_.store(true, std::memory_order_release);
   return removed;
 }

@@ -115,6 +115,8 @@ class HNSWIndex final : public VectorIndex {
   const std::uint32_t* link_ids(Slot s, int level) const;
   std::size_t max_links(int level) const { return level == 0 ? 2 * M_ : M_; }
   bool is_deleted(Slot s) const;
+  // Marks the slot holding `id` deleted and reusable (the write locks are held); false when absent.
+  bool tombstone(idx_t id);
 
   // --- distances --------------------------------------------------------------------------------
   void prepare_query(const float* q, Query& out) const { codec_.prepare(q, out); }
