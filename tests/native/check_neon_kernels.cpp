@@ -3,10 +3,11 @@
 // root on an x86 machine with a cross compiler and qemu-user:
 //
 //   aarch64-linux-gnu-g++ -O2 -std=c++17 -static -DANNFORGE_HAVE_NEON=1 -Icpp/include -Icpp/src
-//       cpp/src/simd/kernels_*.cpp cpp/src/simd/dispatch.cpp cpp/src/common.cpp
-//       tests/native/check_neon_kernels.cpp -o /tmp/check_neon && qemu-aarch64-static /tmp/check_neon
+//       cpp/src/simd/*.cpp cpp/src/common.cpp
+//       tests/native/check_neon_kernels.cpp -o /tmp/check_neon && qemu-aarch64 /tmp/check_neon
 //
-// (natively on AArch64, drop -static and the qemu prefix).
+// (every simd/ source: the dispatcher references each level's table, and the x86 files compile to null
+// tables on AArch64; natively on AArch64, drop -static and the qemu prefix).
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
