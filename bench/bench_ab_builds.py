@@ -31,6 +31,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_common beside this script
+from bench_common import frontier_qps_at, recall_at_k  # noqa: E402
+
 HNSW_EFS = [10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256]
 NPROBES = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 REFINE_FACTORS = [1, 2, 4, 8]
@@ -70,26 +73,6 @@ def exact_top10(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return out
 
 
-def recall_at_10(found: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found[:, :10], gt)]))
-
-
-def frontier_qps_at(points: List[Dict[str, Any]], target: float) -> Optional[float]:
-    """Best QPS reaching `target` recall on the recall/QPS frontier, linear between frontier points."""
-    front: List[Dict[str, Any]] = []
-    for p in sorted(points, key=lambda p: (-p["recall"], -p["qps"])):
-        if not front or p["qps"] > front[-1]["qps"]:
-            front.append(p)  # higher QPS than every point of higher recall
-    front.reverse()  # recall ascending, QPS descending
-    best = max((p["qps"] for p in front if p["recall"] >= target), default=None)
-    for lo, hi in zip(front, front[1:]):
-        if lo["recall"] < target <= hi["recall"]:
-            t = (target - lo["recall"]) / (hi["recall"] - lo["recall"])
-            val = lo["qps"] + t * (hi["qps"] - lo["qps"])
-            best = val if best is None else max(best, val)
-    return best
-
-
 # --- worker (one build, one configuration, in its own process) ------------------------------------
 
 
@@ -127,7 +110,7 @@ def worker(args: argparse.Namespace) -> Dict[str, Any]:
             t0 = time.perf_counter()
             found, _ = call()
             best = min(best, time.perf_counter() - t0)
-        points.append({**setting, "recall": recall_at_10(np.asarray(found), gt), "qps": len(queries) / best})
+        points.append({**setting, "recall": recall_at_k(np.asarray(found), gt), "qps": len(queries) / best})
     return {"points": points}
 
 

@@ -27,6 +27,9 @@ from typing import Dict, List
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_common beside this script
+import bench_common  # noqa: E402
+
 NPROBES = [2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 96]
 REFINE_FACTORS = [2, 3, 4, 6, 10]
 TARGETS = (0.90, 0.95)
@@ -42,7 +45,7 @@ def load(data: str):
 
 
 def recall(ids: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / gt.shape[1] for a, b in zip(ids, gt)]))
+    return bench_common.recall_at_k(ids, gt)
 
 
 def sweep(search, q: np.ndarray, gt: np.ndarray, repeats: int) -> List[Dict]:
@@ -100,18 +103,9 @@ def worker(args) -> Dict:
 
 
 def frontier_qps_at(points: List[Dict], target: float) -> float:
-    """QPS at `target` recall, interpolated between the fastest settings just below and above it."""
-    pts = sorted(points, key=lambda p: p["recall"])
-    above = [p for p in pts if p["recall"] >= target]
-    if not above:
-        return float("nan")
-    hi = max(above, key=lambda p: p["qps"])
-    below = [p for p in pts if p["recall"] < target and p["qps"] > hi["qps"]]
-    if not below:
-        return hi["qps"]
-    lo = max(below, key=lambda p: p["recall"])  # the nearest faster setting below the target
-    w = (target - lo["recall"]) / (hi["recall"] - lo["recall"])
-    return lo["qps"] + w * (hi["qps"] - lo["qps"])
+    """QPS at `target` recall on the recall/QPS frontier (bench_common); NaN when never reached."""
+    v = bench_common.frontier_qps_at(points, target)
+    return float("nan") if v is None else v
 
 
 def main() -> int:

@@ -32,6 +32,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_common beside this script
+from bench_common import frontier_qps_at, recall_at_k as recall  # noqa: E402
+
 LIBS = ["hnswlib", "faiss_hnsw_flat", "faiss_hnsw_rabitq", "rabitqlib_symqg",
         "annforge_f32", "annforge_f16", "annforge_rabitq", "annforge_rabitq_f16"]
 DEFAULT_EFS = [10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256]
@@ -56,11 +59,6 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
         order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
         out[s:s + 256] = np.take_along_axis(part, order, axis=1)
     return out
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found[:, :k], truth)]))
 
 
 # --- one library -------------------------------------------------------------------------------------
@@ -194,24 +192,8 @@ def run_worker(args: argparse.Namespace, lib: str, mode: str, index_path: str, g
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def frontier(points: List[Dict[str, float]]) -> List[Dict[str, float]]:
-    """The points no other point beats in both recall and QPS, by increasing recall."""
-    out: List[Dict[str, float]] = []
-    for p in sorted(points, key=lambda p: (-p["recall"], -p["qps_cpu"])):
-        if not out or p["qps_cpu"] > out[-1]["qps_cpu"]:
-            out.append(p)
-    return out[::-1]
-
-
 def qps_at(points: List[Dict[str, float]], target: float) -> Optional[float]:
-    pts = frontier(points)
-    for lo, hi in zip(pts, pts[1:]):
-        if lo["recall"] < target <= hi["recall"]:
-            t = (target - lo["recall"]) / (hi["recall"] - lo["recall"])
-            return lo["qps_cpu"] + t * (hi["qps_cpu"] - lo["qps_cpu"])
-    if pts and pts[0]["recall"] >= target:
-        return max(p["qps_cpu"] for p in pts)
-    return None
+    return frontier_qps_at(points, target, key="qps_cpu")
 
 
 def main() -> None:
