@@ -232,6 +232,26 @@ def test_batch_and_single_queries_answer_identically() -> None:
     np.testing.assert_array_equal(tail[0], batch[0][60:])
 
 
+def test_simd_level_changed_after_build_still_answers_consistently() -> None:
+    # The codec packs its rotation for the GEMM kernel of the level active when it was made; a query
+    # batch at another level must rotate through a packing of its own (a wrong layout would scramble it).
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1500, 80)).astype(np.float32)
+    q = x[:40] + 0.05 * rng.standard_normal((40, 80)).astype(np.float32)
+    index = af.HNSWIndex(80, "l2", storage="rabitq")
+    index.add(x)
+    before = af.simd_level()
+    try:
+        for level in af.available_simd_levels():
+            af.set_simd_level(level)
+            found, _ = index.search(q, 5, ef=40)
+            assert np.mean(found[:, 0] == np.arange(40)) >= 0.95, level
+            for i in (0, 17, 39):
+                np.testing.assert_array_equal(index.search(q[i], 5, ef=40)[0][0], found[i])
+    finally:
+        af.set_simd_level(before)
+
+
 def test_bound_knob_trades_recall_for_work() -> None:
     rng = np.random.default_rng(8)
     x = _clustered(rng, 3000, 64)

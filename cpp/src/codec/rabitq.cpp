@@ -144,6 +144,16 @@ RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed
   ANNFORGE_CHECK(dim >= 1 && dim <= kMaxDim, ErrorKind::Value, "RaBitQ: dim must be in 1..", kMaxDim, ", got ", dim);
   ANNFORGE_CHECK(bits >= 1 && bits <= 8, ErrorKind::Value, "RaBitQ: bits must be in 1..8, got ", bits);
   rotation_ = random_rotation(padded_dim_, dim_, seed_);
+  packed_for_ = &simd::kernels();
+  packed_rotation_.resize(packed_for_->packed_size(padded_dim_, dim_));
+  packed_for_->pack_rows(rotation_.data(), padded_dim_, dim_, packed_rotation_.data());
+}
+
+const float* RaBitQ::packed_rotation(const simd::Kernels& K, std::vector<float>& other_level) const {
+  if (&K == packed_for_) return packed_rotation_.data();
+  other_level.resize(K.packed_size(padded_dim_, dim_));
+  K.pack_rows(rotation_.data(), padded_dim_, dim_, other_level.data());
+  return other_level.data();
 }
 
 unsigned RaBitQ::max_query_bits() const {
@@ -163,13 +173,12 @@ void RaBitQ::rotate_rows(const float* x, std::size_t n, float* out) const {
     return;
   }
   const simd::Kernels& K = simd::kernels();
-  std::vector<float> packed(K.packed_size(padded_dim_, dim_));
-  K.pack_rows(rotation_.data(), padded_dim_, dim_, packed.data());
-  K.dot_packed(x, n, dim_, packed.data(), padded_dim_, dim_, out, padded_dim_);
+  std::vector<float> other_level;
+  K.dot_packed(x, n, dim_, packed_rotation(K, other_level), padded_dim_, dim_, out, padded_dim_);
 }
 
 struct RaBitQ::EncodeScratch {
-  std::vector<float> residuals, rotated, packed_rotation;
+  std::vector<float> residuals, rotated, other_level_rotation;
   std::vector<double> residual_dot_centroid, o;
   std::vector<unsigned> k;
   LevelScratch levels;
@@ -179,16 +188,12 @@ void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::u
   check_finite(centroid, dim_, "centroid");
   check_finite(x, n * dim_, "data");
   const std::size_t D = padded_dim_;
-  // Rows are rotated in batches through the blocked GEMM kernel (its packed copy of the rotation costs
-  // one pass over it, so one row alone goes through dot_rows instead).
+  // Rows are rotated in batches through the blocked GEMM kernel; a few rows alone go through dot_rows.
   constexpr std::size_t kBatch = 64;
   const simd::Kernels& K = simd::kernels();
   EncodeScratch scratch;
   const bool batched = n >= 8;
-  if (batched) {
-    scratch.packed_rotation.resize(K.packed_size(D, dim_));
-    K.pack_rows(rotation_.data(), D, dim_, scratch.packed_rotation.data());
-  }
+  const float* packed = batched ? packed_rotation(K, scratch.other_level_rotation) : nullptr;
   scratch.residuals.resize(kBatch * dim_);
   scratch.rotated.resize(kBatch * D);
   scratch.residual_dot_centroid.resize(kBatch);
@@ -211,7 +216,7 @@ void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::u
       scratch.residual_dot_centroid[r] = dot;
     }
     if (batched) {
-      K.dot_packed(scratch.residuals.data(), m, dim_, scratch.packed_rotation.data(), D, dim_,
+      K.dot_packed(scratch.residuals.data(), m, dim_, packed, D, dim_,
                    scratch.rotated.data(), D);
     } else {
       for (std::size_t r = 0; r < m; ++r) rotate(scratch.residuals.data() + r * dim_, scratch.rotated.data() + r * D);
@@ -306,52 +311,129 @@ void RaBitQ::prepare_queries(const float* q, std::size_t n, const float* centroi
   const std::size_t D = padded_dim_;
   constexpr std::size_t kBatch = 64;
   const simd::Kernels& K = simd::kernels();
-  std::vector<float> packed(K.packed_size(D, dim_)), v(kBatch * dim_), rotated(kBatch * D);
+  std::vector<float> other_level, v(std::min(n, kBatch) * dim_), rotated(std::min(n, kBatch) * D);
   std::vector<double> base(kBatch);
-  K.pack_rows(rotation_.data(), D, dim_, packed.data());
+  const float* packed = packed_rotation(K, other_level);
   for (std::size_t b = 0; b < n; b += kBatch) {
     const std::size_t m = std::min(kBatch, n - b);
     for (std::size_t r = 0; r < m; ++r) base[r] = query_residual(q + (b + r) * dim_, centroid, v.data() + r * dim_);
-    K.dot_packed(v.data(), m, dim_, packed.data(), D, dim_, rotated.data(), D);
+    K.dot_packed(v.data(), m, dim_, packed, D, dim_, rotated.data(), D);
     for (std::size_t r = 0; r < m; ++r)
       quantize_rotated(q + (b + r) * dim_, rotated.data() + r * D, base[r], query_bits, out[b + r]);
   }
 }
 
-void RaBitQ::quantize_rotated(const float* q, const float* rotated_ptr, double base, unsigned query_bits,
-                              Query& out) const {
-  const std::size_t D = padded_dim_;
-  const float* rotated = rotated_ptr;
+namespace {
+// A 32-bit bijective mixer (Wellons' "lowbias32"): turns a counter into well-spread random bits.
+inline std::uint32_t mix32(std::uint32_t x) noexcept {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  return x ^ (x >> 16);
+}
+}  // namespace
 
-  double lo = rotated[0], hi = rotated[0], sq = 0;
-  for (std::size_t i = 0; i < D; ++i) {
-    const float value = rotated[i];
-    lo = std::min<double>(lo, value);
-    hi = std::max<double>(hi, value);
-    sq += static_cast<double>(value) * value;
+void RaBitQ::quantize_rotated(const float* q, const float* rotated, double base, unsigned query_bits,
+                              Query& out) const {
+  // Written as independent lanes and counter-based random bits so the loops vectorize: this runs once
+  // per query (once per probed list for IVF), and a serial version cost ~8 us at 384-d, a sixth of a
+  // quantized-graph query.
+  const std::size_t D = padded_dim_;  // a multiple of 64
+  constexpr std::size_t kLanes = 8;
+  float lo_lane[kLanes], hi_lane[kLanes];
+  double sq_lane[kLanes];
+  for (std::size_t k = 0; k < kLanes; ++k) {
+    lo_lane[k] = hi_lane[k] = rotated[k];
+    sq_lane[k] = 0.0;
+  }
+  for (std::size_t i = 0; i < D; i += kLanes)
+    for (std::size_t k = 0; k < kLanes; ++k) {
+      const float value = rotated[i + k];
+      lo_lane[k] = std::min(lo_lane[k], value);
+      hi_lane[k] = std::max(hi_lane[k], value);
+      sq_lane[k] += static_cast<double>(value) * value;
+    }
+  double lo = lo_lane[0], hi = hi_lane[0], sq = 0;
+  for (std::size_t k = 0; k < kLanes; ++k) {
+    lo = std::min<double>(lo, lo_lane[k]);
+    hi = std::max<double>(hi, hi_lane[k]);
+    sq += sq_lane[k];
   }
   const unsigned top = (1u << query_bits) - 1;
   const double delta = hi > lo ? (hi - lo) / top : 0.0;
-  // Randomized rounding (E[q~] = q'), its random bits a hash of the seed and the query.
-  std::uint64_t h = util::splitmix64(seed_ ^ 0x717565727952ULL);
-  for (std::size_t j = 0; j < dim_; ++j) {
+
+  // Randomized rounding (E[q~] = q'). Its random bits are a hash of the seed and the query, so a query
+  // always gets the same code; four hash lanes keep the multiply chains short.
+  std::uint64_t lane[4];
+  for (std::size_t k = 0; k < 4; ++k) lane[k] = seed_ ^ (0x717565727952ULL + k * util::kSplitMix64Gamma);
+  std::size_t j = 0;
+  for (; j + 4 <= dim_; j += 4)
+    for (std::size_t k = 0; k < 4; ++k) {
+      std::uint32_t bits;
+      std::memcpy(&bits, q + j + k, sizeof(bits));
+      lane[k] = (lane[k] ^ bits) * 0xBF58476D1CE4E5B9ULL;
+      lane[k] ^= lane[k] >> 31;
+    }
+  for (; j < dim_; ++j) {
     std::uint32_t bits;
     std::memcpy(&bits, q + j, sizeof(bits));
-    h = util::splitmix64(h ^ bits);
+    lane[0] = (lane[0] ^ bits) * 0xBF58476D1CE4E5B9ULL;
+    lane[0] ^= lane[0] >> 31;
   }
-  util::SplitMix64 rng(h);
-  out.query_bits = query_bits;
-  out.planes.assign(static_cast<std::size_t>(query_bits) * words(), 0);
+  const std::uint64_t h = util::splitmix64(lane[0] ^ util::splitmix64(lane[1] ^ util::splitmix64(lane[2] ^ util::splitmix64(lane[3]))));
+  const auto key = static_cast<std::uint32_t>(h), stride = static_cast<std::uint32_t>(h >> 32) | 1u;
+
+  // level = floor(x + u), x = (q'_i - lo) / delta >= 0, u uniform in [0, 1): E[level] = x. The float to
+  // integer conversion truncates, which is the floor here since x + u >= 0.
+  const double scale = delta > 0 ? 1.0 / delta : 0.0;
+  std::vector<std::uint16_t> levels(D);
   std::uint64_t level_sum = 0;
-  for (std::size_t i = 0; i < D; ++i) {
-    unsigned level = 0;
-    if (delta > 0) {
-      const double z = std::floor((rotated[i] - lo) / delta + rng.uniform());
-      level = z <= 0 ? 0u : (z >= top ? top : static_cast<unsigned>(z));
+  if (query_bits <= 8) {
+    // Single precision suffices below 256 levels (the rounding probabilities keep 16 bits) and runs
+    // twice as wide; lo is a float (the smallest rotated value), so x >= 0 holds exactly.
+    const auto flo = static_cast<float>(lo), fscale = static_cast<float>(scale);
+    for (std::size_t i = 0; i < D; ++i) {
+      const float u = static_cast<float>(mix32(key + static_cast<std::uint32_t>(i) * stride) >> 8) * (1.0f / 16777216.0f);
+      const auto z = static_cast<std::int32_t>((rotated[i] - flo) * fscale + u);
+      const std::uint32_t level = static_cast<std::uint32_t>(z) < top ? static_cast<std::uint32_t>(z) : top;
+      levels[i] = static_cast<std::uint16_t>(level);
+      level_sum += level;
     }
-    level_sum += level;
-    for (unsigned j = 0; j < query_bits; ++j)
-      if ((level >> j) & 1u) set_bit(out.planes.data() + j * words(), i);
+  } else {
+    for (std::size_t i = 0; i < D; ++i) {
+      const double u = static_cast<double>(mix32(key + static_cast<std::uint32_t>(i) * stride)) * (1.0 / 4294967296.0);
+      const auto z = static_cast<std::uint32_t>((static_cast<double>(rotated[i]) - lo) * scale + u);
+      const std::uint32_t level = z < top ? z : top;
+      levels[i] = static_cast<std::uint16_t>(level);
+      level_sum += level;
+    }
+  }
+  const std::size_t W = words();
+  out.query_bits = query_bits;
+  out.planes.assign(static_cast<std::size_t>(query_bits) * W, 0);
+  if (query_bits <= 8) {
+    // Eight levels at a time: mask bit b of each byte, then one multiply gathers the eight bits
+    // (byte i's bit lands on bit 56 + i; the partial products never carry into those bits).
+    constexpr std::uint64_t kLowBits = 0x0101010101010101ULL, kGather = 0x0102040810204080ULL;
+    std::vector<std::uint8_t> packed_levels(levels.begin(), levels.end());
+    for (std::size_t w = 0; w < W; ++w)
+      for (unsigned g = 0; g < 8; ++g) {
+        const std::uint8_t* bytes = packed_levels.data() + w * 64 + g * 8;
+        std::uint64_t eight = 0;  // byte i at bits 8i on any endianness (one load on little-endian)
+        for (unsigned i = 0; i < 8; ++i) eight |= static_cast<std::uint64_t>(bytes[i]) << (8 * i);
+        for (unsigned b = 0; b < query_bits; ++b)
+          out.planes[b * W + w] |= ((((eight >> b) & kLowBits) * kGather) >> 56) << (g * 8);
+      }
+  } else {
+    for (std::size_t w = 0; w < W; ++w) {
+      const std::uint16_t* block = levels.data() + w * 64;
+      for (unsigned b = 0; b < query_bits; ++b) {
+        std::uint64_t word = 0;
+        for (unsigned i = 0; i < 64; ++i) word |= static_cast<std::uint64_t>((block[i] >> b) & 1u) << i;
+        out.planes[b * W + w] = word;
+      }
+    }
   }
   out.lo = lo;
   out.delta = delta;

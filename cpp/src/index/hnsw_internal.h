@@ -98,6 +98,7 @@ struct HNSWIndex::Scratch {
   Query query, node_query;
   std::vector<std::uint32_t> dots;  // quantized graph: neighbour code dot products
   std::vector<float> estimates;
+  std::vector<std::uint64_t> gathered;  // quantized graph: codes of one upper-level neighbour list
   std::uint16_t next_epoch(std::size_t n) {
     if (visited.size() < n) visited.resize(n + n / 4 + 1024, 0);
     if (++epoch == 0) {

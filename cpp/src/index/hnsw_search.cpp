@@ -2,9 +2,11 @@
 // hnsw_internal.h) with the acceptance the filter plan asks for, exact fallbacks and sq8 re-ranking.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "annforge/parallel/executor.h"
+#include "annforge/simd/rabitq_kernels.h"
 #include "annforge/util/topk.h"
 #include "hnsw_internal.h"
 
@@ -30,6 +32,50 @@ HNSWIndex::Slot HNSWIndex::greedy_descent(const Query& q, Slot entry, int top_le
           changed = true;
         }
       }
+    }
+  }
+  return cur;
+}
+
+HNSWIndex::Slot HNSWIndex::greedy_descent_quantized(const codec::RaBitQ::Query& rq, Slot entry, int top_level,
+                                                    Scratch& scratch) const {
+  const simd::RaBitQKernels& kernels = simd::rabitq_kernels();
+  const std::size_t words = rq_bytes_ / 8;
+  auto& gathered = scratch.gathered;
+  auto& est = scratch.estimates;
+  auto& live = scratch.batch;
+  gathered.resize(M_ * words);
+  est.resize(M_);
+  live.resize(M_);
+  // The codes of a neighbour list are copied side by side so the codec scores them in one call.
+  auto estimate = [&](const Slot* slots, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) std::memcpy(gathered.data() + i * words, self_code(slots[i]), rq_bytes_);
+    rabitq_->estimate(rq, reinterpret_cast<const std::uint8_t*>(gathered.data()), n, 1, 0.0, kernels, est.data(),
+                      nullptr, nullptr);
+  };
+  Slot cur = entry;
+  estimate(&cur, 1);
+  float cur_dist = est[0];
+  for (int level = top_level; level > 0; --level) {
+    bool changed = true;
+    while (changed) {
+      changed = false;
+      const std::uint32_t* list = link_ids(cur, level);
+      const std::uint32_t count = std::min<std::uint32_t>(load_acquire(link_header(cur, level)) & kCountMask, M_);
+      std::size_t n = 0;
+      for (std::uint32_t i = 0; i < count; ++i)
+        if (list[i] < slot_count_) {
+          live[n++] = list[i];
+          prefetch(self_code(list[i]));
+        }
+      estimate(live.data(), n);
+      const Slot before = cur;
+      for (std::size_t i = 0; i < n; ++i)
+        if (est[i] < cur_dist) {
+          cur_dist = est[i];
+          cur = live[i];
+        }
+      changed = cur != before;
     }
   }
   return cur;
@@ -93,7 +139,8 @@ void HNSWIndex::search_one(const float* qv, std::size_t k, std::size_t ef, const
     brute_force(q, qv, k, *allowed, nullptr, results);
   } else if (entry != kNoSlot && live_ > 0) {
     const int top = static_cast<int>(e >> 32);
-    const Slot start = greedy_descent(q, entry, top, 0);
+    const Slot start = code_query && !two_hop ? greedy_descent_quantized(*code_query, entry, top, scratch)
+                                              : greedy_descent(q, entry, top, 0);
     scratch.next_epoch(slot_count_);
     // Without tombstones (no removed or half-inserted slot) the deleted bit needs no look-up.
     const bool tombstones = has_tombstones_.load(std::memory_order_acquire);

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "annforge/common.h"
+#include "annforge/simd/kernels.h"
 #include "annforge/simd/rabitq_kernels.h"
 
 namespace annforge::codec {
@@ -156,6 +157,12 @@ class RaBitQ {
   unsigned bits_;
   std::uint64_t seed_;
   std::vector<float> rotation_;
+  // The rotation in the GEMM kernel's packed layout, made once: packing it per call cost more than
+  // rotating a single query. The layout belongs to one kernel table (the SIMD level can be changed at
+  // run time); another level packs a private copy (packed_rotation()).
+  std::vector<float> packed_rotation_;
+  const simd::Kernels* packed_for_ = nullptr;
+  const float* packed_rotation(const simd::Kernels& K, std::vector<float>& other_level) const;
 };
 
 }  // namespace annforge::codec

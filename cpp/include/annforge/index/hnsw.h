@@ -129,6 +129,9 @@ class HNSWIndex final : public VectorIndex {
   // --- graph ---------------------------------------------------------------------------------------
   using Cand = std::pair<float, Slot>;
   Slot greedy_descent(const Query& q, Slot entry, int top_level, int stop_level) const;
+  // The same walk on the quantized graph, by code estimates: one cache line per neighbour (its code)
+  // instead of its whole vector.
+  Slot greedy_descent_quantized(const codec::RaBitQ::Query& rq, Slot entry, int top_level, Scratch& scratch) const;
   // Neighbour-expansion policies of search_layer (src/index/hnsw_internal.h): OneHop measures every
   // neighbour; TwoHop (level 0, selective filters) measures only allowed ones, reaching past the rest.
   struct OneHop;
