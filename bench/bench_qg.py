@@ -132,7 +132,7 @@ class Lib:
             import annforge as af
             self.index = af.load(path)
 
-    def search(self, q: np.ndarray, k: int, ef: int, bound: float = 0.0) -> np.ndarray:
+    def search(self, q: np.ndarray, k: int, ef: int, bound: Optional[float] = None) -> np.ndarray:
         name = self.name
         if name == "hnswlib":
             self.index.set_ef(max(ef, k))
@@ -146,7 +146,7 @@ class Lib:
             return self.index.search(q, k)[1]
         if name == "rabitqlib_symqg":
             return np.asarray(self.index.search(q, k, max(ef, k), 1)[0])
-        return self.index.search(q, k, ef=ef, num_threads=1, **({"bound": bound} if bound else {}))[0]
+        return self.index.search(q, k, ef=ef, num_threads=1, **({} if bound is None else {"bound": bound}))[0]
 
 
 def worker(args: argparse.Namespace) -> Dict[str, Any]:
@@ -164,7 +164,7 @@ def worker(args: argparse.Namespace) -> Dict[str, Any]:
     lib.search(queries[:100], 10, max(args.efs))  # warm-up
     points = []
     # The quantized graph has a second knob: the bound multiplier (both values swept, frontier kept).
-    bounds = args.bounds if "rabitq" in args.worker and args.worker.startswith("annforge") else [0.0]
+    bounds = args.bounds if "rabitq" in args.worker and args.worker.startswith("annforge") else [None]
     for bound in bounds:
         for ef in args.efs:
             best_cpu = best_wall = float("inf")
@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--efc", type=int, default=200)
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--efs", type=lambda s: [int(v) for v in s.split(",")], default=DEFAULT_EFS)
-    ap.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 1.9],
+    ap.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",")], default=[0.75, 1.0, 1.3, 1.9],
                     help="annforge rabitq: values of the search knob `bound` swept")
     ap.add_argument("--libs", type=lambda s: s.split(","), default=list(LIBS))
     ap.add_argument("--rounds", type=int, default=3)
@@ -250,7 +250,7 @@ def main() -> None:
     ref = None
     lines = []
     for lib in args.libs:
-        pts = sorted(results[lib]["best"].values(), key=lambda p: (p["bound"], p["ef"]))
+        pts = sorted(results[lib]["best"].values(), key=lambda p: (p["bound"] or 0.0, p["ef"]))
         results[lib]["points"] = pts
         results[lib]["qps_at_0.95"] = qps_at(pts, 0.95)
         results[lib]["qps_at_0.99"] = qps_at(pts, 0.99)
@@ -262,17 +262,21 @@ def main() -> None:
         lines.append(f"\n{lib}: build {res['build_wall_s']:.1f} s wall ({res['build_cpu_s']:.1f} s CPU), "
                      f"{res['file_bytes'] / n:.0f} B/vector (file)")
         for p in res["points"]:
-            knob = f" bound={p['bound']}" if p["bound"] else ""
+            knob = "" if p["bound"] is None else f" bound={p['bound']}"
             lines.append(f"  ef={p['ef']:4d}{knob}  recall@10={p['recall']:.4f}  qps(cpu)={p['qps_cpu']:9.0f}  "
                          f"qps(wall)={p['qps_wall']:9.0f}")
-    lines.append("\nsummary (QPS = single-thread CPU-time queries/s, interpolated; x = ratio to hnswlib)")
+    lines.append("\nsummary (QPS = single-thread CPU-time queries/s, interpolated; x = ratio to hnswlib, "
+                 "s = ratio to rabitqlib_symqg)")
+    symqg = results.get("rabitqlib_symqg")
     for lib in args.libs:
         res = results[lib]
         cells = []
         for t in ("0.95", "0.99"):
             v = res[f"qps_at_{t}"]
             r = ref[f"qps_at_{t}"] if ref else None
-            cells.append(f"@{t}: " + ("n/a" if v is None else f"{v:8.0f}" + (f" ({v / r:4.2f}x)" if r else "")))
+            sq = symqg[f"qps_at_{t}"] if symqg else None
+            ratios = ([f"{v / r:4.2f}x"] if v and r else []) + ([f"{v / sq:4.2f}s"] if v and sq else [])
+            cells.append(f"@{t}: " + ("n/a" if v is None else f"{v:8.0f}") + (f" ({', '.join(ratios)})" if ratios else ""))
         lines.append(f"  {lib:22s} {'  '.join(cells)}  {res['file_bytes'] / n:6.0f} B/vec  "
                      f"build {res['build_wall_s']:6.1f} s")
     print("\n".join(lines))
