@@ -107,7 +107,9 @@ void HNSWIndex::search_quantized(const codec::RaBitQ::Query& rq, Slot entry, std
   std::uint32_t* dots = scratch.dots.data();
   if (scratch.code_rows.size() < limit) scratch.code_rows.resize(limit);
   if (scratch.batch.size() < limit) scratch.batch.resize(limit);
+  if (scratch.estimates.size() < limit) scratch.estimates.resize(limit);
   std::uint32_t* rows = scratch.code_rows.data();  // block rows of the neighbours scored at this node
+  float* lower = scratch.estimates.data();          // their lower bounds
   Slot* fresh_ids = scratch.batch.data();
   const std::uint16_t epoch = scratch.epoch;
   std::uint16_t* visited = scratch.visited.data();
@@ -154,6 +156,8 @@ void HNSWIndex::search_quantized(const codec::RaBitQ::Query& rq, Slot entry, std
     }
     if (fresh) kernels.binary_dot_rows(reinterpret_cast<const std::uint64_t*>(block), rows, fresh, stride_words, words,
                                        rq.planes.data(), rq.query_bits, dots);
+    // Lower bounds first, then the survivors, then the pushes: with the test inside one loop its branch
+    // (about half the neighbours survive) mispredicted behind the estimate's latency chain.
     for (std::size_t j = 0; j < fresh; ++j) {
       float f[4];
       std::memcpy(f, block + rows[j] * rq_bytes_ + factor_offset, sizeof(f));
@@ -161,13 +165,19 @@ void HNSWIndex::search_quantized(const codec::RaBitQ::Query& rq, Slot entry, std
                        (delta * static_cast<float>(dots[j]) + lo * f[codec::RaBitQ::kSignSum] - half_qsum);
       const float est = base + add_weight * f[codec::RaBitQ::kAdd] + ip_weight * ip;
       const float err = f[codec::RaBitQ::kSignErr], inv_a = f[codec::RaBitQ::kSignInvA];
-      const float half = std::sqrt(err * err * rot_var + inv_a * inv_a * round_var);
-      if (!(est - half < worst)) continue;  // cannot beat the results (worst is infinite until they are full)
+      lower[j] = est - std::sqrt(err * err * rot_var + inv_a * inv_a * round_var);
+    }
+    std::size_t kept = 0;
+    for (std::size_t j = 0; j < fresh; ++j) {
+      rows[kept] = static_cast<std::uint32_t>(j);
+      kept += lower[j] < worst;  // cannot beat the results otherwise (worst is infinite until they are full)
+    }
+    for (std::size_t k = 0; k < kept; ++k) {
       // Keyed by the lower bound, not the estimate: the walk expands a node while it might still beat
       // the results, and stops once no candidate can. Measured (MiniLM 20k, ip): at equal QPS this
       // gains 0.03 recall over estimate keys; on clustered data with a distant centre, where 1-bit
       // estimates are poor, estimate keys lost 0.15 recall against an exact walk and bound keys none.
-      cand.emplace_back(est - half, fresh_ids[j]);
+      cand.emplace_back(lower[rows[k]], fresh_ids[rows[k]]);
       std::push_heap(cand.begin(), cand.end(), CandGreater());
     }
     // The next node's record is requested before the exact distance of this one is computed, so its
