@@ -45,6 +45,9 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "hnsw-f32": {"family": "hnsw", "args": {"storage": "f32"}, "sweep": [{"ef": e} for e in HNSW_EFS]},
     "hnsw-f16": {"family": "hnsw", "args": {"storage": "f16"}, "sweep": [{"ef": e} for e in HNSW_EFS]},
     "hnsw-sq8": {"family": "hnsw", "args": {"storage": "sq8"}, "sweep": [{"ef": e} for e in HNSW_EFS]},
+    # The quantized graph with f16 re-rank vectors, both ends of the `bound` knob (1.0 fast, 1.9 default).
+    "hnsw-rabitq-f16": {"family": "hnsw", "args": {"storage": "rabitq", "rerank": "f16"},
+                        "sweep": [{"ef": e, "bound": b} for e in HNSW_EFS for b in (1.0, 1.9)]},
     # IVF-PQ code sizes as bench_ivfpq.py's defaults at 384 dimensions: m = dim / 8 (8-bit), dim / 4 (4-bit).
     "ivfpq-pq8": {"family": "ivfpq", "dims_per_m": 8, "args": {"nbits": 8, "refine": None},
                   "sweep": [{"nprobe": p} for p in NPROBES]},

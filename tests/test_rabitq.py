@@ -111,6 +111,26 @@ def test_kernels_match_reference(level, nwords, cbits, qbits, n, pad, seed):
     assert np.array_equal(multi.astype(np.int64), reference_dot(codes, nwords, cbits, qplanes))
     binary = T._rabitq_kernel(level, "binary_dot", codes, nwords, cbits, qplanes)
     assert np.array_equal(binary.astype(np.int64), reference_dot(codes, nwords, 1, qplanes))
+    rows = rng.integers(0, max(n, 1), size=rng.integers(0, 12) if n else 0).astype(np.uint32)
+    picked = T._rabitq_kernel(level, "binary_dot_rows", codes, nwords, cbits, qplanes, rows=rows)
+    assert np.array_equal(picked.astype(np.int64), reference_dot(codes[rows], nwords, 1, qplanes))
+
+
+@pytest.mark.parametrize("level", KERNELS)
+@settings(max_examples=30, deadline=None)
+@given(nwords=st.integers(1, 9), qbits=st.integers(1, 8), n=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_binary_dot_rows_short_codes(level, nwords, qbits, n, seed):
+    # The VPOPCNTDQ table packs four codes' sums into 16-bit fields when they fit (codes of <= 8 words):
+    # every row count around the groups of four, sums near the 16-bit limit, repeated and reordered rows.
+    rng = np.random.default_rng(seed)
+    stride = nwords + 2
+    codes = rng.integers(0, 2**64, size=(n, stride), dtype=np.uint64)
+    codes[rng.random(n) < 0.3, :nwords] = np.uint64(2**64 - 1)
+    qplanes = rng.integers(0, 2**64, size=(qbits, nwords), dtype=np.uint64)
+    qplanes[:, rng.random(nwords) < 0.5] = np.uint64(2**64 - 1)
+    rows = rng.integers(0, n, size=rng.integers(0, 3 * n)).astype(np.uint32)
+    got = T._rabitq_kernel(level, "binary_dot_rows", codes, nwords, 1, qplanes, rows=rows)
+    assert np.array_equal(got.astype(np.int64), reference_dot(codes[rows], nwords, 1, qplanes))
 
 
 def test_kernel_extremes_all_ones():

@@ -144,7 +144,7 @@ class RaBitQCodecHook {
 
 py::array_t<std::uint32_t> run_rabitq_kernel(const std::string& level, const std::string& name,
                                              const py::handle& codes_obj, std::size_t nwords, std::size_t cbits,
-                                             const py::handle& qplanes_obj) {
+                                             const py::handle& qplanes_obj, const py::object& rows_obj) {
   const simd::RaBitQKernels& kernels = rabitq_table(level);
   U64Array codes = U64Array::ensure(codes_obj), qplanes = U64Array::ensure(qplanes_obj);
   if (!codes || !qplanes) {
@@ -158,13 +158,24 @@ py::array_t<std::uint32_t> run_rabitq_kernel(const std::string& level, const std
   const std::size_t planes = name == "binary_dot" ? 1 : cbits;
   ANNFORGE_CHECK(qbits >= 1 && qbits <= 16 && cbits >= 1 && cbits <= 8 && planes * nwords <= stride, ErrorKind::Value,
                  "rabitq kernel: need 1 <= qbits <= 16, 1 <= cbits <= 8 and cbits * nwords <= stride");
+  if (name == "binary_dot_rows") {  // the rows given (indices into codes), in their order
+    ANNFORGE_CHECK(!rows_obj.is_none(), ErrorKind::Value, "rabitq kernel: binary_dot_rows needs rows");
+    const auto rows = py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>::ensure(rows_obj);
+    ANNFORGE_CHECK(rows && rows.ndim() == 1, ErrorKind::Value, "rabitq kernel: rows must be a 1-d integer array");
+    for (py::ssize_t i = 0; i < rows.shape(0); ++i)
+      ANNFORGE_CHECK(rows.data()[i] < n, ErrorKind::Value, "rabitq kernel: row out of range");
+    py::array_t<std::uint32_t> out(rows.shape(0));
+    kernels.binary_dot_rows(codes.data(), rows.data(), static_cast<std::size_t>(rows.shape(0)), stride, nwords,
+                            qplanes.data(), qbits, out.mutable_data());
+    return out;
+  }
   py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(n));
   if (name == "binary_dot")
     kernels.binary_dot(codes.data(), n, stride, nwords, qplanes.data(), qbits, out.mutable_data());
   else if (name == "multibit_dot")
     kernels.multibit_dot(codes.data(), n, stride, nwords, cbits, qplanes.data(), qbits, out.mutable_data());
   else
-    fail(ErrorKind::Value, "unknown rabitq kernel '", name, "': expected binary_dot or multibit_dot");
+    fail(ErrorKind::Value, "unknown rabitq kernel '", name, "': expected binary_dot, binary_dot_rows or multibit_dot");
   return out;
 }
 
@@ -190,7 +201,7 @@ void bind_rabitq_tests(py::module_& testing) {
                              [](const RaBitQCodecHook& h) { return h.codec().default_query_bits(); })
       .def_property_readonly("max_query_bits", [](const RaBitQCodecHook& h) { return h.codec().max_query_bits(); });
   testing.def("_rabitq_kernel", &run_rabitq_kernel, py::arg("level"), py::arg("name"), py::arg("codes"),
-              py::arg("nwords"), py::arg("cbits"), py::arg("qplanes"));
+              py::arg("nwords"), py::arg("cbits"), py::arg("qplanes"), py::arg("rows") = py::none());
   testing.def("_rabitq_kernel_level", [] { return std::string(simd::level_name(simd::rabitq_kernels().level)); });
   // The kernel names _rabitq_kernel() and estimate(level=...) accept on this machine.
   testing.def("_rabitq_kernel_variants", [] {

@@ -96,11 +96,13 @@ struct HNSWIndex::Scratch {
   std::vector<std::uint32_t> batch, hops;
   std::vector<float> decoded_a, decoded_b;
   Query query, node_query;
-  std::vector<std::uint32_t> dots;  // quantized graph: neighbour code dot products
+  std::vector<std::uint32_t> dots;       // quantized graph: neighbour code dot products
+  std::vector<std::uint32_t> code_rows;  // quantized graph: block rows of the neighbours being scored
   std::vector<float> estimates;
   std::vector<std::uint64_t> gathered;  // quantized graph: codes of one upper-level neighbour list
+  // Marks for slots [0, n] (one spare past the last slot: the quantized walk's branch-free checks use it).
   std::uint16_t next_epoch(std::size_t n) {
-    if (visited.size() < n) visited.resize(n + n / 4 + 1024, 0);
+    if (visited.size() <= n) visited.resize(n + n / 4 + 1024, 0);
     if (++epoch == 0) {
       std::fill(visited.begin(), visited.end(), 0);
       epoch = 1;

@@ -58,7 +58,7 @@ struct V {
 #include "rabitq_kernels.inc"
 
 namespace {
-const RaBitQKernels kTable = {Level::AVX2, &binary_dot_body, &multibit_dot_body};
+const RaBitQKernels kTable = {Level::AVX2, &binary_dot_body, &multibit_dot_body, &binary_dot_rows_body};
 }  // namespace
 
 const RaBitQKernels* rabitq_kernels_avx2() { return &kTable; }

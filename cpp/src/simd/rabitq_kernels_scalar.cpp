@@ -41,7 +41,7 @@ std::uint64_t total(const PlaneSums& s, std::size_t) { return s.value; }
 #include "rabitq_kernels.inc"
 
 namespace {
-const RaBitQKernels kTable = {Level::Scalar, &binary_dot_body, &multibit_dot_body};
+const RaBitQKernels kTable = {Level::Scalar, &binary_dot_body, &multibit_dot_body, &binary_dot_rows_body};
 }  // namespace
 
 const RaBitQKernels* rabitq_kernels_scalar() { return &kTable; }

@@ -27,10 +27,17 @@ using RaBitQMultiDotFn = void (*)(const std::uint64_t* codes, std::size_t n, std
                                   std::size_t nwords, std::size_t cbits, const std::uint64_t* qplanes,
                                   std::size_t qbits, std::uint32_t* out);
 
+// binary_dot over chosen rows: out[i] = the binary_dot sum of code rows[i] (codes + rows[i] * stride), so
+// a caller reads only the codes it needs (the quantized graph skips visited neighbours' lines).
+using RaBitQBinaryDotRowsFn = void (*)(const std::uint64_t* codes, const std::uint32_t* rows, std::size_t n,
+                                       std::size_t stride, std::size_t nwords, const std::uint64_t* qplanes,
+                                       std::size_t qbits, std::uint32_t* out);
+
 struct RaBitQKernels {
   Level level;
   RaBitQBinaryDotFn binary_dot;
   RaBitQMultiDotFn multibit_dot;
+  RaBitQBinaryDotRowsFn binary_dot_rows;
 };
 
 // Per level (cpp/src/simd/rabitq_kernels_{scalar,avx2,avx512}.cpp); nullptr when not compiled in. NEON
