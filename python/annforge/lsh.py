@@ -233,7 +233,10 @@ class MinHashLSH:
     at 0.8), and the bands are the longest whose misses cost at most 1% of the pairs the check keeps
     (16 x 8 at 0.8 / 128 instead of 9 x 13); details in ``annforge._lsh_verify``. ``query``,
     ``query_batch``, ``query_with_scores`` and ``candidate_pairs`` then return only pairs that pass (best
-    first for queries). ``verify=False`` (default) answers as datasketch does: every key sharing a band.
+    first for queries). On 44k Debian package descriptions (threshold 0.8, 128 values, 30 seeds) the
+    verified pairs had recall 0.885 and precision 0.741 against exact Jaccard, datasketch's candidate
+    pairs 0.731 and 0.600 (``bench/results/minhash_quality_verified_2026-12-05.txt``). ``verify=False``
+    (default) answers as datasketch does: every key sharing a band.
 
     The index records which scheme its signatures come from (``scheme=``, else learnt from the first
     :class:`MinHash` inserted; saved with the index). Once known, inserting or querying signatures of
