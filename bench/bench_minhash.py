@@ -145,6 +145,8 @@ def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
             out["insert_verified"] = len(sigs) / s
             s, _ = _best(lambda: vlsh.candidate_pairs(num_threads=threads), rep)
             out["pairs_verified"] = len(sigs) / s
+            s, _ = _best(lambda: [vlsh.query(r) for r in rows], rep)
+            out["query_verified"] = nq / s
             out["bands_rows_verified"] = [vlsh.bands, vlsh.rows, vlsh.min_matches]
         if seeds:
             qs, vqs = [], []
@@ -405,6 +407,7 @@ def report(best, libs, lanes):
                ("pairs", "candidate_pairs(), indexed docs/s (threshold banding)"),
                ("insert_verified", "LSH inserts/s (batch, verify=True banding)"),
                ("pairs_verified", "candidate_pairs(), indexed docs/s (verify=True)"),
+               ("query_verified", "LSH queries/s (one at a time, verify=True)"),
                ("dedup_docs_per_s", "dedup end to end, docs/s (raw text; verify=True, default)"),
                ("dedup_unverified_docs_per_s", "dedup end to end, docs/s (raw text; verify=False)")]
     for n in lanes:

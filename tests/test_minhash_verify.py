@@ -209,3 +209,22 @@ def test_verified_pairs_beat_plain_banding_and_datasketch_on_recall_and_precisio
     for other in ("plain", "datasketch"):
         assert mean["verified"][0] > mean[other][0] + 0.05, mean
         assert mean["verified"][1] > mean[other][1], mean
+
+
+def test_verified_query_takes_minhash_objects_and_refuses_mixed_schemes():
+    docs = [["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "f"], ["x", "y"]]
+    sigs = af.minhash_signatures(docs, num_perm=64)
+    lsh = af.MinHashLSH(0.5, 64, verify=True)
+    lsh.insert_batch([0, 1, 2], sigs)
+    m = af.MinHash(num_perm=64)
+    m.update_batch(docs[0])
+    assert lsh.query(m) == lsh.query(sigs[0]) == [k for k, _ in lsh.query_with_scores(sigs[0])]
+    assert lsh.query(sigs[0])[0] == 0  # itself first: best first
+    wide = af.minhash_signatures(docs, num_perm=64, scheme="mersenne61")
+    old = af.MinHash(num_perm=64, scheme="mersenne61")
+    old.update_batch(docs[0])
+    checked = af.MinHashLSH(0.5, 64, verify=True, scheme="cminhash")
+    checked.insert_batch([0, 1, 2], sigs)
+    for bad in (wide[0], old):
+        with pytest.raises(ValueError, match="different MinHash schemes"):
+            checked.query(bad)

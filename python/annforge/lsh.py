@@ -389,13 +389,12 @@ class MinHashLSH:
     def query(self, sig: Any) -> List[int]:
         """Keys whose signature shares a band with ``sig`` (a uint64 array or a :class:`MinHash`); with
         ``verify=True`` only those with at least :attr:`min_matches` equal values, best first."""
-        if self._min_matches is not None:
-            return self._impl.query(self._check(sig, False), True, self._cut())[1].tolist()
+        cut = None if self._min_matches is None else self._cut()
         # The common case (a uint64 row) goes straight to the core: this wrapper is a visible part of a
         # sub-microsecond query.
         if type(sig) is np.ndarray:  # the width check on one value is done by the core
-            return self._impl.query_keys(sig, -1 if self._wide is None else int(self._wide))
-        return self._impl.query_keys(self._check(sig, False), -1)
+            return self._impl.query_keys(sig, -1 if self._wide is None else int(self._wide), cut)
+        return self._impl.query_keys(self._check(sig, False), -1, cut)
 
     def _min_score(self, min_score: Optional[float]) -> float:
         if min_score is None:
