@@ -16,7 +16,8 @@ Jaccard >= threshold (prefix filtering), at each library's own banding for the t
 datasketch: the same (bands, rows) rule; rensa needs a band count dividing num_perm: the rule's, rounded
 to the nearest divisor, rows = num_perm // bands), and at 8 x 16 for all. annforge also runs
 ``MinHashLSH(threshold, num_perm, verify=True)``: its own banding for the signature check, pairs with at
-least ``min_matches`` equal values (the "verified" rows); mean ± standard error over the seeds.
+least ``min_matches`` equal values (the "verified" rows), and the same check on datasketch's banding (the
+"checked" rows: the pair step of ``dedup(verify=False)``); mean ± standard error over the seeds.
 """
 
 import argparse
@@ -149,7 +150,7 @@ def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
             out["query_verified"] = nq / s
             out["bands_rows_verified"] = [vlsh.bands, vlsh.rows, vlsh.min_matches]
         if seeds:
-            qs, vqs = [], []
+            qs, vqs, cqs = [], [], []
             for seed in seeds:
                 sg = af.minhash_signatures(toks, k, seed=seed, num_threads=threads)
                 lsh = af.MinHashLSH(threshold=t, num_perm=k, params=params)
@@ -161,9 +162,14 @@ def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
                     vlsh.insert_batch(keys, sg, num_threads=threads)
                     f, g, _ = vlsh.candidate_pairs()
                     vqs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+                    # datasketch's banding with the same check: the pair step of dedup(verify=False)
+                    f, g, _ = lsh.candidate_pairs(min_score=(vlsh.min_matches - 0.5) / k)
+                    cqs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
             out["quality" + label] = _mean_quality(qs)
             if vqs:
                 out["quality_verified"] = _mean_quality(vqs)
+                out["quality_checked"] = _mean_quality(cqs)
+                out["bands_rows_checked"] = [lsh.bands, lsh.rows, vlsh.min_matches]
     # Where signing time goes: num_perm=1 leaves the Python boundary and the token hashing alone.
     s, _ = _best(lambda: af.minhash_signatures(toks, 1, num_threads=threads), rep)
     out["sign_tokens_k1"] = len(toks) / s
@@ -419,12 +425,12 @@ def report(best, libs, lanes):
             if all(v is None for v in vals):
                 continue
             print(f"{label:58s}" + "".join(f"{v:14,.0f}" if v is not None else f"{'-':>14s}" for v in vals))
-        for suffix in ("", "_verified", "_8x16"):
+        for suffix in ("", "_verified", "_checked", "_8x16"):
             for lib in cols:
                 res = best[(lib, lanes[0])]
                 q = res.get("quality" + suffix)
                 if q:
-                    shape = "bands x rows" + (" x min_matches" if suffix == "_verified" else "")
+                    shape = "bands x rows" + (" x min_matches" if suffix in ("_verified", "_checked") else "")
                     print(f"pair quality{suffix or ''} {lib:12s} {shape} {res.get('bands_rows' + suffix)}: "
                           f"mean recall {q['recall']:.4f} ± {q.get('recall_se', float('nan')):.4f} precision "
                           f"{q['precision']:.4f} ± {q.get('precision_se', float('nan')):.4f} candidates "

@@ -533,7 +533,8 @@ def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, s
     verify=True)`` (``lsh.candidate_pairs()``: banding chosen for the signature check, pairs with at least
     ``lsh.min_matches`` equal values), then connected components (union-find). ``verify=False`` gives the
     steps of earlier versions: datasketch's banding, then pairs with estimated Jaccard ``>= threshold``
-    (``candidate_pairs(min_score=threshold)``), which misses more true pairs. ``docs`` may be any
+    (``candidate_pairs(min_score=threshold)``): fewer false pairs, many more missed ones (on 44k Debian
+    descriptions at 0.8: pair recall 0.70 and precision 0.81, against 0.88 and 0.74). ``docs`` may be any
     iterable (a generator over a corpus on disk): it is read ``chunk_size`` documents at a time, so
     memory holds one chunk of documents plus the signatures and band tables, never the whole corpus. The
     groups are exactly those of the same steps done by hand on the whole list. ``show_progress`` draws a
