@@ -14,7 +14,10 @@ RAYON_NUM_THREADS (its default, all cores, is the 2-thread lane on a 2-core mach
 single-threaded Python. Pair recall / precision: LSH candidate pairs against every pair with exact
 Jaccard >= threshold (prefix filtering), at each library's own banding for the threshold (annforge and
 datasketch: the same (bands, rows) rule; rensa needs a band count dividing num_perm: the rule's, rounded
-to the nearest divisor, rows = num_perm // bands), and at 8 x 16 for all.
+to the nearest divisor, rows = num_perm // bands), and at 8 x 16 for all. annforge also runs
+``MinHashLSH(threshold, num_perm, verify=True)``: its own banding for the signature check, pairs with at
+least ``min_matches`` equal values (the "verified" rows), and the same check on datasketch's banding (the
+"checked" rows: the pair step of ``dedup(verify=False)``); mean ± standard error over the seeds.
 """
 
 import argparse
@@ -73,12 +76,15 @@ def shingles(text, n=3):
 
 
 # ---- workers (one process per library and round) --------------------------------------------------------
+_clock = time.perf_counter  # --timer cpu: time.process_time (steadier on a shared machine, one thread)
+
+
 def _best(fn, repeats):
     best, out = float("inf"), None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _clock() - t0)
     return best, out
 
 
@@ -92,8 +98,12 @@ def _quality(found, truth):
 
 
 def _mean_quality(qs):
-    """Means over seeds, plus each seed's recall / precision (one seed moves them by points)."""
+    """Means over seeds with standard errors, plus each seed's recall / precision (one seed moves them by
+    points)."""
     out = {key: float(np.mean([q[key] for q in qs])) for key in ("recall", "precision", "candidates")}
+    for key in ("recall", "precision"):
+        vals = [q[key] for q in qs]
+        out[key + "_se"] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else float("nan")
     out["seeds"] = [[round(q["recall"], 4), round(q["precision"], 4)] for q in qs]
     return out
 
@@ -124,21 +134,52 @@ def worker_annforge(w, texts, toks, k, t, threads, rep, truth, seeds):
         s, _ = _best(lambda: lsh.query_batch(sigs, num_threads=threads), rep)
         out["query_batch" + label] = len(sigs) / s
         out["bands_rows" + label] = [lsh.bands, lsh.rows]
+        if not label:  # candidate pairs, then the same with the signature check (verify=True)
+            s, _ = _best(lambda: lsh.candidate_pairs(num_threads=threads), rep)
+            out["pairs"] = len(sigs) / s
+            def build_verified():
+                v = af.MinHashLSH(threshold=t, num_perm=k, verify=True)
+                v.insert_batch(keys, sigs, num_threads=threads)
+                return v
+            build_verified()  # warm-up, as for the plain index
+            s, vlsh = _best(build_verified, rep)
+            out["insert_verified"] = len(sigs) / s
+            s, _ = _best(lambda: vlsh.candidate_pairs(num_threads=threads), rep)
+            out["pairs_verified"] = len(sigs) / s
+            s, _ = _best(lambda: [vlsh.query(r) for r in rows], rep)
+            out["query_verified"] = nq / s
+            out["bands_rows_verified"] = [vlsh.bands, vlsh.rows, vlsh.min_matches]
         if seeds:
-            qs = []
+            qs, vqs, cqs = [], [], []
             for seed in seeds:
                 sg = af.minhash_signatures(toks, k, seed=seed, num_threads=threads)
                 lsh = af.MinHashLSH(threshold=t, num_perm=k, params=params)
                 lsh.insert_batch(keys, sg, num_threads=threads)
                 f, g, _ = lsh.candidate_pairs()
                 qs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+                if not label:
+                    vlsh = af.MinHashLSH(threshold=t, num_perm=k, verify=True)
+                    vlsh.insert_batch(keys, sg, num_threads=threads)
+                    f, g, _ = vlsh.candidate_pairs()
+                    vqs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
+                    # datasketch's banding with the same check: the pair step of dedup(verify=False)
+                    f, g, _ = lsh.candidate_pairs(min_score=(vlsh.min_matches - 0.5) / k)
+                    cqs.append(_quality(set(zip(f.tolist(), g.tolist())), truth))
             out["quality" + label] = _mean_quality(qs)
+            if vqs:
+                out["quality_verified"] = _mean_quality(vqs)
+                out["quality_checked"] = _mean_quality(cqs)
+                out["bands_rows_checked"] = [lsh.bands, lsh.rows, vlsh.min_matches]
     # Where signing time goes: num_perm=1 leaves the Python boundary and the token hashing alone.
     s, _ = _best(lambda: af.minhash_signatures(toks, 1, num_threads=threads), rep)
     out["sign_tokens_k1"] = len(toks) / s
     s, groups = _best(lambda: af.dedup(texts, t, num_perm=k, shingle="word3", num_threads=threads), rep)
     out["dedup_docs_per_s"] = len(texts) / s
     out["dedup_groups"] = len(groups)
+    s, groups = _best(lambda: af.dedup(texts, t, num_perm=k, shingle="word3", num_threads=threads,
+                                       verify=False), rep)
+    out["dedup_unverified_docs_per_s"] = len(texts) / s
+    out["dedup_unverified_groups"] = len(groups)
     return out
 
 
@@ -275,6 +316,9 @@ def run_worker(spec_path):
     texts, toks = data["texts"], data["tokens"]
     truth = set(map(tuple, data["truth"]))
     lib, k, t, threads, rep = spec["lib"], spec["num_perm"], spec["threshold"], spec["threads"], spec["repeats"]
+    global _clock
+    if spec.get("timer") == "cpu":
+        _clock = time.process_time
     seeds = spec["quality_seeds"]
     if lib == "annforge":
         out = worker_annforge(spec, texts, toks, k, t, threads, rep, truth, seeds)
@@ -290,7 +334,7 @@ def merge_best(acc, new):
     for key, v in new.items():
         if key.startswith("quality") and key in acc:
             continue  # measured once
-        if isinstance(v, (int, float)) and not key.startswith("dedup_") or key == "dedup_docs_per_s":
+        if isinstance(v, (int, float)) and not key.startswith("dedup_") or key.endswith("docs_per_s"):
             acc[key] = max(acc.get(key, 0.0), v)
         else:
             acc[key] = v
@@ -310,6 +354,8 @@ def main():
     ap.add_argument("--apt-lists", default="/var/lib/apt/lists")
     ap.add_argument("--seed", type=int, default=0, help="corpus seed")
     ap.add_argument("--seeds", type=int, default=5, help="MinHash seeds averaged for pair recall / precision")
+    ap.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (steadier on a shared machine; meaningful with --threads 1)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -340,7 +386,7 @@ def main():
                     spec = os.path.join(work, "spec.json")
                     with open(spec, "w") as f:
                         json.dump(dict(lib=lib, data=data, num_perm=a.num_perm, threshold=a.threshold, threads=n,
-                                       repeats=a.repeats, ds_sample=a.ds_sample,
+                                       repeats=a.repeats, ds_sample=a.ds_sample, timer=a.timer,
                                        # pair quality does not depend on threads or timing: first round only
                                        quality_seeds=list(range(1, a.seeds + 1)) if r == 0 and n == lanes[0]
                                        else []), f)
@@ -364,7 +410,12 @@ def report(best, libs, lanes):
                ("insert", "LSH inserts/s (batch, threshold banding)"), ("query", "LSH queries/s (one at a time)"),
                ("query_batch", "LSH queries/s (batch)"), ("insert_8x16", "LSH inserts/s (batch, 8x16 bands)"),
                ("query_8x16", "LSH queries/s (one at a time, 8x16)"), ("query_batch_8x16", "LSH queries/s (batch, 8x16)"),
-               ("dedup_docs_per_s", "dedup end to end, docs/s (raw text in)")]
+               ("pairs", "candidate_pairs(), indexed docs/s (threshold banding)"),
+               ("insert_verified", "LSH inserts/s (batch, verify=True banding)"),
+               ("pairs_verified", "candidate_pairs(), indexed docs/s (verify=True)"),
+               ("query_verified", "LSH queries/s (one at a time, verify=True)"),
+               ("dedup_docs_per_s", "dedup end to end, docs/s (raw text; verify=True, default)"),
+               ("dedup_unverified_docs_per_s", "dedup end to end, docs/s (raw text; verify=False)")]
     for n in lanes:
         print(f"\n== threads={n} (datasketch: 1 thread) ==")
         cols = [lib for lib in libs]
@@ -374,13 +425,15 @@ def report(best, libs, lanes):
             if all(v is None for v in vals):
                 continue
             print(f"{label:58s}" + "".join(f"{v:14,.0f}" if v is not None else f"{'-':>14s}" for v in vals))
-        for suffix in ("", "_8x16"):
+        for suffix in ("", "_verified", "_checked", "_8x16"):
             for lib in cols:
                 res = best[(lib, lanes[0])]
                 q = res.get("quality" + suffix)
                 if q:
-                    print(f"pair quality{suffix or ''} {lib:12s} bands x rows {res.get('bands_rows' + suffix)}: "
-                          f"mean recall {q['recall']:.4f} precision {q['precision']:.4f} candidates "
+                    shape = "bands x rows" + (" x min_matches" if suffix in ("_verified", "_checked") else "")
+                    print(f"pair quality{suffix or ''} {lib:12s} {shape} {res.get('bands_rows' + suffix)}: "
+                          f"mean recall {q['recall']:.4f} ± {q.get('recall_se', float('nan')):.4f} precision "
+                          f"{q['precision']:.4f} ± {q.get('precision_se', float('nan')):.4f} candidates "
                           f"{q['candidates']:.0f}; per seed (recall, precision) {q['seeds']}")
         a = best.get(("annforge", n), {})
         for lib in ("rensa-R", "rensa-C"):

@@ -333,15 +333,17 @@ def _corpus(seed: int):
     seed=st.integers(0, 2**32 - 1),
     threshold=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]),
     num_perm=st.sampled_from([16, 64, 128]),
+    verify=st.booleans(),
 )
-def test_bucket_keys_verification_and_union_find_reproduce_af_dedup(seed, threshold, num_perm):
+def test_bucket_keys_verification_and_union_find_reproduce_af_dedup(seed, threshold, num_perm, verify):
     # The distributed path's three steps, run here without Ray Data: buckets by band key, pairs
     # verified inside each bucket, union-find over the surviving pairs.
     rng = np.random.default_rng(seed)
     docs = [[f"t{j}" for j in rng.integers(0, 12, rng.integers(0, 8))] for _ in range(60)]
-    want = af.dedup(docs, threshold=threshold, num_perm=num_perm)
+    want = af.dedup(docs, threshold=threshold, num_perm=num_perm, verify=verify)
     sigs = af.minhash_signatures(docs, num_perm=num_perm)
-    lsh = af.MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = af.MinHashLSH(threshold=threshold, num_perm=num_perm, verify=verify)
+    cut = (lsh.min_matches - 0.5) / num_perm if verify else threshold
     keys = band_keys(sigs, lsh.bands, lsh.rows)
     buckets: dict = {}
     for doc, row in enumerate(keys):
@@ -351,7 +353,7 @@ def test_bucket_keys_verification_and_union_find_reproduce_af_dedup(seed, thresh
     for members in buckets.values():
         if len(members) > 1:
             ids = np.array(members[::-1], dtype=np.int64)  # any order within a bucket
-            pairs = verified_pairs(ids, sigs[ids], threshold)
+            pairs = verified_pairs(ids, sigs[ids], cut)
             first.append(pairs["a"])
             second.append(pairs["b"])
     got = groups_from_pairs(np.concatenate(first), np.concatenate(second)) if first else []

@@ -545,17 +545,22 @@ def test_dedup_streams_chunks_and_equals_the_steps_by_hand():
     base = [[f"w{int(x)}" for x in rng.choice(5000, 40, replace=False)] for _ in range(300)]
     docs = base + [d[:-2] + ["new1", "new2"] for d in base[:60]] + [list(d) for d in base[60:90]]
     sigs = af.minhash_signatures(docs, 128)
-    lsh = af.MinHashLSH(threshold=0.8, num_perm=128)
-    lsh.insert_batch(np.arange(len(docs)), sigs)
-    f, s, _ = lsh.candidate_pairs(min_score=0.8)
-    labels = af._core.connected_groups(len(docs), f, s)
-    by_hand: dict = {}
-    for i, lab in enumerate(labels.tolist()):
-        by_hand.setdefault(lab, []).append(i)
-    expected = [g for g in by_hand.values() if len(g) > 1]
-    assert len(expected) >= 60
+
+    def by_hand(verify):
+        lsh = af.MinHashLSH(threshold=0.8, num_perm=128, verify=verify)
+        lsh.insert_batch(np.arange(len(docs)), sigs)
+        f, s, _ = lsh.candidate_pairs() if verify else lsh.candidate_pairs(min_score=0.8)
+        labels = af._core.connected_groups(len(docs), f, s)
+        groups: dict = {}
+        for i, lab in enumerate(labels.tolist()):
+            groups.setdefault(lab, []).append(i)
+        return [g for g in groups.values() if len(g) > 1]
+
+    expected, unverified = by_hand(True), by_hand(False)
+    assert len(expected) >= 60 and expected != unverified
     for chunk in (7, 100, 10_000):
         assert af.dedup(iter(docs), 0.8, chunk_size=chunk) == expected
+        assert af.dedup(iter(docs), 0.8, chunk_size=chunk, verify=False) == unverified
     assert af.dedup(docs, 0.8, show_progress=True) == expected
     texts = [" ".join(d) for d in docs]
     assert af.dedup((t for t in texts), 0.8, shingle="word1", chunk_size=50) == expected

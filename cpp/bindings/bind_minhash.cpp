@@ -404,7 +404,8 @@ void bind_minhash(py::module_& m) {
           // path of MinHashLSH.query(), called once per document in typical dedup loops.
           // expect_wide: 1 / 0 when the index holds 64-bit / 32-bit scheme signatures (-1: unknown); one
           // value tells them apart (a 64-bit scheme's minimum is below 2^32 with probability ~n / 2^29).
-          [](const MinHashLSH& s, const py::object& sig, int expect_wide) {
+          // min_score: verified queries (keys scoring >= it, best first).
+          [](const MinHashLSH& s, const py::object& sig, int expect_wide, std::optional<double> min_score) {
             std::size_t rows = 0;
             SigArray a = as_sigs(sig, s.num_perm(), rows);
             ANNFORGE_CHECK(rows == 1, ErrorKind::Value, "query() takes one signature; use query_batch() for ", rows);
@@ -419,16 +420,16 @@ void bind_minhash(py::module_& m) {
             // A query takes well under a microsecond: run it under the GIL unless a writer holds or waits
             // for the lock, and wait for that without the GIL. The GIL is never needed while the lock is
             // held (the keys are copied out first), so this cannot deadlock against writers.
-            if (!s.try_query_one(a.data(), scratch, keys)) {
+            if (!s.try_query_one(a.data(), scratch, keys, min_score)) {
               py::gil_scoped_release release;
-              s.query_one(a.data(), scratch, keys);
+              s.query_one(a.data(), scratch, keys, min_score);
             }
             py::list out(keys.size());
             for (std::size_t i = 0; i < keys.size(); ++i)
               PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), PyLong_FromLongLong(keys[i]));
             return out;
           },
-          py::arg("sig"), py::arg("expect_wide") = -1)
+          py::arg("sig"), py::arg("expect_wide") = -1, py::arg("min_score") = py::none())
       .def(
           "query_arrays",
           // Batch queries -> a list of int64 arrays, one per query, built here rather than by slicing

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _core
 from ._base import register_family
+from ._lsh_verify import verify_bands_rows, verify_min_matches
 
 _P61 = (1 << 61) - 1
 
@@ -224,6 +225,19 @@ class MinHashLSH:
     positive / negative probabilities integrated below / above ``threshold`` (datasketch's rule);
     ``params=(bands, rows)`` sets them directly.
 
+    ``verify=True``: candidates are checked against the stored signatures. A pair (or a query and a key)
+    is kept when at least :attr:`min_matches` of the ``num_perm`` values agree, and the banding is chosen
+    to feed that check rather than to be the filter itself. Both come from the binomial model of the
+    estimate (equal values ~ Binomial(num_perm, J)): the cut minimises the same weighted FP / FN integral
+    as datasketch's rule (with equal weights: the median of Binomial(num_perm + 1, threshold), 103 of 128
+    at 0.8), and the bands are the longest whose misses cost at most 1% of the pairs the check keeps
+    (16 x 8 at 0.8 / 128 instead of 9 x 13); details in ``annforge._lsh_verify``. ``query``,
+    ``query_batch``, ``query_with_scores`` and ``candidate_pairs`` then return only pairs that pass (best
+    first for queries). On 44k Debian package descriptions (threshold 0.8, 128 values, 30 seeds) the
+    verified pairs had recall 0.885 and precision 0.741 against exact Jaccard, datasketch's candidate
+    pairs 0.731 and 0.600 (``bench/results/minhash_quality_verified_2026-12-05.txt``). ``verify=False``
+    (default) answers as datasketch does: every key sharing a band.
+
     The index records which scheme its signatures come from (``scheme=``, else learnt from the first
     :class:`MinHash` inserted; saved with the index). Once known, inserting or querying signatures of
     another scheme raises ValueError instead of silently matching nothing: :class:`MinHash` objects by
@@ -237,10 +251,14 @@ class MinHashLSH:
     >>> lsh.insert_batch([0, 1, 2], sigs)
     >>> sorted(lsh.query(sigs[0]))
     [0, 1]
+    >>> checked = af.MinHashLSH(threshold=0.8, num_perm=128, verify=True)
+    >>> (checked.bands, checked.rows, checked.min_matches)
+    (16, 8, 103)
     """
 
     def __init__(self, threshold: float = 0.9, num_perm: int = 128, weights: Tuple[float, float] = (0.5, 0.5),
-                 params: Optional[Tuple[int, int]] = None, *, scheme: Optional[str] = None) -> None:
+                 params: Optional[Tuple[int, int]] = None, *, scheme: Optional[str] = None,
+                 verify: bool = False) -> None:
         if not isinstance(threshold, (int, float, np.floating)) or isinstance(threshold, bool):
             raise TypeError("threshold must be a number")
         if not 0.0 <= float(threshold) <= 1.0:
@@ -249,11 +267,21 @@ class MinHashLSH:
             raise TypeError("num_perm must be an integer")
         if num_perm < 1:
             raise ValueError(f"num_perm must be >= 1, got {num_perm}")
+        if not isinstance(verify, (bool, np.bool_)):
+            raise TypeError(f"verify must be True or False, got {type(verify).__name__}")
+        w = tuple(float(x) for x in weights)
+        if len(w) != 2:
+            raise ValueError("weights must be two numbers (false positive, false negative)")
+        self._min_matches: Optional[int] = None
+        if verify:
+            if not (min(w) >= 0.0 and all(np.isfinite(w)) and abs(w[0] + w[1] - 1.0) < 1e-9):
+                raise ValueError(f"weights must be two non-negative numbers that sum to 1, got {weights}")
+            self._min_matches = verify_min_matches(float(threshold), int(num_perm), w[0], w[1])
         if params is None:
-            w = tuple(float(x) for x in weights)
-            if len(w) != 2:
-                raise ValueError("weights must be two numbers (false positive, false negative)")
-            bands, rows = _optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
+            if verify:
+                bands, rows = verify_bands_rows(float(threshold), int(num_perm), self._min_matches)
+            else:
+                bands, rows = _optimal_bands_rows(float(threshold), int(num_perm), w[0], w[1])
         else:
             bands, rows = (_check_count("bands", params[0]), _check_count("rows", params[1]))
         if scheme is not None and scheme not in _SCHEMES:
@@ -268,11 +296,31 @@ class MinHashLSH:
         """The scheme of the indexed signatures (None while unknown: raw arrays only tell 64- from 32-bit)."""
         return self._scheme
 
+    @property
+    def verify(self) -> bool:
+        """Whether candidates are checked against the stored signatures (``verify=True``)."""
+        return self._min_matches is not None
+
+    @property
+    def min_matches(self) -> Optional[int]:
+        """With ``verify=True``: the fewest equal values (of ``num_perm``) a kept pair has; else None."""
+        return self._min_matches
+
+    def _cut(self) -> float:
+        """The score the core keeps (>=): half a value below ``min_matches / num_perm`` (no rounding
+        trouble); -1 (everything) when not verifying."""
+        if self._min_matches is None:
+            return -1.0
+        return (self._min_matches - 0.5) / self.num_perm
+
     def _save_meta(self) -> None:
-        self._impl.user_meta = json.dumps({"scheme": self._scheme, "wide": self._wide}).encode()
+        meta = {"scheme": self._scheme, "wide": self._wide}
+        if self._min_matches is not None:
+            meta["min_matches"] = self._min_matches
+        self._impl.user_meta = json.dumps(meta).encode()
 
     def _load_meta(self) -> None:
-        self._scheme, self._wide = None, None
+        self._scheme, self._wide, self._min_matches = None, None, None
         raw = bytes(self._impl.user_meta)
         if raw:
             try:
@@ -284,6 +332,9 @@ class MinHashLSH:
                     self._scheme = meta["scheme"]
                 if isinstance(meta.get("wide"), bool):
                     self._wide = meta["wide"]
+                m = meta.get("min_matches")
+                if isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= int(self._impl.num_perm):
+                    self._min_matches = m
 
     def _check(self, sig: Any, learn: bool) -> Any:
         """``sig`` as the core takes it, after checking its scheme against the index's (learning it if asked)."""
@@ -336,25 +387,44 @@ class MinHashLSH:
             raise ValueError(f"key {key!r} is not in the index")
 
     def query(self, sig: Any) -> List[int]:
-        """Keys whose signature shares a band with ``sig`` (a uint64 array or a :class:`MinHash`)."""
+        """Keys whose signature shares a band with ``sig`` (a uint64 array or a :class:`MinHash`); with
+        ``verify=True`` only those with at least :attr:`min_matches` equal values, best first."""
+        cut = None if self._min_matches is None else self._cut()
         # The common case (a uint64 row) goes straight to the core: this wrapper is a visible part of a
         # sub-microsecond query.
         if type(sig) is np.ndarray:  # the width check on one value is done by the core
-            return self._impl.query_keys(sig, -1 if self._wide is None else int(self._wide))
-        return self._impl.query_keys(self._check(sig, False), -1)
+            return self._impl.query_keys(sig, -1 if self._wide is None else int(self._wide), cut)
+        return self._impl.query_keys(self._check(sig, False), -1, cut)
 
-    def query_with_scores(self, sig: Any, min_score: float = -1.0) -> List[Tuple[int, float]]:
-        """Candidates with their estimated Jaccard, best first."""
-        _, keys, scores = self._impl.query(self._check(sig, False), True, float(min_score))
+    def _min_score(self, min_score: Optional[float]) -> float:
+        if min_score is None:
+            return self._cut()
+        if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
+            raise TypeError(f"min_score must be a number or None, got {type(min_score).__name__}")
+        if np.isnan(min_score):
+            raise ValueError("min_score must not be NaN")
+        return float(min_score)
+
+    def query_with_scores(self, sig: Any, min_score: Optional[float] = None) -> List[Tuple[int, float]]:
+        """Candidates with their estimated Jaccard, best first: those scoring ``>= min_score``; None
+        (default) keeps every candidate, or with ``verify=True`` those that pass the check."""
+        _, keys, scores = self._impl.query(self._check(sig, False), True, self._min_score(min_score))
         return list(zip(keys.tolist(), scores.tolist()))
 
     def query_batch(self, sigs: Any, *, num_threads: int = 0) -> List[np.ndarray]:
-        """Candidates of many queries (a list of int64 arrays)."""
+        """Candidates of many queries (a list of int64 arrays; with ``verify=True`` only those that pass
+        the check, best first)."""
+        if self._min_matches is not None:
+            lims, keys, _ = self._impl.query(self._check(sigs, False), True, self._cut(), num_threads)
+            return np.split(keys, lims[1:-1]) if len(lims) > 1 else []
         return self._impl.query_arrays(self._check(sigs, False), num_threads)
 
-    def candidate_pairs(self, min_score: float = -1.0, *, num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every pair of indexed keys sharing a bucket: ``(first, second, estimated_jaccard)``."""
-        return self._impl.pairs(float(min_score), num_threads)
+    def candidate_pairs(self, min_score: Optional[float] = None, *,
+                        num_threads: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of indexed keys sharing a bucket: ``(first, second, estimated_jaccard)``; those
+        scoring ``>= min_score`` when it is > 0. None (default): all of them, or with ``verify=True`` the
+        pairs that pass the check (at least :attr:`min_matches` equal values)."""
+        return self._impl.pairs(self._min_score(min_score), num_threads)
 
     def save(self, path: Any) -> None:
         import os
@@ -456,14 +526,19 @@ def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, s
           shingle: Optional[str] = None, num_threads: int = 0, hashfunc: str = "xxh64",
           scheme: Optional[str] = None, weights: Tuple[float, float] = (0.5, 0.5),
           params: Optional[Tuple[int, int]] = None, chunk_size: int = 20_000,
-          show_progress: bool = False) -> List[List[int]]:
+          show_progress: bool = False, verify: bool = True) -> List[List[int]]:
     """Near-duplicate groups (lists of document positions, size >= 2, each sorted, ordered by first member).
 
-    The steps: MinHash signatures, :class:`MinHashLSH` candidate pairs whose estimated Jaccard is
-    ``>= threshold``, then connected components (union-find). ``docs`` may be any iterable (a generator
-    over a corpus on disk): it is read ``chunk_size`` documents at a time, so memory holds one chunk of
-    documents plus the signatures and band tables, never the whole corpus. The groups are exactly those of
-    the same steps done by hand on the whole list. ``show_progress`` draws a bar (tqdm when installed).
+    The steps: MinHash signatures, the pairs of a ``MinHashLSH(threshold, num_perm, weights, params,
+    verify=True)`` (``lsh.candidate_pairs()``: banding chosen for the signature check, pairs with at least
+    ``lsh.min_matches`` equal values), then connected components (union-find). ``verify=False`` gives the
+    steps of earlier versions: datasketch's banding, then pairs with estimated Jaccard ``>= threshold``
+    (``candidate_pairs(min_score=threshold)``): fewer false pairs, many more missed ones (on 44k Debian
+    descriptions at 0.8: pair recall 0.70 and precision 0.81, against 0.88 and 0.74). ``docs`` may be any
+    iterable (a generator over a corpus on disk): it is read ``chunk_size`` documents at a time, so
+    memory holds one chunk of documents plus the signatures and band tables, never the whole corpus. The
+    groups are exactly those of the same steps done by hand on the whole list. ``show_progress`` draws a
+    bar (tqdm when installed).
 
     >>> import annforge as af
     >>> af.dedup([["a", "b", "c"], ["x"], ["a", "b", "c"]], threshold=0.8)
@@ -477,7 +552,7 @@ def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, s
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     hasher = _hasher(num_perm, seed, hashfunc, scheme, "perm")
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights, params=params,
-                     scheme=str(hasher.scheme))
+                     scheme=str(hasher.scheme), verify=verify)
     from .embed._progress import progress_bar
 
     total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
@@ -495,7 +570,7 @@ def dedup(docs: Iterable[Any], threshold: float = 0.8, *, num_perm: int = 128, s
             bar.update(len(chunk))
     finally:
         bar.close()
-    first, second, _ = lsh.candidate_pairs(min_score=float(threshold), num_threads=num_threads)
+    first, second, _ = lsh.candidate_pairs(None if verify else float(threshold), num_threads=num_threads)
     labels = _core.connected_groups(n, first, second)
     groups: dict = {}
     for i, lab in enumerate(labels.tolist()):

@@ -494,22 +494,28 @@ void MinHashLSH::collect_candidates(const std::uint64_t* q, std::vector<std::uin
 }
 
 void MinHashLSH::query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
-                                  std::vector<idx_t>& out) const {
+                                  std::vector<idx_t>& out, std::optional<double> min_score) const {
   collect_candidates(sig, scratch);
-  for (std::uint32_t slot : scratch) out.push_back(store_.key(slot));
+  if (!min_score) {
+    for (std::uint32_t slot : scratch) out.push_back(store_.key(slot));
+    return;
+  }
+  thread_local std::vector<float> scores;  // emit_candidates wants them; the caller only takes keys
+  scores.clear();
+  emit_candidates(store_, sig, scratch, true, *min_score, scratch.size(), out, scores);
 }
 
-void MinHashLSH::query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
-                           std::vector<idx_t>& out) const {
+void MinHashLSH::query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out,
+                           std::optional<double> min_score) const {
   Shared lock(mutex_);
-  query_one_locked(sig, scratch, out);
+  query_one_locked(sig, scratch, out, min_score);
 }
 
 bool MinHashLSH::try_query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch,
-                               std::vector<idx_t>& out) const {
+                               std::vector<idx_t>& out, std::optional<double> min_score) const {
   Shared lock(mutex_, std::try_to_lock);
   if (!lock.owns_lock()) return false;
-  query_one_locked(sig, scratch, out);
+  query_one_locked(sig, scratch, out, min_score);
   return true;
 }
 

@@ -221,15 +221,17 @@ def dedup(
     batch_size: int = 1024,
     num_partitions: Optional[int] = None,
     num_threads: int = 1,
+    verify: bool = True,
 ) -> List[List[int]]:
     """Near-duplicate groups over Ray Data: the groups ``annforge.dedup`` finds, computed by many workers.
 
     Signatures and band keys are computed with ``map_batches``; rows are grouped by band key (a Ray Data
-    shuffle), each bucket's pairs are verified there by estimated Jaccard (>= ``threshold``), and the
-    surviving pairs are joined into groups by union-find on the driver. Band count and width come from
-    :class:`annforge.MinHashLSH` with the same ``threshold`` and ``num_perm``, so for a list of documents
-    the result equals ``annforge.dedup(docs, threshold, ...)`` (document positions, groups ordered by
-    their first member).
+    shuffle), each bucket's pairs are verified there by estimated Jaccard, and the surviving pairs are
+    joined into groups by union-find on the driver. Band count and width, and the cut (at least
+    ``min_matches`` equal values; with ``verify=False`` an estimate >= ``threshold``) come from
+    :class:`annforge.MinHashLSH` with the same ``threshold``, ``num_perm`` and ``verify``, so for a list
+    of documents the result equals ``annforge.dedup(docs, threshold, ..., verify=verify)`` (document
+    positions, groups ordered by their first member).
 
     ``docs_or_dataset``: a sequence of documents (token lists or raw strings with ``shingle``) or a Ray
     dataset with the documents in ``column`` and unique int64 ids in ``id_column``; groups then hold ids.
@@ -258,8 +260,9 @@ def dedup(
         ds = from_items([{"id": i, "doc": d} for i, d in enumerate(docs_or_dataset)])
         if not len(docs_or_dataset):
             return []
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # validates and picks (bands, rows)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, verify=verify)  # validates, picks (bands, rows)
     bands, rows = lsh.bands, lsh.rows
+    cut = float(threshold) if lsh.min_matches is None else (lsh.min_matches - 0.5) / lsh.num_perm
     band_rows = ds.select_columns([column, id_column]).map_batches(
         _signature_band_rows,
         fn_kwargs=dict(column=column, id_column=id_column, num_perm=int(num_perm), seed=int(seed), shingle=shingle,
@@ -270,7 +273,7 @@ def dedup(
     if num_partitions is None:  # Ray's default (200) is far too many tasks for a small cluster
         num_partitions = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pairs = band_rows.groupby("key", num_partitions=int(num_partitions)).map_groups(
-        _bucket_pairs, fn_kwargs={"threshold": float(threshold)}, batch_format="numpy"
+        _bucket_pairs, fn_kwargs={"threshold": cut}, batch_format="numpy"
     )
     first: List[np.ndarray] = []
     second: List[np.ndarray] = []

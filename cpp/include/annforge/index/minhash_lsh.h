@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -157,10 +158,13 @@ class MinHashLSH {
   QueryResult query(const std::uint64_t* sigs, std::size_t n, bool with_scores, double min_score,
                     int num_threads) const;
   // Candidate keys of one query, appended to `out` (the allocation-light path for one-at-a-time queries).
-  void query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
+  // With `min_score`: only candidates whose estimated Jaccard is >= it, best first (verified queries).
+  void query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out,
+                 std::optional<double> min_score = std::nullopt) const;
   // The same without waiting: false (and nothing appended) when a writer holds or waits for the lock.
   // Lets a caller holding the GIL skip releasing it for a sub-microsecond query.
-  bool try_query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
+  bool try_query_one(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out,
+                     std::optional<double> min_score = std::nullopt) const;
   // Every pair of indexed keys sharing a bucket in at least one band (the self-join), optionally only
   // those whose estimated Jaccard is >= min_score.
   PairResult pairs(double min_score, int num_threads) const;
@@ -173,7 +177,8 @@ class MinHashLSH {
   std::uint64_t band_key(const std::uint64_t* sig, std::size_t band) const noexcept;
   // Sorted, distinct slots sharing a band with `q` (replaces the contents of `cand`).
   void collect_candidates(const std::uint64_t* q, std::vector<std::uint32_t>& cand) const;
-  void query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out) const;
+  void query_one_locked(const std::uint64_t* sig, std::vector<std::uint32_t>& scratch, std::vector<idx_t>& out,
+                        std::optional<double> min_score) const;
   // Indexes slots [first, first + n) in every band (one task per band); band_keys (band-major, n per
   // band) when the caller computed them already.
   void index_slots(std::size_t first, std::size_t n, int num_threads, const std::uint64_t* band_keys = nullptr);
