@@ -98,8 +98,9 @@ void HNSWIndex::connect(Slot s, int level, const std::vector<Cand>& neighbours, 
     if (present) continue;
     if (count < limit) {
       list[count] = s;
+      // One new entry: copy its code alone (not the whole block), before the count makes it visible.
+      if (level == 0 && rabitq_) std::memcpy(code_block(n) + count * rq_bytes_, self_code(s), rq_bytes_);
       store_release(head, (header & ~kCountMask) | static_cast<std::uint32_t>(count + 1));
-      if (level == 0) sync_code_block(n);
       continue;
     }
     // Full: re-select n's links among its current ones plus s, by distance to n.
@@ -408,16 +409,15 @@ void HNSWIndex::add(const float* x, std::size_t n, const idx_t* ids, int num_thr
     // Parallel insertion: searches may run meanwhile (shared lock); links change under node locks.
     std::shared_lock<std::shared_mutex> lock(rw_mutex_);
     std::size_t start = 0;
+    if (rabitq_) encode_self_codes(rows.data(), slots, threads);  // before anything links to them
     if ((entry_.load() & 0xffffffffu) == kNoSlot) {
       Scratch scratch;
-      if (rabitq_) encode_self_code(slots[0], rows.data());
       insert(slots[0], rows.data(), scratch);
       start = 1;
     }
     parallel::parallel_for(n - start, static_cast<int>(threads), [&](std::size_t task, std::size_t) {
       thread_local Scratch scratch;
       const std::size_t i = start + task;
-      if (rabitq_) encode_self_code(slots[i], rows.data() + i * dim_);  // before anything links to it
       if (reused[i]) repair_before_reuse(slots[i], scratch);
       insert(slots[i], rows.data() + i * dim_, scratch);
     });

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 
+#include "annforge/parallel/executor.h"
 #include "annforge/simd/rabitq_kernels.h"
 #include "hnsw_internal.h"
 
@@ -24,8 +25,17 @@ void HNSWIndex::set_code_centre(const float* rows, std::size_t n) {
   for (std::size_t j = 0; j < dim_; ++j) rq_centre_[j] = static_cast<float>(sum[j] / static_cast<double>(n));
 }
 
-void HNSWIndex::encode_self_code(Slot s, const float* row) {
-  rabitq_->encode(row, 1, rq_centre_.data(), self_code(s));
+void HNSWIndex::encode_self_codes(const float* rows, const std::vector<Slot>& slots, std::size_t threads) {
+  // In chunks through the codec's batched (GEMM) rotation rather than one row at a time; the slots of a
+  // batch need not be contiguous (reused ones), so each chunk is encoded aside and copied into place.
+  constexpr std::size_t kChunk = 256;
+  const std::size_t n = slots.size(), chunks = (n + kChunk - 1) / kChunk;
+  parallel::parallel_for(chunks, static_cast<int>(threads), [&](std::size_t c, std::size_t) {
+    const std::size_t begin = c * kChunk, m = std::min(kChunk, n - begin);
+    std::vector<std::uint8_t> codes(m * rq_bytes_);
+    rabitq_->encode(rows + begin * dim_, m, rq_centre_.data(), codes.data());
+    for (std::size_t i = 0; i < m; ++i) std::memcpy(self_code(slots[begin + i]), codes.data() + i * rq_bytes_, rq_bytes_);
+  });
 }
 
 void HNSWIndex::sync_code_block(Slot s) {

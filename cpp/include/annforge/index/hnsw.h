@@ -168,7 +168,7 @@ class HNSWIndex final : public VectorIndex {
   const unsigned char* code_block(Slot s) const { return record(s) + links_bytes_; }
   // First add: the centre the codes are relative to (mean of the batch).
   void set_code_centre(const float* rows, std::size_t n);
-  void encode_self_code(Slot s, const float* row);
+  void encode_self_codes(const float* rows, const std::vector<Slot>& slots, std::size_t threads);
   // Rewrites the code block of `s` from its current level-0 links (caller holds node_lock(s)).
   void sync_code_block(Slot s);
   // After slots were reused with new vectors: every block entry that points to one of them.
