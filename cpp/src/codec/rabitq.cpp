@@ -52,8 +52,14 @@ std::vector<float> random_rotation(std::size_t padded, std::size_t dim, std::uin
 }
 
 void check_finite(const float* x, std::size_t n, const char* what) {
-  for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) fail(ErrorKind::Value, "RaBitQ: ", what, " contains NaN or infinity");
+  // Branch-free over the exponent bits (all ones: NaN or infinity), so it vectorises.
+  std::uint32_t non_finite = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    non_finite |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  if (non_finite) fail(ErrorKind::Value, "RaBitQ: ", what, " contains NaN or infinity");
 }
 
 // `x` scaled to unit length in `out` (double arithmetic); ValueError for a zero vector.
@@ -280,12 +286,26 @@ double RaBitQ::query_residual(const float* q, const float* centroid, float* v) c
     std::memcpy(v, q, dim_ * sizeof(float));
   }
   // Every metric estimates <r, v> with v = q - c (for ip that is an error proportional to |q - c|, not |q|).
-  double base = 0;
-  for (std::size_t j = 0; j < dim_; ++j) {
-    base += metric_ == Metric::L2 ? 0.0 : static_cast<double>(centroid[j]) * v[j];
-    v[j] -= centroid[j];
-    base += metric_ == Metric::L2 ? static_cast<double>(v[j]) * v[j] : 0.0;
+  // base: l2 |v|^2, otherwise <c, q>; summed in independent double lanes (one serial chain of 384 adds
+  // was ~0.5 us of a query's preparation).
+  constexpr std::size_t kLanes = 8;
+  double lanes[kLanes] = {};
+  const bool l2 = metric_ == Metric::L2;
+  std::size_t j = 0;
+  for (; j + kLanes <= dim_; j += kLanes) {
+    for (std::size_t l = 0; l < kLanes; ++l) {
+      const float q_j = v[j + l], r = q_j - centroid[j + l];
+      lanes[l] += l2 ? static_cast<double>(r) * r : static_cast<double>(centroid[j + l]) * q_j;
+      v[j + l] = r;
+    }
   }
+  double base = 0;
+  for (; j < dim_; ++j) {
+    const float q_j = v[j], r = q_j - centroid[j];
+    base += l2 ? static_cast<double>(r) * r : static_cast<double>(centroid[j]) * q_j;
+    v[j] = r;
+  }
+  for (double lane : lanes) base += lane;
   return base;
 }
 

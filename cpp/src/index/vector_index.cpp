@@ -36,12 +36,18 @@ VectorIndex::VectorIndex(std::size_t dim, Metric metric) : dim_(dim), metric_(me
 
 void VectorIndex::check_finite(const float* x, std::size_t n, std::size_t dim, const char* what) {
   const std::size_t total = n * dim;
-  // Sum of x*0 is NaN exactly when some element is NaN or infinite; blocks keep it cheap and vectorisable.
-  constexpr std::size_t kBlock = 1024;
+  // Sum of x*0 is NaN exactly when some element is NaN or infinite; blocks keep it cheap. Independent
+  // lanes, because one float sum is a serial chain the compiler may not reorder (~0.4 us per 384-d query).
+  constexpr std::size_t kBlock = 1024, kLanes = 16;
   for (std::size_t start = 0; start < total; start += kBlock) {
     const std::size_t end = start + kBlock < total ? start + kBlock : total;
+    float lanes[kLanes] = {};
+    std::size_t i = start;
+    for (; i + kLanes <= end; i += kLanes)
+      for (std::size_t l = 0; l < kLanes; ++l) lanes[l] += x[i + l] * 0.0f;
     float acc = 0.0f;
-    for (std::size_t i = start; i < end; ++i) acc += x[i] * 0.0f;
+    for (; i < end; ++i) acc += x[i] * 0.0f;
+    for (float lane : lanes) acc += lane;
     if (acc != acc) {
       for (std::size_t i = start; i < end; ++i)
         if (!std::isfinite(x[i]))
@@ -56,8 +62,15 @@ void VectorIndex::check_storable(const float* x, std::size_t n, const char* what
   if (metric_ == Metric::Cosine) return;
   for (std::size_t i = 0; i < n; ++i) {
     const float* row = x + i * dim_;
-    double sq = 0;  // in double: the float sum would itself overflow for the rows this refuses
-    for (std::size_t j = 0; j < dim_; ++j) sq += static_cast<double>(row[j]) * row[j];
+    // In double: the float sum would itself overflow for the rows this refuses. Lanes, as in check_finite.
+    constexpr std::size_t kLanes = 8;
+    double lanes[kLanes] = {};
+    std::size_t j = 0;
+    for (; j + kLanes <= dim_; j += kLanes)
+      for (std::size_t l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(row[j + l]) * row[j + l];
+    double sq = 0;
+    for (; j < dim_; ++j) sq += static_cast<double>(row[j]) * row[j];
+    for (double lane : lanes) sq += lane;
     if (!(sq <= static_cast<double>(kMaxLoadedSqNorm)))
       fail(ErrorKind::Value, what, " row ", i, " has a squared norm of ", sq, ", above ", kMaxLoadedSqNorm,
            ": its ", metric_name(metric_), " distances would overflow float32 (scale the data down)");
