@@ -39,12 +39,14 @@ def _clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     dim=st.sampled_from([8, 33, 64, 100]),
     metric=st.sampled_from(["l2", "ip", "cosine"]),
     rerank=st.sampled_from(["f32", "f16"]),
+    code_rotation=st.sampled_from(["hadamard", "dense"]),
 )
-def test_recall_against_brute_force_at_high_ef(seed: int, dim: int, metric: str, rerank: str) -> None:
+def test_recall_against_brute_force_at_high_ef(seed: int, dim: int, metric: str, rerank: str, code_rotation: str) -> None:
     rng = np.random.default_rng(seed)
     x = _clustered(rng, 1500, dim)
     q = _clustered(rng, 40, dim)
-    index = af.HNSWIndex(dim, metric, M=8, ef_construction=100, storage="rabitq", rerank=rerank, seed=seed)
+    index = af.HNSWIndex(dim, metric, M=8, ef_construction=100, storage="rabitq", rerank=rerank, seed=seed,
+                         code_rotation=code_rotation)
     index.add(x)
     truth = _exact(x, q, 10, metric)
     # ef as large as the index: the walk reaches nearly everything. Not quite all (the stopping rule can
@@ -174,12 +176,12 @@ def test_every_simd_level_walks_alike(dim: int) -> None:
         af.set_simd_level(_core.detected_simd_level())
 
 
-@pytest.mark.parametrize("rerank", ["f32", "f16"])
-def test_file_round_trips_answer_identically(tmp_path, rerank: str) -> None:
+@pytest.mark.parametrize("rerank, code_rotation", [("f32", "hadamard"), ("f16", "hadamard"), ("f32", "dense")])
+def test_file_round_trips_answer_identically(tmp_path, rerank: str, code_rotation: str) -> None:
     rng = np.random.default_rng(4)
     x = rng.standard_normal((800, 40)).astype(np.float32)
     q = rng.standard_normal((30, 40)).astype(np.float32)
-    index = af.HNSWIndex(40, "ip", M=8, storage="rabitq", rerank=rerank)
+    index = af.HNSWIndex(40, "ip", M=8, storage="rabitq", rerank=rerank, code_rotation=code_rotation)
     index.add(x)
     index.remove([5, 6, 7])
     expected = index.search(q, 7, ef=50)
@@ -188,7 +190,7 @@ def test_file_round_trips_answer_identically(tmp_path, rerank: str) -> None:
     copies = [af.load(path), af.load(path, mmap=True), pickle.loads(pickle.dumps(index)),
               af.HNSWIndex.from_bytes(index.to_bytes())]
     for c in copies:
-        assert c.storage == "rabitq" and c.rerank == rerank
+        assert c.storage == "rabitq" and c.rerank == rerank and c.code_rotation == code_rotation
         got = c.search(q, 7, ef=50)
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
@@ -216,6 +218,7 @@ def test_empty_index_round_trip_and_first_add() -> None:
         ("RQSC", 3, 0x7FC00000, "factors"),  # a NaN factor of slot 0
         ("RQCT", 0, 0x7F800000, "centre"),  # an infinite centre coordinate
         ("RQSC", 1, 0x5A5A5A5A, "out of step"),  # code bits changed: the blocks no longer match
+        ("RQRT", 0, 2, "code rotation"),  # no such rotation kind
     ],
 )
 def test_corrupted_quantized_sections_are_refused(tag: str, word: int, value: int, message: str) -> None:
@@ -235,7 +238,7 @@ def test_corrupted_quantized_file_fuzz_never_crashes() -> None:
     index.add(rng.standard_normal((200, 64)).astype(np.float32))
     data = index.to_bytes()
     for _ in range(150):
-        tag = ["RQSC", "RQCT", "REC1", "HDR0"][int(rng.integers(4))]
+        tag = ["RQSC", "RQCT", "REC1", "HDR0", "RQRT"][int(rng.integers(5))]
         word = int(rng.integers(0, 4000))
         try:
             patched = _core._testing._hnsw_patch_u32_for_tests(data, tag, word, int(rng.integers(0, 2**32)))
@@ -265,13 +268,15 @@ def test_batch_and_single_queries_answer_identically() -> None:
     np.testing.assert_array_equal(tail[0], batch[0][60:])
 
 
-def test_simd_level_changed_after_build_still_answers_consistently() -> None:
-    # The codec packs its rotation for the GEMM kernel of the level active when it was made; a query
-    # batch at another level must rotate through a packing of its own (a wrong layout would scramble it).
+@pytest.mark.parametrize("code_rotation", ["dense", "hadamard"])
+def test_simd_level_changed_after_build_still_answers_consistently(code_rotation: str) -> None:
+    # The dense codec packs its rotation for the GEMM kernel of the level active when it was made; a
+    # query batch at another level must rotate through a packing of its own (a wrong layout would
+    # scramble it). The Hadamard rotation is the same at every level.
     rng = np.random.default_rng(12)
     x = rng.standard_normal((1500, 80)).astype(np.float32)
     q = x[:40] + 0.05 * rng.standard_normal((40, 80)).astype(np.float32)
-    index = af.HNSWIndex(80, "l2", storage="rabitq")
+    index = af.HNSWIndex(80, "l2", storage="rabitq", code_rotation=code_rotation)
     index.add(x)
     before = af.simd_level()
     try:
@@ -311,6 +316,16 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError):
         af.HNSWIndex(8, storage="rabitq", rerank=16)  # type: ignore[arg-type]
     assert af.HNSWIndex(8).rerank is None
+    with pytest.raises(ValueError, match="code_rotation"):
+        af.HNSWIndex(8, storage="rabitq", code_rotation="givens")
+    with pytest.raises(ValueError, match="code_rotation"):
+        af.HNSWIndex(8, storage="f16", code_rotation="dense")
+    with pytest.raises(TypeError):
+        af.HNSWIndex(8, storage="rabitq", code_rotation=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="code_rotation"):
+        _core.HNSWIndex(8, "l2", 16, 200, 0, "rabitq", "givens")
+    assert af.HNSWIndex(8).code_rotation is None
+    assert af.HNSWIndex(8, storage="rabitq").code_rotation == "hadamard"
 
 
 def test_tune_picks_an_ef_that_reaches_the_target() -> None:

@@ -372,3 +372,29 @@ def test_flat_identical_across_levels_float_data(metric: str):
         np.testing.assert_array_equal(batch[0], ref, err_msg=lv)
         np.testing.assert_array_equal(np.vstack([s[0] for s in single]), ref[: len(single)], err_msg=lv)
         np.testing.assert_allclose(batch[1], results["scalar"][0][1], rtol=1e-5, atol=1e-4, err_msg=lv)
+
+
+# --- fast Walsh-Hadamard transform ---------------------------------------------------------------------
+
+
+def _hadamard(n: int) -> np.ndarray:
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fwht_matches_the_hadamard_matrix(level: str):
+    rng = np.random.default_rng(5)
+    for n in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]:
+        h = _hadamard(n)
+        # Small integers: every partial sum is exact, so every level must agree bit for bit.
+        xi = rng.integers(-8, 9, n).astype(np.float32)
+        np.testing.assert_array_equal(_core._testing._kernel(level, "fwht", xi), (h @ xi.astype(np.float64)).astype(np.float32))
+        x = rng.standard_normal(n).astype(np.float32)
+        want = h @ x.astype(np.float64)
+        got = _core._testing._kernel(level, "fwht", x)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.sqrt(n) * (1 + np.log2(n)))
+    with pytest.raises(ValueError, match="power-of-two"):
+        _core._testing._kernel(level, "fwht", np.zeros(24, np.float32))

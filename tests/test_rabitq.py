@@ -23,6 +23,7 @@ LEVELS = af.available_simd_levels()
 # Kernel tables to compare: every level, plus the AVX-512 variants by name where they run here.
 KERNELS = T._rabitq_kernel_variants()
 METRICS = ["l2", "ip", "cosine"]
+ROTATIONS = ["dense", "hadamard"]
 REAL_BASE = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/base.npy")
 REAL_QUERIES = os.path.expanduser("~/.cache/annforge-dev/debian-minilm/queries.npy")
 # Float32 factors after the bit planes: |r|^2 (l2) or <r, c>, |r|/a1, err1, #positive signs, and for
@@ -57,17 +58,17 @@ def true_distance(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
     return 1.0 - xn @ (q / np.linalg.norm(q))
 
 
-def codec_for(dim, metric, bits, seed, data):
-    c = T._RaBitQCodec(dim, metric, bits, seed)
+def codec_for(dim, metric, bits, seed, data, rotation="dense"):
+    c = T._RaBitQCodec(dim, metric, bits, seed, rotation=rotation)
     c.fit(data)
     return c
 
 
 # --- rotation -------------------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)
-@given(dim=st.integers(1, 200), seed=st.integers(0, 2**64 - 1))
-def test_rotation_has_orthonormal_columns(dim, seed):
-    c = T._RaBitQCodec(dim, "l2", 1, seed)
+@given(dim=st.integers(1, 600), seed=st.integers(0, 2**64 - 1), rotation=st.sampled_from(ROTATIONS))
+def test_rotation_has_orthonormal_columns(dim, seed, rotation):
+    c = T._RaBitQCodec(dim, "l2", 1, seed, rotation=rotation)
     r = c.rotation().astype(np.float64)
     assert r.shape == (c.padded_dim, dim)
     assert c.padded_dim % 64 == 0 and dim <= c.padded_dim < dim + 64
@@ -76,12 +77,37 @@ def test_rotation_has_orthonormal_columns(dim, seed):
         assert np.abs(r @ r.T - np.eye(dim)).max() < 1e-5
 
 
-def test_rotation_depends_on_seed_only():
-    a, b, c = (T._RaBitQCodec(64, "l2", 1, s).rotation() for s in (7, 7, 8))
+@pytest.mark.parametrize("rotation", ROTATIONS)
+def test_rotation_depends_on_seed_only(rotation):
+    a, b, c = (T._RaBitQCodec(64, "l2", 1, s, rotation=rotation).rotation() for s in (7, 7, 8))
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
-    # A Haar-random rotation: entries of a 64 x 64 one have mean 0 and variance 1/64.
+    # Entries of a random 64 x 64 rotation have mean 0 and variance 1/64.
     assert abs(a.mean()) < 0.02 and abs(a.var() * 64 - 1) < 0.1
+    assert not np.allclose(a, T._RaBitQCodec(64, "l2", 1, 7, rotation=[r for r in ROTATIONS if r != rotation][0]).rotation())
+
+
+@pytest.mark.parametrize("dim", [64, 100, 384, 1000])
+def test_hadamard_rotation_spreads_every_coordinate(dim):
+    """No entry of the structured rotation is far above a dense one's (~sqrt(2 log(D dim) / D)): a unit vector along
+    any axis, or a sparse one, lands spread over all padded_dim coordinates (what the estimator's error
+    analysis needs). A transform that left part of the entries unmixed would put 0 or 1 entries here."""
+    c = T._RaBitQCodec(dim, "l2", 1, 3, rotation="hadamard")
+    r = c.rotation().astype(np.float64)
+    D = c.padded_dim
+    assert np.abs(r).max() < 1.5 * np.sqrt(2 * np.log(D * dim) / D)  # ~ the max of D * dim normals of variance 1/D
+    assert (np.abs(r) > 1e-6).mean() > 0.95  # dense: (almost) every coordinate of every column reached
+
+
+@pytest.mark.parametrize("rotation", ROTATIONS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_decode_inverts_the_rotation(rotation, metric):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((40, 100)).astype(np.float32)
+    c = codec_for(100, metric, 8, 2, x, rotation)
+    want = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+    err = np.linalg.norm(c.decode(c.encode(x)) - want, axis=1) / np.linalg.norm(want - c.centroid, axis=1)
+    assert err.max() < 0.02  # 8-bit codes: ~0.5% relative error; a wrong inverse gives ~1.4
 
 
 # --- kernels --------------------------------------------------------------------------------------------
@@ -156,13 +182,14 @@ def test_default_kernels_follow_the_active_level():
     assert ("avx512_plain" in KERNELS) == ("avx512" in LEVELS)
 
 
+@pytest.mark.parametrize("rotation", ROTATIONS)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("bits", [1, 3, 8])
-def test_every_level_gives_identical_estimates(metric, bits):
+def test_every_level_gives_identical_estimates(metric, bits, rotation):
     rng = np.random.default_rng(bits)
     x = rng.standard_normal((300, 200)).astype(np.float32)
     q = rng.standard_normal(200).astype(np.float32)
-    c = codec_for(200, metric, bits, 5, x)
+    c = codec_for(200, metric, bits, 5, x, rotation)
     codes = c.encode(x)
     results = {lv: c.estimate(q, codes, level=lv) for lv in KERNELS}
     for stage in (1, bits):
@@ -189,11 +216,12 @@ def best_cosine(o: np.ndarray, bits: int) -> float:
     return float((ip / np.sqrt(sq)).max())
 
 
+@pytest.mark.parametrize("rotation", ROTATIONS)
 @pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
-def test_extended_code_search_finds_the_best_rescaling(bits):
+def test_extended_code_search_finds_the_best_rescaling(bits, rotation):
     rng = np.random.default_rng(bits)
     x = rng.standard_normal((60, 128)).astype(np.float32) * rng.uniform(0.1, 3, size=(60, 1)).astype(np.float32)
-    c = codec_for(128, "l2", bits, 11, x)
+    c = codec_for(128, "l2", bits, 11, x, rotation)
     f = factors(c.encode(x), c)
     a = cosine_to_code(f, bits)
     r = (x.astype(np.float64) - c.centroid) @ c.rotation().astype(np.float64).T
@@ -204,10 +232,11 @@ def test_extended_code_search_finds_the_best_rescaling(bits):
     assert np.allclose(f[:, ADD], (r ** 2).sum(axis=1), rtol=1e-4)
 
 
-def test_codes_are_deterministic_and_one_bit_is_the_sign():
+@pytest.mark.parametrize("rotation", ROTATIONS)
+def test_codes_are_deterministic_and_one_bit_is_the_sign(rotation):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50, 64)).astype(np.float32)
-    c = codec_for(64, "l2", 4, 9, x)
+    c = codec_for(64, "l2", 4, 9, x, rotation)
     a, b = c.encode(x), c.encode(x)
     assert np.array_equal(a, b) and a.shape == (50, c.record_bytes)
     assert c.record_bytes == 4 * 64 // 8 + 4 * 8 and c.num_factors == 8
@@ -257,9 +286,10 @@ def test_vector_at_the_centroid_is_exact():
 
 
 # --- estimator: bias, bound, bits ----------------------------------------------------------------------
+@pytest.mark.parametrize("rotation", ROTATIONS)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("bits", [1, 3])
-def test_estimator_is_unbiased_over_random_rotations(metric, bits):
+def test_estimator_is_unbiased_over_random_rotations(metric, bits, rotation):
     """For fixed vectors, the mean error over many seeds (rotations and query roundings) is ~0: each pair's
     mean error stays within 4.5 standard errors, while the spread itself is far from 0."""
     rng = np.random.default_rng(100 + bits)
@@ -270,7 +300,7 @@ def test_estimator_is_unbiased_over_random_rotations(metric, bits):
     truth = true_distance(metric, x, q)
     errors = np.empty((seeds, pairs))
     for s in range(seeds):
-        c = T._RaBitQCodec(dim, metric, bits, 1000 + s)
+        c = T._RaBitQCodec(dim, metric, bits, 1000 + s, rotation=rotation)
         c.fit(centroid)
         errors[s] = c.estimate(q, c.encode(x))[0] - truth
     mean, sem = errors.mean(axis=0), errors.std(axis=0, ddof=1) / np.sqrt(seeds)
@@ -278,8 +308,8 @@ def test_estimator_is_unbiased_over_random_rotations(metric, bits):
     assert np.abs(mean / sem).max() < 4.5, mean / sem
 
 
-def bound_coverage(metric, bits, x, queries, eps0, seed=0, stage_bits=None):
-    c = codec_for(x.shape[1], metric, bits, seed, x)
+def bound_coverage(metric, bits, x, queries, eps0, seed=0, stage_bits=None, rotation="dense"):
+    c = codec_for(x.shape[1], metric, bits, seed, x, rotation)
     codes = c.encode(x)
     inside = total = 0
     for q in queries:
@@ -291,30 +321,32 @@ def bound_coverage(metric, bits, x, queries, eps0, seed=0, stage_bits=None):
     return inside / total
 
 
+@pytest.mark.parametrize("rotation", ROTATIONS)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_bound_holds_on_random_data(metric, bits):
+def test_bound_holds_on_random_data(metric, bits, rotation):
     rng = np.random.default_rng(bits)
     centres = rng.standard_normal((8, 128)) * 2
     x = (centres[rng.integers(0, 8, 2000)] + rng.standard_normal((2000, 128))).astype(np.float32)
     queries = (centres[rng.integers(0, 8, 10)] + rng.standard_normal((10, 128))).astype(np.float32)
-    assert bound_coverage(metric, bits, x, queries, eps0=3.0) >= 0.99
+    assert bound_coverage(metric, bits, x, queries, eps0=3.0, rotation=rotation) >= 0.99
     # The paper's eps0 = 1.9: about 94% in the worst case (query orthogonal to the residual).
-    assert bound_coverage(metric, bits, x, queries, eps0=1.9) >= 0.9
+    assert bound_coverage(metric, bits, x, queries, eps0=1.9, rotation=rotation) >= 0.9
     # A bound of width 0 holds on (almost) nothing: the check above is not vacuous.
-    assert bound_coverage(metric, bits, x, queries, eps0=0.0) < 0.05
+    assert bound_coverage(metric, bits, x, queries, eps0=0.0, rotation=rotation) < 0.05
 
 
 @pytest.mark.skipif(not (os.path.exists(REAL_BASE) and os.path.exists(REAL_QUERIES)),
                     reason="real embeddings not cached (tools/make_dev_embeddings.py)")
+@pytest.mark.parametrize("rotation", ROTATIONS)
 @pytest.mark.parametrize("bits", [1, 4])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_bound_holds_on_real_embeddings(metric, bits):
+def test_bound_holds_on_real_embeddings(metric, bits, rotation):
     x = np.load(REAL_BASE, mmap_mode="r")[:4000].astype(np.float32)
     queries = np.load(REAL_QUERIES, mmap_mode="r")[:20].astype(np.float32)
-    assert bound_coverage(metric, bits, x, queries, eps0=3.0) >= 0.99
+    assert bound_coverage(metric, bits, x, queries, eps0=3.0, rotation=rotation) >= 0.99
     if bits > 1:
-        assert bound_coverage(metric, bits, x, queries, eps0=3.0, stage_bits=1) >= 0.99
+        assert bound_coverage(metric, bits, x, queries, eps0=3.0, stage_bits=1, rotation=rotation) >= 0.99
 
 
 def test_more_bits_give_smaller_errors():
@@ -341,6 +373,8 @@ def test_bad_input_raises_value_error():
             T._RaBitQCodec(8, "l2", bits, 0)
     with pytest.raises(ValueError):
         T._RaBitQCodec(8, "hamming", 1, 0)
+    with pytest.raises(ValueError, match="rotation"):
+        T._RaBitQCodec(8, "l2", 1, 0, rotation="givens")
     c = T._RaBitQCodec(8, "cosine", 2, 0)
     x = np.ones((3, 8), dtype=np.float32)
     with pytest.raises(ValueError, match="fit"):

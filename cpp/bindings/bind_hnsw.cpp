@@ -9,21 +9,33 @@ namespace annforge::py_bindings {
 void bind_hnsw(py::module_& m) {
   py::class_<HNSWIndex> cls(m, "HNSWIndex");
   cls.def(py::init([](std::size_t dim, const std::string& metric, long long M, long long ef_construction,
-                      unsigned long long seed, const std::string& storage) {
+                      unsigned long long seed, const std::string& storage, const std::string& code_rotation) {
             if (M < 2 || M > 2048) fail(ErrorKind::Value, "M must be in [2, 2048], got ", M);
             if (ef_construction < 1 || ef_construction > (1 << 20))
               fail(ErrorKind::Value, "ef_construction must be in [1, 1048576], got ", ef_construction);
+            codec::RaBitQ::Rotation rotation = codec::RaBitQ::Rotation::Hadamard;
+            if (code_rotation == "dense") {
+              rotation = codec::RaBitQ::Rotation::Dense;
+            } else if (code_rotation != "hadamard") {
+              fail(ErrorKind::Value, "code_rotation must be 'hadamard' or 'dense', got '", code_rotation, "'");
+            }
             return std::make_unique<HNSWIndex>(dim, parse_metric(metric), static_cast<std::size_t>(M),
                                                static_cast<std::size_t>(ef_construction), seed,
-                                               parse_hnsw_storage(storage));
+                                               parse_hnsw_storage(storage), rotation);
           }),
           py::arg("dim"), py::arg("metric") = "l2", py::arg("M") = 16, py::arg("ef_construction") = 200,
-          py::arg("seed") = 0, py::arg("storage") = "f32");
+          py::arg("seed") = 0, py::arg("storage") = "f32", py::arg("code_rotation") = "hadamard");
   bind_vector_index_methods<HNSWIndex>(cls);
   cls.def_property_readonly("M", &HNSWIndex::M)
       .def_property_readonly("ef_construction", &HNSWIndex::ef_construction)
       .def_property_readonly("seed", &HNSWIndex::seed)
       .def_property_readonly("storage", [](const HNSWIndex& self) { return std::string(hnsw_storage_name(self.storage())); })
+      .def_property_readonly("code_rotation",
+                             [](const HNSWIndex& self) -> py::object {
+                               if (!self.quantized()) return py::none();
+                               return py::str(self.code_rotation() == codec::RaBitQ::Rotation::Dense ? "dense"
+                                                                                                     : "hadamard");
+                             })
       .def_property("default_ef", &HNSWIndex::default_ef,
                     [](HNSWIndex& self, long long ef) {
                       if (ef < 1) fail(ErrorKind::Value, "ef must be >= 1, got ", ef);
@@ -58,7 +70,7 @@ void bind_hnsw(py::module_& m) {
     auto reader = bytes_reader(data);
     io::FileWriter w(io::Kind::HNSW);
     std::vector<std::vector<unsigned char>> copies;
-    for (const char* t : {"META", "REC0", "REC1", "HDR0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P", "RQCT", "RQSC"}) {
+    for (const char* t : {"META", "REC0", "REC1", "HDR0", "IDS ", "LVLS", "UPPR", "EXAC", "SQ8P", "RQCT", "RQSC", "RQRT"}) {
       char name[5] = {t[0], t[1], t[2], t[3], 0};
       const std::uint32_t code = io::make_tag(name);
       if (!reader->has(code)) continue;

@@ -252,6 +252,16 @@ py::object run_kernel(const std::string& level, const std::string& name, const p
     if (count) std::memcpy(res.mutable_data(), out.ptr, count * sizeof(std::uint32_t));
     return res;
   }
+  if (name == "fwht") {  // (x), x.size() a power of two; transformed in a (guarded) copy
+    need(args, 1, name);
+    auto x = input<float>(args[0], "x", false);
+    const std::size_t n = x.size();
+    ANNFORGE_CHECK(n >= 1 && (n & (n - 1)) == 0, ErrorKind::Value, "fwht needs a power-of-two length, got ", n);
+    Out<float> out(n, guard, kFill);
+    std::memcpy(out.ptr, x.ptr, n * sizeof(float));
+    K.fwht(out.ptr, n);
+    return out.to_numpy();
+  }
   fail(ErrorKind::Value, "unknown kernel '", name, "'");
 }
 

@@ -1,8 +1,8 @@
 // Test hooks for the RaBitQ codec (in `annforge._core._testing`; no index uses the codec yet):
 //
-//   _RaBitQCodec(dim, metric, bits, seed)   .fit(centroid or rows) .encode(x) -> uint8 [n, record_bytes]
+//   _RaBitQCodec(dim, metric, bits, seed, rotation="dense"|"hadamard")   .fit(centroid or rows) .encode(x) -> uint8 [n, record_bytes]
 //       .estimate(q, codes, level=None, eps0=1.9, query_bits=None, stage_bits=None) -> (est, lower, upper)
-//       .rotation() -> float32 [padded_dim, dim], .centroid, .padded_dim, .record_bytes, .bits, .num_factors
+//       .rotation() -> float32 [padded_dim, dim], .decode(codes) -> float32 [n, dim], .centroid, .padded_dim, .record_bytes, .bits, .num_factors
 //   _rabitq_kernel(level, name, codes, nwords, cbits, qplanes) -> uint32 [n]   (one kernel, one level)
 //   _rabitq_kernel_level() -> str   (the level the codec's default kernels run at now)
 //   _rabitq_kernel_variants() -> [str]   (the level names above accepts here, AVX-512 variants included)
@@ -39,8 +39,15 @@ const simd::RaBitQKernels& rabitq_table(const std::optional<std::string>& level)
 
 class RaBitQCodecHook {
  public:
-  RaBitQCodecHook(std::size_t dim, const std::string& metric, unsigned bits, std::uint64_t seed)
-      : codec_(dim, parse_metric(metric), bits, seed) {}
+  RaBitQCodecHook(std::size_t dim, const std::string& metric, unsigned bits, std::uint64_t seed,
+                  const std::string& rotation)
+      : codec_(dim, parse_metric(metric), bits, seed, parse_rotation(rotation)) {}
+
+  static codec::RaBitQ::Rotation parse_rotation(const std::string& name) {
+    if (name == "dense") return codec::RaBitQ::Rotation::Dense;
+    if (name == "hadamard") return codec::RaBitQ::Rotation::Hadamard;
+    fail(ErrorKind::Value, "rotation must be 'dense' or 'hadamard', got '", name, "'");
+  }
 
   // A 1-D input is the centroid; a 2-D input is data whose mean (of unit rows for cosine) becomes it.
   void fit(const py::handle& obj) {
@@ -117,10 +124,28 @@ class RaBitQCodecHook {
     return py::make_tuple(est, lower, upper);
   }
 
+  // The vectors the codes stand for (codec decode against the fitted centroid).
+  py::array_t<float> decode(const U8Array& codes) const {
+    need_fit();
+    const std::size_t rb = codec_.record_bytes();
+    ANNFORGE_CHECK(codes.ndim() == 2 && static_cast<std::size_t>(codes.shape(1)) == rb, ErrorKind::Value,
+                   "codes must be [n, ", rb, "]");
+    const std::size_t n = static_cast<std::size_t>(codes.shape(0));
+    py::array_t<float> out(std::vector<py::ssize_t>{static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(codec_.dim())});
+    std::vector<std::uint64_t> aligned(rb / 8);  // records are read as 64-bit words
+    for (std::size_t i = 0; i < n; ++i) {
+      std::memcpy(aligned.data(), codes.data() + i * rb, rb);
+      codec_.decode(reinterpret_cast<const std::uint8_t*>(aligned.data()), centroid_.data(),
+                    out.mutable_data() + i * codec_.dim());
+    }
+    return out;
+  }
+
   py::array_t<float> rotation() const {
     py::array_t<float> out(std::vector<py::ssize_t>{static_cast<py::ssize_t>(codec_.padded_dim()),
                                                     static_cast<py::ssize_t>(codec_.dim())});
-    std::memcpy(out.mutable_data(), codec_.rotation().data(), codec_.rotation().size() * sizeof(float));
+    const std::vector<float> matrix = codec_.rotation_matrix();
+    std::memcpy(out.mutable_data(), matrix.data(), matrix.size() * sizeof(float));
     return out;
   }
 
@@ -183,14 +208,15 @@ py::array_t<std::uint32_t> run_rabitq_kernel(const std::string& level, const std
 
 void bind_rabitq_tests(py::module_& testing) {
   py::class_<RaBitQCodecHook>(testing, "_RaBitQCodec")
-      .def(py::init<std::size_t, const std::string&, unsigned, std::uint64_t>(), py::arg("dim"),
-           py::arg("metric") = "l2", py::arg("bits") = 1, py::arg("seed") = 0)
+      .def(py::init<std::size_t, const std::string&, unsigned, std::uint64_t, const std::string&>(), py::arg("dim"),
+           py::arg("metric") = "l2", py::arg("bits") = 1, py::arg("seed") = 0, py::arg("rotation") = "dense")
       .def("fit", &RaBitQCodecHook::fit, py::arg("data"))
       .def("encode", &RaBitQCodecHook::encode, py::arg("x"))
       .def("estimate", &RaBitQCodecHook::estimate, py::arg("query"), py::arg("codes"), py::kw_only(),
            py::arg("level") = py::none(), py::arg("eps0") = codec::RaBitQ::kDefaultEps0,
            py::arg("query_bits") = py::none(), py::arg("stage_bits") = py::none())
       .def("rotation", &RaBitQCodecHook::rotation)
+      .def("decode", &RaBitQCodecHook::decode, py::arg("codes"))
       .def_property_readonly("centroid", &RaBitQCodecHook::centroid)
       .def_property_readonly("padded_dim", [](const RaBitQCodecHook& h) { return h.codec().padded_dim(); })
       .def_property_readonly("record_bytes", [](const RaBitQCodecHook& h) { return h.codec().record_bytes(); })

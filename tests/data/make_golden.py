@@ -34,15 +34,23 @@ def write_flat() -> None:
     print("wrote", path)
 
 
-def write_hnsw(storage: str) -> None:
-    # Named after the HNSW record layout the build writes (REC0: header inside each record; REC1:
-    # headers apart), so each layout keeps one golden file per storage.
-    index = af.HNSWIndex(24, "l2", M=8, ef_construction=64, storage=storage)
+def build_golden_hnsw(storage: str, code_rotation: str = None) -> "af.HNSWIndex":
+    """The HNSW golden index: 300 rows, ten removed; one thread, so a build today gives the same file."""
+    index = af.HNSWIndex(24, "l2", M=8, ef_construction=64, storage=storage, code_rotation=code_rotation)
     index.add(golden_hnsw_vectors(), ids=np.arange(300, dtype=np.int64) * 2, num_threads=1)
     index.remove(np.arange(0, 60, 6))
+    return index
+
+
+def write_hnsw(storage: str, code_rotation: str = None) -> None:
+    # Named after the HNSW record layout the build writes (REC0: header inside each record; REC1:
+    # headers apart), so each layout keeps one golden file per storage; the quantized graph's files
+    # with the Hadamard code rotation (RQRT section) carry its name too (the first one, without, is dense).
+    index = build_golden_hnsw(storage, code_rotation)
     blob = index.to_bytes()
     layout = "rec1" if b"REC1" in blob else "rec0"
-    path = os.path.join(HERE, f"golden_hnsw_{storage}_{layout}.af")
+    suffix = "_hadamard" if code_rotation == "hadamard" else ""
+    path = os.path.join(HERE, f"golden_hnsw_{storage}_{layout}{suffix}.af")
     if os.path.exists(path):
         print(f"{path} exists; golden files are never rewritten")
         return
@@ -94,8 +102,10 @@ def write_minhash_lsh() -> None:
 def main() -> None:
     write_flat()
     write_minhash_lsh()
-    for storage in ("f32", "f16", "sq8", "rabitq"):
+    for storage in ("f32", "f16", "sq8"):
         write_hnsw(storage)
+    write_hnsw("rabitq", "dense")
+    write_hnsw("rabitq", "hadamard")
     write_ivf_rabitq()
 
 

@@ -85,6 +85,15 @@ int main() {
       if (c != want.size() || !std::equal(want.begin(), want.end(), got.begin())) { if (bad++ < 20) std::printf("indices_at_least n=%zu\n", n); }
     }
   }
+  // fwht: small integers keep every sum exact, so NEON must equal the scalar transform bit for bit
+  for (size_t n = 1; n <= 1024; n *= 2) {
+    std::vector<float> v(n), w;
+    for (auto& e : v) e = static_cast<float>(static_cast<int>(nd(rng) * 4));
+    w = v;
+    S.fwht(v.data(), n);
+    N.fwht(w.data(), n);
+    if (v != w && bad++ < 20) std::printf("fwht n=%zu\n", n);
+  }
   std::printf("%s (%d mismatches)\n", bad ? "FAIL" : "OK", bad);
   return bad != 0;
 }

@@ -145,14 +145,96 @@ inline void set_bit(std::uint64_t* plane, std::size_t i) { plane[i / 64] |= std:
 
 }  // namespace
 
-RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed)
-    : dim_(dim), padded_dim_((dim + 63) / 64 * 64), metric_(metric), bits_(bits), seed_(seed) {
+RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed, Rotation rotation)
+    : dim_(dim), padded_dim_((dim + 63) / 64 * 64), metric_(metric), bits_(bits), seed_(seed), rotation_kind_(rotation) {
   ANNFORGE_CHECK(dim >= 1 && dim <= kMaxDim, ErrorKind::Value, "RaBitQ: dim must be in 1..", kMaxDim, ", got ", dim);
   ANNFORGE_CHECK(bits >= 1 && bits <= 8, ErrorKind::Value, "RaBitQ: bits must be in 1..8, got ", bits);
-  rotation_ = random_rotation(padded_dim_, dim_, seed_);
-  packed_for_ = &simd::kernels();
-  packed_rotation_.resize(packed_for_->packed_size(padded_dim_, dim_));
-  packed_for_->pack_rows(rotation_.data(), padded_dim_, dim_, packed_rotation_.data());
+  ANNFORGE_CHECK(rotation == Rotation::Dense || rotation == Rotation::Hadamard, ErrorKind::Value,
+                 "RaBitQ: unknown rotation kind ", static_cast<unsigned>(rotation));
+  if (rotation == Rotation::Dense) {
+    rotation_ = random_rotation(padded_dim_, dim_, seed_);
+    packed_for_ = &simd::kernels();
+    packed_rotation_.resize(packed_for_->packed_size(padded_dim_, dim_));
+    packed_for_->pack_rows(rotation_.data(), padded_dim_, dim_, packed_rotation_.data());
+    return;
+  }
+  const std::size_t D = padded_dim_;
+  std::size_t L = 1;
+  while (2 * L <= D) L *= 2;
+  hadamard_block_ = L;
+  // Round r scales entry i by 1/sqrt(L) when the transform covers it, and by 1/sqrt(2) more for the
+  // Kac step when L < D: folded into the sign multipliers (diagonal, so they commute with the transform
+  // on the block; see hadamard_inverse for why the same multipliers serve T^T).
+  util::SplitMix64 rng(util::splitmix64(seed_ ^ 0x48616461ULL));
+  hadamard_signs_.resize(kHadamardRounds * D);
+  for (unsigned r = 0; r < kHadamardRounds; ++r) {
+    const std::size_t begin = (L < D && r % 2 == 1) ? D - L : 0;
+    for (std::size_t i = 0; i < D; ++i) {
+      double scale = (i >= begin && i < begin + L) ? 1.0 / std::sqrt(static_cast<double>(L)) : 1.0;
+      if (L < D) scale *= std::sqrt(0.5);
+      hadamard_signs_[r * D + i] = static_cast<float>((rng.next() >> 63) ? -scale : scale);
+    }
+  }
+}
+
+void RaBitQ::hadamard_forward(float* x) const {
+  // T = K_3 F_3 S_3 ... K_0 F_0 S_0: signs (with the scales), the transform on the round's block, the Kac
+  // step (entries i and i + D/2 -> their sum and difference) when the block is not everything.
+  const simd::Kernels& K = simd::kernels();
+  const std::size_t D = padded_dim_, L = hadamard_block_, half = D / 2;
+  for (unsigned r = 0; r < kHadamardRounds; ++r) {
+    const float* s = hadamard_signs_.data() + r * D;
+    for (std::size_t i = 0; i < D; ++i) x[i] *= s[i];
+    if (L == D) {
+      K.fwht(x, D);
+      continue;
+    }
+    K.fwht(x + (r % 2 == 1 ? D - L : 0), L);
+    for (std::size_t i = 0; i < half; ++i) {
+      const float a = x[i], b = x[i + half];
+      x[i] = a + b;
+      x[i + half] = a - b;
+    }
+  }
+}
+
+void RaBitQ::hadamard_inverse(float* y) const {
+  // T^T: the rounds in reverse, each step transposed. The transform and the Kac step are symmetric, and
+  // a round's scales are constant on the block, so they commute with its transform: round r^T is
+  // (Kac, transform, multipliers), the same multipliers as forward.
+  const simd::Kernels& K = simd::kernels();
+  const std::size_t D = padded_dim_, L = hadamard_block_, half = D / 2;
+  for (unsigned r = kHadamardRounds; r-- > 0;) {
+    if (L == D) {
+      K.fwht(y, D);
+    } else {
+      for (std::size_t i = 0; i < half; ++i) {
+        const float a = y[i], b = y[i + half];
+        y[i] = a + b;
+        y[i + half] = a - b;
+      }
+      K.fwht(y + (r % 2 == 1 ? D - L : 0), L);
+    }
+    const float* s = hadamard_signs_.data() + r * D;
+    for (std::size_t i = 0; i < D; ++i) y[i] *= s[i];
+  }
+}
+
+std::vector<float> RaBitQ::rotation_matrix() const {
+  if (rotation_kind_ == Rotation::Dense) return rotation_;
+  const std::size_t D = padded_dim_;
+  std::vector<float> out(D * dim_), column(D);
+  for (std::size_t j = 0; j < dim_; ++j) {
+    std::fill(column.begin(), column.end(), 0.0f);
+    column[j] = 1.0f;
+    hadamard_forward(column.data());
+    for (std::size_t i = 0; i < D; ++i) out[i * dim_ + j] = column[i];
+  }
+  return out;
+}
+
+std::size_t RaBitQ::rotation_bytes() const {
+  return (rotation_.capacity() + packed_rotation_.capacity() + hadamard_signs_.capacity()) * sizeof(float);
 }
 
 const float* RaBitQ::packed_rotation(const simd::Kernels& K, std::vector<float>& other_level) const {
@@ -170,17 +252,28 @@ unsigned RaBitQ::max_query_bits() const {
 }
 
 void RaBitQ::rotate(const float* x, float* out) const {
+  if (rotation_kind_ == Rotation::Hadamard) {
+    std::memcpy(out, x, dim_ * sizeof(float));
+    std::fill(out + dim_, out + padded_dim_, 0.0f);
+    hadamard_forward(out);
+    return;
+  }
   simd::kernels().dot_rows(x, rotation_.data(), padded_dim_, dim_, out);
 }
 
-void RaBitQ::rotate_rows(const float* x, std::size_t n, float* out) const {
-  if (n < 8) {
+void RaBitQ::rotate_batch(const float* x, std::size_t n, float* out, std::vector<float>& other_level) const {
+  // Dense: more than a few rows go through the blocked GEMM kernel, which reads the matrix once for all.
+  if (rotation_kind_ == Rotation::Hadamard || n < 8) {
     for (std::size_t i = 0; i < n; ++i) rotate(x + i * dim_, out + i * padded_dim_);
     return;
   }
   const simd::Kernels& K = simd::kernels();
-  std::vector<float> other_level;
   K.dot_packed(x, n, dim_, packed_rotation(K, other_level), padded_dim_, dim_, out, padded_dim_);
+}
+
+void RaBitQ::rotate_rows(const float* x, std::size_t n, float* out) const {
+  std::vector<float> other_level;
+  rotate_batch(x, n, out, other_level);
 }
 
 struct RaBitQ::EncodeScratch {
@@ -194,12 +287,9 @@ void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::u
   check_finite(centroid, dim_, "centroid");
   check_finite(x, n * dim_, "data");
   const std::size_t D = padded_dim_;
-  // Rows are rotated in batches through the blocked GEMM kernel; a few rows alone go through dot_rows.
+  // Rows are rotated in batches (rotate_batch: one pass over a dense matrix per batch).
   constexpr std::size_t kBatch = 64;
-  const simd::Kernels& K = simd::kernels();
   EncodeScratch scratch;
-  const bool batched = n >= 8;
-  const float* packed = batched ? packed_rotation(K, scratch.other_level_rotation) : nullptr;
   scratch.residuals.resize(kBatch * dim_);
   scratch.rotated.resize(kBatch * D);
   scratch.residual_dot_centroid.resize(kBatch);
@@ -221,12 +311,7 @@ void RaBitQ::encode(const float* x, std::size_t n, const float* centroid, std::u
       }
       scratch.residual_dot_centroid[r] = dot;
     }
-    if (batched) {
-      K.dot_packed(scratch.residuals.data(), m, dim_, packed, D, dim_,
-                   scratch.rotated.data(), D);
-    } else {
-      for (std::size_t r = 0; r < m; ++r) rotate(scratch.residuals.data() + r * dim_, scratch.rotated.data() + r * D);
-    }
+    rotate_batch(scratch.residuals.data(), m, scratch.rotated.data(), scratch.other_level_rotation);
     for (std::size_t r = 0; r < m; ++r)
       encode_rotated(scratch.rotated.data() + r * D, scratch.residual_dot_centroid[r], scratch,
                      records + (b + r) * record_bytes());
@@ -326,18 +411,16 @@ void RaBitQ::prepare_queries(const float* q, std::size_t n, const float* centroi
                  "RaBitQ: query_bits must be in 1..", max_query_bits(), " here, got ", query_bits);
   check_finite(q, n * dim_, "query");
   check_finite(centroid, dim_, "centroid");
-  // The rotation matrix is read once per batch of queries through the packed GEMM kernel instead of
+  // A dense rotation matrix is read once per batch of queries through the packed GEMM kernel instead of
   // once per query (at 384-d it is 590 kB: reading it dominated a single query's preparation).
   const std::size_t D = padded_dim_;
   constexpr std::size_t kBatch = 64;
-  const simd::Kernels& K = simd::kernels();
   std::vector<float> other_level, v(std::min(n, kBatch) * dim_), rotated(std::min(n, kBatch) * D);
   std::vector<double> base(kBatch);
-  const float* packed = packed_rotation(K, other_level);
   for (std::size_t b = 0; b < n; b += kBatch) {
     const std::size_t m = std::min(kBatch, n - b);
     for (std::size_t r = 0; r < m; ++r) base[r] = query_residual(q + (b + r) * dim_, centroid, v.data() + r * dim_);
-    K.dot_packed(v.data(), m, dim_, packed, D, dim_, rotated.data(), D);
+    rotate_batch(v.data(), m, rotated.data(), other_level);
     for (std::size_t r = 0; r < m; ++r)
       quantize_rotated(q + (b + r) * dim_, rotated.data() + r * D, base[r], query_bits, out[b + r]);
   }
@@ -654,6 +737,13 @@ void RaBitQ::decode(const std::uint8_t* record, const float* centroid, float* ou
     sq += y[i] * y[i];
   }
   const double s = sq > 0 ? norm / std::sqrt(sq) : 0.0;
+  if (rotation_kind_ == Rotation::Hadamard) {
+    std::vector<float> z(D);
+    for (std::size_t i = 0; i < D; ++i) z[i] = static_cast<float>(s * y[i]);
+    hadamard_inverse(z.data());
+    for (std::size_t j = 0; j < dim_; ++j) out[j] = static_cast<float>(centroid[j] + static_cast<double>(z[j]));
+    return;
+  }
   for (std::size_t j = 0; j < dim_; ++j) {
     double v = 0;
     for (std::size_t i = 0; i < D; ++i) v += static_cast<double>(rotation_[i * dim_ + j]) * y[i];

@@ -40,9 +40,9 @@ const char* hnsw_storage_name(HnswStorage s) {
 // Construction and parameters
 
 HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t ef_construction, std::uint64_t seed,
-                     HnswStorage storage)
+                     HnswStorage storage, codec::RaBitQ::Rotation code_rotation)
     : VectorIndex(dim, metric), M_(M), ef_construction_(ef_construction), seed_(seed), storage_(storage),
-      codec_(codec_kind(storage), dim, metric) {
+      code_rotation_(code_rotation), codec_(codec_kind(storage), dim, metric) {
   ANNFORGE_CHECK(M >= 2 && M <= 2048, ErrorKind::Value, "M must be in [2, 2048], got ", M);
   ANNFORGE_CHECK(ef_construction >= 1 && ef_construction <= (1u << 20), ErrorKind::Value,
                  "ef_construction must be in [1, 1048576], got ", ef_construction);
@@ -52,7 +52,7 @@ HNSWIndex::HNSWIndex(std::size_t dim, Metric metric, std::size_t M, std::size_t 
   std::size_t block_bytes = 0;
   if (storage == HnswStorage::RABITQ || storage == HnswStorage::RABITQ_F16) {
     // 1-bit codes: the sign stage is what the walk uses; the exact re-rank does the rest.
-    rabitq_ = std::make_unique<codec::RaBitQ>(dim, metric, 1, splitmix64(seed ^ 0x5241425154514731ULL));
+    rabitq_ = std::make_unique<codec::RaBitQ>(dim, metric, 1, splitmix64(seed ^ 0x5241425154514731ULL), code_rotation);
     rq_bytes_ = rabitq_->record_bytes();
     block_bytes = 2 * M_ * rq_bytes_;
   }
@@ -128,7 +128,7 @@ std::size_t HNSWIndex::memory_bytes() const {
   std::size_t upper = upper_.capacity() * sizeof(std::vector<std::uint32_t>);
   for (const auto& u : upper_) upper += u.capacity() * sizeof(std::uint32_t);
   const std::size_t quantized = self_codes_.heap_bytes() + rq_centre_.capacity() * sizeof(float) +
-                                (rabitq_ ? rabitq_->rotation().capacity() * sizeof(float) : 0);
+                                (rabitq_ ? rabitq_->rotation_bytes() : 0);
   return records_.heap_bytes() + headers_.heap_bytes() + exact_.heap_bytes() + codec_.memory_bytes() + upper + quantized +
          levels_.capacity() + slot_ids_.heap_bytes() + slot_of_.memory_bytes() + free_slots_.capacity() * sizeof(Slot);
 }

@@ -33,6 +33,8 @@ constexpr std::uint32_t kTagSq8 = io::make_tag("SQ8P");
 // own code record (the neighbour blocks in REC1 copy them).
 constexpr std::uint32_t kTagCodeCentre = io::make_tag("RQCT");
 constexpr std::uint32_t kTagSelfCodes = io::make_tag("RQSC");
+// The codes' rotation kind (u32, codec::RaBitQ::Rotation); absent in older files: dense.
+constexpr std::uint32_t kTagCodeRotation = io::make_tag("RQRT");
 constexpr int kMaxLevel = 31;
 // Below this fraction of allowed vectors a filtered graph walk expands two hops through filtered-out
 // nodes (measured on 384-d embeddings: at 10% it beats the plain walk, at 50% it does not matter).

@@ -68,7 +68,16 @@ std::unique_ptr<HNSWIndex> HNSWIndex::read(const std::shared_ptr<io::FileReader>
   if (storage > static_cast<std::uint8_t>(HnswStorage::RABITQ_F16)) bad("unknown storage code");
   if (default_ef < 1 || default_ef > (1u << 24)) bad("default ef out of range");
   if (slots >= kNoSlot - 1) bad("slot count out of range");
-  auto index = std::make_unique<HNSWIndex>(probe->dim_, probe->metric_, M, efc, seed, static_cast<HnswStorage>(storage));
+  auto rotation = codec::RaBitQ::Rotation::Dense;
+  if (reader->has(kTagCodeRotation)) {
+    io::ByteReader r(reader->section(kTagCodeRotation), "HNSWIndex code rotation");
+    const auto kind = r.read<std::uint32_t>();
+    r.expect_end();
+    if (kind > static_cast<std::uint32_t>(codec::RaBitQ::Rotation::Hadamard)) bad("unknown code rotation ", kind);
+    rotation = static_cast<codec::RaBitQ::Rotation>(kind);
+  }
+  auto index = std::make_unique<HNSWIndex>(probe->dim_, probe->metric_, M, efc, seed, static_cast<HnswStorage>(storage),
+                                           rotation);
   index->next_id_ = probe->next_id_;
   index->default_ef_.store(default_ef);
   const std::size_t n = slots, d = index->dim_;

@@ -241,6 +241,9 @@ void HNSWIndex::prepare_code_queries(const float* q, std::size_t nq, std::vector
 void HNSWIndex::write_quantized(io::FileWriter& w) const {
   w.add(kTagCodeCentre, rq_centre_.data(), rq_centre_.size() * sizeof(float));
   w.add(kTagSelfCodes, self_codes_.data(), slot_count_ * rq_bytes_);
+  io::ByteWriter rotation;
+  rotation.put(static_cast<std::uint32_t>(code_rotation_));
+  w.add_owned(kTagCodeRotation, rotation.take());
 }
 
 void HNSWIndex::read_quantized(const io::FileReader& reader, const std::string& origin) {

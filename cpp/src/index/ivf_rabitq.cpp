@@ -173,7 +173,7 @@ void IVFRaBitQIndex::decode_entry(idx_t loc, float* row, std::uint8_t*) const {
 std::size_t IVFRaBitQIndex::memory_bytes() const {
   std::shared_lock<parallel::WriterPreferringMutex> lock(mutex_);
   std::size_t bytes = lists_.memory_bytes() + (2 * centroids_.size() + rotated_.size()) * sizeof(float) +
-                      codec_.rotation().size() * sizeof(float);
+                      codec_.rotation_bytes();
   for (const auto& F : factors_) bytes += F.capacity() * sizeof(float);
   return bytes;
 }

@@ -162,6 +162,24 @@ size_t indices_at_least(const float* x, size_t n, float bound, uint32_t* out) {
   return append_at_least(x, j, n, bound, out, c);
 }
 
+// --- transforms ---------------------------------------------------------------------------------------
+
+// Spans 1, 2 and 4 of the transform inside each 8-lane vector: with b = x with lanes i and i ^ h swapped
+// and s_i = +1 where bit h of i is clear, -1 where set, a * s + b is x_i + x_(i+h) in the low lane of each
+// pair and x_(i-h) - x_i in the high one (exact: s is +-1).
+void fwht_in_lanes(float* x, size_t n) {
+  const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+  const __m256 s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+  const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+  for (size_t i = 0; i < n; i += 8) {
+    __m256 a = _mm256_loadu_ps(x + i);
+    a = _mm256_fmadd_ps(a, s1, _mm256_permute_ps(a, 0xB1));
+    a = _mm256_fmadd_ps(a, s2, _mm256_permute_ps(a, 0x4E));
+    a = _mm256_fmadd_ps(a, s4, _mm256_permute2f128_ps(a, a, 0x01));
+    _mm256_storeu_ps(x + i, a);
+  }
+}
+
 }  // namespace
 
 const Kernels* avx2_kernels() { return &kTable; }

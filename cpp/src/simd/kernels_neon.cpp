@@ -122,6 +122,21 @@ size_t indices_at_least(const float* x, size_t n, float bound, std::uint32_t* ou
   return append_at_least(x, j, n, bound, out, c);
 }
 
+// --- transforms ---------------------------------------------------------------------------------------
+
+// Spans 1 and 2 of the transform inside each 4-lane vector: a * s + b with b the lanes i ^ h swapped in
+// and s_i = -1 where bit h of i is set (as the x86 files).
+void fwht_in_lanes(float* x, size_t n) {
+  static const float k1[4] = {1, -1, 1, -1}, k2[4] = {1, 1, -1, -1};
+  const float32x4_t s1 = vld1q_f32(k1), s2 = vld1q_f32(k2);
+  for (size_t i = 0; i < n; i += 4) {
+    float32x4_t a = vld1q_f32(x + i);
+    a = vfmaq_f32(vrev64q_f32(a), a, s1);
+    a = vfmaq_f32(vextq_f32(a, a, 2), a, s2);
+    vst1q_f32(x + i, a);
+  }
+}
+
 }  // namespace
 
 const Kernels* neon_kernels() { return &kTable; }

@@ -154,11 +154,23 @@ std::size_t indices_at_least(const float* x, std::size_t n, float bound, std::ui
   return c;
 }
 
+// --- transforms ---------------------------------------------------------------------------------------
+
+void fwht(float* x, std::size_t n) {
+  for (std::size_t h = 1; h < n; h *= 2)
+    for (std::size_t i = 0; i < n; i += 2 * h)
+      for (std::size_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+}
+
 const Kernels kTable = {
     Level::Scalar,   l2_sqr,        dot,          l2_sqr_rows,     dot_rows,    kPanelRows,
     packed_size,     pack_rows,     dot_packed,   l2_sqr_f16,      dot_f16,     l2_sqr_f16_rows,
     dot_f16_rows,    f32_to_f16,    f16_to_f32,   l2_sqr_sq8,      dot_u8,      l2_sqr_sq8_rows,
-    dot_u8_rows,     indices_at_least,
+    dot_u8_rows,     indices_at_least, fwht,
 };
 
 }  // namespace

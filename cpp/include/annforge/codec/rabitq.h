@@ -2,10 +2,18 @@
 // arXiv 2409.09913): codes of a vector's residual from a centroid, an unbiased estimator of its distance
 // to a query, and a bound on that estimator's error.
 //
-// Rotation. A seeded random orthogonal map R: the first `dim` columns of a Haar-random orthogonal
-// padded_dim x padded_dim matrix, made by Gram-Schmidt (two passes, in double) on a Gaussian matrix from
-// SplitMix64. padded_dim = dim rounded up to a multiple of 64, so a rotated vector fills whole 64-bit
-// words. Dense: O(padded_dim * dim) per rotation, O(padded_dim * dim^2) once to build.
+// Rotation. A seeded random orthogonal map R: the first `dim` columns of a random orthogonal
+// padded_dim x padded_dim matrix T. padded_dim = dim rounded up to a multiple of 64, so a rotated vector
+// fills whole 64-bit words. Two kinds:
+// - Dense: T Haar-random, made by Gram-Schmidt (two passes, in double) on a Gaussian matrix from
+//   SplitMix64. O(padded_dim * dim) per rotation, O(padded_dim * dim^2) once to build.
+// - Hadamard: T a product of 4 rounds of random sign flips and fast Walsh-Hadamard transforms (the
+//   randomized Hadamard transform of Ailon & Chazelle, as RaBitQ's authors use for speed). When D =
+//   padded_dim is not a power of two, round r transforms the first (r even) or last (r odd) L entries,
+//   L the largest power of two <= D, and then mixes entry i with entry i + D/2 by a 45-degree Givens
+//   rotation (a Kac walk step), so every entry is reached. Every step is orthogonal, hence so is T.
+//   O(D log D) per rotation (~10x faster than dense at 384-d), D floats of state, and bit-identical
+//   results at every SIMD level (the butterflies are exact sums, the scales the same multiplies).
 //
 // Codes (B = bits, 1..8, per dimension). r = x - c (x normalised first for cosine), r' = R r, o = r'/|r|.
 // Each dimension gets u_i in [0, 2^B) standing for y_i = u_i - (2^B - 1)/2 = sign(r'_i) (k_i + 1/2),
@@ -55,9 +63,11 @@ class RaBitQ {
   };
   static std::size_t num_factors(unsigned bits) { return bits > 1 ? 8 : 4; }
   static constexpr double kDefaultEps0 = 1.9;
+  enum class Rotation : std::uint8_t { Dense = 0, Hadamard = 1 };  // stored in files: values are fixed
+  static constexpr unsigned kHadamardRounds = 4;
 
   // dim in 1..4096, bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
-  RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed);
+  RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed, Rotation rotation = Rotation::Dense);
 
   std::size_t dim() const { return dim_; }
   std::size_t padded_dim() const { return padded_dim_; }
@@ -68,8 +78,10 @@ class RaBitQ {
   // One encoded vector: bits() planes, then the factors; a multiple of 8 bytes.
   std::size_t code_words() const { return bits_ * words(); }
   std::size_t record_bytes() const { return code_words() * 8 + num_factors(bits_) * sizeof(float); }
-  // padded_dim x dim, row-major, orthonormal columns.
-  const std::vector<float>& rotation() const { return rotation_; }
+  Rotation rotation_kind() const { return rotation_kind_; }
+  // R: padded_dim x dim, row-major, orthonormal columns (made from the transform for Hadamard).
+  std::vector<float> rotation_matrix() const;
+  std::size_t rotation_bytes() const;  // memory the rotation holds
   void rotate(const float* x, float* out) const;  // out: padded_dim floats
   // n rows at once (n x padded_dim floats out), through the blocked GEMM kernel for more than a few rows.
   void rotate_rows(const float* x, std::size_t n, float* out) const;
@@ -156,7 +168,16 @@ class RaBitQ {
   Metric metric_;
   unsigned bits_;
   std::uint64_t seed_;
-  std::vector<float> rotation_;
+  Rotation rotation_kind_;
+  std::vector<float> rotation_;  // Dense: R, row-major
+  // Hadamard: per round, D multipliers: a random sign times the round's scale for that entry.
+  std::vector<float> hadamard_signs_;
+  std::size_t hadamard_block_ = 0;  // L
+  // T x (forward) and T^T y (inverse) for the Hadamard kind, in place on padded_dim floats.
+  void hadamard_forward(float* x) const;
+  void hadamard_inverse(float* y) const;
+  // n rows (dim floats, stride dim) into n x padded_dim floats; `other_level` is scratch for the packing.
+  void rotate_batch(const float* x, std::size_t n, float* out, std::vector<float>& other_level) const;
   // The rotation in the GEMM kernel's packed layout, made once: packing it per call cost more than
   // rotating a single query. The layout belongs to one kernel table (the SIMD level can be changed at
   // run time); another level packs a private copy (packed_rotation()).

@@ -51,8 +51,11 @@ const char* hnsw_storage_name(HnswStorage s);
 
 class HNSWIndex final : public VectorIndex {
  public:
+  // code_rotation: the RaBitQ codes' rotation (quantized storages only). Files written before it was
+  // recorded (no RQRT section) used the dense one.
   HNSWIndex(std::size_t dim, Metric metric, std::size_t M = 16, std::size_t ef_construction = 200,
-            std::uint64_t seed = 0, HnswStorage storage = HnswStorage::F32);
+            std::uint64_t seed = 0, HnswStorage storage = HnswStorage::F32,
+            codec::RaBitQ::Rotation code_rotation = codec::RaBitQ::Rotation::Hadamard);
   static std::unique_ptr<HNSWIndex> read(const std::shared_ptr<io::FileReader>& reader);
 
   io::Kind kind() const override { return io::Kind::HNSW; }
@@ -71,6 +74,8 @@ class HNSWIndex final : public VectorIndex {
   std::uint64_t seed() const noexcept { return seed_; }
   HnswStorage storage() const noexcept { return storage_; }
   bool quantized() const noexcept { return rabitq_ != nullptr; }
+  // The codes' rotation; only meaningful when quantized().
+  codec::RaBitQ::Rotation code_rotation() const noexcept { return code_rotation_; }
   // Quantized graph only: true when every level-0 neighbour code equals the code of the node the link
   // points to (what add/remove/reuse keep up; files are checked the same way on load). For tests.
   bool code_blocks_in_sync() const;
@@ -193,6 +198,7 @@ class HNSWIndex final : public VectorIndex {
   std::size_t M_, ef_construction_;
   std::uint64_t seed_;
   HnswStorage storage_;
+  codec::RaBitQ::Rotation code_rotation_;
   double level_mult_;
   std::atomic<std::size_t> default_ef_{64};
   std::size_t code_bytes_ = 0, links_bytes_ = 0, vector_offset_ = 0, record_bytes_ = 0;

@@ -65,6 +65,11 @@ struct Kernels {
   // Writes the indices j < n with x[j] >= bound (NaN never qualifies), in increasing order, to out (room
   // for n) and returns their count: the vector pre-test of top-k scans over a block of scores.
   std::size_t (*indices_at_least)(const float* x, std::size_t n, float bound, std::uint32_t* out);
+
+  // --- transforms -------------------------------------------------------------------------------------
+  // Unnormalised fast Walsh-Hadamard transform in place (x <- H x, H entries +-1), n a power of two: the
+  // O(n log n) core of the structured rotation of codec/rabitq.h.
+  void (*fwht)(float* x, std::size_t n);
 };
 
 // Tables compiled into this binary; each returns nullptr when the level was not compiled in.
