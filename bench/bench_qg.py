@@ -25,10 +25,11 @@ per-axis stretch; one more constant latent coordinate gives all rows a common me
 Gaussian noise (rms norm 0.5) is added and every row is L2-normalised, so inner product = cosine and
 faiss's L2-only HNSWRaBitQ ranks alike, as on minilm. Queries are fresh draws (their own random streams),
 not base rows. Everything is drawn from --seed, in chunks of 32,768 rows with one random stream per chunk
-(given the mixture, row i does not depend on n), written straight into a .npy file: the parent writes base, queries and the
-exact top-10 (computed in base-row chunks) once, into --data-cache (reused across runs when n, nq, dim and
-seed match) or the workdir, and the workers memory-map them. At 20k rows hnswlib's recall@10 at ef 10 /
-32 / 128 is 0.81 / 0.95 / 0.996 (MiniLM's first 20k rows: 0.87 / 0.96 / 0.996).
+(given the mixture, row i does not depend on n), written straight into a .npy file: the parent writes
+base, queries and the exact top-10 (computed in base-row chunks) once, into --data-cache (reused across
+runs when n, nq, dim and seed match) or the workdir, and the workers memory-map them. At 20k rows (200
+queries, M 16, efc 200) hnswlib's recall@10 at ef 10 / 32 / 128 is 0.81 / 0.95 / 0.996 (MiniLM's first
+20k rows: 0.87 / 0.96 / 0.996).
 
     python bench/bench_qg.py --out bench/results/qg_minilm62k.json   # ~/.cache/annforge-dev/debian-minilm
     python bench/bench_qg.py --dataset synthetic --n 1000000 --data-cache ~/.cache/annforge-dev/synthetic \
@@ -124,7 +125,8 @@ class SyntheticMixture:
         # per cluster: overall spread (log-normal) times a per-axis stretch (anisotropic clusters)
         spread = sp["median_spread"] * np.exp(sp["spread_log_sd"] * rng.standard_normal(K))
         self.scales = np.zeros((K, L + 1))
-        self.scales[:, :L] = spread[:, None] * np.exp(sp["axis_stretch_log_sd"] * rng.standard_normal((K, L))) * axis_std
+        stretch = np.exp(sp["axis_stretch_log_sd"] * rng.standard_normal((K, L)))
+        self.scales[:, :L] = spread[:, None] * stretch * axis_std
         w = np.exp(0.7 * rng.standard_normal(K))
         self.weights = w / w.sum()  # uneven cluster sizes
         self.embed = np.linalg.qr(rng.standard_normal((dim, L + 1)))[0].T.astype(np.float32)  # orthonormal rows
