@@ -376,8 +376,8 @@ def main() -> None:
     else:
         args.n = 1_000_000 if args.n is None else args.n
         args.dim = 384 if args.dim is None else args.dim
-        if args.n <= 10 or args.nq < 1 or args.dim < 1 or args.seed < 0:
-            ap.error("synthetic needs --n > 10, --nq >= 1, --dim >= 1, --seed >= 0")
+        if args.n <= 10 or args.nq < 1 or args.dim < 2 or args.seed < 0:
+            ap.error("synthetic needs --n > 10, --nq >= 1, --dim >= 2, --seed >= 0")
     if args.worker:
         print(json.dumps(worker(args)))
         return
