@@ -42,7 +42,7 @@ class HNSWIndex(VectorIndex):
     (default: four rounds of random signs and fast Walsh-Hadamard transforms, O(d log d) per vector)
     or ``"dense"`` (a Haar-random orthogonal matrix, O(d^2) per vector and d^2 floats; what files saved
     before the choice existed use). Both give estimates of the same accuracy on real embeddings; the
-    Hadamard one makes each query's set-up several microseconds cheaper.
+    Hadamard one makes each query about 3 µs cheaper at 384-d (of ~20 µs at ef=10).
 
     Search knob: ``ef`` (candidate list size, default ``default_ef`` = 64 or what ``tune`` chose;
     ``max(ef, k)`` is used).
