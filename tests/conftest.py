@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -33,6 +36,17 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 16) -> np.ndarray
     centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
     labels = rng.integers(0, clusters, n)
     return (centres[labels] + rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
+
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,15 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "bench_ab_builds.py"
+from conftest import BENCH_DIR, load_bench_script
+
+SCRIPT = BENCH_DIR / "bench_ab_builds.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_ab_builds", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("bench_ab_builds")
 
 
 def test_frontier_interpolates_and_ignores_dominated_points() -> None:

@@ -3,20 +3,17 @@ chunked exact ground truth."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "bench_qg.py"
+from conftest import BENCH_DIR, load_bench_script
+
+SCRIPT = BENCH_DIR / "bench_qg.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_qg", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("bench_qg")
 
 
 def test_generator_deterministic_unit_rows_fresh_queries(tmp_path: Path) -> None:

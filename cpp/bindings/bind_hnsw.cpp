@@ -13,12 +13,7 @@ void bind_hnsw(py::module_& m) {
             if (M < 2 || M > 2048) fail(ErrorKind::Value, "M must be in [2, 2048], got ", M);
             if (ef_construction < 1 || ef_construction > (1 << 20))
               fail(ErrorKind::Value, "ef_construction must be in [1, 1048576], got ", ef_construction);
-            codec::RaBitQ::Rotation rotation = codec::RaBitQ::Rotation::Hadamard;
-            if (code_rotation == "dense") {
-              rotation = codec::RaBitQ::Rotation::Dense;
-            } else if (code_rotation != "hadamard") {
-              fail(ErrorKind::Value, "code_rotation must be 'hadamard' or 'dense', got '", code_rotation, "'");
-            }
+            const auto rotation = codec::RaBitQ::parse_rotation(code_rotation, "code_rotation");
             return std::make_unique<HNSWIndex>(dim, parse_metric(metric), static_cast<std::size_t>(M),
                                                static_cast<std::size_t>(ef_construction), seed,
                                                parse_hnsw_storage(storage), rotation);
@@ -33,8 +28,7 @@ void bind_hnsw(py::module_& m) {
       .def_property_readonly("code_rotation",
                              [](const HNSWIndex& self) -> py::object {
                                if (!self.quantized()) return py::none();
-                               return py::str(self.code_rotation() == codec::RaBitQ::Rotation::Dense ? "dense"
-                                                                                                     : "hadamard");
+                               return py::str(codec::RaBitQ::rotation_name(self.code_rotation()));
                              })
       .def_property("default_ef", &HNSWIndex::default_ef,
                     [](HNSWIndex& self, long long ef) {

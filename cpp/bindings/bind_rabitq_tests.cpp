@@ -41,13 +41,7 @@ class RaBitQCodecHook {
  public:
   RaBitQCodecHook(std::size_t dim, const std::string& metric, unsigned bits, std::uint64_t seed,
                   const std::string& rotation)
-      : codec_(dim, parse_metric(metric), bits, seed, parse_rotation(rotation)) {}
-
-  static codec::RaBitQ::Rotation parse_rotation(const std::string& name) {
-    if (name == "dense") return codec::RaBitQ::Rotation::Dense;
-    if (name == "hadamard") return codec::RaBitQ::Rotation::Hadamard;
-    fail(ErrorKind::Value, "rotation must be 'dense' or 'hadamard', got '", name, "'");
-  }
+      : codec_(dim, parse_metric(metric), bits, seed, codec::RaBitQ::parse_rotation(rotation, "rotation")) {}
 
   // A 1-D input is the centroid; a 2-D input is data whose mean (of unit rows for cosine) becomes it.
   void fit(const py::handle& obj) {

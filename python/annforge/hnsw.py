@@ -15,6 +15,16 @@ _RERANKS = ("f32", "f16")
 _CODE_ROTATIONS = ("hadamard", "dense")
 
 
+def _check_rabitq_option(name: str, value: Any, allowed: Tuple[str, ...], storage: str) -> None:
+    """An option of storage="rabitq" only: a string among ``allowed``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if storage != "rabitq":
+        raise ValueError(f"{name} applies to storage='rabitq' only")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -108,21 +118,11 @@ class HNSWIndex(VectorIndex):
             raise ValueError(f"storage must be one of {_STORAGES}, got {storage!r}")
         core_storage = storage
         if rerank is not None:
-            if not isinstance(rerank, str):
-                raise TypeError(f"rerank must be a string, got {type(rerank).__name__}")
-            if storage != "rabitq":
-                raise ValueError("rerank applies to storage='rabitq' only")
-            if rerank not in _RERANKS:
-                raise ValueError(f"rerank must be one of {_RERANKS}, got {rerank!r}")
+            _check_rabitq_option("rerank", rerank, _RERANKS, storage)
             if rerank == "f16":
                 core_storage = "rabitq-f16"
         if code_rotation is not None:
-            if not isinstance(code_rotation, str):
-                raise TypeError(f"code_rotation must be a string, got {type(code_rotation).__name__}")
-            if storage != "rabitq":
-                raise ValueError("code_rotation applies to storage='rabitq' only")
-            if code_rotation not in _CODE_ROTATIONS:
-                raise ValueError(f"code_rotation must be one of {_CODE_ROTATIONS}, got {code_rotation!r}")
+            _check_rabitq_option("code_rotation", code_rotation, _CODE_ROTATIONS, storage)
         self._impl = _core.HNSWIndex(dim, metric, M, ef_construction, seed, core_storage,
                                      code_rotation or "hadamard")
 

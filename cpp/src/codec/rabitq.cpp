@@ -143,7 +143,25 @@ void search_levels(const std::vector<double>& o, unsigned K, std::vector<unsigne
 
 inline void set_bit(std::uint64_t* plane, std::size_t i) { plane[i / 64] |= std::uint64_t{1} << (i % 64); }
 
+// The Kac walk step of the Hadamard rotation: entries i and i + half -> their sum and difference
+// (symmetric, so forward and inverse share it; the 1/sqrt(2) is in the sign multipliers).
+void kac_step(float* x, std::size_t half) {
+  for (std::size_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = a + b;
+    x[i + half] = a - b;
+  }
+}
+
 }  // namespace
+
+RaBitQ::Rotation RaBitQ::parse_rotation(const std::string& name, const char* what) {
+  if (name == "dense") return Rotation::Dense;
+  if (name == "hadamard") return Rotation::Hadamard;
+  fail(ErrorKind::Value, what, " must be 'hadamard' or 'dense', got '", name, "'");
+}
+
+const char* RaBitQ::rotation_name(Rotation kind) { return kind == Rotation::Dense ? "dense" : "hadamard"; }
 
 RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed, Rotation rotation)
     : dim_(dim), padded_dim_((dim + 63) / 64 * 64), metric_(metric), bits_(bits), seed_(seed), rotation_kind_(rotation) {
@@ -168,7 +186,7 @@ RaBitQ::RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed
   util::SplitMix64 rng(util::splitmix64(seed_ ^ 0x48616461ULL));
   hadamard_signs_.resize(kHadamardRounds * D);
   for (unsigned r = 0; r < kHadamardRounds; ++r) {
-    const std::size_t begin = (L < D && r % 2 == 1) ? D - L : 0;
+    const std::size_t begin = hadamard_begin(r);
     for (std::size_t i = 0; i < D; ++i) {
       double scale = (i >= begin && i < begin + L) ? 1.0 / std::sqrt(static_cast<double>(L)) : 1.0;
       if (L < D) scale *= std::sqrt(0.5);
@@ -189,12 +207,8 @@ void RaBitQ::hadamard_forward(float* x) const {
       K.fwht(x, D);
       continue;
     }
-    K.fwht(x + (r % 2 == 1 ? D - L : 0), L);
-    for (std::size_t i = 0; i < half; ++i) {
-      const float a = x[i], b = x[i + half];
-      x[i] = a + b;
-      x[i + half] = a - b;
-    }
+    K.fwht(x + hadamard_begin(r), L);
+    kac_step(x, half);
   }
 }
 
@@ -208,12 +222,8 @@ void RaBitQ::hadamard_inverse(float* y) const {
     if (L == D) {
       K.fwht(y, D);
     } else {
-      for (std::size_t i = 0; i < half; ++i) {
-        const float a = y[i], b = y[i + half];
-        y[i] = a + b;
-        y[i + half] = a - b;
-      }
-      K.fwht(y + (r % 2 == 1 ? D - L : 0), L);
+      kac_step(y, half);
+      K.fwht(y + hadamard_begin(r), L);
     }
     const float* s = hadamard_signs_.data() + r * D;
     for (std::size_t i = 0; i < D; ++i) y[i] *= s[i];

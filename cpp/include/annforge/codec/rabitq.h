@@ -46,6 +46,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "annforge/common.h"
@@ -65,6 +66,9 @@ class RaBitQ {
   static constexpr double kDefaultEps0 = 1.9;
   enum class Rotation : std::uint8_t { Dense = 0, Hadamard = 1 };  // stored in files: values are fixed
   static constexpr unsigned kHadamardRounds = 4;
+  // "dense" | "hadamard"; ValueError naming `what` (the caller's parameter) otherwise.
+  static Rotation parse_rotation(const std::string& name, const char* what);
+  static const char* rotation_name(Rotation kind);
 
   // dim in 1..4096, bits in 1..8; ValueError otherwise. Cosine encodes unit vectors.
   RaBitQ(std::size_t dim, Metric metric, unsigned bits, std::uint64_t seed, Rotation rotation = Rotation::Dense);
@@ -176,6 +180,8 @@ class RaBitQ {
   // T x (forward) and T^T y (inverse) for the Hadamard kind, in place on padded_dim floats.
   void hadamard_forward(float* x) const;
   void hadamard_inverse(float* y) const;
+  // Where round r's transform starts: the first L entries in even rounds, the last L in odd ones.
+  std::size_t hadamard_begin(unsigned r) const { return r % 2 == 1 ? padded_dim_ - hadamard_block_ : 0; }
   // n rows (dim floats, stride dim) into n x padded_dim floats; `other_level` is scratch for the packing.
   void rotate_batch(const float* x, std::size_t n, float* out, std::vector<float>& other_level) const;
   // The rotation in the GEMM kernel's packed layout, made once: packing it per call cost more than
